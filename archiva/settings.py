@@ -1,0 +1,269 @@
+"""Archiva settings: one module, every value from the environment.
+
+Unset means the embedded default (SQLite, a folder per tenant bucket,
+Celery on a server-less filesystem broker), set means scale (PostgreSQL,
+S3, Redis or RabbitMQ).  `.env.example` lists every variable.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+from infra.env import (
+    ConfigError,
+    env,
+    envbool,
+    envchoice,
+    envfloat,
+    envint,
+    envlist,
+    envport,
+)
+from regions.registry import REGIONS
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DATA_DIR = Path(env("ARCHIVA_DATA_DIR") or BASE_DIR / "var").resolve()
+
+DEBUG = envbool("ARCHIVA_DEBUG", False)
+TESTING = "pytest" in sys.modules
+
+SECRET_KEY = env("SECRET_KEY")
+if not SECRET_KEY:
+    # The embedded default keeps a generated key in the data folder so that
+    # sessions and verification links survive restarts.
+    key_file = DATA_DIR / "secret_key"
+    if key_file.exists():
+        SECRET_KEY = key_file.read_text().strip()
+    else:
+        import secrets
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY = secrets.token_urlsafe(50)
+        key_file.write_text(SECRET_KEY)
+        key_file.chmod(0o600)
+
+# --- Region --------------------------------------------------------------
+ARCHIVA_REGION = envchoice("ARCHIVA_REGION", "us", tuple(REGIONS))
+ARCHIVA_SITE_DOMAIN = env("ARCHIVA_SITE_DOMAIN").strip().lower() or None
+_site = ARCHIVA_SITE_DOMAIN or REGIONS[ARCHIVA_REGION].site
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", _site, f".{_site}"])
+SITE_ROOT = env("SITE_ROOT").rstrip("/") or f"http://localhost:{envport('ARCHIVA_HTTP_PORT', 8000)}"
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [SITE_ROOT])
+
+# --- Applications --------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "allauth",
+    "allauth.account",
+    "regions",
+    "tenants",
+    "ingest",
+    "web",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "allauth.account.middleware.AccountMiddleware",
+]
+
+ROOT_URLCONF = "archiva.urls"
+WSGI_APPLICATION = "archiva.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "web.context.site",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------
+DATABASE_URL = env("DATABASE_URL")
+if DATABASE_URL:
+    if not DATABASE_URL.startswith(("postgres://", "postgresql://", "sqlite://")):
+        raise ConfigError("DATABASE_URL must be a postgresql:// or sqlite:// URL")
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+else:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "archiva.sqlite3",
+            # WAL lets the web app, the ingest and the worker share the file;
+            # IMMEDIATE transactions avoid "database is locked" on upgrade.
+            "OPTIONS": {
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 30,
+            },
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_USER_MODEL = "tenants.User"
+
+# --- Storage -------------------------------------------------------------
+ARCHIVA_S3_ENDPOINT = env("ARCHIVA_S3_ENDPOINT")
+ARCHIVA_S3_BUCKET_PREFIX = env("ARCHIVA_S3_BUCKET_PREFIX", f"archiva-{ARCHIVA_REGION}-")
+ARCHIVA_S3_REGION = env("AWS_DEFAULT_REGION") or env("AWS_REGION") or ("eu-central-1" if ARCHIVA_REGION == "eu" else "us-east-1")
+ARCHIVA_STORAGE = envchoice("ARCHIVA_STORAGE", "s3" if ARCHIVA_S3_ENDPOINT else "folder", ("folder", "s3"))
+ARCHIVA_SPOOL_DIR = Path(env("ARCHIVA_SPOOL_DIR") or DATA_DIR / "spool").resolve()
+
+# --- Celery --------------------------------------------------------------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL")
+if not CELERY_BROKER_URL:
+    # Server-less broker: kombu's filesystem transport.  A real worker
+    # process consumes it; nothing else needs to be installed.
+    _broker_dir = DATA_DIR / "broker"
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "queue"),
+        "data_folder_out": str(_broker_dir / "queue"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+else:
+    if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
+        raise ConfigError("CELERY_BROKER_URL must be a redis:// or amqp:// URL")
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing must fail fast when the broker is down: the ingest records the
+# message first and the sweep enqueues it later.
+CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minimum=0.1)
+CELERY_TASK_PUBLISH_RETRY = False
+ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
+ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
+
+# --- SMTP ingest ---------------------------------------------------------
+ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")
+ARCHIVA_SMTP_PORT = envport("ARCHIVA_SMTP_PORT", 2525)
+ARCHIVA_SMTP_REQUIRE_TLS = envbool("ARCHIVA_SMTP_REQUIRE_TLS", True)
+ARCHIVA_SMTP_MAX_SIZE = envint("ARCHIVA_SMTP_MAX_SIZE", 200 * 1024 * 1024, minimum=1024)
+ARCHIVA_SMTP_TIMEOUT = envint("ARCHIVA_SMTP_TIMEOUT", 300, minimum=1)
+ARCHIVA_SMTP_HOSTNAME = env("ARCHIVA_SMTP_HOSTNAME") or f"archive.{_site}"
+ARCHIVA_SMTP_MAX_RECIPIENTS = envint("ARCHIVA_SMTP_MAX_RECIPIENTS", 1000, minimum=1)
+ARCHIVA_TLS_CERT = env("ARCHIVA_TLS_CERT")
+ARCHIVA_TLS_KEY = env("ARCHIVA_TLS_KEY")
+if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
+    raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
+ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minimum=0.1)
+
+# --- Search (issue: indexing) -------------------------------------------
+ARCHIVA_SEARCH_URL = env("ARCHIVA_SEARCH_URL")
+
+# --- Accounts (django-allauth) ------------------------------------------
+AUTHENTICATION_BACKENDS = [
+    "django.contrib.auth.backends.ModelBackend",
+    "allauth.account.auth_backends.AuthenticationBackend",
+]
+ACCOUNT_LOGIN_METHODS = {"email"}
+ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
+ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+ACCOUNT_UNIQUE_EMAIL = True
+ACCOUNT_USER_MODEL_USERNAME_FIELD = None
+ACCOUNT_SIGNUP_FORM_CLASS = "tenants.forms.SignupForm"
+ACCOUNT_ADAPTER = "tenants.adapter.AccountAdapter"
+ACCOUNT_CONFIRM_EMAIL_ON_GET = False
+ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
+ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if SITE_ROOT.startswith("https") else "http"
+ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Archiva] "
+ACCOUNT_RATE_LIMITS = {} if TESTING else {"login_failed": "10/m/ip,5/5m/key", "signup": "20/m/ip"}
+LOGIN_REDIRECT_URL = "/status/"
+LOGIN_URL = "/accounts/login/"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+# --- Outgoing mail -------------------------------------------------------
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL") or f"Archiva <noreply@{_site}>"
+EMAIL_HOST = env("EMAIL_HOST")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = envport("EMAIL_PORT", 587)
+    EMAIL_HOST_USER = env("EMAIL_HOST_USER")
+    EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD")
+    EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", True)
+    EMAIL_USE_SSL = envbool("EMAIL_USE_SSL", False)
+    EMAIL_TIMEOUT = 30
+else:
+    # Embedded default: every outgoing mail becomes an .eml file a person can open.
+    EMAIL_BACKEND = "web.mail.OutboxBackend"
+ARCHIVA_OUTBOX_DIR = DATA_DIR / "outbox"
+
+# --- HTTP security -------------------------------------------------------
+SECURE_HTTPS = SITE_ROOT.startswith("https://")
+SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", SECURE_HTTPS)
+CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SECURE_HTTPS)
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000 if SECURE_HTTPS else 0, minimum=0)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("ARCHIVA_BEHIND_PROXY", False) else None
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
+# --- Static files and i18n ----------------------------------------------
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Logging -------------------------------------------------------------
+LOG_LEVEL = envchoice("ARCHIVA_LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "infra.logs.RedactTokens"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "mail.log": {"level": "WARNING"},
+        "django.db.backends": {"level": "INFO"},
+        "botocore": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+    },
+}
+
+os.environ.setdefault("ARCHIVA_DATA_DIR", str(DATA_DIR))

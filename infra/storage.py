@@ -1,0 +1,284 @@
+"""Object storage: one bucket per tenant, immutable content-addressed objects.
+
+Two implementations behind one interface: a folder per bucket on the
+embedded default and S3 (or any S3-compatible store) at scale.  `put_file`
+returns only once the object is durable: an fsync'd file renamed into
+place (and its directory fsync'd), or a completed PUT.  Every read checks
+the SHA-256 that the database recorded.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+
+CHUNK = 1024 * 1024
+
+
+class StorageError(Exception):
+    """The store could not do what was asked; callers answer 451 / retry."""
+
+
+class IntegrityError(StorageError):
+    """An object's bytes do not match the hash the database recorded."""
+
+
+def raw_key(sha256: str) -> str:
+    return f"raw/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class BlobStore:
+    def create_bucket(self, bucket: str) -> None:
+        raise NotImplementedError
+
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+        raise NotImplementedError
+
+    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def exists(self, bucket: str, key: str) -> bool:
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raise StorageError unless the store answers."""
+        raise NotImplementedError
+
+    def bucket_size(self, bucket: str) -> int:
+        raise NotImplementedError
+
+    def read_verified(self, bucket: str, key: str, sha256: str) -> bytes:
+        """The object's bytes; IntegrityError if they do not hash to sha256."""
+        digest = hashlib.sha256()
+        parts = []
+        for chunk in self.iter_bytes(bucket, key):
+            digest.update(chunk)
+            parts.append(chunk)
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
+        return b"".join(parts)
+
+    def verify(self, bucket: str, key: str, sha256: str) -> int:
+        """Stream the object, check its hash, return its size."""
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self.iter_bytes(bucket, key):
+            digest.update(chunk)
+            size += len(chunk)
+        if digest.hexdigest() != sha256:
+            raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
+        return size
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FolderStore(BlobStore):
+    """A folder per bucket under `<root>`; objects are files named by key."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _bucket(self, bucket: str) -> Path:
+        if not bucket or "/" in bucket or bucket.startswith("."):
+            raise StorageError(f"invalid bucket name {bucket!r}")
+        return self.root / bucket
+
+    def _path(self, bucket: str, key: str) -> Path:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StorageError(f"invalid key {key!r}")
+        return self._bucket(bucket) / key
+
+    def create_bucket(self, bucket: str) -> None:
+        try:
+            self._bucket(bucket).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+        target = self._path(bucket, key)
+        if not self._bucket(bucket).is_dir():
+            raise StorageError(f"bucket {bucket} does not exist")
+        try:
+            if target.exists():
+                return  # content-addressed: the same key holds the same bytes
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Write a private temporary next to the target, fsync it, then
+            # rename: a reader never sees a partial object, and a crash
+            # leaves at most a stray temporary.
+            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                    shutil.copyfileobj(src, out, CHUNK)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.chmod(tmp_name, 0o440)
+                os.replace(tmp_name, target)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+
+    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+        try:
+            with open(self._path(bucket, key), "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    yield chunk
+        except FileNotFoundError as exc:
+            raise StorageError(f"{bucket}/{key} is missing") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {bucket}/{key}: {exc}") from exc
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self._path(bucket, key).is_file()
+
+    def ping(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".readyz"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise StorageError(f"storage folder {self.root} is not writable: {exc}") from exc
+
+    def bucket_size(self, bucket: str) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self._bucket(bucket)):
+            total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files if not f.startswith(".tmp-"))
+        return total
+
+
+class S3Store(BlobStore):
+    """S3 or an S3-compatible store through boto3."""
+
+    def __init__(self, endpoint_url: str | None, region: str):
+        import boto3
+        from botocore.config import Config
+
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url or None,
+            region_name=region,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"} if endpoint_url else {},
+                max_pool_connections=50,
+            ),
+        )
+        self.region = region
+
+    def _errors(self):
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        return (BotoCoreError, ClientError, Boto3Error, OSError)
+
+    def create_bucket(self, bucket: str) -> None:
+        try:
+            kwargs = {"Bucket": bucket}
+            if self.region != "us-east-1":
+                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            try:
+                self.client.create_bucket(**kwargs)
+            except self.client.exceptions.BucketAlreadyOwnedByYou:
+                pass
+            self.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        except self._errors() as exc:
+            raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        try:
+            size = path.stat().st_size
+            if size <= 64 * CHUNK:
+                with open(path, "rb") as body:
+                    # The store checks the SHA-256 itself and refuses a
+                    # corrupted upload.
+                    self.client.put_object(
+                        Bucket=bucket, Key=key, Body=body, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                    )
+            else:
+                self.client.upload_file(
+                    str(path),
+                    bucket,
+                    key,
+                    ExtraArgs={"Metadata": {"sha256": sha256}, "ChecksumAlgorithm": "SHA256"},
+                    Config=TransferConfig(multipart_threshold=64 * CHUNK, multipart_chunksize=16 * CHUNK),
+                )
+        except self._errors() as exc:
+            raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+
+    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+        try:
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            yield from body.iter_chunks(CHUNK)
+        except self._errors() as exc:
+            raise StorageError(f"cannot read {bucket}/{key}: {exc}") from exc
+
+    def exists(self, bucket: str, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"cannot check {bucket}/{key}: {exc}") from exc
+        except self._errors() as exc:
+            raise StorageError(f"cannot check {bucket}/{key}: {exc}") from exc
+
+    def ping(self) -> None:
+        try:
+            self.client.list_buckets()
+        except self._errors() as exc:
+            raise StorageError(f"S3 is not reachable: {exc}") from exc
+
+    def bucket_size(self, bucket: str) -> int:
+        total = 0
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                total += sum(obj["Size"] for obj in page.get("Contents", []))
+        except self._errors() as exc:
+            raise StorageError(f"cannot list {bucket}: {exc}") from exc
+        return total
+
+
+@cache
+def get_store() -> BlobStore:
+    """The deployment's store, chosen by settings (cached per process)."""
+    if settings.ARCHIVA_STORAGE == "s3":
+        return S3Store(settings.ARCHIVA_S3_ENDPOINT, settings.ARCHIVA_S3_REGION)
+    return FolderStore(settings.DATA_DIR / "buckets")
+
+
+def bucket_name_for(tenant_public_id) -> str:
+    prefix = settings.ARCHIVA_S3_BUCKET_PREFIX if settings.ARCHIVA_STORAGE == "s3" else "tenant-"
+    return f"{prefix}{tenant_public_id.hex}"[:63]

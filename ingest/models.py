@@ -1,0 +1,48 @@
+"""What the SMTP ingest records: one Delivery per tenant per accepted message."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+
+class Delivery(models.Model):
+    """A message as received over SMTP, durably stored in a tenant's bucket.
+
+    A message addressed to several tenants gives one Delivery per tenant,
+    all sharing `queue_id`, the id in the `250 2.0.0 <id>` reply.
+    """
+
+    class Status(models.TextChoices):
+        STORED = "stored", "stored"  # bytes durable and recorded: 250 was sent
+        RECEIVED = "received", "received"  # the worker verified the stored object
+        FAILED = "failed", "failed"  # the worker could not verify it (see error)
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="deliveries")
+    queue_id = models.CharField(max_length=32, db_index=True)
+    sha256 = models.CharField(max_length=64)
+    size = models.BigIntegerField()
+    storage_key = models.CharField(max_length=255)
+    mail_from = models.CharField(max_length=512, blank=True)
+    rcpt_to = models.JSONField(default=list)  # this tenant's recipients, as sent
+    peer_ip = models.GenericIPAddressField(null=True, blank=True)
+    helo = models.CharField(max_length=255, blank=True)
+    tls_version = models.CharField(max_length=32, blank=True)
+    tls_cipher = models.CharField(max_length=128, blank=True)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.STORED)
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "queue_id"], name="one_delivery_per_tenant_per_message")
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "-received_at"], name="delivery_tenant_recent"),
+            models.Index(fields=["status", "enqueued_at"], name="delivery_sweep"),
+        ]

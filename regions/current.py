@@ -1,0 +1,20 @@
+"""The region this deployment serves, from settings."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+
+from regions.registry import REGIONS, Region, get_region, with_site
+
+
+@cache
+def current_region() -> Region:
+    return with_site(get_region(settings.ARCHIVA_REGION), settings.ARCHIVA_SITE_DOMAIN)
+
+
+def foreign_journal_domains() -> set[str]:
+    """Journal domains of the other regions: mail for them is never ours."""
+    here = current_region()
+    return {r.journal_domain for r in REGIONS.values() if r.code != here.code} - {here.journal_domain}

@@ -1,0 +1,102 @@
+"""Tenants, their members and their journal tokens.
+
+Tenant-owned rows are reached through `tenants.access`, never queried
+directly from views or tasks (tests/test_access_layer.py enforces it).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib.auth.models import AbstractUser, BaseUserManager
+from django.db import models
+from django.utils import timezone
+
+
+class UserManager(BaseUserManager):
+    use_in_migrations = True
+
+    def _create_user(self, email, password, **extra):
+        if not email:
+            raise ValueError("an email address is required")
+        user = self.model(email=self.normalize_email(email).lower(), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email, password=None, **extra):
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email, password=None, **extra):
+        extra.update(is_staff=True, is_superuser=True)
+        return self._create_user(email, password, **extra)
+
+
+class User(AbstractUser):
+    """A person; signs in with an email address, not a user name."""
+
+    username = None
+    email = models.EmailField("email address", unique=True)
+
+    USERNAME_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    objects = UserManager()
+
+
+class Tenant(models.Model):
+    """A customer organization; lives in exactly one region."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=200)
+    region = models.CharField(max_length=8)
+    bucket = models.CharField(max_length=63, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.region})"
+
+
+class Role(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    AUDITOR = "auditor", "Auditor"
+    USER = "user", "User"
+
+
+class Membership(models.Model):
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="one_membership_per_tenant")]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role in (Role.OWNER, Role.ADMIN)
+
+    @property
+    def sees_all_mail(self) -> bool:
+        return self.role in (Role.OWNER, Role.ADMIN, Role.AUDITOR)
+
+
+class JournalToken(models.Model):
+    """The secret part of a tenant's journal address.
+
+    `expires_at` is null while the token is current; rotation sets it to the
+    end of the grace period during which the old address still works.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="journal_tokens")
+    token = models.CharField(max_length=63, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every change, so the ingest's cache can refresh incrementally.
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def is_valid(self, now=None) -> bool:
+        return self.expires_at is None or self.expires_at > (now or timezone.now())
