@@ -16,5 +16,7 @@ def _schedule(sender, **kwargs):
     from django.conf import settings
 
     sender.add_periodic_task(
-        settings.ARCHIVA_SWEEP_INTERVAL, sender.signature("ingest.tasks.sweep_stranded"), name="sweep stranded deliveries"
+        settings.ARCHIVA_SWEEP_INTERVAL,
+        sender.signature("ingest.tasks.sweep_stranded"),
+        name="sweep stranded deliveries",
     )

@@ -130,7 +130,8 @@ AUTH_USER_MODEL = "tenants.User"
 # --- Storage -------------------------------------------------------------
 ARCHIVA_S3_ENDPOINT = env("ARCHIVA_S3_ENDPOINT")
 ARCHIVA_S3_BUCKET_PREFIX = env("ARCHIVA_S3_BUCKET_PREFIX", f"archiva-{ARCHIVA_REGION}-")
-ARCHIVA_S3_REGION = env("AWS_DEFAULT_REGION") or env("AWS_REGION") or ("eu-central-1" if ARCHIVA_REGION == "eu" else "us-east-1")
+_default_s3_region = "eu-central-1" if ARCHIVA_REGION == "eu" else "us-east-1"
+ARCHIVA_S3_REGION = env("AWS_DEFAULT_REGION") or env("AWS_REGION") or _default_s3_region
 ARCHIVA_STORAGE = envchoice("ARCHIVA_STORAGE", "s3" if ARCHIVA_S3_ENDPOINT else "folder", ("folder", "s3"))
 ARCHIVA_SPOOL_DIR = Path(env("ARCHIVA_SPOOL_DIR") or DATA_DIR / "spool").resolve()
 
@@ -189,6 +190,9 @@ ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_UNIQUE_EMAIL = True
+# Sign-up says plainly when an address already has an account (the product
+# decision for a B2B sign-up); allauth would otherwise hide it behind a mail.
+ACCOUNT_PREVENT_ENUMERATION = False
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_SIGNUP_FORM_CLASS = "tenants.forms.SignupForm"
 ACCOUNT_ADAPTER = "tenants.adapter.AccountAdapter"
@@ -196,7 +200,9 @@ ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if SITE_ROOT.startswith("https") else "http"
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Archiva] "
-ACCOUNT_RATE_LIMITS = {} if TESTING else {"login_failed": "10/m/ip,5/5m/key", "signup": "20/m/ip"}
+# False, not {}: an empty dict keeps allauth's default limits (e.g. one
+# verification mail per address per 3 minutes), which leak between tests.
+ACCOUNT_RATE_LIMITS = False if TESTING else {"login_failed": "10/m/ip,5/5m/key", "signup": "20/m/ip"}
 LOGIN_REDIRECT_URL = "/status/"
 LOGIN_URL = "/accounts/login/"
 

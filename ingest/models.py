@@ -46,3 +46,6 @@ class Delivery(models.Model):
             models.Index(fields=["tenant", "-received_at"], name="delivery_tenant_recent"),
             models.Index(fields=["status", "enqueued_at"], name="delivery_sweep"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.queue_id} ({self.size} bytes, {self.status})"

@@ -75,6 +75,9 @@ class Membership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["tenant", "user"], name="one_membership_per_tenant")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.role} of {self.tenant_id}"
+
     @property
     def is_admin(self) -> bool:
         return self.role in (Role.OWNER, Role.ADMIN)
@@ -97,6 +100,9 @@ class JournalToken(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     # Bumped on every change, so the ingest's cache can refresh incrementally.
     updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self) -> str:
+        return f"journal token {self.token[:6]}… of tenant {self.tenant_id}"
 
     def is_valid(self, now=None) -> bool:
         return self.expires_at is None or self.expires_at > (now or timezone.now())

@@ -1,0 +1,164 @@
+"""Running the ingest: one asyncio server, a thread pool for durable I/O.
+
+`IngestServer` is used by `manage.py smtpd` (in the foreground, stopping
+gracefully on SIGTERM/SIGINT) and by tests (in a background thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from django.conf import settings
+
+from ingest.directory import TokenDirectory
+from ingest.smtp import ArchivaSMTP, JournalHandler, Policy
+from ingest.tls import ensure_self_signed, server_context
+from regions.current import current_region, foreign_journal_domains
+
+log = logging.getLogger(__name__)
+
+
+def policy_from_settings() -> Policy:
+    region = current_region()
+    return Policy(
+        journal_domain=region.journal_domain,
+        foreign_domains=foreign_journal_domains(),
+        region=region.code,
+        spool_dir=settings.ARCHIVA_SPOOL_DIR,
+        max_size=settings.ARCHIVA_SMTP_MAX_SIZE,
+        max_recipients=settings.ARCHIVA_SMTP_MAX_RECIPIENTS,
+        require_tls=settings.ARCHIVA_SMTP_REQUIRE_TLS,
+    )
+
+
+def tls_context_from_settings() -> ssl.SSLContext:
+    if settings.ARCHIVA_TLS_CERT:
+        return server_context(settings.ARCHIVA_TLS_CERT, settings.ARCHIVA_TLS_KEY)
+    cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
+    return server_context(cert, key)
+
+
+class IngestServer:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        policy: Policy | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        directory: TokenDirectory | None = None,
+        workers: int = 16,
+        timeout: int | None = None,
+        shutdown_grace: float = 30.0,
+    ):
+        self.host, self.port = host, port
+        self.policy = policy or policy_from_settings()
+        self.tls_context = tls_context if tls_context is not None else tls_context_from_settings()
+        self.directory = directory or TokenDirectory(settings.ARCHIVA_TOKEN_CACHE_REFRESH)
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-io")
+        self.handler = JournalHandler(self.policy, self.directory, self.executor)
+        self.timeout = timeout or settings.ARCHIVA_SMTP_TIMEOUT
+        self.shutdown_grace = shutdown_grace
+        self._server: asyncio.AbstractServer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopped = asyncio.Event()
+        self.sessions: set[ArchivaSMTP] = set()
+
+    def _factory(self) -> ArchivaSMTP:
+        protocol = ArchivaSMTP(
+            self.handler,
+            hostname=settings.ARCHIVA_SMTP_HOSTNAME,
+            ident="Archiva ESMTP",
+            tls_context=self.tls_context,
+            timeout=self.timeout,
+            loop=self._loop,
+        )
+        self.sessions.add(protocol)
+        protocol._archiva_sessions = self.sessions  # removed on connection_lost
+        return protocol
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.directory.start()
+        # Accept only once the directory has loaded, or RCPT would answer 451.
+        for _ in range(600):
+            if self.directory._loaded:
+                break
+            await asyncio.sleep(0.05)
+        self._server = await self._loop.create_server(self._factory, self.host, self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("SMTP ingest listening on %s:%d (TLS required: %s)", self.host, self.port, self.policy.require_tls)
+
+    async def shutdown(self) -> None:
+        """Stop accepting; let sessions in flight finish within the grace period."""
+        if self._server is None:
+            return
+        self._server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace
+        while self._live_sessions() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        for session in self._live_sessions():
+            if session.transport is not None:
+                session.transport.close()
+        self.directory.stop()
+        await loop.run_in_executor(None, self._close_io_threads)
+        self._stopped.set()
+
+    def _close_io_threads(self) -> None:
+        """Close each I/O thread's database connection, then the pool."""
+        from django.db import connections
+
+        workers = self.executor._max_workers
+        barrier = threading.Barrier(workers, timeout=5)
+
+        def close():
+            connections.close_all()
+            try:
+                barrier.wait()  # one call per thread: hold until all arrived
+            except threading.BrokenBarrierError:
+                pass
+
+        for _ in range(workers):
+            self.executor.submit(close)
+        self.executor.shutdown(wait=True)
+
+    def _live_sessions(self) -> list[ArchivaSMTP]:
+        return [s for s in self.sessions if s.transport is not None]
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(self.shutdown()))
+        await self._stopped.wait()
+
+    # --- in a background thread (tests) ---------------------------------
+    def start_in_thread(self) -> IngestServer:
+        ready = threading.Event()
+
+        def run():
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_until_complete(self._stopped.wait())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="ingest-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(30):
+            raise TimeoutError("ingest server did not start")
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            asyncio.run_coroutine_threadsafe(self.shutdown(), self._loop).result(timeout=60)
+            self._thread.join(timeout=10)

@@ -1,0 +1,252 @@
+"""The SMTP session: aiosmtpd with Archiva's rules (DESIGN "SMTP ingest").
+
+The process stays thin: reject early in RCPT from the cached token
+directory, stream DATA to a spool file, make it durable in each tenant's
+bucket and record it, and only then answer 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import tempfile
+from concurrent.futures import Executor
+from pathlib import Path
+
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from infra.logs import redact
+from ingest.dataread import DataSink, read_data
+from ingest.directory import DirectoryUnavailable, TokenDirectory
+from ingest.record import Envelope as Recorded
+from ingest.record import store_and_record
+from tenants.tokens import parse_local_part
+
+log = logging.getLogger(__name__)
+
+SIZE_PARAM_RE = re.compile(r"\bSIZE=(\d+)\b", re.IGNORECASE)
+# RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
+MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
+RCPT_ARG_RE = re.compile(r"TO:\s*<([^<>\s]+)>(?:\s+(.*))?", re.IGNORECASE)
+
+REPLY_TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
+REPLY_UNKNOWN = "550 5.1.1 No such journal recipient"
+REPLY_NOT_OURS = "550 5.7.1 Relaying denied: not a journal domain of this region"
+REPLY_OTHER_REGION = "550 5.7.1 That journal address belongs to another region"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds fixed maximum message size"
+REPLY_TEMPFAIL = "451 4.3.0 Temporary storage failure, try again later"
+REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
+
+
+class Policy:
+    """What a deployment accepts; built once per process from settings."""
+
+    def __init__(
+        self,
+        *,
+        journal_domain: str,
+        foreign_domains: set[str],
+        region: str,
+        spool_dir: Path,
+        max_size: int,
+        max_recipients: int,
+        require_tls: bool,
+    ):
+        self.journal_domain = journal_domain.lower()
+        self.foreign_domains = {d.lower() for d in foreign_domains}
+        self.region = region
+        self.spool_dir = spool_dir
+        self.max_size = max_size
+        self.max_recipients = max_recipients
+        self.require_tls = require_tls
+
+
+class JournalHandler:
+    """aiosmtpd handler: RCPT routing; DATA is handled by ArchivaSMTP."""
+
+    def __init__(self, policy: Policy, directory: TokenDirectory, executor: Executor):
+        self.policy = policy
+        self.directory = directory
+        self.executor = executor
+
+    async def handle_exception(self, error: Exception) -> str:
+        # Whatever went wrong is ours: the sender must retry, never bounce.
+        log.exception("unexpected error in an SMTP session", exc_info=error)
+        return REPLY_TEMPFAIL
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        # aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8 and STARTTLS; add PIPELINING
+        # (we read pipelined commands correctly) before the final line.
+        # We take no AUTH: the journal token is the credential.
+        listed = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
+        return [*listed, "250-PIPELINING", responses[-1]]
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply, route = self.route(address)
+        if route is not None:
+            recorded: Recorded = envelope.archiva
+            if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+                return REPLY_TOO_MANY_RCPT
+            envelope.rcpt_tos.append(address)
+            recorded.add_recipient(route, address)
+        return reply
+
+    def route(self, address: str):
+        """(reply, route): the cheap format checks first, then the cached lookup."""
+        local, at, domain = address.rpartition("@")
+        domain = domain.lower().rstrip(".")
+        if not at or not local:
+            return "553 5.1.3 Malformed address", None
+        if domain in self.policy.foreign_domains:
+            return REPLY_OTHER_REGION, None
+        if domain != self.policy.journal_domain:
+            return REPLY_NOT_OURS, None
+        token = parse_local_part(local)
+        if token is None:
+            return REPLY_UNKNOWN, None
+        try:
+            route = self.directory.lookup(token)
+        except DirectoryUnavailable:
+            return "451 4.3.0 Directory not ready, try again later", None
+        if route is None:
+            return REPLY_UNKNOWN, None
+        if route.region != self.policy.region:
+            return REPLY_OTHER_REGION, None
+        return "250 2.1.5 OK", route
+
+
+class ArchivaSMTP(SMTP):
+    def __init__(self, handler: JournalHandler, **kwargs):
+        self.policy = handler.policy
+        super().__init__(
+            handler,
+            data_size_limit=handler.policy.max_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            **kwargs,
+        )
+
+    def _cb_client_connected(self, reader, writer):
+        super()._cb_client_connected(reader, writer)
+        # Bulk reads need a buffer larger than one command line; command
+        # length is still checked against command_size_limit per command.
+        reader._limit = 64 * 1024  # type: ignore[attr-defined]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        registry = getattr(self, "_archiva_sessions", None)
+        if registry is not None:
+            registry.discard(self)
+
+    def _create_envelope(self) -> Envelope:
+        envelope = super()._create_envelope()
+        envelope.archiva = None  # type: ignore[attr-defined]
+        return envelope
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if self.policy.require_tls and not self._tls_protocol:
+            await self.push(REPLY_TLS_REQUIRED)
+            return
+        match = MAIL_ARG_RE.fullmatch((arg or "").strip())
+        if match is None:
+            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]")
+            return
+        address, params = match.groups()
+        if address and (address.count("@") != 1 or address.startswith("@") or address.endswith("@")):
+            await self.push("553 5.1.3 Malformed sender address")
+            return
+        size = SIZE_PARAM_RE.search(params or "")
+        if size and int(size.group(1)) > self.policy.max_size:
+            await self.push(REPLY_TOO_BIG)
+            return
+        if not address:
+            # The null reverse-path <> (RFC 5321 4.5.5) is legal; aiosmtpd
+            # refuses it, so it is taken here.
+            if await self.check_helo_needed():
+                return
+            if self.envelope.mail_from:
+                await self.push("503 5.5.1 Error: nested MAIL command")
+                return
+            self.envelope.mail_from = "<>"
+            self.envelope.archiva = self._recorded_envelope()
+            self.envelope.archiva.mail_from = ""
+            await self.push("250 2.1.0 OK")
+            return
+        await super().smtp_MAIL(arg)
+        if self.envelope.mail_from is not None and self.envelope.archiva is None:
+            self.envelope.archiva = self._recorded_envelope()
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if self.envelope.mail_from and RCPT_ARG_RE.fullmatch((arg or "").strip()) is None:
+            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        await super().smtp_RCPT(arg)
+
+    def _recorded_envelope(self) -> Recorded:
+        session: Session = self.session
+        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+        version = cipher = ""
+        ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
+        if ssl_object is not None:
+            version = ssl_object.version() or ""
+            cipher = (ssl_object.cipher() or ("",))[0]
+        return Recorded(
+            mail_from=self.envelope.mail_from or "",
+            peer_ip=peer,
+            helo=session.host_name or "",
+            tls_version=version,
+            tls_cipher=cipher,
+        )
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self.policy.spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
+        spool = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                sink = DataSink(out=out, limit=self.policy.max_size)
+                leftover = await read_data(self._reader.read, sink, self._reset_timeout)
+            # Bytes read past the end mark are pipelined commands: give them
+            # back to the reader so the command loop sees them.
+            if leftover:
+                self._reader._buffer[:0] = leftover  # type: ignore[attr-defined]
+            reply = await self._finish(sink, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        self._set_post_data_state()
+        await self.push(reply)
+
+    async def _finish(self, sink: DataSink, spool: Path) -> str:
+        if sink.overflow:
+            return REPLY_TOO_BIG
+        recorded: Recorded = self.envelope.archiva
+        loop = asyncio.get_running_loop()
+        try:
+            queue_id = await loop.run_in_executor(
+                self.event_handler.executor, store_and_record, recorded, spool, sink.sha256, sink.size
+            )
+        except Exception:
+            log.exception("could not make a message durable; answering 451")
+            return REPLY_TEMPFAIL
+        log.info(
+            "accepted %s size=%d sha256=%s tenants=%d rcpts=%s",
+            queue_id,
+            sink.size,
+            sink.sha256,
+            len(recorded.routes),
+            redact(",".join(self.envelope.rcpt_tos)),
+        )
+        return f"250 2.0.0 {queue_id} Ok: queued"

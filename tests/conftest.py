@@ -1,0 +1,108 @@
+"""Shared fixtures: a tenant with an owner, an admin, an auditor and a plain
+user, and charlie, the outsider from another tenant who must get nothing."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from allauth.account.models import EmailAddress
+
+from tenants.actions import create_tenant
+from tenants.models import Membership, Role, Tenant, User
+from tests.servers import free_port, missing, port_open
+
+PASSWORD = "correct horse battery staple 42"
+
+
+def make_user(email: str) -> User:
+    user = User.objects.create_user(email=email, password=PASSWORD)
+    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
+    return user
+
+
+def add_member(tenant: Tenant, email: str, role: str) -> User:
+    user = make_user(email)
+    Membership.objects.create(tenant=tenant, user=user, role=role)
+    return user
+
+
+@dataclass
+class Org:
+    tenant: Tenant
+    owner: User
+    admin: User
+    auditor: User
+    user: User
+
+
+@pytest.fixture
+def org(db) -> Org:
+    """Contoso: alice owns it; bob admin, dave auditor, erin plain user."""
+    alice = make_user("alice@contoso.com")
+    tenant = create_tenant("Contoso", alice)
+    return Org(
+        tenant=tenant,
+        owner=alice,
+        admin=add_member(tenant, "bob@contoso.com", Role.ADMIN),
+        auditor=add_member(tenant, "dave@contoso.com", Role.AUDITOR),
+        user=add_member(tenant, "erin@contoso.com", Role.USER),
+    )
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    """charlie owns Fabrikam and should have no access to Contoso's stuff."""
+    charlie = make_user("charlie@fabrikam.com")
+    create_tenant("Fabrikam", charlie)
+    return charlie
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto) on loopback for the whole run."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        missing("moto[server]", "pip install 'moto[server]'")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def use_s3(settings, s3_endpoint):
+    """Switch this test to the S3 store."""
+    from infra.storage import get_store
+
+    settings.ARCHIVA_STORAGE = "s3"
+    settings.ARCHIVA_S3_ENDPOINT = s3_endpoint
+    get_store.cache_clear()
+    yield get_store()
+    get_store.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_store_cache():
+    from infra.storage import get_store
+
+    get_store.cache_clear()
+    yield
+    get_store.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def redis_broker():
+    if not port_open(6379):
+        missing("Redis", "start redis-server on 127.0.0.1:6379")
+    return os.environ["CELERY_BROKER_URL"]
+
+
+# SMTP fixtures live beside their helpers.
+from tests.smtp_support import ingest, tls_files  # noqa: E402,F401

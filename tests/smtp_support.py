@@ -1,0 +1,99 @@
+"""Fixtures and helpers for talking SMTP to a real ingest over real sockets."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+from ingest.server import IngestServer, policy_from_settings
+from ingest.tls import server_context
+from regions.current import current_region
+from tenants.access import current_token
+from tenants.models import Tenant
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+
+
+def corpus_dir() -> Path:
+    for candidate in (CORPUS, Path(__file__).resolve().parents[1] / ".." / "shared" / "corpus"):
+        if candidate.is_dir():
+            return candidate
+    pytest.fail("../shared/corpus is missing: the sample journal reports are needed")
+
+
+def journal_address(tenant: Tenant) -> str:
+    return f"journal-{current_token(tenant).token}@{current_region().journal_domain}"
+
+
+@dataclass
+class TLSFiles:
+    ca: trustme.CA
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.ca.configure_trust(context)
+        return context
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> TLSFiles:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1", current_region().journal_domain)
+    folder = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(cert_file)
+    for extra in cert.cert_chain_pems[1:]:
+        extra.write_to_path(cert_file, append=True)
+    cert.private_key_pem.write_to_path(key_file)
+    return TLSFiles(ca=ca, cert=cert_file, key=key_file)
+
+
+def start_ingest(tls_files: TLSFiles, **policy_overrides) -> IngestServer:
+    policy = policy_from_settings()
+    for name, value in policy_overrides.pop("policy", {}).items():
+        setattr(policy, name, value)
+    server = IngestServer(
+        "127.0.0.1",
+        0,
+        policy=policy,
+        tls_context=server_context(tls_files.cert, tls_files.key),
+        workers=4,
+        **policy_overrides,
+    )
+    server.directory.refresh_interval = 0.2
+    return server.start_in_thread()
+
+
+@pytest.fixture
+def ingest(transactional_db, tls_files, org, outsider):
+    """A running ingest (TLS required) that knows Contoso and Fabrikam."""
+    server = start_ingest(tls_files)
+    yield server
+    server.stop_thread()
+
+
+def connect(server: IngestServer, tls_files: TLSFiles, *, starttls: bool = True, timeout: float = 30) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=timeout)
+    client.ehlo("outbound.protection.outlook.com")
+    if starttls:
+        client.starttls(context=tls_files.client_context())
+        client.ehlo("outbound.protection.outlook.com")
+    return client
+
+
+def send(server: IngestServer, tls_files: TLSFiles, rcpts: list[str], data: bytes, sender: str = "ndr@contoso.com"):
+    """Send one message over STARTTLS; returns (code, reply text) of the final reply."""
+    with connect(server, tls_files) as client:
+        code, reply = client.mail(sender)
+        assert code == 250, reply
+        for rcpt in rcpts:
+            code, reply = client.rcpt(rcpt)
+            assert code == 250, (rcpt, reply)
+        return client.data(data)
