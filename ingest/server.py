@@ -11,7 +11,9 @@ import logging
 import signal
 import ssl
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from django.conf import settings
 
@@ -41,6 +43,30 @@ def tls_context_from_settings() -> ssl.SSLContext:
         return server_context(settings.ARCHIVA_TLS_CERT, settings.ARCHIVA_TLS_KEY)
     cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
     return server_context(cert, key)
+
+
+STALE_SPOOL_AGE = 3600.0
+
+
+def clean_spool(spool_dir: Path, max_age: float = STALE_SPOOL_AGE) -> int:
+    """Remove spool files left by a crashed ingest.
+
+    A spool file is never the only copy of anything acknowledged (250 comes
+    after the bucket copy), so removing one loses nothing; files younger
+    than max_age may belong to another ingest process sharing the folder.
+    """
+    removed = 0
+    cutoff = time.time() - max_age
+    for path in spool_dir.glob("in-*.eml") if spool_dir.is_dir() else ():
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue
+    if removed:
+        log.info("removed %d stale spool files", removed)
+    return removed
 
 
 class IngestServer:
@@ -85,6 +111,7 @@ class IngestServer:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        clean_spool(self.policy.spool_dir)
         self.directory.start()
         # Accept only once the directory has loaded, or RCPT would answer 451.
         for _ in range(600):

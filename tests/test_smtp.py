@@ -199,7 +199,9 @@ def test_pipelined_commands_and_two_messages_in_one_session(ingest, tls_files, o
     with connect(ingest, tls_files) as client:
         client.send(f"MAIL FROM:<a@contoso.com>\r\nRCPT TO:<{address}>\r\nRCPT TO:<{address}>\r\nDATA\r\n".encode())
         assert [client.getreply()[0] for _ in range(4)] == [250, 250, 250, 354]
-        client.send(b"Subject: one\r\n\r\n.dot\r\n.\r\nMAIL FROM:<b@contoso.com>\r\nRCPT TO:<" + address.encode() + b">\r\n")
+        client.send(
+            b"Subject: one\r\n\r\n.dot\r\n.\r\nMAIL FROM:<b@contoso.com>\r\nRCPT TO:<" + address.encode() + b">\r\n"
+        )
         replies = [client.getreply() for _ in range(3)]
         assert [code for code, _ in replies] == [250, 250, 250]
         assert client.data(MESSAGE)[0] == 250

@@ -1,0 +1,96 @@
+"""Tenant-owned rows are reached only through `tenants.access` (STYLE.md rule 2).
+
+Like Zulip's semgrep rule against raw `Stream.objects.filter` in views: any
+module outside the access layer that queries a tenant-owned model's manager
+directly fails this test, so tenant scoping cannot be forgotten.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ["archiva", "infra", "ingest", "regions", "tenants", "web"]
+TENANT_OWNED = {"Delivery", "JournalToken", "Membership", "Tenant"}
+MANAGERS = {"objects", "_default_manager", "_base_manager"}
+
+# The access layer itself, the named writers, and the ingest's internals
+# (the SMTP side and the worker look tokens up and record deliveries across
+# tenants by design: the tenant comes from the token lookup).
+ALLOWED_FILES = {"tenants/access.py", "tenants/actions.py"}
+ALLOWED_DIRS = ("ingest/",)
+
+
+def direct_queries(source: str, filename: str = "<source>") -> list[str]:
+    """`Model.objects`-style uses of tenant-owned models, as "line: Model.manager"."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr in MANAGERS
+            and isinstance(node.value, ast.Name)
+            and node.value.id in TENANT_OWNED
+        ):
+            found.append(f"{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def is_allowed(relative: str) -> bool:
+    return relative in ALLOWED_FILES or relative.startswith(ALLOWED_DIRS) or "/migrations/" in relative
+
+
+def checked_modules() -> list[Path]:
+    return [
+        path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+        if not is_allowed(path.relative_to(ROOT).as_posix())
+    ]
+
+
+def test_no_module_queries_tenant_owned_models_outside_the_access_layer():
+    offenders = {
+        path.relative_to(ROOT).as_posix(): hits
+        for path in checked_modules()
+        if (hits := direct_queries(path.read_text(), str(path)))
+    }
+    assert offenders == {}, "use tenants.access instead of querying tenant-owned models directly"
+
+
+def test_the_scan_covers_the_web_views():
+    scanned = {path.relative_to(ROOT).as_posix() for path in checked_modules()}
+    assert {"web/views.py", "web/api.py", "web/status.py"} <= scanned
+    assert "tenants/access.py" not in scanned
+
+
+def test_the_checker_flags_a_direct_query():
+    source = "from ingest.models import Delivery\n\ndef view(request):\n    return Delivery.objects.filter(pk=1)\n"
+    assert direct_queries(source) == ["4: Delivery.objects"]
+
+
+def test_the_checker_flags_every_tenant_owned_model_and_manager():
+    source = "Tenant.objects.all()\nMembership._default_manager.get()\nJournalToken._base_manager.count()\n"
+    assert direct_queries(source) == [
+        "1: Tenant.objects",
+        "2: Membership._default_manager",
+        "3: JournalToken._base_manager",
+    ]
+
+
+def test_the_checker_ignores_access_functions_other_models_and_prose():
+    source = (
+        '"""Never call Delivery.objects here."""\n'
+        "# Tenant.objects is forbidden\n"
+        "User.objects.get(pk=1)\n"
+        "access.deliveries(tenant)\n"
+    )
+    assert direct_queries(source) == []
+
+
+def test_the_allow_list_is_narrow():
+    assert is_allowed("tenants/access.py")
+    assert is_allowed("ingest/tasks.py")
+    assert is_allowed("tenants/migrations/0001_initial.py")
+    assert not is_allowed("web/views.py")
+    assert not is_allowed("tenants/adapter.py")

@@ -1,0 +1,253 @@
+"""The ingest as a real process: crash safety, graceful stop, broker outage,
+the sweep and a real Celery worker, and S3 as the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.db import connection
+
+from infra.storage import get_store
+from ingest.models import Delivery
+from ingest.tasks import process_delivery, stranded_deliveries, sweep
+from tests.servers import free_port, wait_for_port
+from tests.smtp_support import connect, journal_address, send, start_ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+MESSAGE = b"From: a@contoso.com\r\nTo: b@fabrikam.com\r\nSubject: crash\r\n\r\nhello\r\n"
+
+
+def process_env(settings, tls_files, **extra) -> dict[str, str]:
+    db = connection.settings_dict
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        ARCHIVA_DATA_DIR=str(settings.DATA_DIR),
+        ARCHIVA_TLS_CERT=str(tls_files.cert),
+        ARCHIVA_TLS_KEY=str(tls_files.key),
+        ARCHIVA_TOKEN_CACHE_REFRESH="0.2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class IngestProcess:
+    def __init__(self, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> IngestProcess:
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "smtpd", "--port", str(self.port), "--workers", "4"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=30)
+        return self
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def ingest_process(transactional_db, settings, tls_files, tmp_path, org, outsider):
+    started: list[IngestProcess] = []
+
+    def make(**extra) -> IngestProcess:
+        process = IngestProcess(process_env(settings, tls_files, **extra), tmp_path / "smtpd.log")
+        started.append(process)
+        return process.start()
+
+    yield make
+    for process in started:
+        process.stop()
+
+
+def test_kill_9_right_after_250_loses_nothing(ingest_process, tls_files, org, settings, tmp_path):
+    """Every message that got 250 is in storage and the database after a crash."""
+    process = ingest_process()
+    address = journal_address(org.tenant)
+    acknowledged: dict[str, bytes] = {}
+    stop = threading.Event()
+
+    def sender(n: int):
+        while not stop.is_set():
+            body = f"Subject: crash {n} {time.monotonic_ns()}\r\n\r\n{'x' * 2000}\r\n".encode()
+            try:
+                code, reply = send(process, tls_files, [address], body)
+            except (smtplib.SMTPException, OSError):
+                return
+            if code == 250:
+                acknowledged[reply.decode().split()[1]] = body
+                if len(acknowledged) >= 40:
+                    stop.set()
+
+    threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    stop.wait(60)
+    process.kill9()  # while the other senders are mid-session
+    for t in threads:
+        t.join(30)
+    assert len(acknowledged) >= 40
+
+    ingest_process()  # the restarted ingest comes up on the same data
+    rows = {row.queue_id: row for row in Delivery.objects.select_related("tenant").filter(tenant=org.tenant)}
+    store = get_store()
+    for queue_id, body in acknowledged.items():
+        row = rows[queue_id]
+        assert store.read_verified(row.tenant.bucket, row.storage_key, row.sha256) == body
+    # No partial object is visible: every object under raw/ is named by its hash.
+    bucket_dir = settings.DATA_DIR / "buckets" / org.tenant.bucket / "raw"
+    for path in bucket_dir.rglob("*"):
+        if path.is_file():
+            assert path.name.startswith(".tmp-") or store.verify(
+                org.tenant.bucket, str(path.relative_to(bucket_dir.parent)), path.name
+            )
+
+
+def test_sigterm_lets_a_session_in_flight_finish(ingest_process, tls_files, org):
+    process = ingest_process()
+    with connect(process, tls_files) as client:
+        client.mail("ndr@contoso.com")
+        client.rcpt(journal_address(org.tenant))
+        client.docmd("DATA")
+        client.send(b"Subject: in flight\r\n\r\nfirst half\r\n")
+        process.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        # New sessions are refused while the one in flight goes on.
+        with pytest.raises(OSError):
+            smtplib.SMTP("127.0.0.1", process.port, timeout=3)
+        client.send(b"second half\r\n.\r\n")
+        code, _ = client.getreply()
+        assert code == 250
+    assert process.proc.wait(30) == 0
+    assert Delivery.objects.filter(tenant=org.tenant).count() == 1
+
+
+def test_broker_down_still_250_and_the_sweep_enqueues_it_later(ingest_process, tls_files, org, settings, redis_broker):
+    process = ingest_process(CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    code, reply = send(process, tls_files, [journal_address(org.tenant)], MESSAGE)
+    assert code == 250
+    row = Delivery.objects.get(queue_id=reply.decode().split()[1])
+    assert row.enqueued_at is None and row.status == Delivery.Status.STORED
+
+    settings.ARCHIVA_SWEEP_GRACE = 0
+    assert list(stranded_deliveries()) == [row]
+    assert sweep() == 1  # published to the real broker (Redis)
+    assert not stranded_deliveries().exists()
+    row.refresh_from_db()
+    assert row.enqueued_at is not None
+
+
+def test_a_real_worker_verifies_what_the_ingest_stored(
+    transactional_db, tls_files, org, settings, redis_broker, tmp_path
+):
+    server = start_ingest(tls_files)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
+        cwd=ROOT,
+        env=process_env(settings, tls_files, CELERY_BROKER_URL=redis_broker),
+        stdout=(tmp_path / "worker.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        code, reply = send(server, tls_files, [journal_address(org.tenant)], MESSAGE)
+        assert code == 250
+        row = Delivery.objects.get(queue_id=reply.decode().split()[1])
+        deadline = time.monotonic() + 60
+        while row.status == Delivery.Status.STORED and time.monotonic() < deadline:
+            time.sleep(0.2)
+            row.refresh_from_db()
+        assert row.status == Delivery.Status.RECEIVED, (tmp_path / "worker.log").read_text()[-3000:]
+        assert row.verified_at is not None
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        server.stop_thread()
+
+
+def test_the_worker_flags_a_stored_object_that_does_not_match_its_hash(org, settings):
+    from infra.storage import raw_key
+
+    path = settings.DATA_DIR / "spool-test.eml"
+    path.write_bytes(MESSAGE)
+    import hashlib
+
+    digest = hashlib.sha256(MESSAGE).hexdigest()
+    get_store().put_file(org.tenant.bucket, raw_key(digest), path, digest)
+    stored = settings.DATA_DIR / "buckets" / org.tenant.bucket / raw_key(digest)
+    stored.chmod(0o600)
+    stored.write_bytes(MESSAGE + b"tampered")
+    row = Delivery.objects.create(
+        tenant=org.tenant, queue_id="Q1", sha256=digest, size=len(MESSAGE), storage_key=raw_key(digest)
+    )
+    assert process_delivery.apply(args=(row.pk,)).get() == Delivery.Status.FAILED
+    row.refresh_from_db()
+    assert row.status == Delivery.Status.FAILED and "do not match" in row.error
+    # Running it again changes nothing.
+    assert process_delivery.apply(args=(row.pk,)).get() == Delivery.Status.FAILED
+
+
+@pytest.mark.s3
+def test_ingest_stores_into_s3_and_answers_451_while_s3_is_down(transactional_db, tls_files, use_s3, settings):
+    from moto.server import ThreadedMotoServer
+
+    from tenants.actions import create_tenant
+    from tests.conftest import make_user
+
+    # A private S3 server for this test, so that stopping it harms no other test.
+    port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    settings.ARCHIVA_S3_ENDPOINT = f"http://127.0.0.1:{port}"
+    get_store.cache_clear()
+    tenant = create_tenant("S3 Org", make_user("owner@s3org.example"))
+    server = start_ingest(tls_files)
+    try:
+        code, reply = send(server, tls_files, [journal_address(tenant)], MESSAGE)
+        assert code == 250
+        row = Delivery.objects.get(queue_id=reply.decode().split()[1])
+        assert get_store().read_verified(tenant.bucket, row.storage_key, row.sha256) == MESSAGE
+
+        s3.stop()
+        code, reply = send(server, tls_files, [journal_address(tenant)], MESSAGE + b"again\r\n")
+        assert code == 451 and reply.startswith(b"4.3.0")
+        assert Delivery.objects.count() == 1
+    finally:
+        server.stop_thread()
+        s3.stop()
+
+
+def test_stale_spool_files_of_a_crashed_ingest_are_removed_and_fresh_ones_kept(tmp_path):
+    from ingest.server import clean_spool
+
+    stale, fresh, other = tmp_path / "in-old.eml", tmp_path / "in-new.eml", tmp_path / "keep.txt"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    os.utime(other, (time.time() - 7200, time.time() - 7200))
+    assert clean_spool(tmp_path) == 1
+    assert not stale.exists() and fresh.exists() and other.exists()
