@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "regions",
     "tenants",
     "ingest",
+    "archive",
     "web",
 ]
 
