@@ -11,6 +11,22 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def _make_broker_folders() -> None:
+    """The filesystem broker (embedded default) needs its folders to exist."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
+            Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
+
+
+@app.on_after_configure.connect
+def _prepare(sender, **kwargs):
+    _make_broker_folders()
+
+
 @app.on_after_finalize.connect
 def _schedule(sender, **kwargs):
     from django.conf import settings

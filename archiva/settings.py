@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from infra.dns import parse_resolver
 from infra.env import (
     ConfigError,
     env,
@@ -75,6 +76,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -123,6 +125,8 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "timeout": 30,
             },
+            # Keep connections: the ingest's threads write many small rows.
+            "CONN_MAX_AGE": None,
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -178,10 +182,28 @@ ARCHIVA_TLS_CERT = env("ARCHIVA_TLS_CERT")
 ARCHIVA_TLS_KEY = env("ARCHIVA_TLS_KEY")
 if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
     raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
+ARCHIVA_SMTP_PROCESSES = envint("ARCHIVA_SMTP_PROCESSES", 1, minimum=1, maximum=64)
 ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minimum=0.1)
 
 # --- Search (issue: indexing) -------------------------------------------
 ARCHIVA_SEARCH_URL = env("ARCHIVA_SEARCH_URL")
+
+# --- DNS (domain verification) ------------------------------------------
+# One server as "ip", "ip:port" or "[ipv6]:port"; unset: the system resolver.
+ARCHIVA_DNS_RESOLVER = parse_resolver(env("ARCHIVA_DNS_RESOLVER"))
+ARCHIVA_DNS_TIMEOUT = envfloat("ARCHIVA_DNS_TIMEOUT", 5.0, minimum=0.1)
+
+# --- Cache (rate limits) ------------------------------------------------
+# Unset: memory of each process, so limits count per web worker; set a
+# redis:// URL to share them between workers and machines.
+ARCHIVA_CACHE_URL = env("ARCHIVA_CACHE_URL")
+if ARCHIVA_CACHE_URL and not ARCHIVA_CACHE_URL.startswith(("redis://", "rediss://")):
+    raise ConfigError("ARCHIVA_CACHE_URL must be a redis:// URL")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": ARCHIVA_CACHE_URL}
+    if ARCHIVA_CACHE_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
 
 # --- Accounts (django-allauth) ------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -241,6 +263,26 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = envbool("SECURE_HSTS_PRELOAD", False)
+# Content-Security-Policy of every response (web/csp.py), unless a view sets
+# its own.  No inline scripts or styles: JavaScript lives in static files.
+ARCHIVA_CSP = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "form-action": ["'self'"],
+    "frame-ancestors": ["'none'"],
+}
+# Sources added to directives, e.g. "img-src https://cdn.example; report-uri /csp-report".
+ARCHIVA_CSP_EXTRA = env("ARCHIVA_CSP_EXTRA")
 
 # --- Static files and i18n ----------------------------------------------
 STATIC_URL = "/static/"

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -106,7 +106,8 @@ class FolderStore(BlobStore):
         return self.root / bucket
 
     def _path(self, bucket: str, key: str) -> Path:
-        if key.startswith("/") or ".." in key.split("/"):
+        parts = key.split("/")
+        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
             raise StorageError(f"invalid key {key!r}")
         return self._bucket(bucket) / key
 
@@ -124,16 +125,13 @@ class FolderStore(BlobStore):
             if target.exists():
                 return  # content-addressed: the same key holds the same bytes
             target.parent.mkdir(parents=True, exist_ok=True)
-            # Write a private temporary next to the target, fsync it, then
+            # Make a private temporary next to the target, fsync it, then
             # rename: a reader never sees a partial object, and a crash
-            # leaves at most a stray temporary.
-            fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            # leaves at most a stray temporary.  On the same filesystem the
+            # temporary is a hard link to the source (no copy).
+            tmp_name = str(target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
             try:
-                with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
-                    shutil.copyfileobj(src, out, CHUNK)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.chmod(tmp_name, 0o440)
+                self._link_or_copy(path, tmp_name)
                 os.replace(tmp_name, target)
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
@@ -141,6 +139,23 @@ class FolderStore(BlobStore):
             _fsync_dir(target.parent)
         except OSError as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+
+    @staticmethod
+    def _link_or_copy(source: Path, tmp_name: str) -> None:
+        try:
+            os.link(source, tmp_name)
+            fd = os.open(tmp_name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            Path(tmp_name).unlink(missing_ok=True)
+            with open(tmp_name, "xb") as out, open(source, "rb") as src:
+                shutil.copyfileobj(src, out, CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+        os.chmod(tmp_name, 0o440)
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
         try:

@@ -19,6 +19,8 @@ class Delivery(models.Model):
         STORED = "stored", "stored"  # bytes durable and recorded: 250 was sent
         RECEIVED = "received", "received"  # the worker verified the stored object
         FAILED = "failed", "failed"  # the worker could not verify it (see error)
+        ARCHIVED = "archived", "archived"  # unwrapped and merged into `message`
+        PARSE_FAILED = "parse_failed", "parse failed"  # kept; see error, retried by `retry_failed`
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="deliveries")
     queue_id = models.CharField(max_length=32, db_index=True)
@@ -37,6 +39,10 @@ class Delivery(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # The archived original this report carried; every report stays stored as evidence.
+    message = models.ForeignKey(
+        "archive.Message", on_delete=models.PROTECT, null=True, blank=True, related_name="deliveries"
+    )
 
     class Meta:
         constraints = [

@@ -12,12 +12,12 @@ import signal
 import ssl
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
 
 from ingest.directory import TokenDirectory
+from ingest.record import GroupCommitter
 from ingest.smtp import ArchivaSMTP, JournalHandler, Policy
 from ingest.tls import ensure_self_signed, server_context
 from regions.current import current_region, foreign_journal_domains
@@ -78,18 +78,19 @@ class IngestServer:
         policy: Policy | None = None,
         tls_context: ssl.SSLContext | None = None,
         directory: TokenDirectory | None = None,
-        workers: int = 16,
         timeout: int | None = None,
         shutdown_grace: float = 30.0,
+        reuse_port: bool = False,
     ):
         self.host, self.port = host, port
         self.policy = policy or policy_from_settings()
         self.tls_context = tls_context if tls_context is not None else tls_context_from_settings()
         self.directory = directory or TokenDirectory(settings.ARCHIVA_TOKEN_CACHE_REFRESH)
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-io")
-        self.handler = JournalHandler(self.policy, self.directory, self.executor)
+        self.committer: GroupCommitter | None = None
+        self.handler = JournalHandler(self.policy, self.directory, None)
         self.timeout = timeout or settings.ARCHIVA_SMTP_TIMEOUT
         self.shutdown_grace = shutdown_grace
+        self.reuse_port = reuse_port
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -112,13 +113,16 @@ class IngestServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         clean_spool(self.policy.spool_dir)
+        self.committer = self.handler.committer = GroupCommitter()
         self.directory.start()
         # Accept only once the directory has loaded, or RCPT would answer 451.
         for _ in range(600):
             if self.directory._loaded:
                 break
             await asyncio.sleep(0.05)
-        self._server = await self._loop.create_server(self._factory, self.host, self.port, reuse_address=True)
+        self._server = await self._loop.create_server(
+            self._factory, self.host, self.port, reuse_address=True, reuse_port=self.reuse_port or None
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("SMTP ingest listening on %s:%d (TLS required: %s)", self.host, self.port, self.policy.require_tls)
 
@@ -135,26 +139,8 @@ class IngestServer:
             if session.transport is not None:
                 session.transport.close()
         self.directory.stop()
-        await loop.run_in_executor(None, self._close_io_threads)
+        await loop.run_in_executor(None, self.committer.close)
         self._stopped.set()
-
-    def _close_io_threads(self) -> None:
-        """Close each I/O thread's database connection, then the pool."""
-        from django.db import connections
-
-        workers = self.executor._max_workers
-        barrier = threading.Barrier(workers, timeout=5)
-
-        def close():
-            connections.close_all()
-            try:
-                barrier.wait()  # one call per thread: hold until all arrived
-            except threading.BrokenBarrierError:
-                pass
-
-        for _ in range(workers):
-            self.executor.submit(close)
-        self.executor.shutdown(wait=True)
 
     def _live_sessions(self) -> list[ArchivaSMTP]:
         return [s for s in self.sessions if s.transport is not None]

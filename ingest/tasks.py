@@ -1,12 +1,23 @@
-"""Celery tasks of the ingest: they carry ids only and can run twice."""
+"""Celery tasks of the ingest: they carry ids only and can run twice.
+
+A delivery moves `stored` → `received` (hash verified) → `archived`
+(unwrapped and merged into its Message), and its Message is then indexed.
+Each step checks where the delivery is, so a task that runs again (a
+retry, a duplicate from the sweep) picks up where the last one stopped.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+import threading
+import time
 from datetime import timedelta
 
 from celery import shared_task
 from django.conf import settings
+from django.db import OperationalError
+from django.db.models import Q
 from django.utils import timezone
 
 from infra.storage import IntegrityError, StorageError, get_store
@@ -15,50 +26,154 @@ from ingest.models import Delivery
 log = logging.getLogger(__name__)
 
 # A delivery enqueued this long ago and still not processed is published
-# again: the task may have been lost with a crashed ingest or broker.
+# again: the task may have been lost with a crashed ingest or broker.  A task
+# that is retrying touches `enqueued_at` so the sweep leaves it alone; the
+# backoff's ceiling stays well below this.
 REQUEUE_AFTER = timedelta(minutes=15)
+BACKOFF_FIRST = 5
+BACKOFF_MAX = 600
+# Messages archived within this many seconds are indexed in one batch: the
+# price of batching is this much delay before a message is searchable.
+INDEX_DELAY = 1.0
+INDEX_BATCH = 500
+INDEX_TIME_BUDGET = 60.0
 
 
-@shared_task(
-    bind=True,
-    autoretry_for=(StorageError,),
-    dont_autoretry_for=(IntegrityError,),
-    retry_backoff=5,
-    retry_backoff_max=600,
-    retry_jitter=True,
-    max_retries=None,
-    acks_late=True,
-)
+def _retryable() -> tuple[type[Exception], ...]:
+    from search.backends.base import SearchUnavailable
+
+    # Our own trouble, not the message's: storage, the search backend, the database.
+    return (StorageError, SearchUnavailable, OperationalError)
+
+
+def backoff(retries: int) -> int:
+    """Exponential backoff with full jitter: 5 s, 10 s, 20 s … capped at 10 minutes."""
+    return random.randint(BACKOFF_FIRST, min(BACKOFF_MAX, BACKOFF_FIRST * 2**retries))
+
+
+@shared_task(bind=True, max_retries=None, acks_late=True)
 def process_delivery(self, delivery_id: int) -> str:
-    """Verify a stored delivery against its hash and mark it received."""
-    delivery = Delivery.objects.select_related("tenant").filter(pk=delivery_id).first()
+    """Verify and archive one delivery, then have its message indexed in the next batch.
+
+    Retried with backoff on our own trouble (storage, database); never for
+    the message's (a failed hash check, a parse failure: both recorded).
+    """
+    try:
+        status = process(delivery_id, index=False)
+    except IntegrityError:
+        raise  # handled in `verify`; never retried (the bytes will not change)
+    except _retryable() as exc:
+        _retry_later(self, exc, delivery_id)
+    if status == Delivery.Status.ARCHIVED:
+        schedule_indexing()
+    return status
+
+
+@shared_task(bind=True, max_retries=None, acks_late=True)
+def index_pending(self) -> int:
+    """Index every message waiting to be indexed, in batches (one commit each)."""
+    from archive.actions import index_pending as index_batch
+
+    deadline = time.monotonic() + INDEX_TIME_BUDGET
+    total = 0
+    try:
+        while (done := index_batch(INDEX_BATCH)) and time.monotonic() < deadline:
+            total += done
+    except _retryable() as exc:
+        _retry_later(self, exc)
+    if done:  # the budget ran out with more waiting: carry on in a fresh task
+        index_pending.apply_async(retry=False)
+    return total + done
+
+
+def _retry_later(task, exc: Exception, delivery_id: int | None = None):
+    log.warning("%s: %s; retrying", f"delivery {delivery_id}" if delivery_id else task.name, exc)
+    if delivery_id is not None:
+        try:
+            Delivery.objects.filter(pk=delivery_id).update(enqueued_at=timezone.now())
+        except OperationalError:
+            pass  # the database is the trouble; the sweep's window covers it
+    raise task.retry(exc=exc, countdown=backoff(task.request.retries)) from exc
+
+
+_next_schedule = 0.0
+_schedule_lock = threading.Lock()
+
+
+def schedule_indexing() -> None:
+    """Ask for an `index_pending` run in INDEX_DELAY seconds, at most once per
+    INDEX_DELAY per process: messages archived meanwhile go into one batch
+    (an index commit costs far more than one message)."""
+    global _next_schedule
+    with _schedule_lock:
+        now = time.monotonic()
+        if now < _next_schedule:
+            return
+        _next_schedule = now + INDEX_DELAY
+    try:
+        index_pending.apply_async(countdown=INDEX_DELAY, retry=False)
+    except Exception:
+        log.warning("could not schedule indexing; the sweep will", exc_info=True)
+        _next_schedule = 0.0
+
+
+def process(delivery_id: int, index: bool = True) -> str:
+    """Take a delivery as far as it goes; returns the status it ends in.
+
+    With `index`, its message is indexed here and now (tools, tests);
+    workers leave that to the batched `index_pending`.
+    """
+    from archive import actions
+
+    delivery = Delivery.objects.select_related("tenant", "message").filter(pk=delivery_id).first()
     if delivery is None:
         log.warning("delivery %s does not exist", delivery_id)
         return "missing"
-    if delivery.status != Delivery.Status.STORED:
-        return delivery.status  # already done: running twice changes nothing
-    Delivery.objects.filter(pk=delivery.pk).update(attempts=delivery.attempts + 1)
+    if delivery.status in (Delivery.Status.STORED, Delivery.Status.RECEIVED):
+        Delivery.objects.filter(pk=delivery.pk).update(attempts=delivery.attempts + 1)
+    if delivery.status == Delivery.Status.STORED and not verify(delivery):
+        return Delivery.Status.FAILED
+    if delivery.status == Delivery.Status.RECEIVED:
+        try:
+            parsed = actions.parse_delivery(delivery)
+        except actions.ParseFailed as exc:
+            actions.mark_parse_failed(delivery, str(exc))
+            return Delivery.Status.PARSE_FAILED
+        if actions.archive_delivery(delivery, parsed) is None:
+            return Delivery.Status.PARSE_FAILED
+    if delivery.status == Delivery.Status.ARCHIVED and index:
+        delivery.message.refresh_from_db()
+        actions.index_message(delivery.message)
+    return delivery.status
+
+
+def verify(delivery: Delivery) -> bool:
+    """Check the stored object against its hash; mark the delivery received or failed."""
     try:
         get_store().verify(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
     except IntegrityError as exc:
         Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.STORED).update(
             status=Delivery.Status.FAILED, error=str(exc)
         )
-        log.error("delivery %s failed verification: %s", delivery_id, exc)
-        return Delivery.Status.FAILED
+        log.error("delivery %s failed verification: %s", delivery.pk, exc)
+        return False
     Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.STORED).update(
         status=Delivery.Status.RECEIVED, verified_at=timezone.now(), error=""
     )
-    return Delivery.Status.RECEIVED
+    delivery.status = Delivery.Status.RECEIVED
+    return True
 
 
 def stranded_deliveries(now=None):
-    """Deliveries stored but never (or long ago) handed to a worker."""
-    from django.db.models import Q
+    """Deliveries not yet archived and indexed that no worker has (recently) been given."""
+    from archive.models import Message
 
     now = now or timezone.now()
     grace = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE)
-    return Delivery.objects.filter(status=Delivery.Status.STORED, received_at__lt=now - grace).filter(
+    unfinished = Q(status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED]) | Q(
+        status=Delivery.Status.ARCHIVED, message__index_status=Message.IndexStatus.PENDING
+    )
+    return Delivery.objects.filter(unfinished, received_at__lt=now - grace).filter(
         Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - REQUEUE_AFTER)
     )
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from infra.dns import txt_records
 from infra.storage import bucket_name_for, get_store
 from regions.current import current_region
-from tenants.models import JournalToken, Membership, Role, Tenant, User
-from tenants.tokens import new_token
+from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.tokens import hash_secret, new_link_secret, new_token, new_txt_token
 
 DEFAULT_ROTATION_GRACE = timedelta(days=7)
 
@@ -52,3 +54,183 @@ def rotate_journal_token(tenant: Tenant, grace: timedelta = DEFAULT_ROTATION_GRA
             expires_at=now + grace, updated_at=now
         )
         return _issue_token(tenant)
+
+
+# --- the team ----------------------------------------------------------------
+# Invariants kept here, whoever calls: a tenant always has an owner, and only
+# owners make, unmake or remove owners.  Views check "is an admin" first.
+
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+class ActionRefused(Exception):
+    """A change the rules forbid; the message is written for the person who asked."""
+
+
+def _check_may_grant(actor: Membership, role: str) -> None:
+    if role not in Role.values:
+        raise ActionRefused(f"{role!r} is not a role.")
+    if role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("only owners make owners")
+
+
+def _check_may_change(actor: Membership, target: Membership) -> None:
+    if target.tenant_id != actor.tenant_id:
+        raise PermissionDenied("another tenant's member")
+    if target.role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("only owners change owners")
+
+
+def _lock_owners(tenant: Tenant) -> list[int]:
+    """Lock the tenant's owner rows until the transaction ends; their ids."""
+    return list(
+        Membership.objects.select_for_update().filter(tenant=tenant, role=Role.OWNER).values_list("id", flat=True)
+    )
+
+
+def invite_member(actor: Membership, email: str, role: str) -> tuple[Invitation, str]:
+    """Invite `email` with `role`; returns the invitation and the secret for its link.
+
+    A pending invitation of the same address is replaced (its link stops
+    working), so "invite again" is also "resend".
+    """
+    _check_may_grant(actor, role)
+    email = email.strip().lower()
+    tenant = actor.tenant
+    if Membership.objects.filter(tenant=tenant, user__email__iexact=email).exists():
+        raise ActionRefused(f"{email} is already a member of {tenant.name}.")
+    secret = new_link_secret()
+    now = timezone.now()
+    with transaction.atomic():
+        Invitation.objects.filter(tenant=tenant, email=email, accepted_at__isnull=True).delete()
+        invitation = Invitation.objects.create(
+            tenant=tenant,
+            email=email,
+            role=role,
+            token_hash=hash_secret(secret),
+            invited_by=actor.user,
+            created_at=now,
+            expires_at=now + INVITATION_LIFETIME,
+        )
+    return invitation, secret
+
+
+def revoke_invitation(actor: Membership, invitation: Invitation) -> None:
+    if invitation.tenant_id != actor.tenant_id:
+        raise PermissionDenied("another tenant's invitation")
+    if invitation.role == Role.OWNER and actor.role != Role.OWNER:
+        raise PermissionDenied("only owners revoke an owner's invitation")
+    Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).delete()
+
+
+def accept_invitation(invitation: Invitation, user: User) -> Membership:
+    """Make `user` a member with the invited role; the invitation is used up.
+
+    An account belongs to one organization: a member of another tenant is
+    refused rather than silently given a second archive.
+    """
+    with transaction.atomic():
+        locked = Invitation.objects.select_for_update().filter(pk=invitation.pk).first()
+        if locked is None or not locked.is_pending():
+            raise ActionRefused("This invitation has expired or was already used. Ask your admin for a new one.")
+        existing = Membership.objects.filter(user=user).select_related("tenant").first()
+        if existing is not None:
+            if existing.tenant_id == locked.tenant_id:
+                raise ActionRefused(f"You are already a member of {existing.tenant.name}.")
+            raise ActionRefused(
+                f"Your account already belongs to {existing.tenant.name}; an account belongs to one organization. "
+                "Sign up with the invited address instead."
+            )
+        membership = Membership.objects.create(tenant_id=locked.tenant_id, user=user, role=locked.role)
+        locked.accepted_at = timezone.now()
+        locked.accepted_by = user
+        locked.save(update_fields=["accepted_at", "accepted_by"])
+    return membership
+
+
+def change_role(actor: Membership, target: Membership, role: str) -> Membership:
+    _check_may_grant(actor, role)
+    _check_may_change(actor, target)
+    with transaction.atomic():
+        owner_ids = _lock_owners(actor.tenant)
+        if target.pk in owner_ids and role != Role.OWNER and len(owner_ids) == 1:
+            raise ActionRefused(f"{target.user.email} is the last owner. Make someone else an owner first.")
+        Membership.objects.filter(pk=target.pk, tenant=actor.tenant).update(role=role)
+    target.role = role
+    return target
+
+
+def remove_member(actor: Membership, target: Membership) -> None:
+    """Remove a member from the tenant (their account stays, with no access)."""
+    _check_may_change(actor, target)
+    with transaction.atomic():
+        owner_ids = _lock_owners(actor.tenant)
+        if target.pk in owner_ids and len(owner_ids) == 1:
+            raise ActionRefused(f"{target.user.email} is the last owner and cannot be removed.")
+        Membership.objects.filter(pk=target.pk, tenant=actor.tenant).delete()
+
+
+def add_alias(actor: Membership, target: Membership, address: str) -> Alias:
+    """Let `target` search the mail of another address (a shared mailbox, an old name)."""
+    _check_may_change(actor, target)
+    address = address.strip().lower()
+    try:
+        with transaction.atomic():
+            return Alias.objects.create(tenant=actor.tenant, membership=target, address=address)
+    except IntegrityError:
+        raise ActionRefused(f"{address} is already an alias of a member of {actor.tenant.name}.") from None
+
+
+def remove_alias(actor: Membership, alias: Alias) -> None:
+    _check_may_change(actor, alias.membership)
+    Alias.objects.filter(pk=alias.pk, tenant=actor.tenant).delete()
+
+
+# --- domains -----------------------------------------------------------------
+
+
+def add_domain(actor: Membership, name: str) -> Domain:
+    """Claim a domain (already normalized: lower-case A-labels); verified later by DNS."""
+    tenant = actor.tenant
+    if Domain.objects.filter(name=name, verified_at__isnull=False).exclude(tenant=tenant).exists():
+        raise ActionRefused(f"{name} is verified by another organization. Contact support if it is yours.")
+    try:
+        with transaction.atomic():
+            return Domain.objects.create(tenant=tenant, name=name, txt_token=new_txt_token())
+    except IntegrityError:
+        raise ActionRefused(f"{name} is already on your list.") from None
+
+
+def verify_domain(domain: Domain) -> Domain:
+    """Mark the domain verified if its TXT record is in the DNS now.
+
+    Raises ActionRefused (record missing or wrong, or the name verified by
+    another tenant) or `infra.dns.LookupFailed` (the DNS did not answer).
+    """
+    if domain.is_verified:
+        return domain
+    values = [value.strip() for value in txt_records(domain.txt_name)]
+    if domain.txt_value not in values:
+        if not values:
+            raise ActionRefused(
+                f"No TXT record found at {domain.txt_name} yet. "
+                "New records can take a few minutes to appear; try again shortly."
+            )
+        found = ", ".join(f'"{value}"' for value in values[:5])
+        raise ActionRefused(
+            f'The TXT record at {domain.txt_name} does not match. Expected "{domain.txt_value}", found {found}.'
+        )
+    domain.verified_at = timezone.now()
+    try:
+        with transaction.atomic():
+            domain.save(update_fields=["verified_at", "updated_at"])
+    except IntegrityError:
+        domain.verified_at = None
+        raise ActionRefused(
+            f"{domain.name} is verified by another organization. Contact support if it is yours."
+        ) from None
+    return domain
+
+
+def remove_domain(actor: Membership, domain: Domain) -> None:
+    Domain.objects.filter(pk=domain.pk, tenant=actor.tenant).delete()

@@ -7,12 +7,41 @@ import logging
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.core.exceptions import ImmediateHttpResponse
 from django.db import transaction
+from django.http import Http404
 from django.shortcuts import render
 
 from infra.storage import StorageError
-from tenants.actions import create_tenant
+from tenants import access
+from tenants.actions import ActionRefused, accept_invitation, create_tenant
+from tenants.models import Invitation
 
 logger = logging.getLogger(__name__)
+
+INVITATION_SESSION_KEY = "archiva_invitation"
+
+
+def remember_invitation(request, secret: str, invitation: Invitation) -> None:
+    """Keep an opened invitation for the sign-up that follows.
+
+    The link was mailed to the invited address, so whoever opened it controls
+    that mailbox: allauth may treat that address as verified at sign-up.
+    """
+    request.session[INVITATION_SESSION_KEY] = secret
+    DefaultAccountAdapter(request).stash_verified_email(request, invitation.email)
+
+
+def invitation_in_session(request) -> Invitation | None:
+    secret = request.session.get(INVITATION_SESSION_KEY) if request is not None else None
+    if not secret:
+        return None
+    try:
+        return access.invitation_by_token(secret)
+    except Http404:
+        return None
+
+
+def forget_invitation(request) -> None:
+    request.session.pop(INVITATION_SESSION_KEY, None)
 
 
 class AccountAdapter(DefaultAccountAdapter):
@@ -21,16 +50,26 @@ class AccountAdapter(DefaultAccountAdapter):
 
         The tenant (owner membership, journal token, bucket) is written in
         the same transaction as the user: a failure leaves no account
-        without an archive, and no archive without an owner.
+        without an archive, and no archive without an owner.  A sign-up
+        from an invitation joins the inviting tenant instead.
         """
         if not commit:
             return super().save_user(request, user, form, commit=False)
-        organization = form.cleaned_data["organization"]
+        invitation = getattr(form, "invitation", None)
         try:
             with transaction.atomic():
                 user = super().save_user(request, user, form, commit=True)
-                create_tenant(organization, user)
+                if invitation is not None:
+                    accept_invitation(invitation, user)
+                else:
+                    create_tenant(form.cleaned_data["organization"], user)
         except StorageError:
             logger.exception("sign-up failed: the tenant's bucket could not be created")
             raise ImmediateHttpResponse(render(request, "account/signup_unavailable.html", status=503)) from None
+        except ActionRefused as refused:
+            raise ImmediateHttpResponse(
+                render(request, "team/join.html", {"refused": str(refused)}, status=409)
+            ) from None
+        if invitation is not None:
+            forget_invitation(request)
         return user

@@ -106,3 +106,93 @@ class JournalToken(models.Model):
 
     def is_valid(self, now=None) -> bool:
         return self.expires_at is None or self.expires_at > (now or timezone.now())
+
+
+class Invitation(models.Model):
+    """An admin's invitation to join a tenant with a role, sent by mail.
+
+    Only the SHA-256 of the token in the link is kept: the token has 256
+    random bits, so a fast hash is enough and a database leak opens nothing.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField()  # lower-cased
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
+    token_hash = models.CharField(max_length=64, unique=True)
+    invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    accepted_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["tenant", "email"], name="invitation_tenant_email")]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.email} to {self.tenant_id} as {self.role}"
+
+    def is_pending(self, now=None) -> bool:
+        return self.accepted_at is None and self.expires_at > (now or timezone.now())
+
+
+class Alias(models.Model):
+    """Another address whose mail a member may search, assigned by an admin.
+
+    `tenant` repeats `membership.tenant` so that an address can be unique
+    per tenant in the database.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="aliases")
+    membership = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="aliases")
+    address = models.EmailField()  # lower-cased
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "address"], name="alias_once_per_tenant")]
+
+    def __str__(self) -> str:
+        return f"alias {self.address} of membership {self.membership_id}"
+
+
+class Domain(models.Model):
+    """A mail domain a tenant claims; verified by a DNS TXT record.
+
+    The SMTP ingest routes mail to `archive@archive.<site>` by the sender's
+    domain among verified domains (`name`, `tenant_id`, `updated_at`), so a
+    name can be verified by one tenant of the region only.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="domains")
+    name = models.CharField(max_length=253)  # lower-case A-labels, no trailing dot
+    txt_token = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    # Bumped on every change, so the ingest's cache can refresh incrementally.
+    updated_at = models.DateTimeField(auto_now=True, db_index=True)
+
+    TXT_PREFIX = "_archiva"
+    TXT_VALUE_PREFIX = "archiva-verification="
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "name"], name="domain_once_per_tenant"),
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(verified_at__isnull=False), name="domain_verified_once"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"domain {self.name} of {self.tenant_id}"
+
+    @property
+    def is_verified(self) -> bool:
+        return self.verified_at is not None
+
+    @property
+    def txt_name(self) -> str:
+        """Where the TXT record goes: `_archiva.<domain>`."""
+        return f"{self.TXT_PREFIX}.{self.name}"
+
+    @property
+    def txt_value(self) -> str:
+        return f"{self.TXT_VALUE_PREFIX}{self.txt_token}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import string
@@ -33,3 +34,18 @@ def parse_local_part(local_part: str) -> str | None:
 
 def journal_local_part(token: str) -> str:
     return f"journal-{token}"
+
+
+def new_link_secret() -> str:
+    """The secret of an invitation link: 256 random bits, URL-safe."""
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """What the database keeps of a link secret (SHA-256 hex)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_txt_token() -> str:
+    """The random part of a domain's verification TXT record (≈190 bits)."""
+    return "".join(secrets.choice(BASE62) for _ in range(32))

@@ -110,5 +110,6 @@ def redis_broker():
     return os.environ["CELERY_BROKER_URL"]
 
 
-# SMTP fixtures live beside their helpers.
+# SMTP, DNS and browser fixtures live beside their helpers.
+from tests.dns_support import dns_server, dns_server_session  # noqa: E402,F401
 from tests.smtp_support import ingest, tls_files  # noqa: E402,F401

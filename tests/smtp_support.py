@@ -64,7 +64,6 @@ def start_ingest(tls_files: TLSFiles, **policy_overrides) -> IngestServer:
         0,
         policy=policy,
         tls_context=server_context(tls_files.cert, tls_files.key),
-        workers=4,
         **policy_overrides,
     )
     server.directory.refresh_interval = 0.2

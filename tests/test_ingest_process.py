@@ -49,7 +49,7 @@ class IngestProcess:
 
     def start(self) -> IngestProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "smtpd", "--port", str(self.port), "--workers", "4"],
+            [sys.executable, "manage.py", "smtpd", "--port", str(self.port)],
             cwd=ROOT,
             env=self.env,
             stdout=self.log.open("ab"),
@@ -152,6 +152,11 @@ def test_broker_down_still_250_and_the_sweep_enqueues_it_later(ingest_process, t
     code, reply = send(process, tls_files, [journal_address(org.tenant)], MESSAGE)
     assert code == 250
     row = Delivery.objects.get(queue_id=reply.decode().split()[1])
+    # Publishing happens after the reply; the failed attempt marks the row.
+    deadline = time.monotonic() + 20
+    while row.enqueued_at is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        row.refresh_from_db()
     assert row.enqueued_at is None and row.status == Delivery.Status.STORED
 
     settings.ARCHIVA_SWEEP_GRACE = 0
@@ -162,7 +167,7 @@ def test_broker_down_still_250_and_the_sweep_enqueues_it_later(ingest_process, t
     assert row.enqueued_at is not None
 
 
-def test_a_real_worker_verifies_what_the_ingest_stored(
+def test_a_real_worker_verifies_archives_and_indexes_what_the_ingest_stored(
     transactional_db, tls_files, org, settings, redis_broker, tmp_path
 ):
     server = start_ingest(tls_files)
@@ -178,11 +183,15 @@ def test_a_real_worker_verifies_what_the_ingest_stored(
         assert code == 250
         row = Delivery.objects.get(queue_id=reply.decode().split()[1])
         deadline = time.monotonic() + 60
-        while row.status == Delivery.Status.STORED and time.monotonic() < deadline:
+        while (
+            row.status in (Delivery.Status.STORED, Delivery.Status.RECEIVED)
+            or (row.message and row.message.index_status != "indexed")
+        ) and time.monotonic() < deadline:
             time.sleep(0.2)
-            row.refresh_from_db()
-        assert row.status == Delivery.Status.RECEIVED, (tmp_path / "worker.log").read_text()[-3000:]
+            row = Delivery.objects.select_related("message").get(pk=row.pk)
+        assert row.status == Delivery.Status.ARCHIVED, (tmp_path / "worker.log").read_text()[-3000:]
         assert row.verified_at is not None
+        assert row.message.subject == "crash" and row.message.index_status == "indexed"
     finally:
         worker.terminate()
         worker.wait(30)

@@ -103,7 +103,8 @@ def test_domain_is_case_insensitive_but_the_token_is_not(ingest, tls_files, org)
     with connect(ingest, tls_files) as client:
         client.mail("ndr@contoso.com")
         assert client.rcpt(f"{local}@{domain.upper()}")[0] == 250
-        assert client.rcpt(f"{local[:-1]}{local[-1].swapcase()}@{domain}")[0] == 550
+        i = next(i for i in range(len(local) - 1, 0, -1) if local[i].isalpha())
+        assert client.rcpt(f"{local[:i]}{local[i].swapcase()}{local[i + 1 :]}@{domain}")[0] == 550
 
 
 def test_declared_size_over_the_limit_is_refused_with_552(ingest, tls_files, org):

@@ -9,6 +9,7 @@ import pytest
 from django.templatetags.static import static
 from django.urls import reverse
 
+from archive.models import Message
 from ingest.models import Delivery
 from tenants.actions import rotate_journal_token
 from tenants.models import JournalToken
@@ -26,7 +27,19 @@ def journal_recipient(html: str) -> str:
     return re.search(r'id="journal-recipient">([^<]*)<', html).group(1)
 
 
-def deliver(tenant, queue_id, size, status=Delivery.Status.RECEIVED, received_at=None):
+def deliver(tenant, queue_id, size, status=Delivery.Status.ARCHIVED, received_at=None):
+    """A delivery row; an archived one gets its own Message (one original per report)."""
+    message = None
+    if status == Delivery.Status.ARCHIVED:
+        message = Message.objects.create(
+            tenant=tenant,
+            merge_key=f"mid:{queue_id}@contoso.com",
+            date=received_at or datetime.now(UTC),
+            size=size,
+            original_sha256=queue_id.ljust(64, "1"),
+            original_key=f"raw/{queue_id}-original",
+            index_status=Message.IndexStatus.INDEXED,
+        )
     return Delivery.objects.create(
         tenant=tenant,
         queue_id=queue_id,
@@ -35,12 +48,13 @@ def deliver(tenant, queue_id, size, status=Delivery.Status.RECEIVED, received_at
         storage_key=f"raw/{queue_id}",
         status=status,
         received_at=received_at or datetime.now(UTC),
+        message=message,
     )
 
 
 @pytest.fixture
 def contoso_mail(org, outsider):
-    """Contoso: two verified, one awaiting verification, one failed; Fabrikam: one."""
+    """Contoso: two archived, one awaiting verification, one failed; Fabrikam: one."""
     last = datetime(2026, 3, 14, 15, 9, 26, tzinfo=UTC)
     deliver(org.tenant, "a1", 1_000_000, received_at=last - timedelta(days=2))
     deliver(org.tenant, "a2", 200_000, received_at=last - timedelta(days=1))
@@ -104,10 +118,10 @@ def test_status_shows_the_exchange_setup_with_this_tenants_values(client, org):
         assert words in html
 
 
-def test_status_counts_this_tenants_deliveries_for_humans(client, org, contoso_mail):
+def test_status_counts_this_tenants_messages_and_deliveries_for_humans(client, org, contoso_mail):
     client.force_login(org.auditor)
     html = client.get(reverse("status")).content.decode()
-    assert re.search(r'id="messages-archived">4<', html)
+    assert re.search(r'id="messages-archived">2<', html)
     assert re.search(r'id="bytes-stored">1\.2\xa0MB<', html)  # 1,249,600 bytes
     assert re.search(r'id="deliveries-pending">1<', html)
     assert re.search(r'id="deliveries-failed">1<', html)
@@ -149,7 +163,7 @@ def test_status_api_reports_this_tenants_numbers(client, org, contoso_mail):
     data = response.json()
     assert {"journal_recipient", "messages_archived", "last_received", "bytes_stored", "pending", "failed"} <= set(data)
     assert data["journal_recipient"] == address_of(org.tenant)
-    assert data["messages_archived"] == 4
+    assert data["messages_archived"] == 2
     assert data["bytes_stored"] == 1_249_600
     assert data["pending"] == 1
     assert data["failed"] == 1

@@ -1,8 +1,10 @@
 """The JSON API (`/api/v1/…`).
 
 Every API view goes through `api_view`, the one place that decides who a
-request acts for.  Today that is the session's user; Bearer API tokens
-(a later issue) plug into `api_user` without touching the views.
+request acts for: the session's user, or the member an
+`Authorization: Bearer <API token>` acts as.  A request that presents a
+Bearer token is judged by the token alone (a bad token is 401 even with a
+session), and acts in the token's tenant.
 """
 
 from __future__ import annotations
@@ -14,20 +16,52 @@ from django.http import Http404, JsonResponse
 from django.views.decorators.http import require_GET
 
 from tenants import access
-from tenants.models import User
+from tenants.models import Membership, User
 from web.status import as_json, tenant_status
 
 
 def api_error(message: str, status: int) -> JsonResponse:
-    return JsonResponse({"error": message}, status=status)
+    response = JsonResponse({"error": message}, status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="archiva"'
+    return response
+
+
+def bearer_secret(request) -> str | None:
+    """The token of an `Authorization: Bearer …` header; "" when the header is malformed."""
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return value.strip()
 
 
 def api_user(request) -> User | None:
-    """The user this request acts for, or None when it is not authenticated."""
+    """The user this request acts for, or None when it is not authenticated.
+
+    For a Bearer token it also sets `request.api_membership` and
+    `request.api_token` (the token's tenant, for `api_membership` and the audit log).
+    """
+    secret = bearer_secret(request)
+    if secret is not None:
+        found = access.membership_for_api_token(secret) if secret else None
+        if found is None:
+            return None
+        request.api_membership, request.api_token = found
+        from archive.actions import touch_api_token
+
+        touch_api_token(request.api_token)
+        return request.api_membership.user
     user = request.user
     if user.is_authenticated and has_verified_email(user):
         return user
     return None
+
+
+def api_membership(request, user: User) -> Membership:
+    """The membership an API request acts in: the token's, or the session user's."""
+    membership = getattr(request, "api_membership", None)
+    return membership if membership is not None else access.membership_for(user)
 
 
 def api_view(view):
@@ -49,5 +83,5 @@ def api_view(view):
 @require_GET
 @api_view
 def status(request, user):
-    membership = access.membership_for(user)
+    membership = api_membership(request, user)
     return JsonResponse(as_json(tenant_status(membership.tenant)))

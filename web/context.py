@@ -1,13 +1,29 @@
 from django.conf import settings
+from django.http import Http404
+from django.utils.functional import SimpleLazyObject
 
 from regions.current import current_region
+from tenants import access
 
 OUTBOX_BACKEND = "web.mail.OutboxBackend"
 
 
+def _membership_or_none(request):
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    try:
+        return access.membership_for(user)
+    except Http404:
+        return None
+
+
 def site(request):
-    """What every page may show: the region this deployment serves."""
+    """What every page may show: the region this deployment serves, and the
+    visitor's membership (looked up only if a template asks; a view's own
+    `membership` takes precedence)."""
     return {
         "region": current_region(),
         "mail_to_outbox": settings.EMAIL_BACKEND == OUTBOX_BACKEND,
+        "membership": SimpleLazyObject(lambda: _membership_or_none(request)),
     }

@@ -11,12 +11,15 @@ from datetime import datetime
 
 from django.db.models import Count, Max, Q, Sum
 
+from archive.models import Message
 from ingest.models import Delivery
 from regions.current import current_region
 from regions.registry import Region
 from tenants import access
 from tenants.models import JournalToken, Tenant
 from tenants.tokens import journal_local_part
+
+MAX_FAILURES_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,22 @@ class JournalAddress:
 
 
 @dataclass(frozen=True)
+class Failure:
+    queue_id: str
+    received_at: datetime
+    reason: str
+
+
+@dataclass(frozen=True)
 class Counters:
-    messages_archived: int
+    messages_archived: int  # archived originals, after merging the reports of one
     last_received: datetime | None
     bytes_stored: int
     pending: int  # stored, not yet verified by the worker
     failed: int  # the worker could not verify the stored object
+    indexing_backlog: int = 0  # reports not yet archived + messages not yet (re)indexed
+    parse_failed: int = 0  # reports kept but not parsed; see `failures`
+    failures: tuple[Failure, ...] = ()  # the most recent parse failures, with reasons
 
 
 @dataclass(frozen=True)
@@ -50,20 +63,32 @@ def journal_address(token: JournalToken, region: Region) -> JournalAddress:
 
 
 def counters(tenant: Tenant) -> Counters:
-    """All counters in one query over the tenant's deliveries."""
+    """The delivery counters in one query, the message counters in another."""
     totals = access.deliveries(tenant).aggregate(
-        count=Count("id"),
         last=Max("received_at"),
         size=Sum("size"),
         pending=Count("id", filter=Q(status=Delivery.Status.STORED)),
+        unarchived=Count("id", filter=Q(status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED])),
         failed=Count("id", filter=Q(status=Delivery.Status.FAILED)),
+        parse_failed=Count("id", filter=Q(status=Delivery.Status.PARSE_FAILED)),
     )
+    messages = access.messages(tenant).aggregate(
+        count=Count("id"), unindexed=Count("id", filter=Q(index_status=Message.IndexStatus.PENDING))
+    )
+    failures = ()
+    if totals["parse_failed"]:
+        failures = tuple(
+            Failure(d.queue_id, d.received_at, d.error) for d in access.parse_failures(tenant)[:MAX_FAILURES_SHOWN]
+        )
     return Counters(
-        messages_archived=totals["count"],
+        messages_archived=messages["count"],
         last_received=totals["last"],
         bytes_stored=totals["size"] or 0,
         pending=totals["pending"],
         failed=totals["failed"],
+        indexing_backlog=totals["unarchived"] + messages["unindexed"],
+        parse_failed=totals["parse_failed"],
+        failures=failures,
     )
 
 
@@ -88,6 +113,11 @@ def as_json(status: TenantStatus) -> dict:
         "bytes_stored": c.bytes_stored,
         "pending": c.pending,
         "failed": c.failed,
+        "indexing_backlog": c.indexing_backlog,
+        "parse_failed": c.parse_failed,
+        "failures": [
+            {"queue_id": f.queue_id, "received_at": f.received_at.isoformat(), "reason": f.reason} for f in c.failures
+        ],
         "region": status.region.code,
         "journal_recipients_in_grace": [
             {"address": a.address, "expires_at": a.expires_at.isoformat()} for a in status.in_grace

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, health, o365, views
+from web import api, audit, charts, domains, health, messages, o365, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -9,4 +9,26 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("o365", o365.webhook, name="o365"),
+    path("search/", search.search_page, name="search"),
+    path("messages/<int:message_id>/", messages.message_view, name="message"),
+    path("messages/<int:message_id>/attachments/<int:number>", messages.attachment, name="message-attachment"),
+    path("api/v1/messages", search.api_messages, name="api-messages"),
+    path("api/v1/messages/<int:message_id>.eml", messages.original_eml, name="api-message-eml"),
+    path("settings/tokens/", tokens.tokens, name="tokens"),
+    path("settings/tokens/<int:token_id>/revoke", tokens.revoke, name="token-revoke"),
+    path("audit/", audit.audit_log, name="audit"),
+    # Tenant portal: charts, token rotation, team, domains.
+    path("status/charts/", charts.charts, name="status-charts"),
+    path("status/rotate-token/", views.rotate_token, name="rotate-token"),
+    path("team/", team.team, name="team"),
+    path("team/invitations/<int:invitation_id>/resend/", team.resend_invitation, name="team-invitation-resend"),
+    path("team/invitations/<int:invitation_id>/revoke/", team.revoke_invitation, name="team-invitation-revoke"),
+    path("team/members/<int:membership_id>/role/", team.change_role, name="team-role"),
+    path("team/members/<int:membership_id>/remove/", team.remove_member, name="team-remove"),
+    path("team/members/<int:membership_id>/aliases/", team.add_alias, name="team-alias-add"),
+    path("team/aliases/<int:alias_id>/remove/", team.remove_alias, name="team-alias-remove"),
+    path("team/join/<str:secret>/", team.join, name="team-join"),
+    path("domains/", domains.domains, name="domains"),
+    path("domains/<int:domain_id>/verify/", domains.verify, name="domain-verify"),
+    path("domains/<int:domain_id>/remove/", domains.remove, name="domain-remove"),
 ]

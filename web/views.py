@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from allauth.account.decorators import verified_email_required
+from django.contrib import messages
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_GET, require_POST
 
 from tenants import access
+from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token
+from web.roles import admin_required
+from web.setup import setup_checks
 from web.status import tenant_status
 
 
@@ -21,5 +25,24 @@ def home(request):
 @verified_email_required
 def status(request):
     membership = access.membership_for(request.user)
-    ctx = {"membership": membership, "status": tenant_status(membership.tenant)}
+    status = tenant_status(membership.tenant)
+    ctx = {
+        "membership": membership,
+        "status": status,
+        "checks": setup_checks(membership.tenant, status.region),
+        "grace_days": DEFAULT_ROTATION_GRACE.days,
+    }
     return render(request, "web/status.html", ctx)
+
+
+@require_POST
+@admin_required
+def rotate_token(request, membership):
+    """A new journal address; the old one keeps working for the grace period."""
+    rotate_journal_token(membership.tenant)
+    messages.success(
+        request,
+        f"New journal address issued. The previous one keeps working for {DEFAULT_ROTATION_GRACE.days} days: "
+        "update your journal rule before then.",
+    )
+    return redirect("status")

@@ -1,11 +1,20 @@
 """`manage.py smtpd`: the SMTP ingest, in the foreground."""
 
 import asyncio
+import os
+import signal
+import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from ingest.server import IngestServer
+
+
+def serve(host: str, port: int, reuse_port: bool) -> None:
+    server = IngestServer(host, port, reuse_port=reuse_port)
+    asyncio.run(server.serve_forever())
 
 
 class Command(BaseCommand):
@@ -14,16 +23,56 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--host", default=settings.ARCHIVA_SMTP_HOST)
         parser.add_argument("--port", type=int, default=settings.ARCHIVA_SMTP_PORT)
-        parser.add_argument("--workers", type=int, default=16, help="threads for storage and database I/O")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=settings.ARCHIVA_SMTP_PROCESSES,
+            help="ingest processes sharing the port (SO_REUSEPORT); default ARCHIVA_SMTP_PROCESSES",
+        )
 
-    def handle(self, *args, host, port, workers, **options):
-        if not 0 <= port <= 65535:
+    def handle(self, *args, host, port, processes, **options):
+        if not 0 < port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port")
-        if workers < 1:
-            raise CommandError("--workers must be at least 1")
-        server = IngestServer(host, port, workers=workers)
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
         try:
-            asyncio.run(server.serve_forever())
+            if processes == 1:
+                serve(host, port, reuse_port=False)
+            else:
+                self._run_processes(host, port, processes)
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
         self.stdout.write("SMTP ingest stopped")
+
+    def _run_processes(self, host: str, port: int, processes: int) -> None:
+        """Fork N ingest processes on one port; SIGTERM/SIGINT stop them all."""
+        connections.close_all()  # never share a database connection across fork
+        children = []
+        for _ in range(processes):
+            pid = os.fork()
+            if pid == 0:
+                code = 0
+                try:
+                    serve(host, port, reuse_port=True)
+                except BaseException:
+                    code = 1
+                    raise
+                finally:
+                    os._exit(code)
+            children.append(pid)
+
+        def forward(signum, frame):
+            for child in children:
+                try:
+                    os.kill(child, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        failed = False
+        for child in children:
+            _, status = os.waitpid(child, 0)
+            failed = failed or os.waitstatus_to_exitcode(status) != 0
+        if failed:
+            sys.exit(1)

@@ -1,0 +1,285 @@
+"""State changes of the archive, as named functions (the only writers).
+
+`archive_delivery` turns a verified journal report into (a merge into) its
+Message; `index_message` puts the Message's current version into the
+search backend.  Both can run any number of times with the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError as UniqueViolation
+from django.db import transaction
+from django.utils import timezone
+
+from archive import documents
+from archive.models import ApiToken, AuditEvent, Message
+from archive.parsed import ParsedReport
+from archive.tokens import display_prefix, hash_token, new_secret
+from infra.storage import IntegrityError, StorageError, get_store, raw_key
+from ingest.models import Delivery
+from tenants.models import Membership, Tenant
+
+log = logging.getLogger(__name__)
+
+# Columns a later report may add to (the union); the rest is the first report's.
+UNION_FIELDS = ("to", "cc", "bcc")
+
+
+class ParseFailed(Exception):
+    """The parser raised on a report: a bug to fix, after which `retry_failed` runs it again."""
+
+
+def parse_delivery(delivery: Delivery) -> ParsedReport:
+    """The stored report, read with its hash verified, then parsed.
+
+    StorageError (retry later) passes through; anything the parser raises
+    becomes ParseFailed (keep the report, record why).
+    """
+    raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+    try:
+        return documents._parse(raw)
+    except Exception as exc:
+        raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+
+
+def archive_delivery(delivery: Delivery, parsed: ParsedReport | None = None) -> Message | None:
+    """Merge a verified report into its Message; None when the report cannot be parsed.
+
+    A report already linked to its message changes nothing.  The original
+    (and a decrypted copy) are stored content-addressed in the tenant's
+    bucket before the database records them.
+    """
+    if delivery.message_id:
+        return delivery.message
+    try:
+        parsed = parsed or parse_delivery(delivery)
+        fields = documents.message_fields(parsed, delivery.received_at)
+    except ParseFailed as exc:
+        mark_parse_failed(delivery, str(exc))
+        return None
+    except Exception as exc:  # building the fields is parsing too
+        mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
+        return None
+    fields.update(_store_objects(delivery.tenant, parsed))
+    return _merge(delivery, fields)
+
+
+def mark_parse_failed(delivery: Delivery, reason: str) -> None:
+    log.error("delivery %s could not be parsed: %s", delivery.pk, reason)
+    Delivery.objects.filter(pk=delivery.pk, message__isnull=True).update(
+        status=Delivery.Status.PARSE_FAILED, error=reason
+    )
+
+
+def _store_objects(tenant: Tenant, parsed: ParsedReport) -> dict:
+    """Store the original, a decrypted copy and the extracted text, content-addressed."""
+    sha, key = _put_bytes(tenant.bucket, parsed.original)
+    stored = {"original_sha256": sha, "original_key": key, "decrypted_sha256": "", "decrypted_key": ""}
+    if parsed.decrypted:
+        stored["decrypted_sha256"], stored["decrypted_key"] = _put_bytes(tenant.bucket, parsed.decrypted)
+    stored["text_sha256"], stored["text_key"] = _put_text(tenant.bucket, documents.content_of(parsed))
+    return stored
+
+
+def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
+    return _put_bytes(bucket, documents.content_json(content), documents.text_key)
+
+
+def _put_bytes(bucket: str, data: bytes, key_for=raw_key) -> tuple[str, str]:
+    """Store bytes content-addressed (a no-op when the object exists); returns (sha256, key)."""
+    sha = hashlib.sha256(data).hexdigest()
+    key = key_for(sha)
+    spool = Path(settings.ARCHIVA_SPOOL_DIR)
+    spool.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=spool, prefix="archive-", suffix=".eml") as tmp:
+        tmp.write(data)
+        tmp.flush()
+        get_store().put_file(bucket, key, Path(tmp.name), sha)
+    return sha, key
+
+
+def _merge(delivery: Delivery, fields: dict) -> Message:
+    """Create or extend the Message and link the report, in one transaction.
+
+    The delivery row is locked first (the same report twice links once);
+    the unique (tenant, merge_key) constraint plus a locked re-read make two
+    workers with two reports of one message end with one row holding both.
+    """
+    with transaction.atomic():
+        locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
+        if locked.message_id:  # another run of this report got here first
+            message = Message.objects.get(pk=locked.message_id)
+        else:
+            message = _upsert(delivery.tenant, fields)
+            Delivery.objects.filter(pk=delivery.pk).update(message=message, status=Delivery.Status.ARCHIVED, error="")
+    delivery.message, delivery.status = message, Delivery.Status.ARCHIVED
+    return message
+
+
+def _upsert(tenant: Tenant, fields: dict) -> Message:
+    existing = Message.objects.select_for_update().filter(tenant=tenant, merge_key=fields["merge_key"]).first()
+    if existing is None:
+        try:
+            with transaction.atomic():
+                return Message.objects.create(tenant=tenant, **fields)
+        except UniqueViolation:
+            # Another worker created it since our read: merge into theirs.
+            existing = Message.objects.select_for_update().get(tenant=tenant, merge_key=fields["merge_key"])
+    _merge_into(existing, fields)
+    return existing
+
+
+def _merge_into(message: Message, fields: dict) -> None:
+    """Add a report's recipients; bump the version only if something changed."""
+    changed = []
+    recipients = documents.union_recipients(message.envelope_recipients, fields["envelope_recipients"])
+    if recipients != message.envelope_recipients:
+        message.envelope_recipients = recipients
+        changed.append("envelope_recipients")
+    for name in UNION_FIELDS:
+        merged = documents.union_list(getattr(message, name), fields[name])
+        if merged != getattr(message, name):
+            setattr(message, name, merged)
+            changed.append(name)
+    for key, sha in (("decrypted_key", "decrypted_sha256"), ("text_key", "text_sha256")):
+        if not getattr(message, key) and fields[key]:
+            setattr(message, key, fields[key])
+            setattr(message, sha, fields[sha])
+            changed += [key, sha]
+    if changed:
+        message.participants = documents.participants(message)
+        message.version += 1
+        message.index_status = Message.IndexStatus.PENDING
+        message.save(update_fields=[*set(changed), "participants", "version", "index_status"])
+
+
+def index_message(message: Message) -> bool:
+    """Put one message's current version into the search backend; False if it was already there."""
+    if message.index_status == Message.IndexStatus.INDEXED:
+        return False
+    return bool(index_messages([message]))
+
+
+def index_pending(limit: int = 500) -> int:
+    """Index up to `limit` messages waiting to be indexed, of any tenant, in one batch.
+
+    The batch is claimed with FOR UPDATE SKIP LOCKED, so workers draining
+    at once take different messages, and a merge waits for the batch.
+    Raises SearchUnavailable and StorageError (retry later).
+    """
+    with transaction.atomic():
+        batch = list(
+            Message.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("tenant")
+            .filter(index_status=Message.IndexStatus.PENDING)
+            .order_by("id")[:limit]
+        )
+        return index_messages(batch)
+
+
+def index_messages(messages: list[Message], reparse: bool = False) -> int:
+    """Index these messages in one bulk request; returns how many went in.
+
+    A message whose stored objects are missing or fail their hash check is
+    marked failed (shown on System Status, retried by `reindex`) instead of
+    blocking the others; a store that is down raises StorageError.  With
+    `reparse`, the text is extracted again from the original and stored anew.
+    """
+    from search import get_backend
+
+    built = []
+    for message in messages:
+        try:
+            built.append((message, _document(message, reparse)))
+        except StorageError as exc:
+            if not isinstance(exc, IntegrityError):
+                get_store().ping()  # raises when the store itself is down: retry the batch later
+            log.error("message %s cannot be indexed: %s", message.pk, exc)
+            Message.objects.filter(pk=message.pk).update(
+                index_status=Message.IndexStatus.FAILED, index_error=str(exc)[:2000]
+            )
+    if built:
+        get_backend().index([document for _, document in built])
+        mark_indexed([m for m, _ in built], [d.version for _, d in built])
+    return len(built)
+
+
+def _document(message: Message, reparse: bool):
+    if not reparse:
+        return documents.build_document(message)
+    content = documents.load_content(message)
+    sha, key = _put_text(message.tenant.bucket, content)
+    if (sha, key) != (message.text_sha256, message.text_key):
+        Message.objects.filter(pk=message.pk).update(text_sha256=sha, text_key=key)
+        message.text_sha256, message.text_key = sha, key
+    return documents.build_document(message, content)
+
+
+def mark_indexed(messages: list[Message], versions: list[int]) -> None:
+    now = timezone.now()
+    for message, version in zip(messages, versions, strict=True):
+        Message.objects.filter(pk=message.pk, version=version).update(
+            index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
+        )
+
+
+def requeue_failures(deliveries) -> list[int]:
+    """Put failed reports back in line: parse failures to `received`, failed
+    verifications to `stored` (the store may have been repaired)."""
+    ids = [d.pk for d in deliveries]
+    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PARSE_FAILED).update(
+        status=Delivery.Status.RECEIVED, error=""
+    )
+    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.FAILED).update(status=Delivery.Status.STORED, error="")
+    return ids
+
+
+# --- audit log and API tokens -----------------------------------------------
+
+
+def record_event(
+    membership: Membership, action: str, detail: dict, *, ip: str | None = None, token: ApiToken | None = None
+) -> AuditEvent:
+    """Write one audit log entry: every search, view, download and export."""
+    return AuditEvent.objects.create(
+        tenant_id=membership.tenant_id, user_id=membership.user_id, token=token, action=action, detail=detail, ip=ip
+    )
+
+
+def create_api_token(membership: Membership, name: str) -> tuple[ApiToken, str]:
+    """A new token acting as `membership`'s user; returns it with the secret, shown once."""
+    secret = new_secret()
+    with transaction.atomic():
+        token = ApiToken.objects.create(
+            tenant_id=membership.tenant_id,
+            created_by_id=membership.user_id,
+            name=name.strip()[:100] or "API token",
+            token_hash=hash_token(secret),
+            prefix=display_prefix(secret),
+        )
+        record_event(membership, AuditEvent.Action.TOKEN_CREATED, {"token": token.pk, "name": token.name})
+    return token, secret
+
+
+def revoke_api_token(membership: Membership, token: ApiToken) -> bool:
+    """Revoke a token of the member's tenant; False when it was already revoked."""
+    with transaction.atomic():
+        revoked = ApiToken.objects.filter(pk=token.pk, tenant_id=membership.tenant_id, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            record_event(membership, AuditEvent.Action.TOKEN_REVOKED, {"token": token.pk, "name": token.name})
+    return bool(revoked)
+
+
+def touch_api_token(token: ApiToken, every_seconds: int = 60) -> None:
+    """Note when a token was last used, at most once a minute (no write per request)."""
+    now = timezone.now()
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= every_seconds:
+        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

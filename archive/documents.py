@@ -1,0 +1,223 @@
+"""From a parsed report to a Message's fields, and from a Message to its SearchDocument.
+
+Pure functions, plus reading a message's stored objects back from the
+tenant's bucket (hash-verified): the index can always be rebuilt from the
+bucket and the Message rows, without the old index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import getaddresses
+
+from archive.models import Message
+from archive.parsed import Attachment, EnvelopeRecipient, ParsedReport
+from infra.storage import get_store
+from search.document import SearchDocument
+
+# Postgres indexes keys up to ~2.7 kB; a longer Message-ID is keyed by its hash.
+MAX_MERGE_KEY = 280
+
+
+def merge_key(parsed: ParsedReport) -> str:
+    """`mid:<Message-ID>`, or `sha:<SHA-256 of the original>` when there is none."""
+    message_id = (parsed.message_id or "").strip().strip("<>").strip()
+    if not message_id:
+        return f"sha:{original_sha256(parsed)}"
+    key = f"mid:{message_id}"
+    if len(key) > MAX_MERGE_KEY:
+        key = f"mid-sha:{hashlib.sha256(message_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
+    return key
+
+
+def original_sha256(parsed: ParsedReport) -> str:
+    return hashlib.sha256(parsed.original).hexdigest()
+
+
+def envelope_dicts(recipients: list[EnvelopeRecipient]) -> list[dict]:
+    return [
+        {"address": r.address.lower(), "kind": r.kind, "expanded": r.expanded, "forwarded": r.forwarded}
+        for r in recipients
+        if r.address
+    ]
+
+
+def union_recipients(current: list[dict], new: list[dict]) -> list[dict]:
+    """Recipients of every report, each once, in the order first seen."""
+    seen = {_recipient_key(r) for r in current}
+    merged = list(current)
+    for recipient in new:
+        if _recipient_key(recipient) not in seen:
+            seen.add(_recipient_key(recipient))
+            merged.append(recipient)
+    return merged
+
+
+def _recipient_key(recipient: dict) -> tuple:
+    return (recipient.get("address"), recipient.get("kind"), recipient.get("expanded"), recipient.get("forwarded"))
+
+
+def union_list(current: list[str], new: list[str]) -> list[str]:
+    return list(dict.fromkeys([*current, *new]))
+
+
+def _address(value: str | None) -> str:
+    """The bare lower-cased address of "Name <a@b>" or "a@b"."""
+    if not value:
+        return ""
+    pairs = getaddresses([value])
+    return (pairs[0][1] if pairs else value).strip().lower()
+
+
+def participants(message: Message) -> list[str]:
+    """Who may see the message as a plain user: the sender (From, Sender,
+    On-Behalf-Of), header To/Cc/Bcc, and every envelope recipient with the
+    group it was expanded from and the address it was forwarded from."""
+    found = [*message.from_addresses, _address(message.envelope_sender), _address(message.on_behalf_of)]
+    found += [*message.to, *message.cc, *message.bcc]
+    for r in message.envelope_recipients:
+        found += [r.get("address"), r.get("expanded"), r.get("forwarded")]
+    return sorted({a.strip().lower() for a in found if a and "@" in a})
+
+
+def attachment_dicts(attachments: list[Attachment]) -> list[dict]:
+    return [
+        {"name": a.filename, "content_type": a.content_type, "size": a.size, "skipped": a.skipped} for a in attachments
+    ]
+
+
+def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
+    """The Message columns a freshly parsed report gives (before storing)."""
+    fields = {
+        "merge_key": merge_key(parsed),
+        "message_id": (parsed.message_id or "").strip().strip("<>"),
+        "subject": parsed.subject or "",
+        "from_display": parsed.from_display or ", ".join(parsed.from_addresses),
+        "from_addresses": [a.lower() for a in parsed.from_addresses],
+        "envelope_sender": _address(parsed.envelope_sender),
+        "on_behalf_of": _address(parsed.on_behalf_of),
+        "to": [a.lower() for a in parsed.to],
+        "cc": [a.lower() for a in parsed.cc],
+        "bcc": [a.lower() for a in parsed.bcc],
+        "envelope_recipients": union_recipients([], envelope_dicts(parsed.envelope_recipients)),
+        "date": parsed.date or received_at,
+        "size": len(parsed.original),
+        "has_attachments": parsed.has_attachments,
+        "attachments": attachment_dicts(parsed.attachments),
+        "problems": list(parsed.problems)[:50],
+    }
+    fields["participants"] = participants(Message(**fields))
+    return fields
+
+
+# --- the searchable content -------------------------------------------------
+
+
+@dataclass
+class Content:
+    """What a message says: the decrypted copy's when there is one."""
+
+    body: str = ""
+    attachments: list[Attachment] = field(default_factory=list)
+    body_html: str | None = None
+
+
+def content_of(parsed: ParsedReport) -> Content:
+    """The content of a just-parsed report, as `load_content` would read it back."""
+    if parsed.decrypted:
+        return _content(_parse(parsed.decrypted))
+    return _content(parsed)
+
+
+def _content(parsed: ParsedReport) -> Content:
+    return Content(body=parsed.body_text or "", attachments=list(parsed.attachments), body_html=parsed.body_html)
+
+
+def _parse(raw: bytes) -> ParsedReport:
+    from archive.journal import parse_report
+
+    return parse_report(raw)
+
+
+def read_original(message: Message) -> bytes:
+    """The original's bytes from the tenant's bucket, checked against its SHA-256."""
+    return get_store().read_verified(message.tenant.bucket, message.original_key, message.original_sha256)
+
+
+def read_readable(message: Message) -> bytes:
+    """What people read: the decrypted copy of a rights-protected original, else the original."""
+    if message.has_decrypted:
+        return get_store().read_verified(message.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
+    return read_original(message)
+
+
+def load_content(message: Message) -> Content:
+    """Re-parse the stored (decrypted) original: the index is rebuilt from the bucket."""
+    return _content(_parse(read_readable(message)))
+
+
+def text_key(sha256: str) -> str:
+    return f"text/{sha256[:2]}/{sha256[2:4]}/{sha256}.json"
+
+
+def content_json(content: Content) -> bytes:
+    """The extracted text as stored beside the original (what indexing needs, no HTML)."""
+    attachments = [
+        {"name": a.filename, "content_type": a.content_type, "size": a.size, "text": a.text, "skipped": a.skipped}
+        for a in content.attachments
+    ]
+    return json.dumps({"v": 1, "body": content.body, "attachments": attachments}, ensure_ascii=False).encode()
+
+
+def stored_content(message: Message) -> Content:
+    """The extracted text from the bucket (hash-verified), or a fresh parse when there is none."""
+    if not message.text_key:
+        return load_content(message)
+    data = json.loads(get_store().read_verified(message.tenant.bucket, message.text_key, message.text_sha256))
+    attachments = [
+        Attachment(a["name"], a["content_type"], a["size"], text=a.get("text", ""), skipped=a.get("skipped", ""))
+        for a in data.get("attachments", [])
+    ]
+    return Content(body=data.get("body", ""), attachments=attachments)
+
+
+def build_document(message: Message, content: Content | None = None) -> SearchDocument:
+    """The search document of a message; its text is read from the bucket unless given."""
+    content = content if content is not None else stored_content(message)
+    envelope = message.envelope_recipients
+
+    def kinds(*wanted: str) -> list[str]:
+        return [r["address"] for r in envelope if r.get("kind") in wanted]
+
+    senders = [*message.from_addresses, message.envelope_sender, message.on_behalf_of]
+    display = _display_name(message.from_display)
+    names = [a.filename for a in content.attachments if a.filename]
+    return SearchDocument(
+        id=message.pk,
+        tenant_id=message.tenant_id,
+        version=message.version,
+        date=message.date,
+        from_=union_list([a for a in senders if a], [display] if display else []),
+        to=union_list(message.to, kinds("to")),
+        cc=union_list(message.cc, kinds("cc")),
+        bcc=union_list(message.bcc, kinds("bcc")),
+        recipients=union_list(
+            [r["address"] for r in envelope],
+            [x for r in envelope for x in (r.get("expanded"), r.get("forwarded")) if x],
+        ),
+        subject=message.subject,
+        body=content.body,
+        attachment_names=names or [a["name"] for a in message.attachments if a.get("name")],
+        attachment_text="\n".join(a.text for a in content.attachments if a.text),
+        has_attachment=message.has_attachments or bool(content.attachments),
+        size=message.size,
+        participants=list(message.participants),
+    )
+
+
+def _display_name(from_display: str) -> str:
+    pairs = getaddresses([from_display]) if from_display else []
+    return ", ".join(name for name, _ in pairs if name)

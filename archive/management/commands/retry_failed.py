@@ -1,0 +1,53 @@
+"""`manage.py retry_failed [--tenant …] [--verification]`: read failed reports again.
+
+Run after fixing the parser (or restoring the store): each report that
+failed is put back in line and processed here and now, and the command
+says how each one ended.  Reports that hit trouble of ours (storage,
+search) are handed to the workers, which retry with backoff.
+"""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+
+from archive import actions
+from ingest.models import Delivery
+from ingest.record import enqueue
+from ingest.tasks import _retryable, process
+from tenants import access
+
+
+class Command(BaseCommand):
+    help = "Retry journal reports that could not be parsed (and, with --verification, verified)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--tenant", help="only this tenant (public id or exact name); default: all")
+        parser.add_argument(
+            "--verification", action="store_true", help="also re-verify reports whose stored bytes did not match"
+        )
+
+    def handle(self, *args, tenant: str | None, verification: bool, **options):
+        try:
+            tenant_row = access.tenant_by_reference(tenant) if tenant else None
+        except LookupError as exc:
+            raise CommandError(str(exc)) from None
+        statuses = [Delivery.Status.PARSE_FAILED] + ([Delivery.Status.FAILED] if verification else [])
+        failed = list(access.failed_deliveries(tenant_row, statuses))
+        if not failed:
+            self.stdout.write("Nothing to retry.")
+            return
+        actions.requeue_failures(failed)
+        outcomes: dict[str, int] = {}
+        handed_over = []
+        for delivery in failed:
+            try:
+                outcome = process(delivery.pk)
+            except _retryable() as exc:
+                self.stderr.write(f"{delivery.queue_id}: {exc}; left to the workers")
+                handed_over.append(delivery.pk)
+                outcome = "handed to the workers"
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        if handed_over:
+            enqueue(handed_over)
+        summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
+        self.stdout.write(f"Retried {len(failed)} reports: {summary}.")

@@ -1,0 +1,153 @@
+"""Reading an RFC 5322 message's headers and parts without ever raising.
+
+The `email` package builds the MIME tree (compat32 policy: tolerant and fast,
+no header objects); header values are decoded here from their raw bytes so
+that broken charsets and encoded words degrade to replacement characters.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from email import policy
+from email.message import Message
+from email.parser import BytesParser
+from email.utils import getaddresses, parsedate_to_datetime
+
+from archive.rawmime import (
+    MAX_HEADER_VALUE,
+    decode_header_value,
+    decode_text,
+    decode_transfer,
+    multipart_depth,
+    to_bytes,
+    unfold,
+)
+
+_MSGID = re.compile(r"<([^<>\s]{1,900})>")
+
+
+MAX_MULTIPART_DEPTH = 30
+
+
+def parse_message(raw: bytes) -> tuple[Message, list[str]]:
+    """The MIME tree; a tree nested too deeply for the parser falls back to headers only."""
+    depth = multipart_depth(raw, stop_above=MAX_MULTIPART_DEPTH)
+    if depth > MAX_MULTIPART_DEPTH:
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+        return msg, [f"MIME structure nested more than {MAX_MULTIPART_DEPTH} levels deep: body not read"]
+    try:
+        return BytesParser(policy=policy.compat32).parsebytes(raw), []
+    except RecursionError:
+        msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
+        return msg, ["MIME structure nested too deeply: body not read"]
+
+
+def raw_header(msg: Message, name: str, join: bool = False) -> bytes | None:
+    """A header's raw bytes (all occurrences comma-joined when `join`), None when absent."""
+    name = name.lower()
+    values = []
+    for key, value in msg.raw_items():
+        if key.lower() == name:
+            data = to_bytes(value if isinstance(value, str) else str(value))
+            values.append(data[:MAX_HEADER_VALUE])
+            if not join:
+                break
+    return b", ".join(values) if values else None
+
+
+def header_text(msg: Message, name: str) -> str:
+    value = raw_header(msg, name)
+    return decode_header_value(value) if value is not None else ""
+
+
+def addresses(value: bytes | str | None, limit: int = 1000) -> list[str]:
+    """Lower-cased addr-specs of an address header; display names and groups ignored."""
+    if not value:
+        return []
+    if isinstance(value, bytes):
+        value = decode_text(unfold(value[:MAX_HEADER_VALUE]))
+    found: list[str] = []
+    try:
+        pairs = getaddresses([value])
+    except (ValueError, IndexError, TypeError):
+        return []
+    for _name, addr in pairs:
+        addr = addr.strip().strip("<>").lower()
+        if addr.startswith("smtp:"):
+            addr = addr[5:]
+        if addr and "@" in addr and " " not in addr and addr not in found:
+            found.append(addr[:320])
+            if len(found) >= limit:
+                break
+    return found
+
+
+def message_id(value: bytes | str | None) -> str | None:
+    """The first <id> without brackets; a bare token when the sender left them out."""
+    if not value:
+        return None
+    text = decode_text(unfold(value[:4096])) if isinstance(value, bytes) else value[:4096]
+    match = _MSGID.search(text)
+    if match:
+        return match.group(1)
+    text = text.strip()
+    return text if text and " " not in text and len(text) <= 900 else None
+
+
+def parse_date(value: bytes | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(decode_text(unfold(value[:512])).strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:  # "-0000": time zone unknown; the clock is UTC's by RFC 5322
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def part_filename(part: Message) -> str:
+    """Content-Disposition filename or Content-Type name, RFC 2231 and (non-standard) RFC 2047 decoded."""
+    try:
+        name = part.get_filename()
+    except (LookupError, ValueError, TypeError, UnicodeError):
+        name = None
+    if isinstance(name, str) and name:
+        return decode_header_value(to_bytes(name))[:255]
+    return ""
+
+
+def part_charset(part: Message) -> str | None:
+    try:
+        charset = part.get_param("charset")
+    except (ValueError, TypeError, IndexError):
+        return None
+    if isinstance(charset, tuple):
+        charset = charset[2]
+    return charset if isinstance(charset, str) else None
+
+
+def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
+    """(decoded bytes, size); bytes are None when the part is over `max_bytes`, which is not decoded."""
+    payload = part.get_payload()
+    if not isinstance(payload, str):
+        return b"", 0
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    encoded = len(payload)
+    estimate = encoded * 3 // 4 if cte == "base64" else encoded
+    if estimate > max_bytes:
+        return None, estimate
+    data = to_bytes(payload)
+    data = decode_transfer(data, cte.encode())
+    if cte in ("x-uuencode", "uuencode", "uue", "x-uue"):
+        try:
+            data = part.get_payload(decode=True) or b""
+        except (ValueError, TypeError):
+            pass
+    return data, len(data)

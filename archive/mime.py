@@ -1,0 +1,80 @@
+"""Reading attachments out of a stored original, for download.
+
+The parser (`archive.journal`) extracts text and metadata; downloads need
+the bytes, which it does not keep.  The message view lists and the
+download serves the same list, built here, so the numbers always agree.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from dataclasses import dataclass
+from email.message import EmailMessage
+
+# Nested messages are walked this deep; deeper ones are offered whole.
+MAX_DEPTH = 8
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    content_type: str
+    payload: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+
+def _filename(part: EmailMessage, number: int) -> str:
+    try:
+        name = part.get_filename()
+    except Exception:  # a broken RFC 2231 parameter must not hide the part
+        name = None
+    name = (name or "").replace("/", "_").replace("\\", "_").strip()
+    if name:
+        return name
+    extension = ".eml" if part.get_content_type() == "message/rfc822" else ".bin"
+    return f"attachment-{number}{extension}"
+
+
+def _payload(part: EmailMessage) -> bytes:
+    if part.get_content_type() == "message/rfc822" or part.is_multipart():
+        return part.as_bytes(policy=email.policy.default.clone(linesep="\r\n"))
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    return data if isinstance(data, bytes) else b""
+
+
+def _is_attachment(part: EmailMessage) -> bool:
+    if part.get_content_disposition() == "attachment":
+        return True
+    # Text without an attachment disposition is the body; any other leaf
+    # (an inline image, a file without a disposition) is an attachment.
+    return not part.is_multipart() and part.get_content_maintype() != "text"
+
+
+def attachments(raw: bytes) -> list[Part]:
+    """The attachments of a message, in document order; never raises on bad input."""
+    try:
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+    except Exception:
+        return []
+    found: list[Part] = []
+    _walk(message, found, depth=0)
+    return found
+
+
+def _walk(part, found: list[Part], depth: int) -> None:
+    if not part.is_multipart():
+        if depth > 0 and _is_attachment(part):
+            found.append(Part(_filename(part, len(found) + 1), part.get_content_type(), _payload(part)))
+        return
+    for child in part.iter_parts() if depth < MAX_DEPTH else []:
+        if child.get_content_type() == "message/rfc822":
+            found.append(Part(_filename(child, len(found) + 1), "message/rfc822", _payload(child)))
+        else:
+            _walk(child, found, depth + 1)

@@ -1,0 +1,213 @@
+"""The one search interface, and the one place where every query is scoped.
+
+Callers (tasks, web, exports) use only the public methods of SearchBackend.
+Those methods are final: they validate their input, parse the query, and wrap
+it in the tenant filter (and, for a plain user, the participant filter) before
+a backend sees anything. A backend implements the underscore methods and
+receives a ScopedQuery whose root always starts with TenantIs; it translates
+that whole tree, so it cannot forget the scope. `__init_subclass__` refuses a
+backend that overrides a public method.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
+
+from search.document import SearchDocument
+from search.query import SCOPE_NODES, And, IdIn, MatchAll, Node, ParticipantIn, QueryError, TenantIs, parse, walk
+
+MAX_LIMIT = 1000
+# Deepest page reachable with offset/limit (Elasticsearch's default
+# max_result_window). Exports walk every hit with scan() instead.
+MAX_WINDOW = 10_000
+
+
+class SearchError(Exception):
+    """The search backend refused a request (a bug or a broken index, not a retry)."""
+
+
+class SearchUnavailable(SearchError):
+    """The search backend cannot be reached or stayed busy; retry with backoff."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who is searching: a tenant, and for a plain user the addresses they own.
+
+    addresses None: all of the tenant's mail (owner, admin, auditor).
+    addresses a list: a plain user; only messages where one of these
+    addresses is the sender or a header/envelope recipient. An empty list
+    sees nothing.
+    """
+
+    tenant_id: int
+    addresses: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        _check_tenant(self.tenant_id)
+        if self.addresses is not None:
+            if isinstance(self.addresses, str):
+                raise TypeError("Scope.addresses must be a list of addresses, not one string")
+            normalized = tuple(sorted({a.strip().lower() for a in self.addresses if a and a.strip()}))
+            object.__setattr__(self, "addresses", normalized)
+
+
+@dataclass(frozen=True)
+class Hits:
+    count: int  # every match in scope, not just this page
+    ids: list[int]  # archive.Message ids of this page, newest first (date desc, id desc)
+
+
+@dataclass(frozen=True)
+class ScopedQuery:
+    """A query tree that carries its tenant filter; only SearchBackend makes these."""
+
+    tenant_id: int
+    root: Node
+
+    def __post_init__(self):
+        first = self.root.children[0] if isinstance(self.root, And) else self.root
+        if first != TenantIs(self.tenant_id):
+            raise ValueError("a ScopedQuery must start with its tenant filter")
+
+
+def _check_tenant(tenant_id) -> None:
+    if isinstance(tenant_id, bool) or not isinstance(tenant_id, int) or tenant_id <= 0:
+        raise ValueError(f"tenant_id must be a positive int, got {tenant_id!r}")
+
+
+def _scoped(tenant_id: int, *filters: Node) -> ScopedQuery:
+    """THE tenant filter: every read, count and delete goes through here."""
+    _check_tenant(tenant_id)
+    parts = [TenantIs(tenant_id)]
+    for node in filters:
+        parts.extend(node.children if isinstance(node, And) else (node,))
+    parts = [p for p in parts if not isinstance(p, MatchAll)]
+    return ScopedQuery(tenant_id, And(tuple(parts)) if len(parts) > 1 else parts[0])
+
+
+def scope_query(scope: Scope, query: str | Node) -> ScopedQuery | None:
+    """The user's query limited to what `scope` may see; None when that is nothing."""
+    ast = parse(query) if isinstance(query, str) else query
+    if not isinstance(ast, Node):
+        raise QueryError("The query must be text.")
+    if any(isinstance(node, SCOPE_NODES) for node in walk(ast)):
+        # A caller-built tree must not smuggle in its own tenant or id filter.
+        raise QueryError("The query contains a scope filter.")
+    if scope.addresses is None:
+        return _scoped(scope.tenant_id, ast)
+    if not scope.addresses:
+        return None
+    return _scoped(scope.tenant_id, ParticipantIn(scope.addresses), ast)
+
+
+def _address_values(values: Iterable[str]) -> set[str]:
+    return {v.strip().strip("<>").lower() for v in values if "@" in v}
+
+
+def prepare_document(doc: SearchDocument) -> SearchDocument:
+    """Check a document and make `participants` complete and lower-cased.
+
+    participants always includes the sender and every header and envelope
+    recipient, so a builder that forgets one cannot hide mail from its owner.
+    """
+    if not isinstance(doc, SearchDocument):
+        raise TypeError(f"expected SearchDocument, got {type(doc).__name__}")
+    _check_tenant(doc.tenant_id)
+    if doc.date.tzinfo is None:
+        raise ValueError(f"document {doc.id}: date must be timezone-aware")
+    participants = {p.strip().lower() for p in doc.participants if p and p.strip()}
+    participants |= _address_values([*doc.from_, *doc.to, *doc.cc, *doc.bcc, *doc.recipients])
+    return replace(doc, participants=sorted(participants))
+
+
+class SearchBackend(abc.ABC):
+    """Index, search, count and delete one region's messages, always per tenant."""
+
+    name = "abstract"
+    _FINAL = ("index", "delete", "delete_tenant", "search", "scan", "count")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in cls._FINAL if name in cls.__dict__]
+        if overridden:
+            raise TypeError(f"{cls.__name__} must not override {overridden}: scoping lives in SearchBackend")
+
+    # --- public, final ----------------------------------------------------------
+
+    def index(self, docs: Iterable[SearchDocument]) -> None:
+        """Add or replace documents in bulk. Idempotent; a document is never
+        replaced by one with a lower `version` (an equal version replaces, so a
+        rebuild after a parser fix refreshes the text)."""
+        newest: dict[int, SearchDocument] = {}
+        for doc in map(prepare_document, docs):
+            if doc.id not in newest or doc.version >= newest[doc.id].version:
+                newest[doc.id] = doc
+        if newest:
+            self._index(list(newest.values()))
+
+    def delete(self, tenant_id: int, ids: Iterable[int]) -> None:
+        """Remove these messages of this tenant; ids of other tenants are left alone."""
+        ids = tuple(sorted({int(i) for i in ids}))
+        if ids:
+            self._delete(_scoped(tenant_id, IdIn(ids)))
+
+    def delete_tenant(self, tenant_id: int) -> None:
+        """Remove every message of one tenant."""
+        self._delete(_scoped(tenant_id))
+
+    def search(self, scope: Scope, query: str | Node, offset: int = 0, limit: int = 50) -> Hits:
+        """One page of the messages `scope` may see that match `query`, newest
+        first (date desc, id desc), with the count of all matches.
+        Raises QueryError for a malformed query, SearchUnavailable when the
+        backend cannot answer."""
+        if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0 or not 0 < limit <= MAX_LIMIT:
+            raise ValueError(f"need 0 <= offset and 0 < limit <= {MAX_LIMIT}")
+        if offset + limit > MAX_WINDOW:
+            raise QueryError(f"Results beyond the first {MAX_WINDOW} cannot be paged; narrow the search.")
+        scoped = scope_query(scope, query)
+        if scoped is None:
+            return Hits(0, [])
+        return self._search(scoped, offset, limit)
+
+    def scan(self, scope: Scope, query: str | Node) -> Iterator[int]:
+        """Every matching id, newest first, for exports (no paging limit)."""
+        scoped = scope_query(scope, query)
+        if scoped is None:
+            return iter(())
+        return self._scan(scoped)
+
+    def count(self, tenant_id: int) -> int:
+        """How many messages of this tenant are indexed."""
+        return self._search(_scoped(tenant_id), 0, 1).count
+
+    # --- for backends -----------------------------------------------------------
+
+    @abc.abstractmethod
+    def _index(self, docs: list[SearchDocument]) -> None:
+        """Write these (validated, one per id) documents, honouring `version`."""
+
+    @abc.abstractmethod
+    def _delete(self, query: ScopedQuery) -> None:
+        """Delete every document matching the scoped query."""
+
+    @abc.abstractmethod
+    def _search(self, query: ScopedQuery, offset: int, limit: int) -> Hits:
+        """Count the matches and return one page, date desc, id desc."""
+
+    @abc.abstractmethod
+    def _scan(self, query: ScopedQuery) -> Iterator[int]:
+        """Every matching id, date desc, id desc."""
+
+    @abc.abstractmethod
+    def refresh(self) -> None:
+        """Make everything indexed so far visible to search."""
+
+    @abc.abstractmethod
+    def ping(self) -> bool:
+        """True when the backend answers (for /readyz)."""
+
+    def close(self) -> None:
+        """Release connections and files."""

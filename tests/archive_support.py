@@ -1,0 +1,102 @@
+"""Putting mail into the archive the way production does, for tests.
+
+`deliver` stores the bytes and records a Delivery with the ingest's own
+functions (`ingest.record.store_objects` / `delivery_rows`); `archive` then
+runs the worker's `process` on it (verify, parse, merge, index) in this
+process.  The search backend is the embedded default, under DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from ingest.directory import Route
+from ingest.models import Delivery
+from ingest.record import Envelope, delivery_rows, new_queue_id, store_objects
+from ingest.tasks import process
+from tenants.models import Tenant
+from tests.smtp_support import corpus_dir
+
+
+def corpus(name: str) -> bytes:
+    return (corpus_dir() / name).read_bytes()
+
+
+def corpus_names() -> list[str]:
+    return sorted(path.name for path in corpus_dir().glob("*.eml"))
+
+
+def deliver(tenant: Tenant, raw: bytes) -> Delivery:
+    """Store and record one received message for `tenant`, as the ingest does (not enqueued)."""
+    sha256 = hashlib.sha256(raw).hexdigest()
+    envelope = Envelope(
+        mail_from="journal@contoso.com", peer_ip="127.0.0.1", helo="test", tls_version="", tls_cipher=""
+    )
+    envelope.add_recipient(Route(tenant.pk, tenant.bucket, tenant.region, None), f"journal-x@{tenant.region}.test")
+    spool = Path(settings.DATA_DIR) / "test-spool"
+    spool.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=spool) as tmp:
+        tmp.write(raw)
+        tmp.flush()
+        store_objects(envelope, Path(tmp.name), sha256)
+    [row] = Delivery.objects.bulk_create(delivery_rows(envelope, new_queue_id(), sha256, len(raw)))
+    return row
+
+
+def archive(tenant: Tenant, raw: bytes, index: bool = True) -> Delivery:
+    """Deliver and run the worker on it; returns the delivery as it ended."""
+    delivery = deliver(tenant, raw)
+    process(delivery.pk, index=index)
+    delivery.refresh_from_db()
+    return delivery
+
+
+def archive_corpus(tenant: Tenant) -> dict[str, Delivery]:
+    """Every corpus file archived, then indexed in one batch as the workers do."""
+    from archive.actions import index_pending
+
+    delivered = {name: archive(tenant, corpus(name), index=False) for name in corpus_names()}
+    index_pending()
+    return delivered
+
+
+def report(message_id: str | None, subject: str, recipients: list[tuple[str, str]], body: str = "Hello.") -> bytes:
+    """A journal report in the shape Exchange sends; recipients are (kind, envelope line value)."""
+    mid = f"<{message_id}>" if message_id else ""
+    envelope = "\r\n".join(f"{kind}: {value}" for kind, value in recipients)
+    header_to = ", ".join(value.split(",")[0] for kind, value in recipients if kind == "To")
+    original = (
+        f"From: Sam Sender <sam@fabrikam.com>\r\nTo: {header_to}\r\nSubject: {subject}\r\n"
+        f"Date: Mon, 02 Mar 2026 09:30:00 +0000\r\n"
+        + (f"Message-ID: {mid}\r\n" if mid else "")
+        + f"Content-Type: text/plain; charset=utf-8\r\nMIME-Version: 1.0\r\n\r\n{body}\r\n"
+    )
+    return (
+        f"From: sam@fabrikam.com\r\nTo: journal@archive.archiva.com\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{hashlib.sha1(envelope.encode()).hexdigest()}@journal.report.generator>\r\n"
+        "X-MS-Journal-Report:\r\n"
+        'Content-Type: multipart/mixed; boundary="b0"\r\nMIME-Version: 1.0\r\n\r\n'
+        "--b0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        f"Sender: sam@fabrikam.com\r\nSubject: {subject}\r\nMessage-Id: {mid}\r\n{envelope}\r\n"
+        f"--b0\r\nContent-Type: message/rfc822\r\n\r\n{original}\r\n--b0--\r\n"
+    ).encode()
+
+
+@pytest.fixture(name="backend")
+def backend_fixture():
+    """The embedded search backend; its index lives under DATA_DIR."""
+    from search import get_backend
+
+    return get_backend()
+
+
+def search_ids(backend, tenant: Tenant, query: str, addresses: list[str] | None = None) -> list[int]:
+    from search.backends.base import Scope
+
+    backend.refresh()
+    return backend.search(Scope(tenant.pk, addresses), query, limit=1000).ids

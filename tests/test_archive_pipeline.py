@@ -1,0 +1,306 @@
+"""From a stored journal report to a searchable Message: the worker's pipeline.
+
+Reports are stored and recorded with the ingest's own functions, then the
+worker's `process` runs on them (verify, parse, merge, index) against the
+real store, PostgreSQL and the embedded search backend.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import uuid
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from archive import actions
+from archive.models import Message
+from infra.storage import get_store
+from ingest.models import Delivery
+from ingest.tasks import index_pending, process, process_delivery, stranded_deliveries
+from search.backends.base import SearchBackend  # noqa: E402
+from tests.archive_support import (
+    archive,
+    archive_corpus,
+    backend_fixture,  # noqa: F401 (the `backend` fixture)
+    corpus,
+    corpus_names,
+    deliver,
+    report,
+    search_ids,
+)
+
+_real_index = SearchBackend.index
+scheduled: list[bool] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch):
+    """Tasks run here in-process: asking for a batch indexing run is only recorded."""
+    scheduled.clear()
+    monkeypatch.setattr("ingest.tasks.schedule_indexing", lambda: scheduled.append(True))
+
+
+def message_of(delivery: Delivery) -> Message:
+    delivery.refresh_from_db()
+    return Message.objects.get(pk=delivery.message_id)
+
+
+def test_every_corpus_file_is_archived_indexed_and_found_by_its_subject(org, outsider, backend):
+    delivered = archive_corpus(org.tenant)
+    for name, delivery in delivered.items():
+        assert delivery.status == Delivery.Status.ARCHIVED, (name, delivery.error)
+        message = message_of(delivery)
+        assert message.index_status == Message.IndexStatus.INDEXED, name
+        assert message.pk in search_ids(backend, org.tenant, f'subject:"{message.subject}"'), name
+    # 12 reports, two of them of one original.
+    assert Message.objects.filter(tenant=org.tenant).count() == len(corpus_names()) - 1
+    fabrikam = outsider.memberships.get().tenant
+    assert search_ids(backend, fabrikam, "") == []
+
+
+def test_the_original_is_stored_apart_from_its_report_and_read_back_verified(org, outsider):
+    delivery = archive(org.tenant, corpus("05-binary-cte.eml"))
+    message = message_of(delivery)
+    original = get_store().read_verified(org.tenant.bucket, message.original_key, message.original_sha256)
+    assert original.startswith(b"From: mia@contoso.com")
+    assert "Café crème".encode() in original  # 8-bit body, byte for byte
+    assert b"X-MS-Journal-Report" not in original
+    assert message.original_sha256 != delivery.sha256  # the report is kept too, under its own hash
+    assert get_store().exists(org.tenant.bucket, delivery.storage_key)
+
+
+def test_envelope_bcc_expansions_and_forwards_are_kept_and_make_participants(org, outsider, backend):
+    message = message_of(archive(org.tenant, corpus("02-bcc-expanded-forwarded.eml")))
+    envelope = {(r["address"], r["kind"], r["expanded"], r["forwarded"]) for r in message.envelope_recipients}
+    assert ("dave@contoso.com", "bcc", None, None) in envelope
+    assert ("erin@contoso.com", "to", "sales@contoso.com", None) in envelope
+    assert ("gina@contoso.com", "cc", None, "carol@contoso.com") in envelope
+    assert {
+        "alice@contoso.com",
+        "dave@contoso.com",
+        "erin@contoso.com",
+        "sales@contoso.com",
+        "gina@contoso.com",
+    } <= set(message.participants)
+    # A plain user finds it through their own address, and only that way.
+    assert search_ids(backend, org.tenant, "pricing", ["erin@contoso.com"]) == [message.pk]
+    assert search_ids(backend, org.tenant, "pricing", ["zoe@contoso.com"]) == []
+    assert search_ids(backend, org.tenant, "bcc:dave@contoso.com") == [message.pk]
+
+
+def test_a_decrypted_copy_is_stored_and_its_text_indexed(org, outsider, backend):
+    message = message_of(archive(org.tenant, corpus("07-decrypted-copy.eml")))
+    assert message.has_decrypted and message.decrypted_sha256
+    assert get_store().read_verified(org.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
+    assert search_ids(backend, org.tenant, '"41 dollars per share"') == [message.pk]
+
+
+def test_two_reports_of_one_message_merge_with_the_union_of_recipients(org, outsider, backend):
+    first = archive(org.tenant, corpus("09-duplicate-a.eml"))
+    second = archive(org.tenant, corpus("09-duplicate-b.eml"))
+    assert first.message_id == second.message_id
+    message = message_of(first)
+    assert message.merge_key == "mid:split-0009@fabrikam.com"
+    assert {r["address"] for r in message.envelope_recipients} == {"tina@contoso.com", "uma@contoso.com"}
+    assert message.version == 2 and message.index_status == Message.IndexStatus.INDEXED
+    # Both reports stay stored as evidence, each linked to the one message.
+    assert set(message.deliveries.values_list("pk", flat=True)) == {first.pk, second.pk}
+    for delivery in (first, second):
+        assert get_store().exists(org.tenant.bucket, delivery.storage_key)
+    assert search_ids(backend, org.tenant, "to:uma@contoso.com") == [message.pk]
+    assert search_ids(backend, org.tenant, "to:tina@contoso.com") == [message.pk]
+
+
+def test_the_same_report_twice_changes_nothing(org, outsider, backend):
+    delivery = archive(org.tenant, corpus("01-simple.eml"))
+    message = message_of(delivery)
+    assert process(delivery.pk) == Delivery.Status.ARCHIVED
+    assert process_delivery.apply(args=(delivery.pk,)).get() == Delivery.Status.ARCHIVED
+    # The same bytes delivered again (Exchange retrying after a lost reply).
+    again = archive(org.tenant, corpus("01-simple.eml"))
+    assert again.message_id == message.pk
+    after = message_of(delivery)
+    assert (after.version, after.envelope_recipients, after.indexed_at) == (
+        message.version,
+        message.envelope_recipients,
+        message.indexed_at,
+    )
+    assert Message.objects.filter(tenant=org.tenant).count() == 1
+    assert search_ids(backend, org.tenant, "quarterly") == [message.pk]
+
+
+def test_originals_without_a_message_id_dedupe_by_content_hash(org, outsider):
+    one = archive(org.tenant, report(None, "No id", [("To", "tina@contoso.com")]))
+    two = archive(org.tenant, report(None, "No id", [("To", "tina@contoso.com"), ("Bcc", "uma@contoso.com")]))
+    other = archive(org.tenant, report(None, "No id", [("To", "tina@contoso.com")], body="Different."))
+    assert one.sha256 != two.sha256
+    message = message_of(one)
+    assert message.merge_key.startswith("sha:") and message.merge_key == f"sha:{message.original_sha256}"
+    assert two.message_id == message.pk != other.message_id
+    assert {r["address"] for r in message_of(one).envelope_recipients} == {"tina@contoso.com", "uma@contoso.com"}
+
+
+def test_the_same_message_in_two_tenants_is_two_messages(org, outsider, backend):
+    fabrikam = outsider.memberships.get().tenant
+    ours = message_of(archive(org.tenant, corpus("01-simple.eml")))
+    theirs = message_of(archive(fabrikam, corpus("01-simple.eml")))
+    assert ours.pk != theirs.pk and ours.merge_key == theirs.merge_key
+    assert search_ids(backend, org.tenant, "quarterly") == [ours.pk]
+    assert search_ids(backend, fabrikam, "quarterly") == [theirs.pk]
+
+
+def test_a_report_that_breaks_the_parser_is_kept_shown_and_retried_after_a_fix(
+    org, outsider, backend, monkeypatch, client
+):
+    from archive import journal
+
+    real = journal.parse_report
+
+    def broken(raw, **kwargs):
+        raise RuntimeError("parser bug: cannot cope")
+
+    monkeypatch.setattr(journal, "parse_report", broken)
+    delivery = archive(org.tenant, corpus("01-simple.eml"))
+    assert delivery.status == Delivery.Status.PARSE_FAILED
+    assert "parser bug: cannot cope" in delivery.error and delivery.message_id is None
+    assert get_store().exists(org.tenant.bucket, delivery.storage_key)  # the report is kept
+    assert process(delivery.pk) == Delivery.Status.PARSE_FAILED  # and not retried by itself
+
+    client.force_login(org.auditor)
+    status = client.get("/api/v1/status").json()
+    assert status["parse_failed"] == 1
+    assert status["failures"][0]["queue_id"] == delivery.queue_id
+    assert "parser bug" in status["failures"][0]["reason"]
+    assert "parser bug: cannot cope" in client.get("/status/").content.decode()
+
+    monkeypatch.setattr(journal, "parse_report", real)  # the fix is deployed
+    call_command("retry_failed", "--tenant", org.tenant.name, stdout=(out := io.StringIO()))
+    assert "1 archived" in out.getvalue()
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.ARCHIVED and delivery.error == ""
+    assert search_ids(backend, org.tenant, "quarterly") == [delivery.message_id]
+    assert client.get("/api/v1/status").json()["parse_failed"] == 0
+    # The outsider's archive had nothing to do with it.
+    client.force_login(outsider)
+    assert client.get("/api/v1/status").json()["parse_failed"] == 0
+
+
+def test_when_search_is_down_the_message_is_kept_and_indexed_once_it_is_back(org, outsider, backend, monkeypatch):
+    from search.backends.base import SearchBackend, SearchUnavailable
+
+    def down(self, docs):
+        raise SearchUnavailable("connection refused")
+
+    monkeypatch.setattr(SearchBackend, "index", down)
+    delivery = deliver(org.tenant, corpus("01-simple.eml"))
+    # The worker archives it and asks for a batch indexing run...
+    assert process_delivery.run(delivery.pk) == Delivery.Status.ARCHIVED
+    assert scheduled
+    message = message_of(delivery)
+    assert message.index_status == Message.IndexStatus.PENDING
+    # ...which finds search down and asks Celery to try again later, with backoff.
+    retried = []
+    monkeypatch.setattr(index_pending, "retry", lambda **kw: retried.append(kw) or RuntimeError("retry"))
+    with pytest.raises(RuntimeError, match="retry"):
+        index_pending.run()
+    assert isinstance(retried[0]["exc"], SearchUnavailable) and 5 <= retried[0]["countdown"] <= 600
+    assert message_of(delivery).index_status == Message.IndexStatus.PENDING
+
+    monkeypatch.setattr(SearchBackend, "index", _real_index)
+    assert index_pending.run() >= 1
+    assert message_of(delivery).index_status == Message.IndexStatus.INDEXED
+    assert search_ids(backend, org.tenant, "quarterly") == [message.pk]
+
+
+def test_when_storage_fails_the_delivery_is_retried_and_the_sweep_leaves_it_alone(org, outsider, monkeypatch, settings):
+    from infra.storage import FolderStore, StorageError
+
+    settings.ARCHIVA_SWEEP_GRACE = 0
+    delivery = deliver(org.tenant, corpus("01-simple.eml"))
+    Delivery.objects.filter(pk=delivery.pk).update(enqueued_at=None)
+
+    def failing(self, *args):
+        raise StorageError("disk on fire")
+
+    monkeypatch.setattr(FolderStore, "iter_bytes", failing)
+    retried = []
+    monkeypatch.setattr(process_delivery, "retry", lambda **kw: retried.append(kw) or RuntimeError("retry"))
+    with pytest.raises(RuntimeError, match="retry"):
+        process_delivery.run(delivery.pk)
+    assert isinstance(retried[0]["exc"], StorageError)
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.STORED and delivery.enqueued_at is not None
+    assert not stranded_deliveries().filter(pk=delivery.pk).exists()  # a retry is in flight
+    monkeypatch.undo()
+    assert process(delivery.pk) == Delivery.Status.ARCHIVED
+
+
+def test_the_sweep_finds_reports_not_yet_archived_or_indexed(org, outsider, settings):
+    from django.utils import timezone
+
+    settings.ARCHIVA_SWEEP_GRACE = 0
+    waiting = deliver(org.tenant, corpus("01-simple.eml"))
+    Delivery.objects.filter(pk=waiting.pk).update(enqueued_at=None)
+    unindexed = archive(org.tenant, corpus("08-on-behalf-of.eml"))
+    Message.objects.filter(pk=unindexed.message_id).update(index_status=Message.IndexStatus.PENDING)
+    Delivery.objects.filter(pk=unindexed.pk).update(enqueued_at=None)
+    done = archive(org.tenant, corpus("06-exchange2003.eml"))
+    Delivery.objects.filter(pk=done.pk).update(enqueued_at=None)
+    stranded = set(stranded_deliveries(timezone.now()).values_list("pk", flat=True))
+    assert {waiting.pk, unindexed.pk} <= stranded and done.pk not in stranded
+
+
+def test_status_counts_archived_messages_and_the_indexing_backlog(org, outsider, client):
+    archive(org.tenant, corpus("09-duplicate-a.eml"))
+    archive(org.tenant, corpus("09-duplicate-b.eml"))
+    deliver(org.tenant, corpus("01-simple.eml"))  # received, not yet processed
+    client.force_login(org.user)
+    data = client.get("/api/v1/status").json()
+    assert data["messages_archived"] == 1  # two reports, one original
+    assert data["indexing_backlog"] == 1
+    client.force_login(outsider)
+    assert client.get("/api/v1/status").json()["messages_archived"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_merging_reports_of_one_message_at_once_end_with_one_message(org, outsider, monkeypatch):
+    """Both workers parse, then meet at the merge; the unique key and row locks sort it out."""
+    real_fields = actions.documents.message_fields
+    for _ in range(3):
+        message_id = f"race-{uuid.uuid4().hex}@fabrikam.com"
+        reports = [
+            deliver(org.tenant, report(message_id, "Race", [("To", f"{name}@contoso.com")])) for name in ("tina", "uma")
+        ]
+        barrier = threading.Barrier(2, timeout=20)
+
+        def meet(parsed, received_at, barrier=barrier):
+            fields = real_fields(parsed, received_at)
+            barrier.wait()
+            return fields
+
+        monkeypatch.setattr(actions.documents, "message_fields", meet)
+        errors: list[Exception] = []
+
+        def work(delivery_id, errors=errors):
+            try:
+                process(delivery_id)
+            except Exception as exc:  # pragma: no cover - shown in the assertion
+                errors.append(exc)
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=work, args=(d.pk,)) for d in reports]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        messages = Message.objects.filter(tenant=org.tenant, merge_key=f"mid:{message_id}")
+        assert messages.count() == 1
+        message = messages.get()
+        assert {r["address"] for r in message.envelope_recipients} == {"tina@contoso.com", "uma@contoso.com"}
+        assert message.version == 2
+        assert set(message.deliveries.values_list("pk", flat=True)) == {d.pk for d in reports}

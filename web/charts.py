@@ -1,0 +1,137 @@
+"""Status → Charts (`/status/charts/`): the archive's traffic over time.
+
+Every member may look (the same numbers as System Status, over time);
+the data is the member's own tenant's only.
+"""
+
+from __future__ import annotations
+
+from django.shortcuts import render
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from web import stats
+from web.roles import member_required
+from web.status import counters
+from web.svgchart import Series, bar_chart, hbar_chart
+
+REASONS = {
+    # Labels for the ingest's reason codes; unknown codes are shown as they are.
+    "unknown_token": "Unknown journal address",
+    "foreign_domain": "Not an Archiva address",
+    "expired_token": "Rotated address past its grace period",
+    "too_large": "Over the size limit",
+    "no_tls": "Without TLS",
+    "unverified_domain": "Validation mail from an unverified domain",
+}
+
+
+def _hour_axis(buckets: list[stats.Bucket]) -> list[str]:
+    labels = []
+    for b in buckets:
+        if b.start.hour == 0:
+            labels.append(b.start.strftime("%-d %b"))
+        elif b.start.hour % 6 == 0:
+            labels.append(b.start.strftime("%H:00"))
+        else:
+            labels.append("")
+    return labels
+
+
+def _summary(buckets: list[stats.Bucket], period: str) -> str:
+    received = sum(b.received for b in buckets)
+    archived = sum(b.archived for b in buckets)
+    return f"{received:,} received and {archived:,} archived {period}."
+
+
+def traffic_charts(buckets_hourly, buckets_daily):
+    hourly = bar_chart(
+        id="chart-hourly",
+        title="Messages per hour, last 48 hours (UTC)",
+        description="Bars per hour: messages received over SMTP and messages archived.",
+        categories=[b.start.strftime("%-d %b %H:00") for b in buckets_hourly],
+        axis_labels=_hour_axis(buckets_hourly),
+        series=[
+            Series("received", "Received", [b.received for b in buckets_hourly]),
+            Series("archived", "Archived", [b.archived for b in buckets_hourly]),
+        ],
+        y_label="messages",
+        category_label="Hour (UTC)",
+        summary=_summary(buckets_hourly, "in the last 48 hours"),
+    )
+    daily = bar_chart(
+        id="chart-daily",
+        title="Messages per day, last 30 days (UTC)",
+        description="Bars per day: messages received over SMTP and messages archived.",
+        categories=[b.start.strftime("%a %-d %b") for b in buckets_daily],
+        axis_labels=[b.start.strftime("%-d %b") if i % 5 == 4 else "" for i, b in enumerate(buckets_daily)],
+        series=[
+            Series("received", "Received", [b.received for b in buckets_daily]),
+            Series("archived", "Archived", [b.archived for b in buckets_daily]),
+        ],
+        y_label="messages",
+        category_label="Day (UTC)",
+        summary=_summary(buckets_daily, "in the last 30 days"),
+    )
+    return hourly, daily
+
+
+def storage_chart(tenant, buckets_daily):
+    total = stats.stored_before(tenant, buckets_daily[0].start)
+    added = sum(b.stored for b in buckets_daily)
+    running = []
+    for b in buckets_daily:
+        total += b.stored
+        running.append(total)
+    return bar_chart(
+        id="chart-storage",
+        title="Storage used, end of each day, last 30 days",
+        description="Bytes of mail stored as received, at the end of each day.",
+        categories=[b.start.strftime("%a %-d %b") for b in buckets_daily],
+        axis_labels=[b.start.strftime("%-d %b") if i % 5 == 4 else "" for i, b in enumerate(buckets_daily)],
+        series=[Series("stored", "Stored", running)],
+        category_label="Day (UTC)",
+        summary=f"{filesizeformat(total)} stored now, {filesizeformat(added)} of it received in the last 30 days.",
+        fmt=filesizeformat,
+        binary=True,
+    )
+
+
+@require_GET
+@member_required
+def charts(request, membership):
+    tenant = membership.tenant
+    now = timezone.now()
+    buckets_hourly = stats.hourly(tenant, now)
+    buckets_daily = stats.daily(tenant, now)
+    hourly, daily = traffic_charts(buckets_hourly, buckets_daily)
+    c = counters(tenant)
+    # The same 30 days as the daily chart: from midnight UTC 29 days ago.
+    rejected = stats.rejections(tenant, buckets_daily[0].start)
+    context = {
+        "membership": membership,
+        "hourly": hourly,
+        "daily": daily,
+        "storage": storage_chart(tenant, buckets_daily),
+        "backlog_chart": hbar_chart(
+            id="chart-backlog",
+            title="Backlog now",
+            description="Messages waiting for the worker or the search index, and failures.",
+            items=[
+                ("Awaiting verification", c.pending),
+                ("Waiting to be searchable", c.indexing_backlog),
+                ("Failed verification", c.failed),
+                ("Could not be read (kept)", c.parse_failed),
+            ],
+        ),
+        "rejections_chart": hbar_chart(
+            id="chart-rejections",
+            title="Rejected deliveries by reason, last 30 days",
+            description="Deliveries the SMTP ingest refused, by reason.",
+            items=sorted(((REASONS.get(k, k), v) for k, v in rejected.items()), key=lambda kv: -kv[1]),
+        ),
+        "counters": c,
+        "now": now,
+    }
+    return render(request, "web/charts.html", context)

@@ -1,0 +1,88 @@
+"""One archived message: the page (`/messages/<id>/`), its attachments
+(`/messages/<id>/attachments/<n>`) and the original (`/api/v1/messages/<id>.eml`).
+
+Messages come from `tenants.access.message_for` (404 alike for missing,
+another tenant's, and a plain user's not-theirs); every view and download
+is written to the audit log.  Bytes are read from the tenant's bucket and
+checked against their SHA-256 on every read.
+"""
+
+from __future__ import annotations
+
+from allauth.account.decorators import verified_email_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+from django.utils.http import content_disposition_header
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from archive import documents, mime
+from archive.models import AuditEvent, Message
+from tenants import access
+from web import present
+from web.api import api_membership, api_view
+from web.audit import audit
+from web.sanitize import MESSAGE_PAGE_CSP, frame_document, sanitize
+
+
+def _body(message: Message, raw: bytes) -> dict:
+    """The body to show: sanitized HTML for the sandboxed frame, else plain text."""
+    parsed = documents._parse(raw)
+    if parsed.body_html:
+        safe = sanitize(parsed.body_html)
+        return {"html_frame": frame_document(safe.html), "blocked": safe.blocked, "text": None}
+    return {"html_frame": None, "blocked": 0, "text": parsed.body_text}
+
+
+@require_GET
+@never_cache
+@verified_email_required
+def message_view(request, message_id: int):
+    membership = access.membership_for(request.user)
+    message = access.message_for(membership, message_id)
+    raw = documents.read_readable(message)
+    ctx = {
+        "membership": membership,
+        "message": message,
+        "recipients": present.recipients_for(message, access.mail_addresses(membership)),
+        "attachments": mime.attachments(raw),
+        "reports": access.deliveries_of(message) if membership.sees_all_mail else None,
+        **_body(message, raw),
+    }
+    audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
+    response = render(request, "web/message.html", ctx)
+    response["Content-Security-Policy"] = MESSAGE_PAGE_CSP
+    return response
+
+
+def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
+    response = HttpResponse(data, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, filename or "download")
+    # Never rendered by us: an HTML attachment must not run on our origin.
+    response["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    return response
+
+
+@require_GET
+@verified_email_required
+def attachment(request, message_id: int, number: int):
+    membership = access.membership_for(request.user)
+    message = access.message_for(membership, message_id)
+    parts = mime.attachments(documents.read_readable(message))
+    if not 1 <= number <= len(parts):
+        raise Http404("no such attachment")
+    part = parts[number - 1]
+    audit(request, membership, AuditEvent.Action.DOWNLOAD, message=message.pk, attachment=number, name=part.name)
+    # Served as opaque bytes whatever the sender claimed the type was.
+    return _download(part.payload, part.name, "application/octet-stream")
+
+
+@require_GET
+@api_view
+def original_eml(request, user, message_id: int):
+    """The original message as Exchange delivered it (not the journal wrapper)."""
+    membership = api_membership(request, user)
+    message = access.message_for(membership, message_id)
+    data = documents.read_original(message)
+    audit(request, membership, AuditEvent.Action.DOWNLOAD, message=message.pk, format="eml")
+    return _download(data, f"message-{message.pk}.eml", "message/rfc822")

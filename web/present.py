@@ -1,0 +1,65 @@
+"""How a message is shown to a member: which recipients they may see.
+
+Admins and auditors see everything.  A plain user sees a message because
+they took part in it; they see its Bcc recipients only if they sent it (a
+sender knows whom they blind-copied), else only their own Bcc entry: the
+archive must not reveal more than the mailbox it stands in for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from archive.models import Message
+
+
+@dataclass(frozen=True)
+class Recipients:
+    to: list[str]
+    cc: list[str]
+    bcc: list[str]
+    envelope: list[dict]
+
+
+def _sent_by(message: Message, addresses: list[str]) -> bool:
+    senders = {*message.from_addresses, message.envelope_sender, message.on_behalf_of}
+    return not senders.isdisjoint(addresses)
+
+
+def recipients_for(message: Message, addresses: list[str] | None) -> Recipients:
+    """Header and envelope recipients by kind (To, Cc, Bcc), as this member may see them."""
+    envelope = list(message.envelope_recipients)
+    if addresses is not None and not _sent_by(message, addresses):
+        envelope = [r for r in envelope if r.get("kind") != "bcc" or r.get("address") in addresses]
+    header_bcc = message.bcc if addresses is None or _sent_by(message, addresses) else []
+
+    def union(header: list[str], kind: str) -> list[str]:
+        return list(dict.fromkeys([*header, *(r["address"] for r in envelope if r.get("kind") == kind)]))
+
+    bcc = union(header_bcc, "bcc")
+    if addresses is not None and not _sent_by(message, addresses):
+        bcc = [a for a in bcc if a in addresses]
+    return Recipients(to=union(message.to, "to"), cc=union(message.cc, "cc"), bcc=bcc, envelope=envelope)
+
+
+def attachment_list(message: Message) -> list[dict]:
+    return [
+        {"name": a.get("name", ""), "content_type": a.get("content_type", ""), "size": a.get("size", 0)}
+        for a in message.attachments
+    ]
+
+
+def as_json(message: Message, addresses: list[str] | None) -> dict:
+    """One result of `/api/v1/messages` (keys are a contract: see DESIGN.md)."""
+    recipients = recipients_for(message, addresses)
+    return {
+        "id": message.pk,
+        "date": message.date.isoformat(),
+        "from": message.from_display,
+        "to": recipients.to,
+        "cc": recipients.cc,
+        "bcc": recipients.bcc,
+        "subject": message.subject,
+        "size": message.size,
+        "attachments": attachment_list(message),
+    }

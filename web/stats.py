@@ -1,0 +1,79 @@
+"""Numbers over time for the Status charts, aggregated in the database.
+
+Every query starts from a `tenants.access` function, so it is scoped to
+one tenant; buckets are hours or days in UTC, with empty ones filled in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import TruncDay, TruncHour
+
+from tenants import access
+from tenants.models import Tenant
+
+HOURS = 48
+DAYS = 30
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime  # aware, UTC
+    received: int  # deliveries accepted over SMTP
+    archived: int  # messages archived (after merging reports of one original)
+    stored: int  # bytes of the deliveries received in this bucket
+
+
+def _per_bucket(queryset: QuerySet, field: str, trunc, since: datetime, value=None) -> dict[datetime, int]:
+    rows = (
+        queryset.filter(**{f"{field}__gte": since})
+        .annotate(bucket=trunc(field, tzinfo=UTC))
+        .values("bucket")
+        .annotate(n=value or Count("id"))
+        .order_by()
+    )
+    return {row["bucket"]: row["n"] or 0 for row in rows}
+
+
+def _series(tenant: Tenant, starts: list[datetime], trunc) -> list[Bucket]:
+    since = starts[0]
+    deliveries = access.deliveries(tenant)
+    received = _per_bucket(deliveries, "received_at", trunc, since)
+    stored = _per_bucket(deliveries, "received_at", trunc, since, Sum("size"))
+    archived = _per_bucket(access.messages(tenant), "created_at", trunc, since)
+    return [Bucket(s, received.get(s, 0), archived.get(s, 0), stored.get(s, 0)) for s in starts]
+
+
+def hourly(tenant: Tenant, now: datetime, hours: int = HOURS) -> list[Bucket]:
+    """The last `hours` hours, the current one included, oldest first."""
+    current = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    starts = [current - timedelta(hours=h) for h in range(hours - 1, -1, -1)]
+    return _series(tenant, starts, TruncHour)
+
+
+def daily(tenant: Tenant, now: datetime, days: int = DAYS) -> list[Bucket]:
+    """The last `days` days, today included, oldest first."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    starts = [today - timedelta(days=d) for d in range(days - 1, -1, -1)]
+    return _series(tenant, starts, TruncDay)
+
+
+def stored_before(tenant: Tenant, moment: datetime) -> int:
+    """Bytes received before `moment`: the start of a cumulative storage line."""
+    return access.deliveries(tenant).filter(received_at__lt=moment).aggregate(total=Sum("size"))["total"] or 0
+
+
+def rejections(tenant: Tenant, since: datetime) -> dict[str, int]:
+    """Rejected deliveries by reason, from the ingest's own statistics.
+
+    `ingest.stats.rejections_by_reason(tenant, since) -> dict[str, int]` is
+    the ingest's to provide; until it exists there is nothing to show.
+    """
+    try:
+        from ingest.stats import rejections_by_reason
+    except ImportError:
+        return {}
+    return dict(rejections_by_reason(tenant, since))
