@@ -183,6 +183,17 @@ ARCHIVA_TLS_KEY = env("ARCHIVA_TLS_KEY")
 if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
     raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
 ARCHIVA_SMTP_PROCESSES = envint("ARCHIVA_SMTP_PROCESSES", 1, minimum=1, maximum=64)
+ARCHIVA_SMTP_MAX_SESSIONS = envint("ARCHIVA_SMTP_MAX_SESSIONS", 500, minimum=1)
+# Sender policy (DESIGN: defense in depth; the journal token is a bearer secret).
+ARCHIVA_SENDER_ALLOWLIST = envbool("ARCHIVA_SENDER_ALLOWLIST", False)
+ARCHIVA_SENDER_FCRDNS = envbool("ARCHIVA_SENDER_FCRDNS", False)
+# Token buckets: messages per second (sustained) and burst; 0 turns a limit off.
+ARCHIVA_TENANT_RATE = envfloat("ARCHIVA_TENANT_RATE", 200.0, minimum=0)
+ARCHIVA_TENANT_BURST = envfloat("ARCHIVA_TENANT_BURST", 2000.0, minimum=1)
+ARCHIVA_PEER_RATE = envfloat("ARCHIVA_PEER_RATE", 0.0, minimum=0)
+ARCHIVA_PEER_BURST = envfloat("ARCHIVA_PEER_BURST", 1000.0, minimum=1)
+ARCHIVA_METRICS_HOST = env("ARCHIVA_METRICS_HOST", "127.0.0.1")
+ARCHIVA_METRICS_PORT = envport("ARCHIVA_METRICS_PORT", 9325)
 ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minimum=0.1)
 
 # --- Search (issue: indexing) -------------------------------------------

@@ -31,6 +31,7 @@ class DataSink:
     limit: int
     size: int = 0
     overflow: bool = False
+    error: OSError | None = None  # the spool could not be written (e.g. disk full)
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def write(self, data: bytes) -> None:
@@ -41,9 +42,15 @@ class DataSink:
             # Keep reading to the end of DATA (RFC 5321 4.2.5) but stop
             # storing: the reply will be 552.
             self.overflow = True
-        if not self.overflow and self.out is not None:
+        if self.overflow or self.error is not None or self.out is None:
+            return
+        try:
             self.out.write(data)
-            self.digest.update(data)
+        except OSError as exc:
+            # Same rule: read to the end, then refuse with a 4xx.
+            self.error = exc
+            return
+        self.digest.update(data)
 
     @property
     def sha256(self) -> str:

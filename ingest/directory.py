@@ -47,6 +47,7 @@ class TokenDirectory:
     def __init__(self, refresh_interval: float = 2.0):
         self.refresh_interval = refresh_interval
         self._routes: dict[str, Route] = {}
+        self._domains: dict[str, Route] = {}
         self._loaded = False
         self._watermark: datetime | None = None
         self._last_full = 0.0
@@ -60,6 +61,20 @@ class TokenDirectory:
         if route is None or not route.valid(timezone.now()):
             return None
         return route
+
+    def lookup_domain(self, domain: str) -> Route | None:
+        """The tenant that verified this sender domain (connector validation mail)."""
+        if not self._loaded:
+            raise DirectoryUnavailable("token directory not loaded yet")
+        return self._domains.get(domain.lower())
+
+    def _load_domains(self) -> dict[str, Route]:
+        try:
+            from tenants.models import Domain
+        except ImportError:  # before the portal's domains exist
+            return {}
+        rows = Domain.objects.filter(verified_at__isnull=False).select_related("tenant")
+        return {row.name.lower(): Route(row.tenant.id, row.tenant.bucket, row.tenant.region, None) for row in rows}
 
     def refresh(self) -> None:
         """Load changes since the last refresh (everything, now and then)."""
@@ -76,6 +91,8 @@ class TokenDirectory:
         fresh = {
             row.token: Route(row.tenant.id, row.tenant.bucket, row.tenant.region, row.expires_at) for row in rows
         }
+        # Verified domains are few: read them all every time.
+        self._domains = self._load_domains()
         if full:
             self._routes = fresh
             self._last_full = time.monotonic()

@@ -55,3 +55,8 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_id} ({self.size} bytes, {self.status})"
+
+
+# Models of the ingest's policy and statistics live beside their logic.
+from ingest.policy import SenderNetwork  # noqa: E402,F401
+from ingest.stats import RejectionCount  # noqa: E402,F401

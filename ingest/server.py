@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from ingest.directory import TokenDirectory
+from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import GroupCommitter
 from ingest.smtp import ArchivaSMTP, JournalHandler, Policy
 from ingest.tls import ensure_self_signed, server_context
@@ -35,6 +36,12 @@ def policy_from_settings() -> Policy:
         max_size=settings.ARCHIVA_SMTP_MAX_SIZE,
         max_recipients=settings.ARCHIVA_SMTP_MAX_RECIPIENTS,
         require_tls=settings.ARCHIVA_SMTP_REQUIRE_TLS,
+        validation_local_part=region.validation_address.split("@")[0],
+        max_sessions=settings.ARCHIVA_SMTP_MAX_SESSIONS,
+        allowlist=SenderAllowList(enabled=settings.ARCHIVA_SENDER_ALLOWLIST),
+        fcrdns=FCrDNS(enabled=settings.ARCHIVA_SENDER_FCRDNS),
+        tenant_limiter=RateLimiter(settings.ARCHIVA_TENANT_RATE, settings.ARCHIVA_TENANT_BURST),
+        peer_limiter=RateLimiter(settings.ARCHIVA_PEER_RATE, settings.ARCHIVA_PEER_BURST),
     )
 
 
@@ -95,6 +102,7 @@ class IngestServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopped = asyncio.Event()
+        self._stopping = threading.Event()
         self.sessions: set[ArchivaSMTP] = set()
 
     def _factory(self) -> ArchivaSMTP:
@@ -115,6 +123,8 @@ class IngestServer:
         clean_spool(self.policy.spool_dir)
         self.committer = self.handler.committer = GroupCommitter()
         self.directory.start()
+        self._housekeeping = threading.Thread(target=self._housekeep, name="ingest-housekeeping", daemon=True)
+        self._housekeeping.start()
         # Accept only once the directory has loaded, or RCPT would answer 451.
         for _ in range(600):
             if self.directory._loaded:
@@ -139,8 +149,29 @@ class IngestServer:
             if session.transport is not None:
                 session.transport.close()
         self.directory.stop()
+        self._stopping.set()
         await loop.run_in_executor(None, self.committer.close)
+        await loop.run_in_executor(None, self._housekeeping.join, 10)
         self._stopped.set()
+
+    def _housekeep(self) -> None:
+        """Every few seconds: record rejection counts; every minute: reload the allow-list."""
+        from django.db import connections
+
+        last_reload = 0.0
+        try:
+            while not self._stopping.is_set():
+                self.policy.rejections.flush()
+                if time.monotonic() - last_reload > 60:
+                    try:
+                        self.policy.allowlist.reload()
+                        last_reload = time.monotonic()
+                    except Exception:
+                        log.warning("could not reload the sender allow-list; keeping the current one", exc_info=True)
+                self._stopping.wait(5)
+            self.policy.rejections.flush()
+        finally:
+            connections.close_all()
 
     def _live_sessions(self) -> list[ArchivaSMTP]:
         return [s for s in self.sessions if s.transport is not None]

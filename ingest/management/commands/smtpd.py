@@ -12,7 +12,11 @@ from django.db import connections
 from ingest.server import IngestServer
 
 
-def serve(host: str, port: int, reuse_port: bool) -> None:
+def serve(host: str, port: int, reuse_port: bool, index: int = 0) -> None:
+    from ingest.metrics import serve_metrics
+
+    if settings.ARCHIVA_METRICS_PORT:
+        serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
     server = IngestServer(host, port, reuse_port=reuse_port)
     asyncio.run(server.serve_forever())
 
@@ -48,12 +52,12 @@ class Command(BaseCommand):
         """Fork N ingest processes on one port; SIGTERM/SIGINT stop them all."""
         connections.close_all()  # never share a database connection across fork
         children = []
-        for _ in range(processes):
+        for index in range(processes):
             pid = os.fork()
             if pid == 0:
                 code = 0
                 try:
-                    serve(host, port, reuse_port=True)
+                    serve(host, port, reuse_port=True, index=index)
                 except BaseException:
                     code = 1
                     raise

@@ -1,0 +1,42 @@
+"""`manage.py update_sender_networks FILE`: replace the sender allow-list."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from ingest.policy import EXCHANGE_ONLINE_NETWORKS, SenderNetwork, parse_networks
+
+
+class Command(BaseCommand):
+    help = (
+        "Replace the networks allowed to deliver to the ingest (when ARCHIVA_SENDER_ALLOWLIST=1) "
+        "with those in FILE (one CIDR per line, # comments), or with Exchange Online's defaults."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", nargs="?", help="file of networks; '-' for standard input")
+        parser.add_argument("--defaults", action="store_true", help="use Exchange Online's published ranges")
+
+    def handle(self, *args, file, defaults, **options):
+        if bool(file) == defaults:
+            raise CommandError("give either a FILE or --defaults")
+        if defaults:
+            lines = list(EXCHANGE_ONLINE_NETWORKS)
+            source = "Exchange Online defaults"
+        else:
+            try:
+                text = self.stdin.read() if file == "-" else Path(file).read_text()
+            except OSError as exc:
+                raise CommandError(f"cannot read {file}: {exc}") from exc
+            lines, source = text.splitlines(), file
+        try:
+            networks = parse_networks(lines)
+        except ValueError as exc:
+            raise CommandError(f"{file}: {exc}") from exc
+        if not networks:
+            raise CommandError(f"{file} lists no networks; refusing to empty the allow-list")
+        with transaction.atomic():
+            SenderNetwork.objects.all().delete()
+            SenderNetwork.objects.bulk_create(SenderNetwork(cidr=str(n), note=source[:200]) for n in networks)
+        self.stdout.write(f"{len(networks)} sender networks from {source}; ingest processes reload within a minute")

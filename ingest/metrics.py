@@ -1,0 +1,31 @@
+"""Prometheus metrics of the ingest, served on an internal port at /metrics."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+REPLIES = Counter("archiva_smtp_replies_total", "Final replies to MAIL, RCPT and DATA", ["command", "code"])
+ACCEPTED = Counter("archiva_smtp_accepted_messages_total", "Messages made durable and answered 250")
+ACCEPTED_BYTES = Counter("archiva_smtp_accepted_bytes_total", "Bytes of accepted messages")
+REJECTED = Counter("archiva_smtp_rejections_total", "Refused deliveries by reason", ["reason"])
+COMMIT_SECONDS = Histogram(
+    "archiva_smtp_commit_seconds",
+    "From end of DATA to the final 250 (store + record)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SESSIONS = Gauge("archiva_smtp_sessions", "Open SMTP sessions")
+COMMIT_QUEUE = Gauge("archiva_smtp_commit_queue", "Messages stored and waiting to be recorded")
+
+
+def serve_metrics(host: str, port: int) -> None:
+    if port <= 0:
+        return
+    try:
+        start_http_server(port, addr=host)
+        log.info("ingest metrics on http://%s:%d/metrics", host, port)
+    except OSError as exc:
+        log.warning("cannot serve metrics on %s:%d: %s", host, port, exc)

@@ -1,0 +1,83 @@
+"""Rejected deliveries, counted per tenant, hour and reason.
+
+A row per rejection would let anyone with a bad token fill the database,
+so the ingest counts in memory and adds the counts to hourly rows every
+few seconds.  Rejections before a tenant is known (unknown token, other
+domain, sender policy) are counted with no tenant: they show in metrics,
+not in a tenant's charts.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from datetime import datetime
+
+from django.db import models, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from tenants.models import Tenant
+
+log = logging.getLogger(__name__)
+
+
+class RejectionCount(models.Model):
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    hour = models.DateTimeField()
+    reason = models.CharField(max_length=64)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        app_label = "ingest"
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "hour", "reason"], name="one_rejection_count_per_hour"),
+        ]
+        indexes = [models.Index(fields=["tenant", "hour"], name="rejection_tenant_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.reason} x{self.count} at {self.hour:%Y-%m-%d %H}:00"
+
+
+def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
+    """How many deliveries to this tenant were refused since then, by reason."""
+    rows = (
+        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
+        .values("reason")
+        .annotate(total=Sum("count"))
+        .order_by("-total")
+    )
+    return {row["reason"]: row["total"] for row in rows}
+
+
+class RejectionCounter:
+    """In-memory counts, flushed to RejectionCount rows by `flush()`."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[int | None, str]] = Counter()
+
+    def add(self, tenant_id: int | None, reason: str) -> None:
+        with self._lock:
+            self._counts[(tenant_id, reason)] += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        if not counts:
+            return
+        hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+        try:
+            with transaction.atomic():
+                for (tenant_id, reason), n in counts.items():
+                    updated = RejectionCount.objects.filter(tenant_id=tenant_id, hour=hour, reason=reason).update(
+                        count=F("count") + n
+                    )
+                    if not updated:
+                        RejectionCount.objects.create(tenant_id=tenant_id, hour=hour, reason=reason, count=n)
+        except Exception:
+            # Counting must never harm ingest: put the counts back for next time.
+            log.warning("could not record rejection counts; will retry", exc_info=True)
+            with self._lock:
+                self._counts.update(counts)

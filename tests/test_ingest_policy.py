@@ -1,0 +1,207 @@
+"""Sender policy, backpressure and the connector's validation address, over real sockets."""
+
+from __future__ import annotations
+
+import io
+import smtplib
+import socket
+import urllib.request
+from datetime import timedelta
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from ingest.models import Delivery
+from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork, parse_networks
+from ingest.stats import RejectionCount, rejections_by_reason
+from regions.current import current_region
+from tenants.models import Domain
+from tests.servers import free_port
+from tests.smtp_support import connect, journal_address, start_ingest
+
+MESSAGE = b"From: admin@contoso.com\r\nSubject: policy\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def server_factory(transactional_db, tls_files, org, outsider):
+    started = []
+
+    def make(**policy):
+        server = start_ingest(tls_files, policy=policy)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop_thread()
+
+
+def test_a_sender_outside_the_allow_list_gets_550_571(server_factory, tls_files, org):
+    server = server_factory(allowlist=SenderAllowList(enabled=True))  # defaults: Exchange Online only
+    with connect(server, tls_files) as client:
+        code, reply = client.mail("ndr@contoso.com")
+    assert code == 550 and reply.startswith(b"5.7.1")
+
+
+def test_a_sender_inside_the_allow_list_is_served(server_factory, tls_files, org):
+    SenderNetwork.objects.create(cidr="127.0.0.0/8")
+    allowlist = SenderAllowList(enabled=True)
+    allowlist.reload()
+    server = server_factory(allowlist=allowlist)
+    with connect(server, tls_files) as client:
+        assert client.mail("ndr@contoso.com")[0] == 250
+        assert client.rcpt(journal_address(org.tenant))[0] == 250
+        assert client.data(MESSAGE)[0] == 250
+
+
+def test_the_allow_list_defaults_to_exchange_online_and_understands_mapped_ipv6():
+    allowlist = SenderAllowList(enabled=True)
+    assert allowlist.allows("40.107.1.2") and allowlist.allows("2a01:111:f400::25")
+    assert allowlist.allows("::ffff:104.47.0.9")
+    assert not allowlist.allows("127.0.0.1") and not allowlist.allows(None) and not allowlist.allows("junk")
+    assert SenderAllowList(enabled=False).allows("203.0.113.9")
+
+
+def test_update_sender_networks_replaces_the_list_and_names_a_bad_line(db, tmp_path):
+    good = tmp_path / "nets.txt"
+    good.write_text("# Exchange Online\n40.92.0.0/15\n2a01:111:f400::/48  # v6\n")
+    call_command("update_sender_networks", str(good), stdout=io.StringIO())
+    assert sorted(SenderNetwork.objects.values_list("cidr", flat=True)) == ["2a01:111:f400::/48", "40.92.0.0/15"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text("40.92.0.0/15\n300.1.1.1/8\n")
+    with pytest.raises(CommandError, match="line 2"):
+        call_command("update_sender_networks", str(bad))
+    assert SenderNetwork.objects.count() == 2  # unchanged after the error
+    call_command("update_sender_networks", "--defaults", stdout=io.StringIO())
+    assert SenderNetwork.objects.count() == len(EXCHANGE_ONLINE_NETWORKS)
+    with pytest.raises(CommandError):
+        call_command("update_sender_networks")
+
+
+def test_parse_networks_accepts_host_bits_and_comments():
+    assert [str(n) for n in parse_networks(["10.1.2.3/8 # x", "", "  # only a comment"])] == ["10.0.0.0/8"]
+
+
+def test_over_capacity_new_sessions_get_421_432(server_factory, tls_files):
+    server = server_factory(max_sessions=2)
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(3)]
+    try:
+        greetings = [sock.recv(1024) for sock in held]
+        assert [g[:3] for g in greetings[:2]] == [b"220", b"220"]
+        assert greetings[2].startswith(b"421 4.3.2")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_noisy_tenant_is_slowed_with_451_while_others_go_on(server_factory, tls_files, org, outsider):
+    server = server_factory(tenant_limiter=RateLimiter(rate=0.001, burst=3))
+    noisy, quiet = journal_address(org.tenant), journal_address(outsider.memberships.get().tenant)
+    with connect(server, tls_files) as client:
+        client.mail("ndr@contoso.com")
+        assert [client.rcpt(noisy)[0] for _ in range(3)] == [250, 250, 250]
+        code, reply = client.rcpt(noisy)
+        assert code == 451 and reply.startswith(b"4.7.1")
+        assert client.rcpt(quiet)[0] == 250
+    server.policy.rejections.flush()
+    assert rejections_by_reason(org.tenant, timezone.now() - timedelta(hours=1)) == {"rate_limited": 1}
+
+
+def test_a_noisy_peer_is_slowed_with_451(server_factory, tls_files):
+    server = server_factory(peer_limiter=RateLimiter(rate=0.001, burst=1))
+    with connect(server, tls_files) as client:
+        assert client.mail("ndr@contoso.com")[0] == 250
+        client.rset()
+        code, reply = client.mail("ndr@contoso.com")
+    assert code == 451 and reply.startswith(b"4.7.1")
+
+
+def test_a_full_spool_answers_4xx_after_reading_all_of_data(server_factory, tls_files, org, tmp_path):
+    blocker = tmp_path / "spool-is-a-file"
+    blocker.write_bytes(b"")
+    server = server_factory(spool_dir=blocker / "spool")  # cannot be created: like a full disk
+    with connect(server, tls_files) as client:
+        client.mail("ndr@contoso.com")
+        client.rcpt(journal_address(org.tenant))
+        code, reply = client.data(MESSAGE)
+        assert code == 452 and reply.startswith(b"4.3.1")
+        assert client.noop()[0] == 250  # still in step with the client
+    assert Delivery.objects.count() == 0
+
+
+def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_domain(server_factory, tls_files, org):
+    Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
+    Domain.objects.create(tenant=org.tenant, name="unverified.example", txt_token="u")
+    server = server_factory()
+    server.directory.refresh()
+    validation = current_region().validation_address
+    with connect(server, tls_files) as client:
+        client.mail("admin@Contoso.com")
+        assert client.rcpt(validation)[0] == 250
+        code, reply = client.data(MESSAGE)
+    assert code == 250
+    row = Delivery.objects.get(queue_id=reply.decode().split()[1])
+    assert row.tenant == org.tenant and row.rcpt_to == [validation]
+    for sender in ("admin@unverified.example", "admin@fabrikam.com", "<>"):
+        with connect(server, tls_files) as client:
+            client.docmd(f"MAIL FROM:<{sender.strip('<>')}>")
+            code, reply = client.rcpt(validation)
+            assert code == 550 and reply.startswith(b"5.7.1"), sender
+
+
+def test_rejections_are_counted_per_tenant_without_a_row_per_rejection(server_factory, tls_files, org):
+    server = server_factory(max_size=2000)
+    address = journal_address(org.tenant)
+    with connect(server, tls_files) as client:
+        for _ in range(3):
+            client.mail("ndr@contoso.com")
+            client.rcpt(address)
+            assert client.data(b"Subject: big\r\n\r\n" + b"x" * 5000 + b"\r\n")[0] == 552
+        client.mail("ndr@contoso.com")
+        assert client.rcpt("journal-000000" + "Z" * 57 + "@" + current_region().journal_domain)[0] == 550
+    server.policy.rejections.flush()
+    assert rejections_by_reason(org.tenant, timezone.now() - timedelta(hours=1)) == {"too_large": 3}
+    assert RejectionCount.objects.get(tenant=None, reason="unknown_recipient").count == 1
+    assert RejectionCount.objects.count() == 2
+
+
+def test_metrics_are_served_on_an_internal_port(server_factory, tls_files, org):
+    from ingest.metrics import serve_metrics
+
+    port = free_port()
+    serve_metrics("127.0.0.1", port)
+    server = server_factory()
+    with connect(server, tls_files) as client:
+        client.mail("ndr@contoso.com")
+        client.rcpt(journal_address(org.tenant))
+        assert client.data(MESSAGE)[0] == 250
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "archiva_smtp_accepted_messages_total" in body
+    assert 'archiva_smtp_replies_total{code="250",command="DATA"}' in body
+    assert "archiva_smtp_commit_seconds_bucket" in body
+
+
+def test_logs_never_show_a_journal_token(server_factory, tls_files, org, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    server = server_factory()
+    address = journal_address(org.tenant)
+    with connect(server, tls_files) as client:
+        client.mail("ndr@contoso.com")
+        client.rcpt(address)
+        client.data(MESSAGE)
+    token = address.split("@")[0][len("journal-") :]
+    assert any("accepted" in r.getMessage() for r in caplog.records)
+    assert all(token not in r.getMessage() for r in caplog.records)
+
+
+def test_tls_required_refusals_are_counted(server_factory, tls_files):
+    server = server_factory()
+    client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+    client.ehlo("x")
+    assert client.mail("ndr@contoso.com")[0] == 530
+    client.close()
+    server.policy.rejections.flush()
+    assert RejectionCount.objects.get(tenant=None, reason="tls_required").count == 1
