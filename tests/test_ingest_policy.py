@@ -205,3 +205,16 @@ def test_tls_required_refusals_are_counted(server_factory, tls_files):
     client.close()
     server.policy.rejections.flush()
     assert RejectionCount.objects.get(tenant=None, reason="tls_required").count == 1
+
+
+def test_json_logs_are_one_object_per_line_with_tokens_redacted():
+    import json
+    import logging
+
+    from infra.logs import JSONFormatter, RedactTokens
+
+    record = logging.LogRecord("ingest", logging.INFO, __file__, 1, "rcpt %s", ("journal-000000" + "a" * 57,), None)
+    RedactTokens().filter(record)
+    entry = json.loads(JSONFormatter().format(record))
+    assert entry["level"] == "info" and entry["logger"] == "ingest"
+    assert entry["message"] == "rcpt journal-000000…" and "a" * 57 not in json.dumps(entry)
