@@ -17,8 +17,8 @@ from archive.formats import OLE_MAGIC, sniff_ole_encrypted
 from archive.htmltext import html_to_text
 from archive.limits import DEFAULT_LIMITS, Limits
 from archive.message import header_text, parse_message, part_charset, part_filename, part_payload, raw_header
-from archive.rawmime import decode_text, decode_transfer, to_bytes
 from archive.parsed import Attachment
+from archive.rawmime import decode_text, decode_transfer
 from archive.sandbox import Sandbox, SandboxError, shared_sandbox
 from archive.tnef import TNEF_MAGIC
 
@@ -118,10 +118,8 @@ class Extractor:
         inner = children[0] if children and isinstance(children[0], Message) else Message()
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
         if cte in ("base64", "quoted-printable"):  # not allowed for message/rfc822, sent all the same
-            body = inner.get_payload()
-            inner, _problems = parse_message(
-                decode_transfer(to_bytes(body if isinstance(body, str) else ""), cte.encode())
-            )
+            body = part_payload(inner, self.limits.max_attachment_bytes)[0] or b""
+            inner, _problems = parse_message(decode_transfer(body, cte.encode()))
         subject = header_text(inner, "subject")
         attachment = Attachment(name or f"{subject or 'message'}.eml", "message/rfc822", _serialized_size(inner))
         if depth >= self.limits.max_depth:

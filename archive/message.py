@@ -18,7 +18,6 @@ from archive.rawmime import (
     MAX_HEADER_VALUE,
     decode_header_value,
     decode_text,
-    decode_transfer,
     multipart_depth,
     to_bytes,
     unfold,
@@ -134,20 +133,18 @@ def part_charset(part: Message) -> str | None:
 
 
 def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
-    """(decoded bytes, size); bytes are None when the part is over `max_bytes`, which is not decoded."""
-    payload = part.get_payload()
-    if not isinstance(payload, str):
+    """(bytes with the transfer encoding undone, size); the bytes are None when over `max_bytes`.
+
+    `get_payload(decode=True)` is the one stdlib call that returns 8-bit
+    content as the bytes that arrived: without `decode` compat32 decodes them
+    with the part's charset label, which loses bytes and raises on some labels.
+    """
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:  # noqa: BLE001 - the stdlib's decoders meet hostile input here
         return b"", 0
-    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
-    encoded = len(payload)
-    estimate = encoded * 3 // 4 if cte == "base64" else encoded
-    if estimate > max_bytes:
-        return None, estimate
-    data = to_bytes(payload)
-    data = decode_transfer(data, cte.encode())
-    if cte in ("x-uuencode", "uuencode", "uue", "x-uue"):
-        try:
-            data = part.get_payload(decode=True) or b""
-        except (ValueError, TypeError):
-            pass
+    if not isinstance(data, bytes):
+        return b"", 0
+    if len(data) > max_bytes:
+        return None, len(data)
     return data, len(data)

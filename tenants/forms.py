@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from django import forms
+from django.utils.html import format_html, format_html_join
 
 from regions.current import current_region
 from tenants.models import Membership, Role
@@ -88,8 +89,13 @@ class InviteForm(forms.Form):
         # The field accepts every role (a crafted "owner" from an admin is a
         # 403 in the action); the menu offers only what the actor may grant.
         self.fields["role"].widget.choices = role_choices(actor)
-        self.fields["role"].help_text = "; ".join(
-            f"{label}: {ROLE_HELP[value]}" for value, label in role_choices(actor)
+        self.fields["role"].help_text = format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li><strong>{}</strong>: {}</li>",
+                ((label, ROLE_HELP[value]) for value, label in role_choices(actor)),
+            ),
         )
 
     def clean_email(self) -> str:

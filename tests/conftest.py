@@ -37,9 +37,7 @@ class Org:
     user: User
 
 
-@pytest.fixture
-def org(db) -> Org:
-    """Contoso: alice owns it; bob admin, dave auditor, erin plain user."""
+def make_org() -> Org:
     alice = make_user("alice@contoso.com")
     tenant = create_tenant("Contoso", alice)
     return Org(
@@ -51,12 +49,22 @@ def org(db) -> Org:
     )
 
 
-@pytest.fixture
-def outsider(db) -> User:
-    """charlie owns Fabrikam and should have no access to Contoso's stuff."""
+def make_outsider() -> User:
     charlie = make_user("charlie@fabrikam.com")
     create_tenant("Fabrikam", charlie)
     return charlie
+
+
+@pytest.fixture
+def org(db) -> Org:
+    """Contoso: alice owns it; bob admin, dave auditor, erin plain user."""
+    return make_org()
+
+
+@pytest.fixture
+def outsider(db) -> User:
+    """charlie owns Fabrikam and should have no access to Contoso's stuff."""
+    return make_outsider()
 
 
 @pytest.fixture(scope="session")
@@ -111,5 +119,6 @@ def redis_broker():
 
 
 # SMTP, DNS and browser fixtures live beside their helpers.
+from tests.browser_support import browser, page, shots  # noqa: E402,F401
 from tests.dns_support import dns_server, dns_server_session  # noqa: E402,F401
 from tests.smtp_support import ingest, tls_files  # noqa: E402,F401

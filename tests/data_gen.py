@@ -226,6 +226,12 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <w:document xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"><w:body><w:p><w:r><w:t>&lol3;</w:t></w:r></w:p></w:body></w:document>"""
 
 
+# What a password-protected DOCX is: an OLE compound file with an EncryptedPackage stream.
+OLE_ENCRYPTED_DOCX = (
+    b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504) + "EncryptedPackage".encode("utf-16-le") + bytes(1000)
+)
+
+
 # --- TNEF ---------------------------------------------------------------------------------
 
 _TNEF_SIGNATURE = 0x223E9F78
@@ -283,3 +289,7 @@ def crash(data: bytes, options: dict) -> dict:
 
 def echo(data: bytes, options: dict) -> dict:
     return {"text": data.decode(), "blob": data, "pid": os.getpid()}
+
+
+def echo_bytes(data: bytes, options: dict) -> dict:
+    return {"blob": data}

@@ -124,7 +124,10 @@ def backend(request, tmp_path) -> SearchBackend:
         yield engine
         engine.close()
     else:
-        yield request.getfixturevalue("elasticsearch_backend")
+        engine = request.getfixturevalue("elasticsearch_backend")
+        yield engine
+        # Keep the shared index small: the emulator scans every document per query.
+        engine.es.delete_by_query(index=engine.alias, query={"match_all": {}}, refresh=True, conflicts="proceed")
 
 
 def make_doc(tenant_id: int, doc_id: int | None = None, **fields) -> SearchDocument:

@@ -20,7 +20,7 @@ from archive.models import Message
 from infra.storage import get_store
 from ingest.models import Delivery
 from ingest.tasks import index_pending, process, process_delivery, stranded_deliveries
-from search.backends.base import SearchBackend  # noqa: E402
+from search.backends.base import SearchBackend
 from tests.archive_support import (
     archive,
     archive_corpus,
@@ -261,6 +261,8 @@ def test_status_counts_archived_messages_and_the_indexing_backlog(org, outsider,
     data = client.get("/api/v1/status").json()
     assert data["messages_archived"] == 1  # two reports, one original
     assert data["indexing_backlog"] == 1
+    html = client.get("/status/").content.decode()
+    assert 'id="messages-archived">1<' in html and 'id="indexing-backlog">1<' in html
     client.force_login(outsider)
     assert client.get("/api/v1/status").json()["messages_archived"] == 0
 

@@ -45,10 +45,10 @@ def test_reindex_of_an_unknown_tenant_says_so(org, outsider):
         call_command("reindex", "--tenant", "Nonexistent Ltd", stdout=io.StringIO())
 
 
-def test_reindex_reports_a_message_whose_object_is_missing_and_goes_on(org, outsider, backend, settings):
+def test_reindex_reports_a_message_whose_object_is_missing_and_goes_on(org, outsider, backend, client):
     archive_corpus(org.tenant)
     broken = Message.objects.filter(tenant=org.tenant).order_by("id").first()
-    Message.objects.filter(pk=broken.pk).update(original_key="raw/00/00/missing")
+    Message.objects.filter(pk=broken.pk).update(text_key="text/00/00/missing.json")
     backend.delete_tenant(org.tenant.pk)
     err = io.StringIO()
     with pytest.raises(CommandError, match="1 messages could not be read"):
@@ -56,3 +56,21 @@ def test_reindex_reports_a_message_whose_object_is_missing_and_goes_on(org, outs
     assert f"message {broken.pk}" in err.getvalue()
     found = search_ids(backend, org.tenant, "")
     assert broken.pk not in found and len(found) == Message.objects.filter(tenant=org.tenant).count() - 1
+    broken.refresh_from_db()
+    assert broken.index_status == Message.IndexStatus.FAILED and "missing" in broken.index_error
+    client.force_login(org.admin)
+    assert client.get("/api/v1/status").json()["index_failed"] == 1
+    client.force_login(outsider)
+    assert client.get("/api/v1/status").json()["index_failed"] == 0
+
+
+def test_reindex_reparse_extracts_the_text_again_from_the_originals(org, outsider, backend):
+    """After a parser fix: the text objects are written anew from the stored originals."""
+    archive_corpus(org.tenant)
+    message = Message.objects.get(tenant=org.tenant, subject="Invoice 4471")
+    Message.objects.filter(pk=message.pk).update(text_key="", text_sha256="")
+    backend.delete_tenant(org.tenant.pk)
+    call_command("reindex", "--tenant", "Contoso", "--reparse", "--clean", stdout=io.StringIO())
+    message.refresh_from_db()
+    assert message.text_key and message.index_status == Message.IndexStatus.INDEXED
+    assert search_ids(backend, org.tenant, "attachment:sku") == [message.pk]

@@ -16,15 +16,11 @@ import pytest
 
 from search.backends.base import Scope, SearchBackend, SearchUnavailable
 from search.query import And, QueryError, TenantIs, Text
-from tests.search_support import (  # noqa: F401 - fixtures
-    Corpus,
-    at,
-    backend,
-    elasticsearch_backend,
-    elasticsearch_url,
-    embedded_backend,
-    make_doc,
-)
+from tests.search_support import Corpus, at, embedded_backend, make_doc
+
+# The fixtures `backend` (one run per engine), `elasticsearch_url` and
+# `elasticsearch_backend` live in tests/search_support.py.
+pytest_plugins = ["tests.search_support"]
 
 ALL = ["newsletter", "invoice", "lunch", "budget", "secret"]
 

@@ -197,6 +197,16 @@ def test_repeated_failed_sign_ins_are_limited(client, org, rate_limits):
         response = client.post(reverse("account_login"), {"login": "alice@contoso.com", "password": "wrong"})
         assert response.status_code == 200
         assert "The email address and/or password you specified are not correct." in response.content.decode()
+    # Even the right password is refused now, with the reason on the form.
+    response = client.post(reverse("account_login"), {"login": "alice@contoso.com", "password": PASSWORD})
+    assert "Too many failed login attempts. Try again later." in response.content.decode()
+    assert "_auth_user_id" not in client.session
+
+
+def test_too_many_sign_in_attempts_from_one_address_get_429(client, org, rate_limits):
+    rate_limits.ACCOUNT_RATE_LIMITS = {"login": "3/m/ip"}
+    for n in range(3):
+        client.post(reverse("account_login"), {"login": f"x{n}@contoso.com", "password": "wrong"})
     response = client.post(reverse("account_login"), {"login": "alice@contoso.com", "password": PASSWORD})
     assert response.status_code == 429
     assert "Too many attempts" in response.content.decode()

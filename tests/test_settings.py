@@ -208,32 +208,55 @@ def load_settings(data_dir: Path, **overrides: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("variable", "overrides"),
-    [
-        ("ARCHIVA_REGION", {"ARCHIVA_REGION": "mars"}),
-        ("ARCHIVA_SMTP_PORT", {"ARCHIVA_SMTP_PORT": "abc"}),
-        ("ARCHIVA_SMTP_PORT", {"ARCHIVA_SMTP_PORT": "70000"}),
-        ("ARCHIVA_HTTP_PORT", {"ARCHIVA_HTTP_PORT": "http"}),
-        ("DATABASE_URL", {"DATABASE_URL": "mysql://x"}),
-        ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "foo://"}),
-        ("ARCHIVA_TLS_CERT", {"ARCHIVA_TLS_CERT": "/etc/archiva/cert.pem"}),
-        ("ARCHIVA_TLS_KEY", {"ARCHIVA_TLS_KEY": "/etc/archiva/key.pem"}),
-        ("ARCHIVA_SMTP_REQUIRE_TLS", {"ARCHIVA_SMTP_REQUIRE_TLS": "maybe"}),
-        ("ARCHIVA_STORAGE", {"ARCHIVA_STORAGE": "ftp"}),
-        ("ARCHIVA_SMTP_MAX_SIZE", {"ARCHIVA_SMTP_MAX_SIZE": "200MB"}),
-        ("ARCHIVA_LOG_LEVEL", {"ARCHIVA_LOG_LEVEL": "verbose"}),
-        ("SECRET_KEY_FILE", {"SECRET_KEY_FILE": "/nonexistent/archiva-secret"}),
-        ("ARCHIVA_CACHE_URL", {"ARCHIVA_CACHE_URL": "memcached://127.0.0.1:11211"}),
-        ("ARCHIVA_DNS_RESOLVER", {"ARCHIVA_DNS_RESOLVER": "[::1"}),
-        ("SECURE_SSL_REDIRECT", {"SECURE_SSL_REDIRECT": "always"}),
-    ],
-)
-def test_a_bad_value_stops_the_process_naming_the_variable(tmp_path, variable, overrides):
-    result = run_settings(tmp_path, **overrides)
-    assert result.returncode != 0, result.stdout
-    assert "ConfigError" in result.stderr
-    assert variable in result.stderr
+BAD_VALUES = [
+    ("ARCHIVA_REGION", {"ARCHIVA_REGION": "mars"}),
+    ("ARCHIVA_SMTP_PORT", {"ARCHIVA_SMTP_PORT": "abc"}),
+    ("ARCHIVA_SMTP_PORT", {"ARCHIVA_SMTP_PORT": "70000"}),
+    ("ARCHIVA_HTTP_PORT", {"ARCHIVA_HTTP_PORT": "http"}),
+    ("DATABASE_URL", {"DATABASE_URL": "mysql://x"}),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "foo://"}),
+    ("ARCHIVA_TLS_CERT", {"ARCHIVA_TLS_CERT": "/etc/archiva/cert.pem"}),
+    ("ARCHIVA_TLS_KEY", {"ARCHIVA_TLS_KEY": "/etc/archiva/key.pem"}),
+    ("ARCHIVA_SMTP_REQUIRE_TLS", {"ARCHIVA_SMTP_REQUIRE_TLS": "maybe"}),
+    ("ARCHIVA_STORAGE", {"ARCHIVA_STORAGE": "ftp"}),
+    ("ARCHIVA_SMTP_MAX_SIZE", {"ARCHIVA_SMTP_MAX_SIZE": "200MB"}),
+    ("ARCHIVA_LOG_LEVEL", {"ARCHIVA_LOG_LEVEL": "verbose"}),
+    ("SECRET_KEY_FILE", {"SECRET_KEY_FILE": "/nonexistent/archiva-secret"}),
+    ("ARCHIVA_CACHE_URL", {"ARCHIVA_CACHE_URL": "memcached://127.0.0.1:11211"}),
+    ("ARCHIVA_DNS_RESOLVER", {"ARCHIVA_DNS_RESOLVER": "[::1"}),
+    ("SECURE_SSL_REDIRECT", {"SECURE_SSL_REDIRECT": "always"}),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_value_runs(tmp_path_factory) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) of every BAD_VALUES case, run side by side: each
+    needs a fresh interpreter, and one after another they take long."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROBE],
+            cwd=ROOT,
+            env=clean_environ(tmp_path_factory.mktemp("bad"), **overrides),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _variable, overrides in BAD_VALUES
+    ]
+    results = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        results.append((process.returncode, stdout, stderr))
+    return results
+
+
+@pytest.mark.parametrize("case", range(len(BAD_VALUES)), ids=[f"{name}={o[name]}" for name, o in BAD_VALUES])
+def test_a_bad_value_stops_the_process_naming_the_variable(bad_value_runs, case):
+    variable, _overrides = BAD_VALUES[case]
+    returncode, stdout, stderr = bad_value_runs[case]
+    assert returncode != 0, stdout
+    assert "ConfigError" in stderr
+    assert variable in stderr
 
 
 def test_a_refused_database_url_does_not_print_its_password(tmp_path):

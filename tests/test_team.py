@@ -33,7 +33,9 @@ def outbox(settings, tmp_path):
 
 
 def mails(outbox) -> list[email.message.EmailMessage]:
-    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in sorted(outbox.glob("*.eml"))]
+    """The mails sent, oldest first (file names have one-second resolution: use the write time)."""
+    paths = sorted(outbox.glob("*.eml"), key=lambda p: p.stat().st_mtime_ns)
+    return [email.message_from_bytes(p.read_bytes(), policy=policy.default) for p in paths]
 
 
 def join_path(message) -> str:

@@ -17,13 +17,14 @@ from web.status import counters
 from web.svgchart import Series, bar_chart, hbar_chart
 
 REASONS = {
-    # Labels for the ingest's reason codes; unknown codes are shown as they are.
-    "unknown_token": "Unknown journal address",
-    "foreign_domain": "Not an Archiva address",
-    "expired_token": "Rotated address past its grace period",
+    # Labels for the ingest's reason codes (ingest/smtp.py); others show as they are.
     "too_large": "Over the size limit",
-    "no_tls": "Without TLS",
-    "unverified_domain": "Validation mail from an unverified domain",
+    "too_many_recipients": "Too many recipients in one message",
+    "rate_limited": "Over the rate limit (Exchange retries)",
+    "spool_full": "Our spool was full (Exchange retries)",
+    "temporary_failure": "Temporary trouble on our side (Exchange retries)",
+    "unverified_sender_domain": "Validation mail from an unverified domain",
+    "unknown_recipient": "Unknown journal address",
 }
 
 

@@ -22,7 +22,7 @@ from tenants import access
 from web import present
 from web.api import api_membership, api_view
 from web.audit import audit
-from web.sanitize import MESSAGE_PAGE_CSP, frame_document, sanitize
+from web.sanitize import frame_document, message_page_csp, sanitize
 
 
 def _body(message: Message, raw: bytes) -> dict:
@@ -51,7 +51,7 @@ def message_view(request, message_id: int):
     }
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
     response = render(request, "web/message.html", ctx)
-    response["Content-Security-Policy"] = MESSAGE_PAGE_CSP
+    response["Content-Security-Policy"] = message_page_csp()
     return response
 
 

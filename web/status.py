@@ -45,6 +45,7 @@ class Counters:
     failed: int  # the worker could not verify the stored object
     indexing_backlog: int = 0  # reports not yet archived + messages not yet (re)indexed
     parse_failed: int = 0  # reports kept but not parsed; see `failures`
+    index_failed: int = 0  # messages whose stored objects could not be read for indexing
     failures: tuple[Failure, ...] = ()  # the most recent parse failures, with reasons
 
 
@@ -73,7 +74,9 @@ def counters(tenant: Tenant) -> Counters:
         parse_failed=Count("id", filter=Q(status=Delivery.Status.PARSE_FAILED)),
     )
     messages = access.messages(tenant).aggregate(
-        count=Count("id"), unindexed=Count("id", filter=Q(index_status=Message.IndexStatus.PENDING))
+        count=Count("id"),
+        unindexed=Count("id", filter=Q(index_status=Message.IndexStatus.PENDING)),
+        index_failed=Count("id", filter=Q(index_status=Message.IndexStatus.FAILED)),
     )
     failures = ()
     if totals["parse_failed"]:
@@ -88,6 +91,7 @@ def counters(tenant: Tenant) -> Counters:
         failed=totals["failed"],
         indexing_backlog=totals["unarchived"] + messages["unindexed"],
         parse_failed=totals["parse_failed"],
+        index_failed=messages["index_failed"],
         failures=failures,
     )
 
@@ -115,6 +119,7 @@ def as_json(status: TenantStatus) -> dict:
         "failed": c.failed,
         "indexing_backlog": c.indexing_backlog,
         "parse_failed": c.parse_failed,
+        "index_failed": c.index_failed,
         "failures": [
             {"queue_id": f.queue_id, "received_at": f.received_at.isoformat(), "reason": f.reason} for f in c.failures
         ],

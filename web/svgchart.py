@@ -151,26 +151,37 @@ class Row:
     label: str
     value: float
     text: str  # the value as shown
-    y: float
-    width: float
+    y: float  # top of the row: the label, then the bar under it
+    width: float  # of the bar
+
+    @property
+    def bar_y(self) -> float:
+        return self.y + 22
+
+    @property
+    def label_y(self) -> float:
+        return self.y + 15
+
+    @property
+    def value_y(self) -> float:
+        return self.y + 35
 
 
 @dataclass
 class HBarChart:
-    """Horizontal bars with their values written beside them (reasons, backlog)."""
+    """Horizontal bars, each under its label with its value beside it (reasons, backlog).
+
+    Narrow (480 units) so that it reads at the same size in a half-width card.
+    """
 
     id: str
     title: str
     description: str
     rows: list[Row]
-    width: int = WIDTH
+    width: int = 480
     height: int = 0
-    label_width: int = 260
-    row_height: int = 30
-
-    @property
-    def bar_x(self) -> int:
-        return self.label_width + 8
+    row_height: int = 48
+    bar_height: int = 18
 
 
 def hbar_chart(
@@ -178,16 +189,16 @@ def hbar_chart(
 ) -> HBarChart:
     chart = HBarChart(id=id, title=title, description=description, rows=[])
     longest = max((value for _, value in items), default=0) or 1
-    room = chart.width - chart.bar_x - 90  # keep space for the number after the bar
+    room = chart.width - 80  # keep space for the number after the bar
     for i, (label, value) in enumerate(items):
         chart.rows.append(
             Row(
                 label=label,
                 value=value,
                 text=fmt(value),
-                y=i * chart.row_height + 4,
+                y=i * chart.row_height,
                 width=round(room * value / longest, 2) if value else 0,
             )
         )
-    chart.height = max(len(items), 1) * chart.row_height + 8
+    chart.height = max(len(items), 1) * chart.row_height
     return chart

@@ -209,5 +209,5 @@ class SearchBackend(abc.ABC):
     def ping(self) -> bool:
         """True when the backend answers (for /readyz)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release connections and files."""
