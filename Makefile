@@ -32,7 +32,7 @@ help:
 # --- virtualenv -------------------------------------------------------------
 
 $(PY):
-	@python="$$(scripts/find-python.sh)"; \
+	@python="$$(bash scripts/find-python.sh)"; \
 	echo "Creating $(VENV) with $$python ($$("$$python" --version))"; \
 	"$$python" -m venv $(VENV)
 
@@ -95,5 +95,5 @@ bench: $(DEV_STAMP)
 	[ $$found = 1 ] || echo "No benchmarks in bench/."
 
 clean:
-	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .ruff_cache .hypothesis
 	find . -path ./var -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -95,12 +95,12 @@ class Extractor:
             yield part, _leaf_kind(part, ctype, is_top=part is msg)
 
     def _body_part(self, part: Message) -> tuple[str, bool]:
-        data, _size = part_payload(part, self.limits.max_text_chars * 4)
         is_html = _content_type(part) == "text/html"
+        data, _size = part_payload(part, self.limits.max_attachment_bytes)
         if data is None:
             return "", is_html
-        text = decode_text(data, part_charset(part))
-        return (text[: self.limits.max_html_chars] if is_html else text[: self.limits.max_text_chars]), is_html
+        cap = self.limits.max_html_chars if is_html else self.limits.max_text_chars
+        return decode_text(data[: cap * 4], part_charset(part))[:cap], is_html  # a huge body is cut, not dropped
 
     def _part_attachment(self, part: Message, depth: int) -> Attachment:
         ctype = _content_type(part)

@@ -18,6 +18,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 MAX_NESTING = 1500  # Lexbor's worst case at this depth is ~0.1 s
 MAX_PARSED = 512 * 1024  # characters of HTML given to the parser
+UNCHECKED_TAGS = 4000  # Lexbor's worst case at this many tags is ~0.05 s
 
 _DROP = ["script", "style", "head", "title", "template", "noscript", "svg", "object", "iframe", "math"]
 _BLOCK_NAMES = (
@@ -30,7 +31,7 @@ _FLAT = set(
     "area base br col embed hr img input link meta param source track wbr p li dt dd option optgroup "
     "tr td th thead tbody tfoot colgroup rt rp".split()
 )
-_TAG = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:-]{0,40})")
+_TAG = re.compile(r"<(/?[A-Za-z][A-Za-z0-9:-]{0,40})")
 _ANY_TAG = re.compile(r"<[^<>]*>")
 
 
@@ -43,7 +44,8 @@ def _tag_pattern(names: list[str]) -> re.Pattern:
 _BLOCK_TAG = _tag_pattern(_BLOCK_NAMES)
 _CELL_TAG = _tag_pattern(["td", "th"])
 _SPACES = re.compile(r"[ \t\r\f\v\xa0\u200b]+")
-_BLANK_LINES = re.compile(r"\n\s*\n+")
+_LINE_EDGES = re.compile(r" ?\n ?")
+_BLANK_LINES = re.compile(r"\n\n\n+")
 
 
 def html_to_text(html: str, cap: int = 1_000_000) -> str:
@@ -52,22 +54,23 @@ def html_to_text(html: str, cap: int = 1_000_000) -> str:
         return ""
     small = len(html) <= MAX_PARSED and nesting(html) <= MAX_NESTING
     text = _parsed_text(html) if small else _stripped_text(html)
-    lines = (_SPACES.sub(" ", line).strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()[:cap]
+    text = _LINE_EDGES.sub("\n", _SPACES.sub(" ", text))
+    return _BLANK_LINES.sub("\n\n", text).strip()[:cap]
 
 
 def nesting(html: str) -> int:
-    """An upper bound on the element depth a parser would build (cheap: no tree)."""
-    if html.count("<") <= MAX_NESTING:
+    """An upper bound on the element depth a parser would build (cheap: no tree).
+
+    Up to UNCHECKED_TAGS tags the worst case is cheap enough to parse as it is.
+    """
+    if html.count("<") <= UNCHECKED_TAGS:
         return 0
     depth = deepest = 0
-    for match in _TAG.finditer(html):
-        name = match.group(2).lower()
-        if name in _FLAT:
-            continue
-        if match.group(1):
-            depth = max(depth - 1, 0)
-        else:
+    for tag in _TAG.findall(html):
+        if tag[0] == "/":
+            if tag[1:].lower() not in _FLAT:
+                depth = max(depth - 1, 0)
+        elif tag.lower() not in _FLAT:
             depth += 1
             if depth > deepest:
                 deepest = depth

@@ -18,9 +18,17 @@ from dataclasses import dataclass, field
 from archive.extract import Extractor
 from archive.limits import DEFAULT_LIMITS, Limits
 from archive.message import addresses, header_text, message_id, parse_date, parse_message, raw_header
-from archive.rawmime import content_type, decode_header_value, decode_text, decode_transfer, header, parse_headers
-from archive.rawmime import split_head_body, split_multipart
 from archive.parsed import EnvelopeRecipient, ParsedReport
+from archive.rawmime import (
+    content_type,
+    decode_header_value,
+    decode_text,
+    decode_transfer,
+    header,
+    parse_headers,
+    split_head_body,
+    split_multipart,
+)
 from archive.sandbox import Sandbox
 
 log = logging.getLogger(__name__)

@@ -34,6 +34,7 @@ from archive.limits import DEFAULT_LIMITS, Skip
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">Q")
+STARTUP_TIMEOUT = 60.0  # a cold interpreter importing pypdf on a loaded machine
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,6 +68,12 @@ class Sandbox:
         self._jobs = 0
         self._lock = threading.Lock()
 
+    def configure(self, memory_bytes: int, jobs_per_child: int) -> None:
+        with self._lock:
+            if memory_bytes != self.memory_bytes:
+                self.close()  # the memory limit is set when a child starts
+            self.memory_bytes, self.jobs_per_child = memory_bytes, jobs_per_child
+
     def run(self, func: str, data: bytes, options: dict, timeout: float) -> Any:
         """Call `module:function(data, options)` in the child; SandboxError when it gave no result."""
         with self._lock:
@@ -95,8 +102,16 @@ class Sandbox:
                 close_fds=True,
             )
             self._jobs = 0
+            self._await_ready(self._proc)
         self._jobs += 1
         return self._proc
+
+    def _await_ready(self, proc: subprocess.Popen) -> None:
+        """The child imports the extractors before its first job, so that no job's timeout pays for it."""
+        try:
+            self._receive(proc, STARTUP_TIMEOUT)
+        except SandboxError as exc:
+            raise SandboxError(f"crashed: the extraction child did not start ({exc})") from None
 
     @staticmethod
     def _send(proc: subprocess.Popen, head: dict, data: bytes) -> None:
@@ -171,8 +186,8 @@ def shared_sandbox(memory_bytes: int, jobs_per_child: int) -> Sandbox:
         if _shared is None or _shared[0] != os.getpid():
             _shared = (os.getpid(), Sandbox(memory_bytes, jobs_per_child))
         sandbox = _shared[1]
-        sandbox.memory_bytes, sandbox.jobs_per_child = memory_bytes, jobs_per_child
-        return sandbox
+    sandbox.configure(memory_bytes, jobs_per_child)
+    return sandbox
 
 
 @atexit.register
@@ -198,6 +213,11 @@ def _child_main(memory_bytes: int) -> None:
     # Keep the protocol pipe to ourselves: a library that prints goes to stderr.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
+    for module in _PRELOAD:
+        importlib.import_module(module)
+    ready = json.dumps({"result": "ready"}).encode()
+    out.write(_LENGTH.pack(len(ready)) + ready)
+    out.flush()
     while True:
         head = stdin.read(_LENGTH.size)
         if len(head) < _LENGTH.size:
@@ -211,6 +231,9 @@ def _child_main(memory_bytes: int) -> None:
         out.flush()
         if reply.get("fatal"):
             return
+
+
+_PRELOAD = ("archive.formats", "archive.tnef", "pypdf", "striprtf.striprtf", "tnefparse.tnef", "compressed_rtf")
 
 
 def _limit_cpu(resource: Any, timeout: float) -> None:

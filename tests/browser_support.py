@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from django.db import connections
 
 from tests.servers import missing
 
@@ -51,6 +52,10 @@ def browser(live_server, transactional_db, monkeypatch):
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+        # Beside the running loop, asgiref gives this thread another set of
+        # database connections; close them here, or they outlive the test
+        # and block dropping the test database.
+        connections.close_all()
 
 
 class Screenshots:

@@ -152,14 +152,15 @@ def _zip(members: dict[str, bytes | str]) -> bytes:
 
 
 _W = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+_CT = "http://schemas.openxmlformats.org/package/2006/content-types"
 
 
 def docx(paragraphs: list[str]) -> bytes:
     body = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)
     return _zip(
         {
-            "[Content_Types].xml": '<?xml version="1.0"?><Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types"/>',
-            "word/document.xml": f'<?xml version="1.0" encoding="UTF-8"?><w:document {_W}><w:body>{body}</w:body></w:document>',
+            "[Content_Types].xml": f'<?xml version="1.0"?><Types xmlns="{_CT}"/>',
+            "word/document.xml": f'<?xml version="1.0"?><w:document {_W}><w:body>{body}</w:body></w:document>',
         }
     )
 
@@ -194,9 +195,13 @@ def xlsx(rows: list[list[str | int]]) -> bytes:
 
 
 def odt(paragraphs: list[str]) -> bytes:
-    ns = 'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'
+    ns = (
+        'xmlns:office="urn:oasis:names:tc:opendocument:xmlns:office:1.0" '
+        'xmlns:text="urn:oasis:names:tc:opendocument:xmlns:text:1.0"'
+    )
     body = "".join(f"<text:p>{p.replace('  ', '<text:s/> ')}</text:p>" for p in paragraphs)
-    content = f"<office:document-content {ns}><office:body><office:text><text:h>Title</text:h>{body}</office:text></office:body></office:document-content>"
+    text = f"<office:text><text:h>Title</text:h>{body}</office:text>"
+    content = f"<office:document-content {ns}><office:body>{text}</office:body></office:document-content>"
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as archive:
         archive.writestr("mimetype", "application/vnd.oasis.opendocument.text", compress_type=zipfile.ZIP_STORED)

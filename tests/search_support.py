@@ -39,7 +39,17 @@ _ids = itertools.count(1_000)
 _tenants = itertools.count(100)
 
 
+_test_tenants: list[int] = []  # made by the running test, removed after it
+
+
 def next_tenant() -> int:
+    tenant_id = next(_tenants)
+    _test_tenants.append(tenant_id)
+    return tenant_id
+
+
+def shared_tenant() -> int:
+    """A tenant for a module-scoped corpus, which removes it itself."""
     return next(_tenants)
 
 
@@ -116,18 +126,27 @@ def embedded_backend(path: Path) -> SearchBackend:
     return EmbeddedBackend(path, lock_timeout=5.0, writer_heap=16_000_000)
 
 
-@pytest.fixture(params=["embedded", "elasticsearch"])
-def backend(request, tmp_path) -> SearchBackend:
-    """Each test of the shared suite runs once per engine."""
+@pytest.fixture(scope="session", params=["embedded", "elasticsearch"])
+def engine(request, tmp_path_factory) -> SearchBackend:
+    """One backend per engine for the session; tests keep apart by tenant, as in production."""
     if request.param == "embedded":
-        engine = embedded_backend(tmp_path / "index")
+        engine = embedded_backend(tmp_path_factory.mktemp("index"))
         yield engine
         engine.close()
     else:
-        engine = request.getfixturevalue("elasticsearch_backend")
-        yield engine
-        # Keep the shared index small: the emulator scans every document per query.
-        engine.es.delete_by_query(index=engine.alias, query={"match_all": {}}, refresh=True, conflicts="proceed")
+        yield request.getfixturevalue("elasticsearch_backend")
+
+
+@pytest.fixture
+def backend(engine) -> SearchBackend:
+    """The engine for one test. Afterwards the tenants the test made are
+    removed from Elasticsearch, whose emulator scans every document per query."""
+    before = len(_test_tenants)
+    yield engine
+    if engine.name == "elasticsearch":
+        for tenant_id in _test_tenants[before:]:
+            engine.delete_tenant(tenant_id)
+    del _test_tenants[before:]
 
 
 def make_doc(tenant_id: int, doc_id: int | None = None, **fields) -> SearchDocument:

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from archive import extract
-from archive.extract import Extractor, sniff
+from archive.extract import sniff
 from archive.htmltext import html_to_text
 from archive.journal import parse_report
 from archive.limits import Limits
@@ -108,11 +108,13 @@ def test_binary_attachment_keeps_its_name_without_text():
 
 def test_attachment_names_in_rfc2231_and_rfc2047_are_decoded():
     raw = (
-        b"Subject: names\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+        b"Subject: names\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
         b"--b\r\nContent-Type: application/octet-stream\r\n"
         b"Content-Disposition: attachment; filename*=utf-8''%C3%9Cbersicht.bin\r\n\r\nx\r\n"
         b'--b\r\nContent-Type: application/octet-stream; name="=?utf-8?B?0J/RgNC40LLQtdGCLmJpbg==?="\r\n\r\ny\r\n'
-        b"--b\r\nContent-Type: application/octet-stream\r\nContent-Disposition: attachment; filename*=x-bogus''%FF\r\n\r\nz\r\n"
+        b"--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Disposition: attachment; filename*=x-bogus''%FF\r\n\r\nz\r\n"
         b"--b--\r\n"
     )
     names = [a.filename for a in parse_report(raw).attachments]
@@ -368,3 +370,25 @@ def test_deep_multipart_with_a_long_body_is_refused_quickly():
     assert time.process_time() - started < 5
     assert report.subject == "deep" and report.original == raw
     assert report.problems == ["MIME structure nested more than 30 levels deep: body not read"]
+
+
+def test_a_huge_body_is_cut_to_the_cap_not_dropped():
+    raw = b"Subject: big\r\nContent-Type: text/plain\r\n\r\n" + b"word " * 400_000
+    report = parse_report(raw, limits=Limits(max_text_chars=100_000))
+    assert len(report.body_text) == 100_000 - 1 and report.body_text.startswith("word word")
+
+
+def test_pptx_slide_text():
+    pptx = data_gen._zip(
+        {
+            "ppt/presentation.xml": '<p:presentation xmlns:p="urn:p"/>',
+            "ppt/slides/slide2.xml": _slide("Second slide"),
+            "ppt/slides/slide1.xml": _slide("First slide"),
+        }
+    )
+    assert one("deck.pptx", "application/octet-stream", pptx).text == "First slide\nSecond slide"
+
+
+def _slide(text: str) -> str:
+    drawing = "http://schemas.openxmlformats.org/drawingml/2006/main"
+    return f'<p:sld xmlns:p="urn:p" xmlns:a="{drawing}"><a:p><a:r><a:t>{text}</a:t></a:r></a:p></p:sld>'

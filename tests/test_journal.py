@@ -424,3 +424,13 @@ def test_truncated_tnef_gives_what_arrived():
     report = parse_report(data_gen.mail(body="", attachments=[("winmail.dat", "application/ms-tnef", winmail)]))
     assert report.body_text == "cut off body"
     assert [(a.filename, a.text) for a in report.attachments] == [("a.txt", "x" * 40)]
+
+
+def test_8bit_body_is_decoded_from_its_own_bytes_whatever_the_label():
+    raw = (
+        b"Subject: s\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xfc\xdfe\r\n"
+    )
+    assert parse_report(raw).body_text == "Grüße"
+    assert parse_report(raw.replace(b"iso-8859-1", b"idna")).body_text == "Grüße"  # a codec, not a charset
+    assert parse_report(raw.replace(b"iso-8859-1", b"koi8-r")).body_text == "GrЭъe"  # the label is trusted

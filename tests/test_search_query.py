@@ -153,7 +153,7 @@ ALPHABET = st.sampled_from(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.lists(ALPHABET, max_size=40).map("".join))
 def test_any_string_parses_or_raises_query_error(text):
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 WIDTH = 900
 HEIGHT = 280
 MARGIN_LEFT = 64  # room for the y-axis labels
-MARGIN_RIGHT = 12
+MARGIN_RIGHT = 52  # the y labels again: a chart scrolled to its recent end still has a scale
 MARGIN_TOP = 16
 MARGIN_BOTTOM = 44  # room for the x-axis labels
 

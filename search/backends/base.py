@@ -12,6 +12,7 @@ backend that overrides a public method.
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
@@ -103,8 +104,17 @@ def scope_query(scope: Scope, query: str | Node) -> ScopedQuery | None:
     return _scoped(scope.tenant_id, ParticipantIn(scope.addresses), ast)
 
 
-def _address_values(values: Iterable[str]) -> set[str]:
-    return {v.strip().strip("<>").lower() for v in values if "@" in v}
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>\"',;:()\[\]]+@[^\s<>\"',;:()\[\]]+")
+
+
+def addresses_in(values: Iterable[str]) -> list[str]:
+    """The lower-cased addresses in these values, which may be bare addresses,
+    display names, or "Name <address>" forms; in first-seen order."""
+    found: dict[str, None] = {}
+    for value in values:
+        for address in _ADDRESS_IN_TEXT.findall(value or ""):
+            found.setdefault(address.lower().strip("."), None)
+    return list(found)
 
 
 def prepare_document(doc: SearchDocument) -> SearchDocument:
@@ -119,7 +129,7 @@ def prepare_document(doc: SearchDocument) -> SearchDocument:
     if doc.date.tzinfo is None:
         raise ValueError(f"document {doc.id}: date must be timezone-aware")
     participants = {p.strip().lower() for p in doc.participants if p and p.strip()}
-    participants |= _address_values([*doc.from_, *doc.to, *doc.cc, *doc.bcc, *doc.recipients])
+    participants.update(addresses_in([*doc.from_, *doc.to, *doc.cc, *doc.bcc, *doc.recipients]))
     return replace(doc, participants=sorted(participants))
 
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchError, SearchUnavailable
+from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchError, SearchUnavailable, addresses_in
 from search.document import SearchDocument
 from search.query import (
     FIELD_TARGETS,
@@ -62,14 +62,14 @@ ANALYSIS = {
         "archiva_text": {"type": "custom", "tokenizer": "standard", "filter": ["lowercase", "asciifolding"]},
         "archiva_split": {"type": "custom", "tokenizer": "archiva_split", "filter": ["lowercase", "asciifolding"]},
     },
-    "normalizer": {"archiva_lower": {"type": "custom", "filter": ["lowercase"]}},
 }
 
-_ADDRESS = {
-    "type": "text",
-    "analyzer": "archiva_split",
-    "fields": {"addr": {"type": "keyword", "normalizer": "archiva_lower", "ignore_above": 512}},
-}
+# Address fields: the words of addresses and display names (from:contoso.com,
+# from:alice) and, in `<field>_addr`, the exact lower-cased addresses found in
+# them (from:alice@contoso.com).
+_ADDRESS = {"type": "text", "analyzer": "archiva_split"}
+_EXACT = {"type": "keyword", "ignore_above": 512}
+ADDRESS_FIELDS = {"from": "from_", "to": "to", "cc": "cc", "bcc": "bcc", "recipients": "recipients"}
 MAPPINGS = {
     "dynamic": "strict",
     "_routing": {"required": True},
@@ -78,12 +78,9 @@ MAPPINGS = {
         "tenant_id": {"type": "long"},
         "version": {"type": "long", "index": False},
         "date": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
-        "from": _ADDRESS,
-        "to": _ADDRESS,
-        "cc": _ADDRESS,
-        "bcc": _ADDRESS,
-        "recipients": _ADDRESS,
-        "participants": {"type": "keyword", "ignore_above": 512},
+        **{field: _ADDRESS for field in ADDRESS_FIELDS},
+        **{f"{field}_addr": _EXACT for field in ADDRESS_FIELDS},
+        "participants": _EXACT,
         "subject": {"type": "text", "analyzer": "archiva_text"},
         "body": {"type": "text", "analyzer": "archiva_text"},
         "attachment_names": {"type": "text", "analyzer": "archiva_split"},
@@ -190,11 +187,8 @@ class ElasticsearchBackend(SearchBackend):
                 "tenant_id": doc.tenant_id,
                 "version": doc.version,
                 "date": _iso(doc.date),
-                "from": doc.from_,
-                "to": doc.to,
-                "cc": doc.cc,
-                "bcc": doc.bcc,
-                "recipients": doc.recipients,
+                **{field: getattr(doc, attribute) for field, attribute in ADDRESS_FIELDS.items()},
+                **{f"{field}_addr": addresses_in(getattr(doc, attr)) for field, attr in ADDRESS_FIELDS.items()},
                 "participants": doc.participants,
                 "subject": doc.subject,
                 "body": doc.body,
@@ -312,7 +306,7 @@ class ElasticsearchBackend(SearchBackend):
         targets = FIELD_TARGETS[node.field]
         address = exact_address(node.field, node.value)
         if address:
-            queries = [{"term": {f"{field}.addr": address}} for field in targets]
+            queries = [{"term": {f"{field}_addr": address}} for field in targets]
         else:
             # match_phrase analyses the value with the field's own analyzer;
             # one token is a term query, several a phrase.

@@ -44,7 +44,7 @@ from pathlib import Path
 import tantivy
 from tantivy import Occur, Query
 
-from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable
+from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable, addresses_in
 from search.document import SearchDocument
 from search.query import (
     FIELD_TARGETS,
@@ -113,11 +113,6 @@ def _micros(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(microseconds=1)
 
 
-def _address(value: str) -> str | None:
-    value = value.strip().strip("<>").lower()
-    return value if "@" in value else None
-
-
 class EmbeddedBackend(SearchBackend):
     name = "embedded"
 
@@ -160,9 +155,10 @@ class EmbeddedBackend(SearchBackend):
         with self._writer() as writer:
             current = self._versions([doc.id for doc in docs])
             for doc in docs:
-                if current.get(doc.id, doc.version) > doc.version:
-                    continue  # never replace a newer version
-                writer.delete_documents_by_term("id", doc.id)
+                if doc.id in current:
+                    if current[doc.id] > doc.version:
+                        continue  # never replace a newer version
+                    writer.delete_documents_by_term("id", doc.id)
                 writer.add_document(self._document(doc))
 
     def _document(self, doc: SearchDocument) -> tantivy.Document:
@@ -178,9 +174,8 @@ class EmbeddedBackend(SearchBackend):
                 if text:
                     out.add_text(field, text)
         for field in ADDRESS_FIELDS:
-            for value in getattr(doc, TEXT_SOURCES[field]):
-                if address := _address(value):
-                    out.add_text(f"{field}_addr", address)
+            for address in addresses_in(getattr(doc, TEXT_SOURCES[field])):
+                out.add_text(f"{field}_addr", address)
         for address in doc.participants:
             out.add_text("participants_addr", address)
         return out
