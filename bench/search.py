@@ -307,7 +307,7 @@ def elasticsearch_backend(url: str | None):
             subprocess.run([binary, "down", "--data-dir", data_dir], capture_output=True)
             shutil.rmtree(data_dir, ignore_errors=True)
 
-    backend = ElasticsearchBackend(url, index=f"archiva-bench-{os.getpid()}-messages")
+    backend = ElasticsearchBackend(url, index=f"archiva-bench-{os.getpid()}-messages", timeout=300)
     for _ in range(100):
         if backend.ping():
             break

@@ -212,6 +212,8 @@ def test_fields(contoso, query, expected):
         ("after:2024-03-06", []),
         ("after:2024-02-29 before:2024-03-01", ["secret"]),
         ("numbers after:2024-03-01", ["newsletter", "budget"]),
+        ("after:2024-03-02 before:2024-03-01", []),
+        ("before:2024-03-01 OR after:2024-03-05", ["newsletter", "secret"]),
     ],
 )
 def test_date_ranges(contoso, query, expected):
@@ -535,7 +537,9 @@ def test_embedded_writer_lock_times_out_as_unavailable(tmp_path):
     from search.backends.embedded import EmbeddedBackend, _file_lock
 
     engine = EmbeddedBackend(tmp_path, lock_timeout=0.2)
-    with _file_lock(engine.path / "writer.lock", 1), pytest.raises(SearchUnavailable):
+    folder = engine._folder(1)
+    folder.mkdir(parents=True)
+    with _file_lock(folder / "writer.lock", 1), pytest.raises(SearchUnavailable):
         engine.index([make_doc(1)])
     engine.index([make_doc(1)])
     assert engine.count(1) == 1

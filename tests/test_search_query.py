@@ -84,7 +84,15 @@ def test_queries_parse_into_the_expected_tree(query, tree):
 
 def test_after_and_before_bound_a_day_in_utc():
     tree = parse("after:2024-03-01 before:2024-03-02")
-    assert tree == And((DateRange(start=day("2024-03-01")), DateRange(end=day("2024-03-02"))))
+    assert tree == DateRange(start=day("2024-03-01"), end=day("2024-03-02"))
+
+
+def test_date_bounds_in_one_and_merge_into_one_range():
+    tree = parse("budget after:2024-01-01 before:2024-06-01 after:2024-02-01")
+    assert tree == And((Text(None, "budget"), DateRange(start=day("2024-02-01"), end=day("2024-06-01"))))
+    assert parse("after:2024-01-01 OR before:2023-01-01") == Or(
+        (DateRange(start=day("2024-01-01")), DateRange(end=day("2023-01-01")))
+    )
 
 
 @pytest.mark.parametrize(
