@@ -72,9 +72,9 @@ test: $(DEV_STAMP)
 	echo "== ruff check"; \
 	$(BIN)/ruff check --output-format=concise . 2>&1 | tee $(ARTIFACTS)/ruff.txt || status=1; \
 	echo "== pytest"; \
-	$(BIN)/pytest --junitxml=$(ARTIFACTS)/junit.xml -o junit_suite_name=archiva --durations=15 \
+	ARCHIVA_TEST_ARTIFACTS=$(ARTIFACTS) $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit.xml -o junit_suite_name=archiva --durations=15 \
 		$(PYTEST_ARGS) 2>&1 | tee $(ARTIFACTS)/pytest.log || status=1; \
-	echo "Artifacts: $(ARTIFACTS)/ (junit.xml, pytest.log, ruff.txt)"; \
+	echo "Artifacts: $(ARTIFACTS)/ (junit.xml, pytest.log, ruff.txt, screenshots/)"; \
 	exit $$status
 
 lint: $(DEV_STAMP)

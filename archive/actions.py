@@ -41,7 +41,10 @@ def parse_delivery(delivery: Delivery) -> ParsedReport:
     StorageError (retry later) passes through; anything the parser raises
     becomes ParseFailed (keep the report, record why).
     """
+    from ingest.originator import check_originator
+
     raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+    check_originator(delivery, raw)
     try:
         return documents._parse(raw)
     except Exception as exc:

@@ -39,6 +39,10 @@ class Delivery(models.Model):
     verified_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     error = models.TextField(blank=True)
+    # The report's X-OriginatorOrg, and whether it differs from the tenant's
+    # known Microsoft 365 organization (archived anyway, flagged on Status).
+    originator_org = models.CharField(max_length=253, blank=True)
+    originator_mismatch = models.BooleanField(default=False)
     # The archived original this report carried; every report stays stored as evidence.
     message = models.ForeignKey(
         "archive.Message", on_delete=models.PROTECT, null=True, blank=True, related_name="deliveries"

@@ -42,6 +42,16 @@ def deliveries(tenant: Tenant) -> QuerySet[Delivery]:
     return Delivery.objects.filter(tenant=tenant)
 
 
+def foreign_originators(tenant: Tenant) -> QuerySet:
+    """Organizations (X-OriginatorOrg) of flagged reports, most recent first."""
+    return (
+        Delivery.objects.filter(tenant=tenant, originator_mismatch=True)
+        .values_list("originator_org", flat=True)
+        .order_by("originator_org")
+        .distinct()
+    )
+
+
 def delivery(tenant: Tenant, delivery_id: int) -> Delivery:
     try:
         return Delivery.objects.get(tenant=tenant, pk=delivery_id)
@@ -69,10 +79,11 @@ def user_addresses(user: User) -> list[str]:
 
 
 def mail_addresses(membership: Membership) -> list[str] | None:
-    """None when the member sees all of the tenant's mail, else the addresses that scope it."""
+    """None when the member sees all of the tenant's mail, else the addresses
+    that scope it: verified addresses plus aliases an admin assigned."""
     if membership.sees_all_mail:
         return None
-    return user_addresses(membership.user)
+    return addresses_for(membership)
 
 
 def search_scope(membership: Membership):

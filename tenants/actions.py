@@ -234,3 +234,9 @@ def verify_domain(domain: Domain) -> Domain:
 
 def remove_domain(actor: Membership, domain: Domain) -> None:
     Domain.objects.filter(pk=domain.pk, tenant=actor.tenant).delete()
+
+
+def set_m365_organization(tenant: Tenant, organization: str) -> None:
+    """Record which Microsoft 365 organization journals to this tenant ("" to forget it)."""
+    tenant.m365_organization = organization.strip().lower()
+    tenant.save(update_fields=["m365_organization"])

@@ -54,6 +54,10 @@ class Tenant(models.Model):
     region = models.CharField(max_length=8)
     bucket = models.CharField(max_length=63, unique=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The Microsoft 365 organization whose Exchange Online journals to us
+    # (e.g. contoso.onmicrosoft.com); reports from another organization
+    # (X-OriginatorOrg) are archived but flagged.  Blank: not known yet.
+    m365_organization = models.CharField(max_length=253, blank=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.region})"

@@ -47,6 +47,8 @@ class Counters:
     parse_failed: int = 0  # reports kept but not parsed; see `failures`
     index_failed: int = 0  # messages whose stored objects could not be read for indexing
     failures: tuple[Failure, ...] = ()  # the most recent parse failures, with reasons
+    originator_mismatches: int = 0  # reports from another Microsoft 365 organization (archived, flagged)
+    foreign_organizations: tuple[str, ...] = ()  # which organizations those came from
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def counters(tenant: Tenant) -> Counters:
         unarchived=Count("id", filter=Q(status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED])),
         failed=Count("id", filter=Q(status=Delivery.Status.FAILED)),
         parse_failed=Count("id", filter=Q(status=Delivery.Status.PARSE_FAILED)),
+        mismatches=Count("id", filter=Q(originator_mismatch=True)),
     )
     messages = access.messages(tenant).aggregate(
         count=Count("id"),
@@ -83,7 +86,12 @@ def counters(tenant: Tenant) -> Counters:
         failures = tuple(
             Failure(d.queue_id, d.received_at, d.error) for d in access.parse_failures(tenant)[:MAX_FAILURES_SHOWN]
         )
+    foreign: tuple[str, ...] = ()
+    if totals["mismatches"]:
+        foreign = tuple(access.foreign_originators(tenant)[:10])
     return Counters(
+        originator_mismatches=totals["mismatches"],
+        foreign_organizations=foreign,
         messages_archived=messages["count"],
         last_received=totals["last"],
         bytes_stored=totals["size"] or 0,
@@ -124,6 +132,8 @@ def as_json(status: TenantStatus) -> dict:
             {"queue_id": f.queue_id, "received_at": f.received_at.isoformat(), "reason": f.reason} for f in c.failures
         ],
         "region": status.region.code,
+        "m365_organization": status.tenant.m365_organization or None,
+        "originator_mismatches": c.originator_mismatches,
         "journal_recipients_in_grace": [
             {"address": a.address, "expires_at": a.expires_at.isoformat()} for a in status.in_grace
         ],

@@ -20,6 +20,7 @@ urlpatterns = [
     # Tenant portal: charts, token rotation, team, domains.
     path("status/charts/", charts.charts, name="status-charts"),
     path("status/rotate-token/", views.rotate_token, name="rotate-token"),
+    path("status/organization/", views.set_organization, name="set-organization"),
     path("team/", team.team, name="team"),
     path("team/invitations/<int:invitation_id>/resend/", team.resend_invitation, name="team-invitation-resend"),
     path("team/invitations/<int:invitation_id>/revoke/", team.revoke_invitation, name="team-invitation-revoke"),
