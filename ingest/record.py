@@ -93,15 +93,20 @@ def store_and_record(envelope: Envelope, spool: Path, sha256: str, size: int) ->
     return queue_id
 
 
+PUBLISH_CHUNK = 50
+
+
 def enqueue(delivery_ids: list[int]) -> bool:
-    """Publish processing tasks; on broker trouble leave them for the sweep."""
-    from ingest.tasks import process_delivery
+    """Publish processing tasks, one per chunk of ids; on broker trouble leave them for the sweep."""
+    from ingest.tasks import process_deliveries, process_delivery
 
     if not delivery_ids:
         return True
     try:
-        for delivery_id in delivery_ids:
-            process_delivery.apply_async((delivery_id,), retry=False)
+        if len(delivery_ids) == 1:
+            process_delivery.apply_async((delivery_ids[0],), retry=False)
+        for start in range(0, len(delivery_ids) if len(delivery_ids) > 1 else 0, PUBLISH_CHUNK):
+            process_deliveries.apply_async((delivery_ids[start : start + PUBLISH_CHUNK],), retry=False)
         return True
     except Exception:
         log.warning("broker unavailable; %d deliveries left for the sweep", len(delivery_ids), exc_info=True)

@@ -69,6 +69,28 @@ def process_delivery(self, delivery_id: int) -> str:
     return status
 
 
+@shared_task(bind=True, acks_late=True)
+def process_deliveries(self, delivery_ids: list[int]) -> int:
+    """Several deliveries in one task (still ids only): the ingest publishes
+    one task per commit batch, because a publish costs more than a row.
+    A delivery that meets our own trouble goes on alone in `process_delivery`
+    with its backoff; the others are not held up.  Returns how many were archived."""
+    archived = 0
+    for delivery_id in delivery_ids:
+        try:
+            status = process(delivery_id, index=False)
+        except IntegrityError:
+            continue  # recorded by `verify`; the bytes will not change
+        except _retryable() as exc:
+            log.warning("delivery %s: %s; retrying on its own", delivery_id, exc)
+            process_delivery.apply_async((delivery_id,), countdown=backoff(0), retry=False)
+            continue
+        archived += status == Delivery.Status.ARCHIVED
+    if archived:
+        schedule_indexing()
+    return archived
+
+
 @shared_task(bind=True, max_retries=None, acks_late=True)
 def index_pending(self) -> int:
     """Index every message waiting to be indexed, in batches (one commit each)."""

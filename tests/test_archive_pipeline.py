@@ -306,3 +306,24 @@ def test_two_workers_merging_reports_of_one_message_at_once_end_with_one_message
         assert {r["address"] for r in message.envelope_recipients} == {"tina@contoso.com", "uma@contoso.com"}
         assert message.version == 2
         assert set(message.deliveries.values_list("pk", flat=True)) == {d.pk for d in reports}
+
+
+def test_a_batch_task_archives_each_delivery_and_retries_only_the_troubled_one(org, monkeypatch):
+    """The ingest publishes one task per commit batch; one delivery's trouble holds up no other."""
+    from infra.storage import StorageError
+    from ingest import tasks
+
+    first, second = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("03-attachments.eml"))
+    real_process, retried = tasks.process, []
+
+    def flaky(delivery_id, index=True):
+        if delivery_id == first.pk:
+            raise StorageError("bucket unreachable")
+        return real_process(delivery_id, index=index)
+
+    monkeypatch.setattr(tasks, "process", flaky)
+    monkeypatch.setattr(tasks.process_delivery, "apply_async", lambda args, **kw: retried.append(args))
+    assert tasks.process_deliveries.run([first.pk, second.pk]) == 1
+    assert retried == [(first.pk,)]
+    second.refresh_from_db()
+    assert second.status == Delivery.Status.ARCHIVED
