@@ -326,7 +326,8 @@ def report(title: str, timings: dict[str, Timing], baseline: Baseline | None = N
         line = f"  {label:32s} {timing.count:9,d} {timing.p50:8.1f} {timing.p95:8.1f}"
         if baseline:
             scaled = baseline.timings[label].p50 * docs / baseline.docs
-            line += f" {scaled:24,.0f}ms {scaled / max(timing.p50, 0.01):8,.0f}x"
+            ratio = scaled / max(timing.p50, 0.01)
+            line += f" {scaled:24,.0f}ms {ratio:8,.{0 if ratio >= 10 else 2}f}x"
         print(line)
     worst = max(t.p95 for t in timings.values())
     print(f"  worst p95: {worst:.1f} ms")
@@ -381,9 +382,11 @@ def bench_elasticsearch(corpus, queries, args, baseline) -> None:
         timings = time_queries(lambda s, q: es.search(s, q).count, queries, args.runs if url else 3)
         report(f"elasticsearch ({what}), {total:,} messages", timings, baseline, total)
     finally:
-        es.drop_index()
-        if stop:
-            stop()
+        try:
+            es.drop_index()
+        finally:
+            if stop:
+                stop()
 
 
 def main() -> None:
