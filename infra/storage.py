@@ -47,7 +47,12 @@ class BlobStore:
     def create_bucket(self, bucket: str) -> None:
         raise NotImplementedError
 
-    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
+        """Store the file's bytes under key; durable when it returns.
+
+        With `consume` the caller hands the file over (it will only delete
+        it, never write to it again), so a store may adopt it without a copy.
+        """
         raise NotImplementedError
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
@@ -117,7 +122,7 @@ class FolderStore(BlobStore):
         except OSError as exc:
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
 
-    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
         target = self._path(bucket, key)
         if not self._bucket(bucket).is_dir():
             raise StorageError(f"bucket {bucket} does not exist")
@@ -127,11 +132,11 @@ class FolderStore(BlobStore):
             target.parent.mkdir(parents=True, exist_ok=True)
             # Make a private temporary next to the target, fsync it, then
             # rename: a reader never sees a partial object, and a crash
-            # leaves at most a stray temporary.  On the same filesystem the
-            # temporary is a hard link to the source (no copy).
+            # leaves at most a stray temporary.  A consumed source on the same
+            # filesystem becomes the temporary by a hard link (no copy).
             tmp_name = str(target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
             try:
-                self._link_or_copy(path, tmp_name)
+                self._link_or_copy(path, tmp_name, link=consume)
                 os.replace(tmp_name, target)
             except BaseException:
                 Path(tmp_name).unlink(missing_ok=True)
@@ -141,20 +146,24 @@ class FolderStore(BlobStore):
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
     @staticmethod
-    def _link_or_copy(source: Path, tmp_name: str) -> None:
-        try:
-            os.link(source, tmp_name)
-            fd = os.open(tmp_name, os.O_RDONLY)
+    def _link_or_copy(source: Path, tmp_name: str, link: bool) -> None:
+        """An fsync'd, read-only file at tmp_name with source's bytes."""
+        if link:
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            Path(tmp_name).unlink(missing_ok=True)
-            with open(tmp_name, "xb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+                os.link(source, tmp_name)
+                fd = os.open(tmp_name, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.chmod(tmp_name, 0o440)
+                return
+            except OSError:  # another filesystem, or no hard links: copy
+                Path(tmp_name).unlink(missing_ok=True)
+        with open(tmp_name, "xb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(tmp_name, 0o440)
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
@@ -226,7 +235,7 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
 
-    def put_file(self, bucket: str, key: str, path: Path, sha256: str) -> None:
+    def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
         from boto3.s3.transfer import TransferConfig
 
         checksum = base64.b64encode(bytes.fromhex(sha256)).decode()

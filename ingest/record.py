@@ -55,7 +55,8 @@ def store_objects(envelope: Envelope, spool: Path, sha256: str) -> None:
     store = get_store()
     key = raw_key(sha256)
     for route, _ in envelope.routes.values():
-        store.put_file(route.bucket, key, spool, sha256)
+        # The spool file is the ingest's own and is only deleted afterwards.
+        store.put_file(route.bucket, key, spool, sha256, consume=True)
 
 
 def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> list[Delivery]:

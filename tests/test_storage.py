@@ -298,3 +298,16 @@ def test_s3_on_a_closed_port_fails_reads_with_a_storage_error(unreachable_s3):
         unreachable_s3.read_verified("tenant-a", raw_key(sha), sha)
     with pytest.raises(StorageError):
         unreachable_s3.exists("tenant-a", raw_key(sha))
+
+
+def test_folder_store_copies_unless_the_caller_hands_the_file_over(tmp_path):
+    """A stored object must never change when the caller later rewrites its own file."""
+    store = FolderStore(tmp_path / "buckets")
+    store.create_bucket("tenant-a")
+    path, sha = make_file(tmp_path, b"original bytes")
+    store.put_file("tenant-a", raw_key(sha), path, sha)
+    path.write_bytes(b"rewritten by the caller")
+    assert store.read_verified("tenant-a", raw_key(sha), sha) == b"original bytes"
+    handed, sha2 = make_file(tmp_path, b"handed over")
+    store.put_file("tenant-a", raw_key(sha2), handed, sha2, consume=True)
+    assert os.stat(handed).st_ino == os.stat(tmp_path / "buckets" / "tenant-a" / raw_key(sha2)).st_ino
