@@ -204,12 +204,13 @@ ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minim
 ARCHIVA_SEARCH_URL = env("ARCHIVA_SEARCH_URL")
 if ARCHIVA_SEARCH_URL and not ARCHIVA_SEARCH_URL.startswith(("http://", "https://")):
     raise ConfigError("ARCHIVA_SEARCH_URL must be an http:// or https:// URL of an Elasticsearch cluster")
-ARCHIVA_SEARCH_INDEX = env("ARCHIVA_SEARCH_INDEX") or f"archiva-{ARCHIVA_REGION}-messages"
+# Unset: archiva-<region>-messages, derived where the backend is built.
+ARCHIVA_SEARCH_INDEX = env("ARCHIVA_SEARCH_INDEX")
 ARCHIVA_SEARCH_REFRESH = envchoice("ARCHIVA_SEARCH_REFRESH", "false", ("false", "wait_for", "true"))
 ARCHIVA_SEARCH_SHARDS = envint("ARCHIVA_SEARCH_SHARDS", 1, minimum=1)
 ARCHIVA_SEARCH_REPLICAS = envint("ARCHIVA_SEARCH_REPLICAS", 0, minimum=0)
 ARCHIVA_SEARCH_TIMEOUT = envfloat("ARCHIVA_SEARCH_TIMEOUT", 10.0, minimum=0.1)
-ARCHIVA_SEARCH_INDEX_DIR = DATA_DIR / "index"
+# The embedded index lives in DATA_DIR/index (see search.backends.get_backend).
 
 # --- DNS (domain verification) ------------------------------------------
 # One server as "ip", "ip:port" or "[ipv6]:port"; unset: the system resolver.
