@@ -35,15 +35,17 @@ class ParseFailed(Exception):
     """The parser raised on a report: a bug to fix, after which `retry_failed` runs it again."""
 
 
-def parse_delivery(delivery: Delivery) -> ParsedReport:
+def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport:
     """The stored report, read with its hash verified, then parsed.
 
-    StorageError (retry later) passes through; anything the parser raises
+    `raw` is the report's bytes when the caller has just read and verified
+    them.  StorageError (retry later) passes through; anything the parser raises
     becomes ParseFailed (keep the report, record why).
     """
     from ingest.originator import check_originator
 
-    raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+    if raw is None:
+        raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
     check_originator(delivery, raw)
     try:
         return documents._parse(raw)
@@ -103,7 +105,8 @@ def _put_bytes(bucket: str, data: bytes, key_for=raw_key) -> tuple[str, str]:
     with tempfile.NamedTemporaryFile(dir=spool, prefix="archive-", suffix=".eml") as tmp:
         tmp.write(data)
         tmp.flush()
-        get_store().put_file(bucket, key, Path(tmp.name), sha)
+        # The temporary is ours and only deleted afterwards: hand it over.
+        get_store().put_file(bucket, key, Path(tmp.name), sha, consume=True)
     return sha, key
 
 

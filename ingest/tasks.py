@@ -153,11 +153,14 @@ def process(delivery_id: int, index: bool = True) -> str:
         return "missing"
     if delivery.status in (Delivery.Status.STORED, Delivery.Status.RECEIVED):
         Delivery.objects.filter(pk=delivery.pk).update(attempts=delivery.attempts + 1)
-    if delivery.status == Delivery.Status.STORED and not verify(delivery):
-        return Delivery.Status.FAILED
+    raw = None
+    if delivery.status == Delivery.Status.STORED:
+        raw = verify(delivery)
+        if raw is None:
+            return Delivery.Status.FAILED
     if delivery.status == Delivery.Status.RECEIVED:
         try:
-            parsed = actions.parse_delivery(delivery)
+            parsed = actions.parse_delivery(delivery, raw)
         except actions.ParseFailed as exc:
             actions.mark_parse_failed(delivery, str(exc))
             return Delivery.Status.PARSE_FAILED
@@ -169,21 +172,22 @@ def process(delivery_id: int, index: bool = True) -> str:
     return delivery.status
 
 
-def verify(delivery: Delivery) -> bool:
-    """Check the stored object against its hash; mark the delivery received or failed."""
+def verify(delivery: Delivery) -> bytes | None:
+    """Check the stored object against its hash; mark the delivery received
+    (returning the verified bytes, so they are read once) or failed (None)."""
     try:
-        get_store().verify(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+        raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
     except IntegrityError as exc:
         Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.STORED).update(
             status=Delivery.Status.FAILED, error=str(exc)
         )
         log.error("delivery %s failed verification: %s", delivery.pk, exc)
-        return False
+        return None
     Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.STORED).update(
         status=Delivery.Status.RECEIVED, verified_at=timezone.now(), error=""
     )
     delivery.status = Delivery.Status.RECEIVED
-    return True
+    return raw
 
 
 def stranded_deliveries(now=None):
