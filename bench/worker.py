@@ -106,7 +106,7 @@ def main() -> None:
             import pstats
 
             cProfile.runctx("process_deliveries.run(ids)", globals(), locals(), "/tmp/worker.prof")
-            pstats.Stats("/tmp/worker.prof").sort_stats("cumtime").print_stats(40)
+            pstats.Stats("/tmp/worker.prof").sort_stats(os.environ.get("BENCH_PROFILE_SORT", "cumtime")).print_stats(30)
         for chunk in range(0, len(ids), 50):
             process_deliveries.run(ids[chunk : chunk + 50])
         archived_at = time.perf_counter()

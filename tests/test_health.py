@@ -66,7 +66,7 @@ def test_readyz_is_ok_when_database_storage_and_broker_answer(client, redis_brok
     assert status == 200
     assert body["status"] == "ok"
     assert body["failed"] == []
-    assert body["checks"] == {"database": "ok", "storage": "ok", "broker": "ok", "search": "not configured"}
+    assert body["checks"] == {"database": "ok", "storage": "ok", "broker": "ok", "search": "ok"}
 
 
 @pytest.mark.django_db
@@ -169,3 +169,19 @@ def test_o365_rejects_a_body_that_is_not_json_with_400():
     response = Client(enforce_csrf_checks=True).post("/o365", "<xml/>", content_type="application/xml")
     assert response.status_code == 400
     assert b"not JSON" in response.content
+
+
+@pytest.mark.django_db
+def test_readyz_names_the_embedded_index_when_its_folder_is_unusable(client, settings, redis_broker, tmp_path):
+    from search.backends import reset_backend
+
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"")
+    settings.ARCHIVA_SEARCH_INDEX_DIR = blocker / "index"  # under a file: unusable
+    reset_backend()
+    try:
+        status, body = readyz(client)
+    finally:
+        reset_backend()
+    assert status == 503
+    assert body["failed"] == ["search"]

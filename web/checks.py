@@ -57,7 +57,12 @@ def check_broker() -> None:
 
 def check_search() -> None:
     if not settings.ARCHIVA_SEARCH_URL:
-        raise NotConfigured
+        # The embedded index: its folder must be there and writable.
+        from search.backends import get_backend
+
+        if not get_backend().ping():
+            raise RuntimeError("the embedded search index is not usable")
+        return
     request = _search_request(settings.ARCHIVA_SEARCH_URL)
     with urllib.request.urlopen(request, timeout=SEARCH_TIMEOUT) as response:  # noqa: S310 (scheme checked)
         response.read(1024)
