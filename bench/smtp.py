@@ -12,13 +12,13 @@ the private Postfix instance needs root to start).
 With the same load, one run measures:
 
 1. smtp-sink (a discarding server: the protocol's upper bound on this
-   machine) driven by smtp-source, and by bench/smtp_load.py (how fast the
+   machine) driven by smtp-source, and by bench/_smtp_load.py (how fast the
    Python load client itself can go, without TLS);
 2. Archiva's ingest (`manage.py smtpd`, embedded default: SQLite, folder
    store, filesystem broker) with TLS off, driven by smtp-source, for each
    --processes value; every accepted message must be archived (Delivery
    rows == messages accepted, each row's object present in the bucket);
-3. the same ingest with STARTTLS required, driven by bench/smtp_load.py
+3. the same ingest with STARTTLS required, driven by bench/_smtp_load.py
    (STARTTLS once per session, many messages per connection, pipelined):
    msgs/s and per-message latency from end of DATA to the final 250;
 4. a private Postfix instance (smtpd with STARTTLS, queueing to disk on
@@ -57,7 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-LOAD_CLIENT = ROOT / "bench" / "smtp_load.py"
+LOAD_CLIENT = ROOT / "bench" / "_smtp_load.py"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SMTP_SINK = "/usr/sbin/smtp-sink"
 POSTFIX = "/usr/sbin/postfix"
@@ -360,7 +360,7 @@ def _last_count(output: bytes) -> int:
 def run_load_client(
     port: int, shape: Shape, recipient: str, *, cafile: Path | None, per_connection: bool = False
 ) -> Outcome:
-    """bench/smtp_load.py in its own process; STARTTLS when a CA file is given."""
+    """bench/_smtp_load.py in its own process; STARTTLS when a CA file is given."""
     cmd = [PYTHON, str(LOAD_CLIENT), f"{HOST}:{port}", "--to", recipient, "--from", SENDER, "--json"]
     cmd += ["--messages", str(shape.messages), "--size", str(shape.size), "--sessions", str(shape.sessions)]
     cmd += ["--deadline", str(shape.timeout)]
