@@ -27,11 +27,13 @@ def originator_org(raw: bytes) -> str:
     return str(value).strip().lower()
 
 
-def check_originator(delivery: Delivery, raw: bytes) -> bool:
-    """Record the report's organization on the delivery; True when it is flagged."""
-    found = originator_org(raw)
+def check_originator(delivery: Delivery, raw: bytes, record: bool = True) -> bool:
+    """Set the report's organization on the delivery (and save it, with
+    `record`; a batch saves it with the rest); True when it is flagged."""
+    found = originator_org(raw)[:253]
     known = (delivery.tenant.m365_organization or "").strip().lower()
     mismatch = bool(known and found and found != known)
-    Delivery.objects.filter(pk=delivery.pk).update(originator_org=found[:253], originator_mismatch=mismatch)
+    if record:
+        Delivery.objects.filter(pk=delivery.pk).update(originator_org=found, originator_mismatch=mismatch)
     delivery.originator_org, delivery.originator_mismatch = found, mismatch
     return mismatch

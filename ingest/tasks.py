@@ -72,23 +72,56 @@ def process_delivery(self, delivery_id: int) -> str:
 @shared_task(bind=True, acks_late=True)
 def process_deliveries(self, delivery_ids: list[int]) -> int:
     """Several deliveries in one task (still ids only): the ingest publishes
-    one task per commit batch, because a publish costs more than a row.
+    one task per commit batch.  New reports are archived together
+    (`archive.actions.archive_batch`: one transaction, parallel stores);
+    anything else, or a batch that meets a concurrent merge, goes one by one.
     A delivery that meets our own trouble goes on alone in `process_delivery`
     with its backoff; the others are not held up.  Returns how many were archived."""
+    from archive import actions
+
+    batch, one_by_one = [], []
+    for delivery in Delivery.objects.select_related("tenant").filter(pk__in=delivery_ids).order_by("pk"):
+        if delivery.message_id or delivery.status not in (Delivery.Status.STORED, Delivery.Status.RECEIVED):
+            one_by_one.append(delivery.pk)
+            continue
+        try:
+            raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+            parsed = actions.parse_delivery(delivery, raw, record=False)
+        except IntegrityError:
+            one_by_one.append(delivery.pk)  # `verify` records the failure
+            continue
+        except actions.ParseFailed as exc:
+            actions.mark_parse_failed(delivery, str(exc))
+            continue
+        except _retryable() as exc:
+            _retry_alone(delivery.pk, exc)
+            continue
+        batch.append((delivery, parsed))
     archived = 0
-    for delivery_id in delivery_ids:
+    try:
+        archived = actions.archive_batch(batch)
+    except actions.BatchConflict:
+        one_by_one += [delivery.pk for delivery, _ in batch]
+    except _retryable() as exc:
+        for delivery, _ in batch:
+            _retry_alone(delivery.pk, exc)
+    for delivery_id in one_by_one:
         try:
             status = process(delivery_id, index=False)
         except IntegrityError:
             continue  # recorded by `verify`; the bytes will not change
         except _retryable() as exc:
-            log.warning("delivery %s: %s; retrying on its own", delivery_id, exc)
-            process_delivery.apply_async((delivery_id,), countdown=backoff(0), retry=False)
+            _retry_alone(delivery_id, exc)
             continue
         archived += status == Delivery.Status.ARCHIVED
     if archived:
         schedule_indexing()
     return archived
+
+
+def _retry_alone(delivery_id: int, exc: Exception) -> None:
+    log.warning("delivery %s: %s; retrying on its own", delivery_id, exc)
+    process_delivery.apply_async((delivery_id,), countdown=backoff(0), retry=False)
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)

@@ -310,20 +310,81 @@ def test_two_workers_merging_reports_of_one_message_at_once_end_with_one_message
 
 def test_a_batch_task_archives_each_delivery_and_retries_only_the_troubled_one(org, monkeypatch):
     """The ingest publishes one task per commit batch; one delivery's trouble holds up no other."""
-    from infra.storage import StorageError
+    from infra.storage import FolderStore, StorageError
     from ingest import tasks
 
     first, second = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("03-attachments.eml"))
-    real_process, retried = tasks.process, []
+    real_read, retried = FolderStore.read_verified, []
 
-    def flaky(delivery_id, index=True):
-        if delivery_id == first.pk:
+    def flaky(self, bucket, key, sha256):
+        if sha256 == first.sha256:
             raise StorageError("bucket unreachable")
-        return real_process(delivery_id, index=index)
+        return real_read(self, bucket, key, sha256)
 
-    monkeypatch.setattr(tasks, "process", flaky)
+    monkeypatch.setattr(FolderStore, "read_verified", flaky)
     monkeypatch.setattr(tasks.process_delivery, "apply_async", lambda args, **kw: retried.append(args))
     assert tasks.process_deliveries.run([first.pk, second.pk]) == 1
     assert retried == [(first.pk,)]
+    first.refresh_from_db()
     second.refresh_from_db()
-    assert second.status == Delivery.Status.ARCHIVED
+    assert first.status == Delivery.Status.STORED and second.status == Delivery.Status.ARCHIVED
+
+
+def test_a_batch_archives_the_corpus_exactly_as_one_by_one(org, outsider):
+    """Batch and one-by-one give the same messages: 09-a/b merged, every report linked."""
+    from ingest.tasks import process_deliveries
+
+    fabrikam = outsider.memberships.get().tenant
+    batch = [deliver(org.tenant, corpus(name)) for name in corpus_names()]
+    single = [deliver(fabrikam, corpus(name)) for name in corpus_names()]
+    assert process_deliveries.run([d.pk for d in batch]) == len(batch)
+    for delivery in single:
+        process(delivery.pk, index=False)
+
+    def summary(tenant):
+        return sorted(
+            (m.merge_key, m.subject, m.deliveries.count(), sorted(r["address"] for r in m.envelope_recipients))
+            for m in Message.objects.filter(tenant=tenant)
+        )
+
+    assert summary(org.tenant) == summary(fabrikam)
+    assert Message.objects.filter(tenant=org.tenant).count() == len(batch) - 1  # 09-a and 09-b are one
+    assert set(Delivery.objects.filter(tenant=org.tenant).values_list("status", flat=True)) == {"archived"}
+    assert Delivery.objects.filter(tenant=org.tenant, originator_org="contoso.onmicrosoft.com").exists()
+    # Running the batch again changes nothing.
+    versions = dict(Message.objects.filter(tenant=org.tenant).values_list("pk", "version"))
+    process_deliveries.run([d.pk for d in batch])
+    assert dict(Message.objects.filter(tenant=org.tenant).values_list("pk", "version")) == versions
+
+
+def test_a_batch_that_meets_a_concurrent_merge_goes_one_by_one(org, monkeypatch):
+    from django.db import IntegrityError as UniqueViolation
+
+    from ingest.tasks import process_deliveries
+
+    deliveries = [deliver(org.tenant, corpus(name)) for name in ("09-duplicate-a.eml", "09-duplicate-b.eml")]
+    calls = []
+
+    def collide(self, objs, *args, **kwargs):
+        calls.append(len(objs))
+        raise UniqueViolation("duplicate key value violates unique constraint")
+
+    monkeypatch.setattr(type(Message.objects), "bulk_create", collide)
+    assert process_deliveries.run([d.pk for d in deliveries]) == 2
+    assert calls == [1]  # the batch tried once, then each report went on its own
+    message = Message.objects.get(tenant=org.tenant)
+    assert message.deliveries.count() == 2
+
+
+def test_a_tampered_report_in_a_batch_fails_alone(org, settings):
+    from ingest.tasks import process_deliveries
+
+    bad, good = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("08-on-behalf-of.eml"))
+    path = settings.DATA_DIR / "buckets" / org.tenant.bucket / bad.storage_key
+    path.chmod(0o600)
+    path.write_bytes(b"tampered")
+    assert process_deliveries.run([bad.pk, good.pk]) == 1
+    bad.refresh_from_db()
+    good.refresh_from_db()
+    assert bad.status == Delivery.Status.FAILED and "do not match" in bad.error
+    assert good.status == Delivery.Status.ARCHIVED
