@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
-from pathlib import Path
 
-from django.conf import settings
 from django.db import IntegrityError as UniqueViolation
 from django.db import connection, transaction
 from django.utils import timezone
@@ -84,30 +81,36 @@ def mark_parse_failed(delivery: Delivery, reason: str) -> None:
 
 def _store_objects(tenant: Tenant, parsed: ParsedReport) -> dict:
     """Store the original, a decrypted copy and the extracted text, content-addressed."""
-    sha, key = _put_bytes(tenant.bucket, parsed.original)
-    stored = {"original_sha256": sha, "original_key": key, "decrypted_sha256": "", "decrypted_key": ""}
+    objects: list[tuple[str, str, bytes, str]] = []
+    fields = _object_fields(tenant.bucket, parsed, objects)
+    get_store().put_many(objects)
+    return fields
+
+
+def _object_fields(bucket: str, parsed: ParsedReport, objects: list) -> dict:
+    """The Message's object columns for a parsed report; the objects to store go into `objects`."""
+
+    def add(data: bytes, key_for=raw_key) -> tuple[str, str]:
+        sha = hashlib.sha256(data).hexdigest()
+        objects.append((bucket, key_for(sha), data, sha))
+        return sha, key_for(sha)
+
+    sha, key = add(parsed.original)
+    fields = {"original_sha256": sha, "original_key": key, "decrypted_sha256": "", "decrypted_key": ""}
     if parsed.decrypted:
-        stored["decrypted_sha256"], stored["decrypted_key"] = _put_bytes(tenant.bucket, parsed.decrypted)
-    stored["text_sha256"], stored["text_key"] = _put_text(tenant.bucket, documents.content_of(parsed))
-    return stored
+        fields["decrypted_sha256"], fields["decrypted_key"] = add(parsed.decrypted)
+    fields["text_sha256"], fields["text_key"] = add(
+        documents.content_json(documents.content_of(parsed)), documents.text_key
+    )  # the same bytes `_put_text` stores
+    return fields
 
 
 def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
-    return _put_bytes(bucket, documents.content_json(content), documents.text_key)
-
-
-def _put_bytes(bucket: str, data: bytes, key_for=raw_key) -> tuple[str, str]:
-    """Store bytes content-addressed (a no-op when the object exists); returns (sha256, key)."""
+    """Store extracted text content-addressed (a no-op when it exists); returns (sha256, key)."""
+    data = documents.content_json(content)
     sha = hashlib.sha256(data).hexdigest()
-    key = key_for(sha)
-    spool = Path(settings.ARCHIVA_SPOOL_DIR)
-    spool.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=spool, prefix="archive-", suffix=".eml") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        # The temporary is ours and only deleted afterwards: hand it over.
-        get_store().put_file(bucket, key, Path(tmp.name), sha, consume=True)
-    return sha, key
+    get_store().put_many([(bucket, documents.text_key(sha), data, sha)])
+    return sha, documents.text_key(sha)
 
 
 def _merge(delivery: Delivery, fields: dict) -> Message:
@@ -179,19 +182,18 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
     messages first (nothing of the batch is recorded then; the caller
     archives them one by one, which merges correctly).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     prepared = []
     for delivery, parsed in items:
         try:
             prepared.append((delivery, parsed, documents.message_fields(parsed, delivery.received_at)))
         except Exception as exc:  # building the fields is parsing too
             mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
-    # Each store fsyncs; in parallel the filesystem shares its journal commits.
-    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="archive-store") as pool:
-        stored = list(pool.map(lambda item: _store_objects(item[0].tenant, item[1]), prepared))
-    for (_, _, fields), objects in zip(prepared, stored, strict=True):
-        fields.update(objects)
+    # Every object of the batch in one group commit (two filesystem syncs on
+    # the folder store, parallel PUTs on S3) before the database records them.
+    objects: list[tuple[str, str, bytes, str]] = []
+    for delivery, parsed, fields in prepared:
+        fields.update(_object_fields(delivery.tenant.bucket, parsed, objects))
+    get_store().put_many(objects)
     if not prepared:
         return 0
     try:

@@ -5,7 +5,7 @@
 Stores N journal reports the way the ingest does (content-addressed in the
 tenant's bucket, a Delivery row each) on a fresh embedded-default data
 folder, then runs exactly what a Celery worker runs for them — the
-`process_deliveries` task body in batches of 50, then `index_pending` — in
+`process_deliveries` task body in the ingest's publishing chunks, then `index_pending` — in
 this one process, and prints messages/s.  Baseline in the same run: the
 parser alone on the same bytes (`parse_report`), the work no worker can
 skip.  Target (issue 3): at least 200 messages/s for one worker.
@@ -71,7 +71,7 @@ def main() -> None:
         from archive.journal import parse_report
         from ingest.directory import Route
         from ingest.models import Delivery
-        from ingest.record import Envelope, delivery_rows, new_queue_id, store_objects
+        from ingest.record import PUBLISH_CHUNK, Envelope, delivery_rows, new_queue_id, store_objects
         from ingest.tasks import index_pending, process_deliveries
         from tenants.actions import create_tenant
         from tenants.models import User
@@ -107,8 +107,9 @@ def main() -> None:
 
             cProfile.runctx("process_deliveries.run(ids)", globals(), locals(), "/tmp/worker.prof")
             pstats.Stats("/tmp/worker.prof").sort_stats(os.environ.get("BENCH_PROFILE_SORT", "cumtime")).print_stats(30)
-        for chunk in range(0, len(ids), 50):
-            process_deliveries.run(ids[chunk : chunk + 50])
+        # Chunks as the ingest publishes them under load (one task per chunk).
+        for chunk in range(0, len(ids), PUBLISH_CHUNK):
+            process_deliveries.run(ids[chunk : chunk + PUBLISH_CHUNK])
         archived_at = time.perf_counter()
         indexed = index_pending.run()
         finished = time.perf_counter()

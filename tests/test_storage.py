@@ -311,3 +311,31 @@ def test_folder_store_copies_unless_the_caller_hands_the_file_over(tmp_path):
     handed, sha2 = make_file(tmp_path, b"handed over")
     store.put_file("tenant-a", raw_key(sha2), handed, sha2, consume=True)
     assert os.stat(handed).st_ino == os.stat(tmp_path / "buckets" / "tenant-a" / raw_key(sha2)).st_ino
+
+
+def test_put_many_stores_every_object_durably_and_skips_existing_ones(store, tmp_path):
+    """The group commit the worker uses: several objects, one flush (folder) or parallel PUTs (S3)."""
+    import hashlib
+
+    store.create_bucket("tenant-a")
+    blobs = [f"object {i}".encode() for i in range(5)]
+    items = [("tenant-a", raw_key(hashlib.sha256(b).hexdigest()), b, hashlib.sha256(b).hexdigest()) for b in blobs]
+    store.put_many(items + items[:2])  # duplicates within one batch are fine
+    store.put_many(items)  # and so is storing them again
+    for _, key, data, sha in items:
+        assert store.read_verified("tenant-a", key, sha) == data
+
+
+def test_folder_put_many_refuses_bytes_that_do_not_match_their_hash_and_leaves_nothing(tmp_path):
+    import hashlib
+
+    store = FolderStore(tmp_path / "buckets")
+    store.create_bucket("tenant-a")
+    good = b"good"
+    sha = hashlib.sha256(good).hexdigest()
+    with pytest.raises(IntegrityError):
+        store.put_many([("tenant-a", raw_key(sha), good, sha), ("tenant-a", raw_key("0" * 64), b"bad", "0" * 64)])
+    leftovers = [p for p in (tmp_path / "buckets").rglob("*") if p.is_file()]
+    assert all(not p.name.startswith(".tmp-") for p in leftovers)
+    with pytest.raises(StorageError):
+        store.put_many([("no-such-bucket", raw_key(sha), good, sha)])
