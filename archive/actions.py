@@ -61,15 +61,23 @@ def archive_delivery(delivery: Delivery, parsed: ParsedReport | None = None) -> 
         return delivery.message
     try:
         parsed = parsed or parse_delivery(delivery)
-        fields = documents.message_fields(parsed, delivery.received_at)
     except ParseFailed as exc:
         mark_parse_failed(delivery, str(exc))
         return None
-    except Exception as exc:  # building the fields is parsing too
-        mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
+    fields = _fields_or_mark_failed(delivery, parsed)
+    if fields is None:
         return None
     fields.update(_store_objects(delivery.tenant, parsed))
     return _merge(delivery, fields)
+
+
+def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | None:
+    """The Message columns of a parsed report; None (recorded as a parse failure) when they cannot be built."""
+    try:
+        return documents.message_fields(parsed, delivery.received_at)
+    except Exception as exc:  # building the fields is parsing too
+        mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
+        return None
 
 
 def mark_parse_failed(delivery: Delivery, reason: str) -> None:
@@ -184,10 +192,9 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
     """
     prepared = []
     for delivery, parsed in items:
-        try:
-            prepared.append((delivery, parsed, documents.message_fields(parsed, delivery.received_at)))
-        except Exception as exc:  # building the fields is parsing too
-            mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
+        fields = _fields_or_mark_failed(delivery, parsed)
+        if fields is not None:
+            prepared.append((delivery, parsed, fields))
     # Every object of the batch in one group commit (two filesystem syncs on
     # the folder store, parallel PUTs on S3) before the database records them.
     objects: list[tuple[str, str, bytes, str]] = []

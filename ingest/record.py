@@ -83,17 +83,6 @@ def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> 
     ]
 
 
-def store_and_record(envelope: Envelope, spool: Path, sha256: str, size: int) -> str:
-    """Store and record one message synchronously (tools and tests); returns the queue id."""
-    close_old_connections()
-    store_objects(envelope, spool, sha256)
-    queue_id = new_queue_id()
-    with transaction.atomic():
-        created = Delivery.objects.bulk_create(delivery_rows(envelope, queue_id, sha256, size))
-    enqueue([row.pk for row in created])
-    return queue_id
-
-
 PUBLISH_CHUNK = 50
 
 

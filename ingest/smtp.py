@@ -353,8 +353,11 @@ class ArchivaSMTP(SMTP):
     def _open_spool(self):
         """(path, file, error): a spool file for DATA, or the error that prevented one."""
         try:
-            self.policy.spool_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
+            try:
+                fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
+            except FileNotFoundError:  # first message, or the folder was removed: make it once
+                self.policy.spool_dir.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
             return Path(name), os.fdopen(fd, "wb"), None
         except OSError as exc:
             log.error("cannot open a spool file in %s: %s", self.policy.spool_dir, exc)
