@@ -23,6 +23,9 @@ from django.conf import settings
 
 CHUNK = 1024 * 1024
 
+# (bucket, key, the object's bytes or a file holding them, their sha256)
+Item = tuple[str, str, "bytes | Path", str]
+
 
 class StorageError(Exception):
     """The store could not do what was asked; callers answer 451 / retry."""
@@ -33,7 +36,14 @@ class IntegrityError(StorageError):
 
 
 def raw_key(sha256: str) -> str:
-    return f"raw/{sha256[:2]}/{sha256[2:4]}/{sha256}"
+    """Where a received message lives in its tenant's bucket.
+
+    One level of 256 folders: a busy tenant soon has them all, so storing a
+    message rarely creates a folder (each one is a journal operation the
+    ingest would wait for).  Rows keep the key they were stored under, so
+    objects stored under an earlier layout stay readable.
+    """
+    return f"raw/{sha256[:2]}/{sha256}"
 
 
 def sha256_file(path: Path) -> str:
@@ -56,16 +66,36 @@ class BlobStore:
         """
         raise NotImplementedError
 
-    def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
-        """Store several (bucket, key, bytes, sha256) objects; all durable when it
-        returns, StorageError when any could not be stored."""
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+        """Store several (bucket, key, bytes or file, sha256) objects at once;
+        all durable when it returns.  One result per item, None where stored,
+        so one tenant's missing bucket does not fail the others'.  With
+        `consume`, files are handed over as in `put_file`.  `durable=False`
+        lets a store leave flushing to `sync_filesystems` (the folder store);
+        the others are durable anyway."""
         import tempfile
 
-        for bucket, key, data, sha256 in items:
-            with tempfile.NamedTemporaryFile(prefix="archiva-put-") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                self.put_file(bucket, key, Path(tmp.name), sha256)
+        results: list[Exception | None] = []
+        for bucket, key, payload, sha256 in items:
+            try:
+                if isinstance(payload, Path):
+                    self.put_file(bucket, key, payload, sha256, consume=consume)
+                else:
+                    _check_hash(bucket, key, payload, sha256)
+                    with tempfile.NamedTemporaryFile(prefix="archiva-put-") as tmp:
+                        tmp.write(payload)
+                        tmp.flush()
+                        self.put_file(bucket, key, Path(tmp.name), sha256)
+                results.append(None)
+            except StorageError as exc:
+                results.append(exc)
+        return results
+
+    def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
+        """`put_objects` for callers that need all or nothing: the first error is raised."""
+        for error in self.put_objects(items):
+            if error is not None:
+                raise error
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
         raise NotImplementedError
@@ -103,6 +133,21 @@ class BlobStore:
         return size
 
 
+def _check_hash(bucket: str, key: str, data: bytes, sha256: str) -> None:
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{bucket}/{key}: bytes to store do not match sha256 {sha256}")
+
+
+def _holds(target: Path, payload: bytes | Path) -> bool:
+    """Whether target already holds payload (content-addressed: same key, same
+    bytes; a size that differs is an object cut short, to be replaced)."""
+    try:
+        size = target.stat().st_size
+    except FileNotFoundError:
+        return False
+    return size == (len(payload) if isinstance(payload, bytes) else payload.stat().st_size)
+
+
 def _load_syncfs():
     """Linux's syncfs(2), which flushes one filesystem; None elsewhere."""
     try:
@@ -112,6 +157,26 @@ def _load_syncfs():
 
 
 _syncfs = _load_syncfs()
+
+
+def sync_filesystems(paths) -> None:
+    """Flush the filesystems holding these folders, each once (`syncfs`).
+
+    Where syncfs is missing there is nothing to do: stores then flush every
+    object themselves (`put_objects` ignores `durable=False`)."""
+    if _syncfs is None:
+        return
+    seen: set[int] = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            device = os.fstat(fd).st_dev
+            if device not in seen:
+                seen.add(device)
+                if _syncfs(fd) != 0:
+                    raise OSError(ctypes.get_errno(), f"syncfs of {path} failed")
+        finally:
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -168,48 +233,110 @@ class FolderStore(BlobStore):
         except OSError as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
-    def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
-        """Group commit: write every new object to a temporary, one `syncfs`,
-        rename them all into place, one more `syncfs`.  Two flushes for the
-        whole batch instead of two fsyncs per object; a reader still never
-        sees a partial object."""
-        staged: list[tuple[str, Path]] = []
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+        """Group commit: two `syncfs` for the whole batch instead of two fsyncs per object.
+
+        Each new object is first a read-only temporary next to its target
+        (bytes written, a consumed file hard-linked, another file copied); the
+        first flush makes their bytes durable, then each is renamed into place
+        and the second flush makes the names durable.  A reader never sees a
+        partial object; a crash leaves at most stray temporaries.
+
+        With `durable=False` (Linux) both flushes are left to the caller, who
+        must call `sync_filesystems` before relying on the objects: the ingest
+        flushes once per batch, after recording its rows, so one flush covers
+        the objects and the embedded database.  Until then a power loss (not a
+        process crash) may leave an object short; an object whose size is not
+        the one being stored is therefore replaced, never trusted.
+        """
+        durable = durable or _syncfs is None
+        results: list[Exception | None] = [None] * len(items)
+        staged: dict[Path, tuple[int, Path]] = {}  # target -> (item, its temporary)
+        same: list[tuple[int, int]] = []  # (item, earlier item with the same target)
         try:
-            for bucket, key, data, sha256 in items:
-                if hashlib.sha256(data).hexdigest() != sha256:
-                    raise IntegrityError(f"{bucket}/{key}: bytes to store do not match sha256 {sha256}")
-                target = self._path(bucket, key)
-                if not self._bucket(bucket).is_dir():
-                    raise StorageError(f"bucket {bucket} does not exist")
-                if target.exists() or any(t == target for _, t in staged):
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp_name = str(target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-                staged.append((tmp_name, target))
-                with open(tmp_name, "xb") as out:
-                    out.write(data)
-                os.chmod(tmp_name, 0o440)
-            if not staged:
-                return
-            self._sync(Path(t) for t, _ in staged)
-            for tmp_name, target in staged:
-                os.replace(tmp_name, target)
-            self._sync(target.parent for _, target in staged)
-        except OSError as exc:
-            raise StorageError(f"cannot store {len(items)} objects: {exc}") from exc
+            for n, (bucket, key, payload, sha256) in enumerate(items):
+                try:
+                    target = self._path(bucket, key)
+                    if target in staged:
+                        same.append((n, staged[target][0]))
+                    elif not _holds(target, payload):
+                        staged[target] = (n, self._temporary(bucket, target, payload, sha256, consume))
+                except StorageError as exc:
+                    results[n] = exc
+                except OSError as exc:
+                    results[n] = StorageError(f"cannot store {bucket}/{key}: {exc}")
+            if staged:
+                self._place_all(items, staged, results, durable)
         finally:
-            for tmp_name, _ in staged:
-                Path(tmp_name).unlink(missing_ok=True)  # gone already when renamed
+            for _, tmp in staged.values():
+                tmp.unlink(missing_ok=True)  # gone already when renamed
+        for n, first in same:
+            results[n] = results[first]
+        return results
+
+    def _temporary(self, bucket: str, target: Path, payload: bytes | Path, sha256: str, consume: bool) -> Path:
+        """A read-only temporary next to target with payload's bytes (not yet flushed)."""
+        if isinstance(payload, bytes):
+            _check_hash(bucket, target.name, payload, sha256)
+        tmp = target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        if isinstance(payload, Path) and consume:
+            try:
+                os.chmod(payload, 0o440)
+                self._in_folder(bucket, target, os.link, payload, tmp)  # the handed-over file itself: no copy
+                return tmp
+            except OSError:  # another filesystem, or no hard links: copy
+                tmp.unlink(missing_ok=True)
+        # Created read-only with plain system calls: this runs once per
+        # received message, beside the event loop's thread.
+        fd = self._in_folder(bucket, target, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
+        try:
+            if isinstance(payload, bytes):
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view) :]
+            else:
+                with open(payload, "rb") as src, open(fd, "wb", closefd=False) as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def _in_folder(self, bucket: str, target: Path, call, *args):
+        """call(*args), creating target's folder first if it is missing (never a missing bucket)."""
+        try:
+            return call(*args)
+        except FileNotFoundError:
+            if not self._bucket(bucket).is_dir():
+                raise StorageError(f"bucket {bucket} does not exist") from None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return call(*args)
+
+    def _place_all(self, items, staged: dict[Path, tuple[int, Path]], results: list, durable: bool) -> None:
+        if durable:
+            try:
+                self._sync(tmp for _, tmp in staged.values())  # the bytes
+            except OSError as exc:
+                for n, _ in staged.values():
+                    results[n] = StorageError(f"cannot flush {len(staged)} objects: {exc}")
+                return
+        placed: list[int] = []
+        for target, (n, tmp) in staged.items():
+            try:
+                os.replace(tmp, target)
+                placed.append(n)
+            except OSError as exc:
+                results[n] = StorageError(f"cannot store {items[n][0]}/{items[n][1]}: {exc}")
+        if durable:
+            try:
+                self._sync(target.parent for target in staged)  # the names
+            except OSError as exc:
+                for n in placed:
+                    results[n] = StorageError(f"cannot flush {len(placed)} objects: {exc}")
 
     def _sync(self, paths) -> None:
         """Flush the filesystem that holds the buckets (each path where syncfs is missing)."""
         if _syncfs is not None:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if _syncfs(fd) != 0:
-                    raise OSError(ctypes.get_errno(), "syncfs failed")
-            finally:
-                os.close(fd)
+            sync_filesystems([self.root])
             return
         for path in dict.fromkeys(paths):
             if path.is_dir():
@@ -335,22 +462,31 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
-    def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
-        """Parallel PUTs of in-memory objects; each completed PUT is durable."""
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+        """Parallel PUTs; each completed PUT is durable, whatever `durable` says."""
         from concurrent.futures import ThreadPoolExecutor
 
-        def put(item):
-            bucket, key, data, sha256 = item
-            checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+        def put(item) -> Exception | None:
+            bucket, key, payload, sha256 = item
             try:
-                self.client.put_object(
-                    Bucket=bucket, Key=key, Body=data, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
-                )
-            except self._errors() as exc:
-                raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+                if isinstance(payload, Path):
+                    self.put_file(bucket, key, payload, sha256)
+                    return None
+                checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
+                try:
+                    self.client.put_object(
+                        Bucket=bucket, Key=key, Body=payload, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                    )
+                except self._errors() as exc:
+                    raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+                return None
+            except StorageError as exc:
+                return exc
 
-        with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
-            list(pool.map(put, items))
+        if len(items) <= 1:
+            return [put(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+            return list(pool.map(put, items))
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
         try:

@@ -1,109 +1,170 @@
 """Reading SMTP DATA in bulk, exactly as RFC 5321 says.
 
-aiosmtpd reads DATA a line at a time into memory.  We read the stream in
-large chunks straight into a spool file, hashing as we go, and end DATA
-only on `<CRLF>.<CRLF>` (RFC 5321 4.1.1.4).  A bare `<LF>.<LF>`,
-`<CR>.<LF>` or `<LF>.<CR><LF>` is ordinary content, never an end: that
-is what stops SMTP smuggling.  Dot-unstuffing (4.5.2) applies only to a
-dot at the start of a CRLF-delimited line.
+The session hands every chunk the socket gives it to `DataParser.feed`,
+which writes message bytes to a sink (the spool file, hashed as it goes)
+and ends DATA only on `<CRLF>.<CRLF>` (RFC 5321 4.1.1.4).  A bare
+`<LF>.<LF>`, `<CR>.<LF>` or `<LF>.<CR><LF>` is ordinary content, never an
+end: that is what stops SMTP smuggling.  Dot-unstuffing (4.5.2) applies only
+to a dot at the start of a CRLF-delimited line.  The parser keeps at most
+four bytes between chunks, whatever the chunking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+import logging
+import os
+import tempfile
+from pathlib import Path
 from typing import BinaryIO
 
+log = logging.getLogger(__name__)
+
 END_MARK = b"\r\n."
-READ_SIZE = 256 * 1024
 
 
-class DataTooLarge(Exception):
-    pass
+MEMORY_LIMIT = 256 * 1024
 
 
-@dataclass
 class DataSink:
-    """Where message bytes go: a file, the running hash and the size."""
+    """Where a message's bytes go, with their running hash and size.
 
-    out: BinaryIO | None
-    limit: int
-    size: int = 0
-    overflow: bool = False
-    error: OSError | None = None  # the spool could not be written (e.g. disk full)
-    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    Up to `memory_limit` bytes stay in memory: a journal report is mostly
+    tens of kilobytes, and creating a file in the event loop would wait on
+    the filesystem's journal.  A larger message spills to a file in
+    `spool_dir`.  Past `limit` the sink only counts (the reply will be 552);
+    a spool that cannot be written is kept in `error` (the reply will be 452).
+    """
 
-    def write(self, data: bytes) -> None:
+    def __init__(self, limit: int, spool_dir: Path | None = None, memory_limit: int = MEMORY_LIMIT):
+        self.limit = limit
+        self.spool_dir = spool_dir
+        self.memory_limit = memory_limit
+        self.size = 0
+        self.overflow = False
+        self.error: OSError | None = None
+        self.digest = hashlib.sha256()
+        self.path: Path | None = None  # the spool file, once spilled
+        self._chunks: list[bytes] = []
+        self._out: BinaryIO | None = None
+
+    def write(self, data: bytes | memoryview) -> None:
         if not data:
             return
         self.size += len(data)
         if self.size > self.limit:
-            # Keep reading to the end of DATA (RFC 5321 4.2.5) but stop
-            # storing: the reply will be 552.
+            # Keep reading to the end of DATA (RFC 5321 4.2.5) but stop storing.
             self.overflow = True
-        if self.overflow or self.error is not None or self.out is None:
-            return
-        try:
-            self.out.write(data)
-        except OSError as exc:
-            # Same rule: read to the end, then refuse with a 4xx.
-            self.error = exc
+            self._chunks = []
+        if self.overflow or self.error is not None:
             return
         self.digest.update(data)
+        if self._out is None:
+            if self.spool_dir is None or self.size <= self.memory_limit:
+                self._chunks.append(bytes(data))
+                return
+            self._spill()
+            if self._out is None:
+                return
+        try:
+            self._out.write(data)
+        except OSError as exc:
+            # Same rule: read to the end, then refuse with a 4xx.
+            self._fail(exc)
+
+    def _spill(self) -> None:
+        try:
+            try:
+                fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
+            except FileNotFoundError:  # first spill, or the folder was removed: make it once
+                self.spool_dir.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
+            self.path = Path(name)
+            self._out = os.fdopen(fd, "wb")
+            for chunk in self._chunks:
+                self._out.write(chunk)
+            self._chunks = []
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        log.error("cannot write a spool file in %s: %s", self.spool_dir, exc)
+        self.error = exc
+        self.discard()
+
+    def finish(self) -> bytes | Path | None:
+        """The message: its bytes, or its spool file; None after overflow or an error."""
+        if self._out is not None:
+            try:
+                self._out.close()
+            except OSError as exc:
+                self._fail(exc)
+            self._out = None
+        if self.overflow or self.error is not None:
+            self.discard()
+            return None
+        if self.path is not None:
+            return self.path
+        content = b"".join(self._chunks)
+        self._chunks = []
+        return content
+
+    def discard(self) -> None:
+        """Forget the bytes; remove the spool file if there is one."""
+        self._chunks = []
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
 
     @property
     def sha256(self) -> str:
         return self.digest.hexdigest()
 
 
-async def read_data(
-    read: Callable[[int], Awaitable[bytes]],
-    sink: DataSink,
-    on_progress: Callable[[], None] | None = None,
-) -> bytes:
-    """Copy DATA from `read` into `sink`; return bytes read past the end mark.
+class DataParser:
+    """Push parser for one message's DATA: `feed` chunks until it returns the leftover."""
 
-    `read(n)` returns up to n bytes and b"" at end of stream; an end of
-    stream before `<CRLF>.<CRLF>` raises ConnectionResetError and nothing
-    must be kept.  The returned leftover belongs to the next command
-    (PIPELINING).
-    """
-    # A virtual CRLF before the first byte: DATA starts at a line start, so
-    # a first line of "." ends an empty message and "..x" is unstuffed.
-    buf = b"\r\n"
-    skip = 2  # the virtual CRLF is not content
-    while True:
-        i = buf.find(END_MARK)
-        if i == -1:
-            # Keep a tail that might be the start of "\r\n.".
-            keep = 2 if buf.endswith(b"\r\n") else (1 if buf.endswith(b"\r") else 0)
-            cut = len(buf) - keep
-            skip = _emit(sink, buf[:cut], skip)
-            buf = buf[cut:]
-        elif len(buf) - i >= 5:
-            skip = _emit(sink, buf[: i + 2], skip)
+    def __init__(self, sink: DataSink):
+        self.sink = sink
+        # A virtual CRLF before the first byte: DATA starts at a line start,
+        # so a first line of "." ends an empty message and "..x" is unstuffed.
+        self._pending = b"\r\n"
+        self._skip = 2  # bytes of the virtual CRLF not yet dropped
+
+    def feed(self, chunk: bytes) -> bytes | None:
+        """Take the next bytes of the stream; None while DATA goes on, else the
+        bytes after the end mark (pipelined commands, possibly b"")."""
+        buf = self._pending + chunk if self._pending else chunk
+        pos = 0
+        while True:
+            i = buf.find(END_MARK, pos)
+            if i == -1:
+                # Hold back a tail that might be the start of "\r\n.".
+                keep = 2 if buf.endswith(b"\r\n") else (1 if buf.endswith(b"\r") else 0)
+                cut = max(pos, len(buf) - keep)
+                self._emit(buf, pos, cut)
+                self._pending = buf[cut:]
+                return None
+            if len(buf) - i < 5:
+                # "\r\n." near the end: two more bytes tell an end mark from a stuffed dot.
+                self._emit(buf, pos, i)
+                self._pending = buf[i:]
+                return None
+            self._emit(buf, pos, i + 2)
             if buf[i + 3 : i + 5] == b"\r\n":
+                self._pending = b""
                 return buf[i + 5 :]
-            buf = buf[i + 3 :]  # a stuffed dot: drop it, keep the rest
-            continue
-        else:
-            # "\r\n." near the end of the buffer: need two more bytes to tell
-            # an end mark from a stuffed dot.
-            skip = _emit(sink, buf[:i], skip)
-            buf = buf[i:]
-        chunk = await read(READ_SIZE)
-        if not chunk:
-            raise ConnectionResetError("connection closed during DATA")
-        if on_progress is not None:
-            on_progress()
-        buf += chunk
+            pos = i + 3  # a stuffed dot: drop it, keep the rest of the line
 
-
-def _emit(sink: DataSink, data: bytes, skip: int) -> int:
-    if skip:
-        dropped = min(skip, len(data))
-        data = data[dropped:]
-        skip -= dropped
-    sink.write(data)
-    return skip
+    def _emit(self, buf: bytes, start: int, end: int) -> None:
+        if self._skip:
+            dropped = min(self._skip, end - start)
+            start += dropped
+            self._skip -= dropped
+        if end > start:
+            self.sink.write(memoryview(buf)[start:end])

@@ -88,9 +88,7 @@ class TokenDirectory:
         )
         if not full:
             rows = rows.filter(updated_at__gte=self._watermark - WATERMARK_OVERLAP)
-        fresh = {
-            row.token: Route(row.tenant.id, row.tenant.bucket, row.tenant.region, row.expires_at) for row in rows
-        }
+        fresh = {row.token: Route(row.tenant.id, row.tenant.bucket, row.tenant.region, row.expires_at) for row in rows}
         # Verified domains are few: read them all every time.
         self._domains = self._load_domains()
         if full:

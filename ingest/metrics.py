@@ -18,7 +18,7 @@ COMMIT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 SESSIONS = Gauge("archiva_smtp_sessions", "Open SMTP sessions")
-COMMIT_QUEUE = Gauge("archiva_smtp_commit_queue", "Messages stored and waiting to be recorded")
+COMMIT_QUEUE = Gauge("archiva_smtp_commit_queue", "Messages handed to the committer, not yet stored and recorded")
 
 
 def serve_metrics(host: str, port: int) -> None:

@@ -96,6 +96,15 @@ class FCrDNS:
         self.ttl = ttl
         self._cache: dict[str, tuple[float, bool]] = {}
 
+    def cached(self, ip: str | None) -> bool | None:
+        """The answer without asking DNS: True when off, None when `confirms` must ask."""
+        if not self.enabled:
+            return True
+        if ip is None:
+            return False
+        cached = self._cache.get(ip)
+        return cached[1] if cached and cached[0] > time.monotonic() else None
+
     def confirms(self, ip: str | None) -> bool:
         """Blocking (DNS); call from a thread.  False also when DNS fails."""
         if not self.enabled:

@@ -1,9 +1,9 @@
 """Making an accepted message durable: store per tenant, record, enqueue.
 
 The order is the guarantee behind `250`: bytes durable in every recipient
-tenant's bucket (`store_objects`, in parallel threads), then the Delivery
-rows committed (`GroupCommitter`, one transaction for every message that
-is ready at that moment), and only then the reply.  Enqueueing comes after
+tenant's bucket, then the Delivery rows committed, and only then the reply
+(`GroupCommitter`: one storage flush and one transaction for every message
+that is ready at that moment).  Enqueueing comes after
 the reply and is best effort: a message recorded but not enqueued is found
 by the sweep.
 """
@@ -15,14 +15,14 @@ import logging
 import queue
 import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from infra.storage import get_store, raw_key
+from infra.storage import FolderStore, get_store, raw_key, sync_filesystems
+from ingest import metrics
 from ingest.directory import Route
 from ingest.models import Delivery
 
@@ -107,10 +107,24 @@ def enqueue(delivery_ids: list[int]) -> bool:
         return False
 
 
+def flush_paths() -> list[Path]:
+    """Folders whose filesystems hold what a batch must make durable: the
+    folder store's buckets and an SQLite database (PostgreSQL and S3 are
+    durable on commit and on PUT)."""
+    paths = []
+    store = get_store()
+    if isinstance(store, FolderStore):
+        paths.append(store.root)
+    database = connections["default"].settings_dict
+    if database["ENGINE"].endswith("sqlite3"):
+        paths.append(Path(database["NAME"]).parent)
+    return paths
+
+
 @dataclass
 class _Pending:
     envelope: Envelope
-    spool: Path
+    message: bytes | Path  # the bytes, or a spool file the committer removes
     sha256: str
     size: int
     queue_id: str
@@ -120,50 +134,55 @@ class _Pending:
 
 
 class GroupCommitter:
-    """Makes many concurrent sessions' messages durable with few transactions.
+    """Makes many concurrent sessions' messages durable with few flushes and transactions.
 
-    Storage runs in a thread pool, one message per thread: concurrent
-    fsyncs share the filesystem's journal commits, and S3 PUTs overlap.
-    Recording is one thread that takes every message waiting and inserts
-    them in one transaction: one commit per batch, and no lock contention
-    on SQLite.  Each session waits for its own message to pass both; a
-    failed batch answers its sessions 451 and the senders retry.
+    Two stages, each a thread taking everything waiting at that moment:
+    store (the batch's messages into their tenants' buckets with one
+    `put_objects`: on the folder store, written and renamed into place; on
+    S3, parallel PUTs) and record (one transaction of Delivery rows, then
+    one `syncfs` for the objects and, on SQLite, the rows).  A
+    session's future settles once its message has passed both, or with the
+    error that stopped it (the session answers 451 and the sender retries).
+    The stages overlap: while one batch is recorded the next is flushed.
+    Publishing the processing tasks is a third thread, after the replies.
     """
 
-    def __init__(self, store_threads: int = 32, max_batch: int = 500):
+    def __init__(self, max_batch: int = 500):
         self.max_batch = max_batch
-        self._pool = ThreadPoolExecutor(max_workers=store_threads, thread_name_prefix="ingest-store")
-        self._db_q: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._flush_paths = flush_paths()
+        self._store_q: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._db_q: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
         self._publish_q: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
         self._threads = [
+            threading.Thread(target=self._store_loop, name="ingest-store", daemon=True),
             threading.Thread(target=self._db_loop, name="ingest-db", daemon=True),
             threading.Thread(target=self._publish_loop, name="ingest-publish", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
 
-    async def commit(self, envelope: Envelope, spool: Path, sha256: str, size: int) -> str:
-        """Store and record one message; returns its queue id once both are durable."""
+    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str, size: int) -> asyncio.Future:
+        """Hand over a message (a spool file is removed once stored or refused);
+        the future's result is the queue id, once stored and recorded."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, store_objects, envelope, spool, sha256)
-        pending = _Pending(envelope, spool, sha256, size, new_queue_id(), loop.create_future(), loop)
-        self._db_q.put(pending)
-        await pending.future
-        return pending.queue_id
+        pending = _Pending(envelope, message, sha256, size, new_queue_id(), loop.create_future(), loop)
+        self._store_q.put(pending)
+        metrics.COMMIT_QUEUE.inc()
+        return pending.future
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        self._db_q.put(None)
+        """Finish what was submitted, then stop the threads."""
+        self._store_q.put(None)
         for thread in self._threads:
             thread.join(timeout=30)
 
-    def _batches(self, source: queue.SimpleQueue):
+    def _batches(self, source: queue.SimpleQueue, flatten: bool = False):
         """Yield lists of everything waiting (at least one item), until None."""
         while True:
             first = source.get()
             if first is None:
                 return
-            batch, done = [first], False
+            batch, done = (list(first) if flatten else [first]), False
             while len(batch) < self.max_batch:
                 try:
                     item = source.get_nowait()
@@ -172,14 +191,51 @@ class GroupCommitter:
                 if item is None:
                     done = True
                     break
-                batch.append(item)
+                if flatten:
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             yield batch
             if done:
                 return
 
+    def _store_loop(self) -> None:
+        try:
+            for batch in self._batches(self._store_q):
+                self._store(batch)
+        finally:
+            self._db_q.put(None)
+
+    def _store(self, batch: list[_Pending]) -> None:
+        items, owners = [], []
+        for pending in batch:
+            for route, _ in pending.envelope.routes.values():
+                items.append((route.bucket, raw_key(pending.sha256), pending.message, pending.sha256))
+                owners.append(pending)
+        try:
+            # Flushed once for the whole batch after recording (`_record`).
+            errors = get_store().put_objects(items, consume=True, durable=False)
+        except Exception as exc:
+            log.exception("storing %d messages failed; they will be answered 451", len(batch))
+            errors = [exc] * len(items)
+        finally:
+            for pending in batch:
+                if isinstance(pending.message, Path):
+                    pending.message.unlink(missing_ok=True)  # stored (linked or copied), or refused
+        failed: dict[int, Exception] = {}
+        for pending, error in zip(owners, errors, strict=True):
+            if error is not None:
+                failed.setdefault(id(pending), error)
+        if failed:
+            log.error("could not store %d of %d messages: %s", len(failed), len(batch), next(iter(failed.values())))
+            _settle_all([(p, failed[id(p)]) for p in batch if id(p) in failed])
+        stored = [p for p in batch if id(p) not in failed]
+        if stored:
+            self._db_q.put(stored)
+
     def _db_loop(self) -> None:
         try:
-            for batch in self._batches(self._db_q):
+            for batch in self._batches(self._db_q, flatten=True):
                 self._record(batch)
         finally:
             self._publish_q.put(None)
@@ -192,27 +248,42 @@ class GroupCommitter:
             close_old_connections()
             with transaction.atomic():
                 created = Delivery.objects.bulk_create([row for pending in batch for row in pending.rows])
+            # One flush makes the batch's objects and, on the embedded
+            # default, its rows durable (SQLite's WAL is not fsynced per commit).
+            sync_filesystems(self._flush_paths)
         except Exception as exc:
             log.exception("recording %d messages failed; they will be answered 451", len(batch))
-            for pending in batch:
-                pending.loop.call_soon_threadsafe(_settle, pending.future, exc)
+            _settle_all([(pending, exc) for pending in batch])
             return
-        for pending in batch:
-            pending.loop.call_soon_threadsafe(_settle, pending.future, None)
+        _settle_all([(pending, None) for pending in batch])
         self._publish_q.put([row.pk for row in created])
 
     def _publish_loop(self) -> None:
         try:
-            while (ids := self._publish_q.get()) is not None:
+            for ids in self._batches(self._publish_q, flatten=True):
                 enqueue(ids)
         finally:
             connections.close_all()
 
 
-def _settle(future: asyncio.Future, error: Exception | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
+def _settle_all(outcomes: list[tuple[_Pending, Exception | None]]) -> None:
+    """Settle futures from a committer thread: one wake-up per event loop, not per message."""
+    metrics.COMMIT_QUEUE.dec(len(outcomes))
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Pending, Exception | None]]] = {}
+    for pending, error in outcomes:
+        by_loop.setdefault(pending.loop, []).append((pending, error))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # that loop is closed: nobody waits any more
+            pass
+
+
+def _settle(settled: list[tuple[_Pending, Exception | None]]) -> None:
+    for pending, error in settled:
+        if pending.future.done():
+            continue
+        if error is None:
+            pending.future.set_result(pending.queue_id)
+        else:
+            pending.future.set_exception(error)

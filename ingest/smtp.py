@@ -1,28 +1,32 @@
-"""The SMTP session: aiosmtpd with Archiva's rules (DESIGN "SMTP ingest").
+"""The SMTP session (DESIGN "SMTP ingest"): an asyncio protocol with Archiva's rules.
 
 The process stays thin: reject early in RCPT from the cached token
-directory, stream DATA to a spool file, make it durable in each tenant's
-bucket and record it, and only then answer 250.
+directory, stream DATA to a spool file, hand it to the group committer
+(durable in each tenant's bucket, then recorded) and only then answer 250.
+
+Why not aiosmtpd's SMTP class: it reads every command and every DATA line
+through a StreamReader coroutine, which caps one process at about 0.15 ×
+what the protocol allows on these machines even with a handler that does
+nothing.  This protocol parses commands from the receive buffer in the
+transport's callback, writes replies without a drain per line, and feeds
+DATA in whole chunks to `DataParser`; only the steps that wait (commit,
+STARTTLS, a DNS check) leave the callback.  Replies and limits follow
+RFC 5321 and aiosmtpd's behaviour, which the tests pin down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
-import os
 import re
-import tempfile
+import ssl
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-
-import aiosmtpd.smtp
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from infra.logs import redact
 from ingest import metrics
-from ingest.dataread import DataSink, read_data
+from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
@@ -32,17 +36,20 @@ from tenants.tokens import parse_local_part
 
 log = logging.getLogger(__name__)
 
+# RFC 5321 4.5.3.1.4 sets 512 octets as the least a server must take for a
+# command line; SMTPUTF8 addresses and parameters make real ones longer.
+LINE_LIMIT = 4096
+# Pipelined input held while a step waits; beyond it the socket is paused.
+PAUSE_BUFFER = 256 * 1024
+MAX_BAD_COMMANDS = 20
+
 SIZE_PARAM_RE = re.compile(r"\bSIZE=(\d+)\b", re.IGNORECASE)
 # RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
 MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
-# The common case of a path: <dot-atom@domain>; anything else (quoted local
-# parts, source routes) goes to aiosmtpd's full RFC 5322 parser.
-SIMPLE_PATH_RE = re.compile(
-    r"\s*<((?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*)"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*))>(.*)",
-    re.DOTALL,
-)
 RCPT_ARG_RE = re.compile(r"TO:\s*<([^<>\s]+)>(?:\s+(.*))?", re.IGNORECASE)
+# MAIL parameters we take: the ones we advertise, and AUTH=<>, which some
+# senders add whatever the server offers.
+MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "AUTH"}
 
 REPLY_TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_UNKNOWN = "550 5.1.1 No such journal recipient"
@@ -57,29 +64,13 @@ REPLY_BUSY = "421 4.3.2 Too many connections, try again later"
 REPLY_SENDER_NOT_ALLOWED = "550 5.7.1 Sender network not allowed to deliver journal reports"
 REPLY_NO_VERIFIED_DOMAIN = "550 5.7.1 The sender's domain is not verified for any tenant"
 REPLY_SPOOL_FULL = "452 4.3.1 Insufficient system storage, try again later"
-
-
-class _CachedMembers:
-    """aiosmtpd's SMTP.__init__ calls inspect.getmembers(self) and (handler)
-    on every connection to find `auth_*` methods: ~0.7 ms per connection,
-    most of the CPU of a short session.  Which names exist depends on the
-    class only, so they are listed once per class; values are still read
-    from the instance."""
-
-    def __init__(self):
-        self._names: dict[type, list[str]] = {}
-
-    def getmembers(self, obj):
-        names = self._names.get(type(obj))
-        if names is None:
-            names = self._names[type(obj)] = [name for name, _ in inspect.getmembers(obj) if name.startswith("auth_")]
-        return [(name, getattr(obj, name)) for name in names]
-
-    def __getattr__(self, name):
-        return getattr(inspect, name)
-
-
-aiosmtpd.smtp.inspect = _CachedMembers()  # type: ignore[attr-defined]
+REPLY_OK = "250 2.0.0 OK"
+REPLY_RCPT_OK = "250 2.1.5 OK"
+REPLY_NEED_HELO = "503 5.5.1 Error: send HELO first"
+REPLY_NEED_MAIL = "503 5.5.1 Error: need MAIL command"
+REPLY_NEED_RCPT = "503 5.5.1 Error: need RCPT command"
+REPLY_UNRECOGNIZED = "500 5.5.2 Error: command not recognized"
+REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
 
 
 class Policy:
@@ -122,44 +113,13 @@ class Policy:
         self.rejections.add(tenant_id, reason)
         metrics.REJECTED.labels(reason).inc()
 
-class JournalHandler:
-    """aiosmtpd handler: RCPT routing; DATA is handled by ArchivaSMTP."""
 
-    def __init__(self, policy: Policy, directory: TokenDirectory, committer: GroupCommitter | None):
+class Router:
+    """RCPT routing: journal token (or verified sender domain) → tenant route."""
+
+    def __init__(self, policy: Policy, directory: TokenDirectory):
         self.policy = policy
         self.directory = directory
-        self.committer = committer
-
-    async def handle_exception(self, error: Exception) -> str:
-        # Whatever went wrong is ours: the sender must retry, never bounce.
-        log.exception("unexpected error in an SMTP session", exc_info=error)
-        return REPLY_TEMPFAIL
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        # aiosmtpd lists SIZE, 8BITMIME, SMTPUTF8 and STARTTLS; add PIPELINING
-        # (we read pipelined commands correctly) before the final line.
-        # We take no AUTH: the journal token is the credential.
-        listed = [r for r in responses[:-1] if not r.startswith("250-AUTH")]
-        return [*listed, "250-PIPELINING", responses[-1]]
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        recorded: Recorded = envelope.archiva
-        reply, route, reason = self.route(address, recorded.mail_from)
-        if route is not None:
-            if len(envelope.rcpt_tos) >= self.policy.max_recipients:
-                reply, route, reason = REPLY_TOO_MANY_RCPT, None, "too_many_recipients"
-            elif not self.policy.tenant_limiter.allow(route.tenant_id):
-                reply, reason = REPLY_RATE_LIMITED, "rate_limited"
-                self.policy.reject(reason, route.tenant_id)
-                route = None
-        if route is not None:
-            envelope.rcpt_tos.append(address)
-            recorded.add_recipient(route, address)
-        elif reason:
-            self.policy.reject(reason)
-        metrics.REPLIES.labels("RCPT", reply[:3]).inc()
-        return reply
 
     def route(self, address: str, mail_from: str = ""):
         """(reply, route, rejection reason): cheap format checks first, then the cached lookup.
@@ -181,7 +141,7 @@ class JournalHandler:
                 route = self.directory.lookup_domain(sender_domain) if sender_domain else None
                 if route is None:
                     return REPLY_NO_VERIFIED_DOMAIN, None, "unverified_sender_domain"
-                return "250 2.1.5 OK", route, ""
+                return REPLY_RCPT_OK, route, ""
             token = parse_local_part(local)
             if token is None:
                 return REPLY_UNKNOWN, None, "unknown_recipient"
@@ -192,210 +152,498 @@ class JournalHandler:
             return REPLY_UNKNOWN, None, "unknown_recipient"
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
-        return "250 2.1.5 OK", route, ""
+        return REPLY_RCPT_OK, route, ""
 
 
-class ArchivaSMTP(SMTP):
-    def __init__(self, handler: JournalHandler, **kwargs):
-        self.policy = handler.policy
-        super().__init__(
-            handler,
-            data_size_limit=handler.policy.max_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            **kwargs,
-        )
+class Service:
+    """What every session of one ingest process shares."""
 
-    def _cb_client_connected(self, reader, writer):
-        super()._cb_client_connected(reader, writer)
-        # Bulk reads need a buffer larger than one command line; command
-        # length is still checked against command_size_limit per command.
-        reader._limit = 64 * 1024  # type: ignore[attr-defined]
+    def __init__(
+        self,
+        policy: Policy,
+        directory: TokenDirectory,
+        *,
+        hostname: str,
+        tls_context: ssl.SSLContext | None,
+        timeout: float,
+    ):
+        self.policy = policy
+        self.router = Router(policy, directory)
+        self.committer: GroupCommitter | None = None
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.timeout = timeout
+        self.sessions: set[SMTPSession] = set()
 
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        registry = getattr(self, "_archiva_sessions", None)
-        if registry is not None:
-            registry.discard(self)
 
-    def _getaddr(self, arg: str):
-        # aiosmtpd parses every path with email's RFC 5322 parser, ~0.5 ms a
-        # call; most paths are plain dot-atoms that a regex settles exactly.
-        match = SIMPLE_PATH_RE.fullmatch(arg or "")
-        if match is not None:
-            return match.group(1), match.group(2)
-        return super()._getaddr(arg)
+class SMTPSession(asyncio.Protocol):
+    """One SMTP connection.  Commands are handled in `data_received`; a step
+    that must wait sets `_busy`, holds further input and resumes when done."""
 
-    def _create_envelope(self) -> Envelope:
-        envelope = super()._create_envelope()
-        envelope.archiva = None  # type: ignore[attr-defined]
-        return envelope
+    def __init__(self, service: Service):
+        self.service = service
+        self.policy = service.policy
+        self.transport: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._buf = bytearray()
+        self._busy = False
+        self._paused = False
+        self._discarding = False  # skipping the rest of an over-long line
+        self._admitted = False
+        self._bad_commands = 0
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer: str | None = None
+        self.tls = False
+        self.helo: str | None = None
+        self._reset_envelope()
+        self._data: DataParser | None = None
+        self._sink: DataSink | None = None
 
-    async def _handle_client(self) -> None:
+    def _reset_envelope(self) -> None:
+        self.mail_from: str | None = None
+        self.rcpt_tos: list[str] = []
+        self.envelope: Recorded | None = None
+
+    # --- transport callbacks ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
         if self.policy.admitted >= self.policy.max_sessions:
             # Over capacity: a 4xx greeting makes the sender try again later.
             self.policy.reject("over_capacity")
-            await self.push(REPLY_BUSY)
-            self.transport.close()
+            transport.write(REPLY_BUSY.encode() + b"\r\n")
+            transport.close()
             return
+        self._admitted = True
         self.policy.admitted += 1  # one event loop per policy: no lock needed
+        self.service.sessions.add(self)
         metrics.SESSIONS.inc()
-        try:
-            await super()._handle_client()
-        finally:
+        self._last_activity = self._loop.time()
+        self._timer = self._loop.call_later(self.service.timeout, self._check_idle)
+        self._reply(f"220 {self.service.hostname} Archiva ESMTP")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._drop_spool()
+        self.transport = None
+        if self._admitted:
+            self._admitted = False
             self.policy.admitted -= 1
+            self.service.sessions.discard(self)
             metrics.SESSIONS.dec()
 
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if self.policy.require_tls and not self._tls_protocol:
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self._loop.time()
+        try:
+            if self._data is not None and not self._busy and not self._buf:
+                self._feed(data)  # the common case in DATA: straight to the parser
+            else:
+                self._buf += data
+            self._process()
+        except Exception:
+            # A fault of ours: the sender must retry later, never bounce.
+            log.exception("unexpected error in an SMTP session; closing it with 451")
+            self._drop_spool()
+            self._reply(REPLY_TEMPFAIL)
+            self._close()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def pause_writing(self) -> None:
+        pass  # replies are small; a client that does not read them times out
+
+    def resume_writing(self) -> None:
+        pass
+
+    # --- input ----------------------------------------------------------------
+
+    def _process(self) -> None:
+        buf = self._buf
+        while not self._busy and self.transport is not None:
+            if self._data is not None:
+                if not buf:
+                    break
+                chunk = bytes(buf)
+                buf.clear()
+                self._feed(chunk)
+                continue
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > LINE_LIMIT:
+                    buf.clear()
+                    if not self._discarding:
+                        self._discarding = True
+                        self._reply(REPLY_LINE_TOO_LONG)
+                break
+            line = bytes(buf[:end])
+            del buf[: end + 1]
+            if self._discarding:
+                self._discarding = False
+                continue
+            if len(line) > LINE_LIMIT:
+                self._reply(REPLY_LINE_TOO_LONG)
+                continue
+            self._command(line[:-1] if line.endswith(b"\r") else line)
+        if self.transport is None:
+            return
+        if len(buf) > PAUSE_BUFFER and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        elif self._paused and len(buf) <= PAUSE_BUFFER and not self._busy:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _command(self, line: bytes) -> None:
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            self._bad("500 5.5.2 Error: bad syntax (not UTF-8)")
+            return
+        verb, _, arg = text.partition(" ")
+        handler = self._COMMANDS.get(verb.upper())
+        if handler is None:
+            self._bad(REPLY_UNRECOGNIZED if verb else "500 5.5.2 Error: bad syntax")
+            return
+        handler(self, arg.strip())
+
+    def _bad(self, reply: str) -> None:
+        self._bad_commands += 1
+        if self._bad_commands > MAX_BAD_COMMANDS:
+            self._reply("421 4.7.0 Too many errors, closing connection")
+            self._close()
+            return
+        self._reply(reply)
+
+    # --- output and waiting ---------------------------------------------------
+
+    def _reply(self, reply: str) -> None:
+        if self.transport is not None:
+            self.transport.write(reply.encode() + b"\r\n")
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _wait(self, step: Awaitable[str | None]) -> None:
+        """Run a step that waits; its reply (if any) is sent, then input resumes."""
+        self._busy = True
+        future = asyncio.ensure_future(step)
+        future.add_done_callback(self._step_done)
+
+    def _step_done(self, future: asyncio.Future) -> None:
+        self._busy = False
+        try:
+            reply = future.result()
+        except Exception:
+            # Whatever went wrong is ours: the sender must retry, never bounce.
+            log.exception("unexpected error in an SMTP session")
+            reply = REPLY_TEMPFAIL
+        if reply:
+            self._reply(reply)
+        self._process()
+
+    def _check_idle(self) -> None:
+        if self.transport is None:
+            return
+        idle = self._loop.time() - self._last_activity
+        if idle >= self.service.timeout and not self._busy:
+            self._reply("421 4.4.2 Timeout exceeded, closing connection")
+            self._close()
+            return
+        self._timer = self._loop.call_later(max(0.05, self.service.timeout - idle), self._check_idle)
+
+    # --- commands ---------------------------------------------------------------
+
+    def smtp_EHLO(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: EHLO hostname")
+            return
+        self.helo = arg
+        self._reset_envelope()
+        lines = [
+            self.service.hostname,
+            f"SIZE {self.policy.max_size}",
+            "8BITMIME",
+            "SMTPUTF8",
+            "PIPELINING",  # we read pipelined commands correctly
+            # No AUTH: the journal token is the credential.
+        ]
+        if self.service.tls_context is not None and not self.tls:
+            lines.append("STARTTLS")
+        lines.append("HELP")
+        self._reply("\r\n".join(f"250-{line}" for line in lines[:-1]) + f"\r\n250 {lines[-1]}")
+
+    def smtp_HELO(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: HELO hostname")
+            return
+        self.helo = arg
+        self._reset_envelope()
+        self._reply(f"250 {self.service.hostname}")
+
+    def smtp_STARTTLS(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: STARTTLS")
+        elif self.tls:
+            self._reply("503 5.5.1 Error: TLS already active")
+        elif self.service.tls_context is None:
+            self._reply("454 4.7.0 TLS not available")
+        else:
+            self._reply("220 2.0.0 Ready to start TLS")
+            # RFC 3207 5: anything pipelined after STARTTLS is discarded, and
+            # the socket is held until the handshake takes it over.
+            self._buf.clear()
+            self.transport.pause_reading()
+            self._wait(self._start_tls())
+
+    async def _start_tls(self) -> None:
+        try:
+            transport = await self._loop.start_tls(
+                self.transport,
+                self,
+                self.service.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.service.timeout,
+            )
+        except Exception as exc:  # handshake failure, timeout, reset: this connection only
+            log.info("TLS handshake with %s failed: %s", self.peer, exc)
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(exc)
+            return None
+        if transport is None:  # the connection went away during the handshake
+            self.connection_lost(None)
+            return None
+        self.transport = transport
+        self.tls = True
+        self.helo = None  # RFC 3207 4.2: forget what the client said before
+        self._reset_envelope()
+        self._paused = False  # the TLS transport reads from the start
+        return None
+
+    def smtp_MAIL(self, arg: str) -> None:
+        if self.helo is None:
+            self._reply(REPLY_NEED_HELO)
+            return
+        if self.policy.require_tls and not self.tls:
             self.policy.reject("tls_required")
-            await self.push(REPLY_TLS_REQUIRED)
+            self._reply(REPLY_TLS_REQUIRED)
             return
-        match = MAIL_ARG_RE.fullmatch((arg or "").strip())
+        match = MAIL_ARG_RE.fullmatch(arg)
         if match is None:
-            await self.push("501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]")
+            self._bad("501 5.5.4 Syntax: MAIL FROM:<address> [SP <mail-parameters>]")
             return
-        refusal = await self._sender_policy()
-        if refusal:
-            await self.push(refusal)
+        if self.mail_from is not None:
+            self._reply("503 5.5.1 Error: nested MAIL command")
             return
         address, params = match.groups()
         if address and (address.count("@") != 1 or address.startswith("@") or address.endswith("@")):
-            await self.push("553 5.1.3 Malformed sender address")
+            self._reply("553 5.1.3 Malformed sender address")
             return
+        for param in (params or "").split():
+            name, _, value = param.partition("=")
+            if name.upper() not in MAIL_PARAMS:
+                self._reply(f"555 5.5.4 MAIL FROM parameter {name} not recognized")
+                return
         size = SIZE_PARAM_RE.search(params or "")
         if size and int(size.group(1)) > self.policy.max_size:
-            await self.push(REPLY_TOO_BIG)
+            self._reply(REPLY_TOO_BIG)
             return
-        if not address:
-            # The null reverse-path <> (RFC 5321 4.5.5) is legal; aiosmtpd
-            # refuses it, so it is taken here.
-            if await self.check_helo_needed():
-                return
-            if self.envelope.mail_from:
-                await self.push("503 5.5.1 Error: nested MAIL command")
-                return
-            self.envelope.mail_from = "<>"
-            self.envelope.archiva = self._recorded_envelope()
-            self.envelope.archiva.mail_from = ""
-            await self.push("250 2.1.0 OK")
+        refusal = self._sender_refusal()
+        if refusal:
+            self._reply(refusal)
             return
-        await super().smtp_MAIL(arg)
-        if self.envelope.mail_from is not None and self.envelope.archiva is None:
-            self.envelope.archiva = self._recorded_envelope()
+        confirmed = self.policy.fcrdns.cached(self.peer)
+        if confirmed is None:  # not known yet: ask DNS in a thread, hold the session meanwhile
+            self._wait(self._mail_after_fcrdns(address))
+        elif not confirmed:
+            self.policy.reject("sender_not_allowed")
+            self._reply(REPLY_SENDER_NOT_ALLOWED)
+        else:
+            self._reply(self._start_envelope(address))
 
-    async def _sender_policy(self) -> str | None:
-        """The refusal for this peer, or None: allow-list, rate, then FCrDNS."""
-        peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else None
-        if not self.policy.allowlist.allows(peer):
+    def _sender_refusal(self) -> str | None:
+        """The refusal for this peer from the allow-list or the peer rate, or None."""
+        if not self.policy.allowlist.allows(self.peer):
             self.policy.reject("sender_not_allowed")
             return REPLY_SENDER_NOT_ALLOWED
-        if not self.policy.peer_limiter.allow(peer):
+        if not self.policy.peer_limiter.allow(self.peer):
             self.policy.reject("rate_limited")
             return REPLY_PEER_RATE_LIMITED
-        if self.policy.fcrdns.enabled:
-            confirmed = await asyncio.get_running_loop().run_in_executor(None, self.policy.fcrdns.confirms, peer)
-            if not confirmed:
-                self.policy.reject("sender_not_allowed")
-                return REPLY_SENDER_NOT_ALLOWED
         return None
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if self.envelope.mail_from and RCPT_ARG_RE.fullmatch((arg or "").strip()) is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
-            return
-        await super().smtp_RCPT(arg)
+    async def _mail_after_fcrdns(self, address: str) -> str:
+        confirmed = await self._loop.run_in_executor(None, self.policy.fcrdns.confirms, self.peer)
+        if not confirmed:
+            self.policy.reject("sender_not_allowed")
+            return REPLY_SENDER_NOT_ALLOWED
+        return self._start_envelope(address)
 
-    def _recorded_envelope(self) -> Recorded:
-        session: Session = self.session
-        peer = session.peer[0] if isinstance(session.peer, tuple) else None
+    def _start_envelope(self, address: str) -> str:
         version = cipher = ""
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
         if ssl_object is not None:
             version = ssl_object.version() or ""
             cipher = (ssl_object.cipher() or ("",))[0]
-        return Recorded(
-            mail_from=self.envelope.mail_from or "",
-            peer_ip=peer,
-            helo=session.host_name or "",
-            tls_version=version,
-            tls_cipher=cipher,
+        # The null reverse-path <> (RFC 5321 4.5.5) is legal: it is stored as "".
+        self.mail_from = address
+        self.envelope = Recorded(
+            mail_from=address, peer_ip=self.peer, helo=self.helo or "", tls_version=version, tls_cipher=cipher
         )
+        return "250 2.1.0 OK"
 
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        if await self.check_helo_needed():
+    def smtp_RCPT(self, arg: str) -> None:
+        if self.helo is None:
+            self._reply(REPLY_NEED_HELO)
             return
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
+        if self.mail_from is None:
+            self._reply(REPLY_NEED_MAIL)
+            return
+        match = RCPT_ARG_RE.fullmatch(arg)
+        if match is None:
+            self._bad("501 5.5.4 Syntax: RCPT TO:<address>")
+            return
+        if match.group(2):
+            self._reply(f"555 5.5.4 RCPT TO parameters not recognized: {match.group(2)}")
+            return
+        address = match.group(1)
+        reply, route, reason = self.service.router.route(address, self.mail_from)
+        if route is not None:
+            if len(self.rcpt_tos) >= self.policy.max_recipients:
+                reply, route, reason = REPLY_TOO_MANY_RCPT, None, "too_many_recipients"
+            elif not self.policy.tenant_limiter.allow(route.tenant_id):
+                reply, reason = REPLY_RATE_LIMITED, "rate_limited"
+                self.policy.reject(reason, route.tenant_id)
+                route, reason = None, ""
+        if route is not None:
+            self.rcpt_tos.append(address)
+            self.envelope.add_recipient(route, address)
+        elif reason:
+            self.policy.reject(reason)
+        metrics.REPLIES.labels("RCPT", reply[:3]).inc()
+        self._reply(reply)
+
+    def smtp_DATA(self, arg: str) -> None:
+        if self.helo is None:
+            self._reply(REPLY_NEED_HELO)
             return
         if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
+            self._reply("501 5.5.4 Syntax: DATA")
             return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        spool, out, error = self._open_spool()
-        try:
-            with out or contextlib.nullcontext():
-                sink = DataSink(out=out, limit=self.policy.max_size, error=error)
-                leftover = await read_data(self._reader.read, sink, self._reset_timeout)
-            # Bytes read past the end mark are pipelined commands: give them
-            # back to the reader so the command loop sees them.
-            if leftover:
-                self._reader._buffer[:0] = leftover  # type: ignore[attr-defined]
-            reply = await self._finish(sink, spool)
-        finally:
-            if spool is not None:
-                spool.unlink(missing_ok=True)
-        self._set_post_data_state()
-        metrics.REPLIES.labels("DATA", reply[:3]).inc()
-        await self.push(reply)
+        if not self.rcpt_tos:
+            self._reply(REPLY_NEED_RCPT if self.mail_from is None else "554 5.5.1 Error: no valid recipients")
+            return
+        self._sink = DataSink(self.policy.max_size, spool_dir=self.policy.spool_dir)
+        self._data = DataParser(self._sink)
+        self._reply("354 End data with <CR><LF>.<CR><LF>")
 
-    def _open_spool(self):
-        """(path, file, error): a spool file for DATA, or the error that prevented one."""
-        try:
-            try:
-                fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
-            except FileNotFoundError:  # first message, or the folder was removed: make it once
-                self.policy.spool_dir.mkdir(parents=True, exist_ok=True)
-                fd, name = tempfile.mkstemp(dir=self.policy.spool_dir, prefix="in-", suffix=".eml")
-            return Path(name), os.fdopen(fd, "wb"), None
-        except OSError as exc:
-            log.error("cannot open a spool file in %s: %s", self.policy.spool_dir, exc)
-            return None, None, exc
+    def smtp_RSET(self, arg: str) -> None:
+        self._reset_envelope()
+        self._reply(REPLY_OK)
 
-    def _tenants(self) -> list[int]:
-        recorded: Recorded | None = self.envelope.archiva
-        return list(recorded.routes) if recorded else []
+    def smtp_NOOP(self, arg: str) -> None:
+        self._reply(REPLY_OK)
 
-    async def _finish(self, sink: DataSink, spool: Path | None) -> str:
+    def smtp_QUIT(self, arg: str) -> None:
+        self._reply("221 2.0.0 Bye")
+        self._close()
+
+    def smtp_VRFY(self, arg: str) -> None:
+        self._reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
+
+    def smtp_HELP(self, arg: str) -> None:
+        self._reply("250 Supported commands: EHLO HELO STARTTLS MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+
+    def smtp_EXPN(self, arg: str) -> None:
+        self._reply("502 5.5.1 EXPN not implemented")
+
+    _COMMANDS = {
+        "EHLO": smtp_EHLO,
+        "HELO": smtp_HELO,
+        "STARTTLS": smtp_STARTTLS,
+        "MAIL": smtp_MAIL,
+        "RCPT": smtp_RCPT,
+        "DATA": smtp_DATA,
+        "RSET": smtp_RSET,
+        "NOOP": smtp_NOOP,
+        "QUIT": smtp_QUIT,
+        "VRFY": smtp_VRFY,
+        "HELP": smtp_HELP,
+        "EXPN": smtp_EXPN,
+    }
+
+    # --- DATA -------------------------------------------------------------------
+
+    def _feed(self, chunk: bytes) -> None:
+        leftover = self._data.feed(chunk)
+        if leftover is None:
+            return
+        # Bytes past the end mark are pipelined commands.
+        self._buf += leftover
+        self._data = None
+        sink, self._sink = self._sink, None
+        message = sink.finish()
+        if message is None:
+            self._end_data(self._refusal_after_data(sink))
+            return
+        # The committer owns a spool file from here and removes it.
+        self._busy = True
+        started = time.monotonic()
+        future = self.service.committer.submit(self.envelope, message, sink.sha256, sink.size)
+        future.add_done_callback(lambda f: self._committed(f, sink, started))
+
+    def _refusal_after_data(self, sink: DataSink) -> str:
         if sink.overflow:
             for tenant_id in self._tenants():
                 self.policy.reject("too_large", tenant_id)
             return REPLY_TOO_BIG
-        if sink.error is not None or spool is None:
-            log.error("spool write failed, answering 452: %s", sink.error)
-            for tenant_id in self._tenants():
-                self.policy.reject("spool_full", tenant_id)
-            return REPLY_SPOOL_FULL
-        recorded: Recorded = self.envelope.archiva
-        handler: JournalHandler = self.event_handler
-        started = time.monotonic()
-        try:
-            queue_id = await handler.committer.commit(recorded, spool, sink.sha256, sink.size)
-        except Exception:
-            log.exception("could not make a message durable; answering 451")
+        log.error("spool write failed, answering 452: %s", sink.error)
+        for tenant_id in self._tenants():
+            self.policy.reject("spool_full", tenant_id)
+        return REPLY_SPOOL_FULL
+
+    def _committed(self, future: asyncio.Future, sink: DataSink, started: float) -> None:
+        self._busy = False
+        error = future.exception()
+        if error is not None:
+            log.error("could not make a message durable; answering 451: %s", error)
             for tenant_id in self._tenants():
                 self.policy.reject("temporary_failure", tenant_id)
-            return REPLY_TEMPFAIL
-        metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
-        metrics.ACCEPTED.inc()
-        metrics.ACCEPTED_BYTES.inc(sink.size)
-        log.info(
-            "accepted %s size=%d sha256=%s tenants=%d rcpts=%s",
-            queue_id,
-            sink.size,
-            sink.sha256,
-            len(recorded.routes),
-            redact(",".join(self.envelope.rcpt_tos)),
-        )
-        return f"250 2.0.0 {queue_id} Ok: queued"
+            self._end_data(REPLY_TEMPFAIL)
+        else:
+            queue_id = future.result()
+            metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
+            metrics.ACCEPTED.inc()
+            metrics.ACCEPTED_BYTES.inc(sink.size)
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "accepted %s size=%d sha256=%s tenants=%d rcpts=%s",
+                    queue_id,
+                    sink.size,
+                    sink.sha256,
+                    len(self.envelope.routes),
+                    redact(",".join(self.rcpt_tos)),
+                )
+            self._end_data(f"250 2.0.0 {queue_id} Ok: queued")
+        self._process()
+
+    def _end_data(self, reply: str) -> None:
+        self._reset_envelope()
+        metrics.REPLIES.labels("DATA", reply[:3]).inc()
+        self._reply(reply)
+
+    def _tenants(self) -> list[int]:
+        return list(self.envelope.routes) if self.envelope else []
+
+    def _drop_spool(self) -> None:
+        """The connection ended inside DATA: nothing of it is kept."""
+        self._data = None
+        if self._sink is not None:
+            self._sink.discard()
+            self._sink = None

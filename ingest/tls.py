@@ -40,9 +40,7 @@ def ensure_self_signed(folder: Path, hostname: str) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_file.chmod(0o600)
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.dataread import DataSink, read_data
-
-
-class Chunks:
-    def __init__(self, data: bytes, size: int):
-        self.parts = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-
-    async def read(self, n: int) -> bytes:
-        return self.parts.pop(0) if self.parts else b""
-
-
-class Buffer:
-    def __init__(self):
-        self.data = b""
-
-    def write(self, data: bytes) -> None:
-        self.data += data
+from ingest.dataread import DataParser, DataSink
 
 
 def run(wire: bytes, chunk: int = 7, limit: int = 10**9):
-    out = Buffer()
-    sink = DataSink(out=out, limit=limit)
-    stream = Chunks(wire, chunk)
-    leftover = asyncio.run(read_data(stream.read, sink))
-    # What the reader returned plus what it never read: the next commands.
-    return out.data, leftover + b"".join(stream.parts), sink
+    sink = DataSink(limit=limit)
+    parser = DataParser(sink)
+    parts = [wire[i : i + chunk] for i in range(0, len(wire), chunk)]
+    while parts:
+        leftover = parser.feed(parts.pop(0))
+        if leftover is not None:
+            # What the parser returned plus what it was never fed: the next commands.
+            content = sink.finish()
+            return content or b"", leftover + b"".join(parts), sink
+    raise AssertionError("the wire ended before the end mark")
 
 
 def reference(wire: bytes) -> tuple[bytes, bytes]:
@@ -77,11 +64,13 @@ def test_over_the_limit_keeps_reading_to_the_end_but_stores_nothing_more():
     assert len(content) <= 50
 
 
-def test_end_of_stream_before_the_end_mark_is_an_error():
-    import pytest
-
-    with pytest.raises(ConnectionResetError):
-        run(b"no end here\r\n")
+def test_data_without_the_end_mark_is_still_going_on():
+    sink = DataSink(limit=100)
+    parser = DataParser(sink)
+    assert parser.feed(b"no end here\r\n") is None
+    assert parser.feed(b".") is None  # might be a stuffed dot or the end
+    assert parser.feed(b"\r\nNOOP") == b"NOOP"
+    assert sink.finish() == b"no end here\r\n"
 
 
 def test_hash_and_size_cover_exactly_the_content():
@@ -106,3 +95,15 @@ def test_bulk_reader_agrees_with_line_by_line_reading(lines, chunk, tail):
     content, leftover, _ = run(wire, chunk=chunk)
     assert (content, leftover) == reference(wire)
     assert content == b"".join(line + b"\r\n" for line in lines)
+
+
+def test_a_large_message_spills_to_a_spool_file_and_a_dropped_one_leaves_nothing(tmp_path):
+    wire = b"x" * 100 + b"\r\n" + b"y" * 100 + b"\r\n.\r\n"
+    sink = DataSink(limit=10**6, spool_dir=tmp_path / "spool", memory_limit=64)
+    assert DataParser(sink).feed(wire) == b""
+    spooled = sink.finish()
+    assert spooled.parent == tmp_path / "spool" and spooled.read_bytes() == wire[:-3]
+    dropped = DataSink(limit=10**6, spool_dir=tmp_path / "spool", memory_limit=64)
+    DataParser(dropped).feed(wire[:150])  # the connection ends inside DATA
+    dropped.discard()
+    assert sorted((tmp_path / "spool").iterdir()) == [spooled]

@@ -12,6 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from ingest.dataread import MEMORY_LIMIT
 from ingest.models import Delivery
 from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork, parse_networks
 from ingest.stats import RejectionCount, rejections_by_reason
@@ -121,13 +122,19 @@ def test_a_full_spool_answers_4xx_after_reading_all_of_data(server_factory, tls_
     blocker = tmp_path / "spool-is-a-file"
     blocker.write_bytes(b"")
     server = server_factory(spool_dir=blocker / "spool")  # cannot be created: like a full disk
+    large = MESSAGE + b"x" * 1000 + b"\r\n" * MEMORY_LIMIT  # too large to stay in memory
     with connect(server, tls_files) as client:
         client.mail("ndr@contoso.com")
         client.rcpt(journal_address(org.tenant))
-        code, reply = client.data(MESSAGE)
+        code, reply = client.data(large)
         assert code == 452 and reply.startswith(b"4.3.1")
         assert client.noop()[0] == 250  # still in step with the client
-    assert Delivery.objects.count() == 0
+        assert Delivery.objects.count() == 0
+        # A message small enough for memory never needed the spool.
+        client.mail("ndr@contoso.com")
+        client.rcpt(journal_address(org.tenant))
+        assert client.data(MESSAGE)[0] == 250
+    assert Delivery.objects.count() == 1
 
 
 def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_domain(server_factory, tls_files, org):

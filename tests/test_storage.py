@@ -86,7 +86,7 @@ def test_a_stored_object_reads_back_verified_under_its_content_address(store, bu
     data = b"From: alice@contoso.com\r\nSubject: hi\r\n\r\nhello\r\n"
     key, sha = put(store, bucket, tmp_path, data)
 
-    assert key == f"raw/{sha[:2]}/{sha[2:4]}/{sha}"
+    assert key == f"raw/{sha[:2]}/{sha}"
     assert store.exists(bucket, key)
     assert store.read_verified(bucket, key, sha) == data
     assert store.verify(bucket, key, sha) == len(data)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from ingest.server import IngestServer
+from ingest.server import IngestServer, new_event_loop
 
 
 def serve(host: str, port: int, reuse_port: bool, index: int = 0) -> None:
@@ -18,7 +18,8 @@ def serve(host: str, port: int, reuse_port: bool, index: int = 0) -> None:
     if settings.ARCHIVA_METRICS_PORT:
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
     server = IngestServer(host, port, reuse_port=reuse_port)
-    asyncio.run(server.serve_forever())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(server.serve_forever())
 
 
 class Command(BaseCommand):
