@@ -1,4 +1,4 @@
-"""Running the ingest: one event loop of SMTP sessions, a group committer for durable I/O.
+"""Running the ingest: one event loop of SMTP sessions, a committer for durable I/O.
 
 `IngestServer` is used by `manage.py smtpd` (in the foreground, stopping
 gracefully on SIGTERM/SIGINT) and by tests (in a background thread).  The
@@ -19,9 +19,9 @@ from pathlib import Path
 
 from django.conf import settings
 
+from ingest.commitd import CommitterClient
 from ingest.directory import TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
-from ingest.record import GroupCommitter
 from ingest.smtp import Policy, Service, SMTPSession
 from ingest.tls import ensure_self_signed, server_context
 from regions.current import current_region, foreign_journal_domains
@@ -99,12 +99,13 @@ class IngestServer:
         timeout: int | None = None,
         shutdown_grace: float = 30.0,
         reuse_port: bool = False,
+        commit_process: bool = False,
     ):
         self.host, self.port = host, port
         self.policy = policy or policy_from_settings()
         self.tls_context = tls_context if tls_context is not None else tls_context_from_settings()
         self.directory = directory or TokenDirectory(settings.ARCHIVA_TOKEN_CACHE_REFRESH)
-        self.committer: GroupCommitter | None = None
+        self.committer: CommitterClient | None = None
         self.timeout = timeout or settings.ARCHIVA_SMTP_TIMEOUT
         self.service = Service(
             self.policy,
@@ -115,6 +116,7 @@ class IngestServer:
         )
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port
+        self.commit_process = commit_process  # the committer in a process of its own (manage.py smtpd)
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -127,7 +129,8 @@ class IngestServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         clean_spool(self.policy.spool_dir)
-        self.committer = self.service.committer = GroupCommitter()
+        self.committer = self.service.committer = CommitterClient(in_thread=not self.commit_process)
+        await self.committer.start()
         self.directory.start()
         self._housekeeping = threading.Thread(target=self._housekeep, name="ingest-housekeeping", daemon=True)
         self._housekeeping.start()
@@ -156,7 +159,7 @@ class IngestServer:
                 session.transport.close()
         self.directory.stop()
         self._stopping.set()
-        await loop.run_in_executor(None, self.committer.close)
+        await self.committer.close()
         await loop.run_in_executor(None, self._housekeeping.join, 10)
         self._stopped.set()
 

@@ -1,7 +1,7 @@
 """The SMTP session (DESIGN "SMTP ingest"): an asyncio protocol with Archiva's rules.
 
 The process stays thin: reject early in RCPT from the cached token
-directory, stream DATA to a spool file, hand it to the group committer
+directory, keep DATA in memory (a spool file when large), hand it to the committer
 (durable in each tenant's bucket, then recorded) and only then answer 250.
 
 Why not aiosmtpd's SMTP class: it reads every command and every DATA line
@@ -26,11 +26,11 @@ from pathlib import Path
 
 from infra.logs import redact
 from ingest import metrics
+from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
-from ingest.record import GroupCommitter
 from ingest.stats import RejectionCounter
 from tenants.tokens import parse_local_part
 
@@ -169,7 +169,7 @@ class Service:
     ):
         self.policy = policy
         self.router = Router(policy, directory)
-        self.committer: GroupCommitter | None = None
+        self.committer: CommitterClient | None = None
         self.hostname = hostname
         self.tls_context = tls_context
         self.timeout = timeout

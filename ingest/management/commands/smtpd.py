@@ -17,7 +17,7 @@ def serve(host: str, port: int, reuse_port: bool, index: int = 0) -> None:
 
     if settings.ARCHIVA_METRICS_PORT:
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
-    server = IngestServer(host, port, reuse_port=reuse_port)
+    server = IngestServer(host, port, reuse_port=reuse_port, commit_process=True)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(server.serve_forever())
 

@@ -1,0 +1,209 @@
+"""The committer beside an ingest process: sessions hand messages over a socket.
+
+The event loop of an ingest process parses SMTP for hundreds of sessions;
+storing, recording and flushing are Python work too, and in the same process
+they would take the interpreter lock from the loop in every system call
+(measured: the committer's stages and the sessions' replies all ran 3-5 ×
+slower than alone).  So each ingest process starts its own committer
+process (`python -m ingest.committer_process FD`), connected by a private
+socketpair:
+
+    session --(request: id, envelope, bytes or spool file, sha256, size)--> committer
+    session <--(a batch of replies: id, queue id or error)------------------ committer
+
+The committer is a `GroupCommitter` (store, record, one flush per batch).
+A session's 250 still waits for its own message to be stored and recorded;
+if the committer goes away, the messages in flight are answered 451 and a
+new committer is started.  Tests that run the ingest in a thread use the same
+socket protocol with the committer in a thread (`in_thread=True`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from ingest import metrics
+from ingest.record import Envelope, GroupCommitter, Job
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct("!I")
+ROOT = Path(__file__).resolve().parent.parent
+RESTART_DELAY = 1.0
+
+
+class CommitFailed(Exception):
+    """The committer could not make a message durable (storage, database, or itself)."""
+
+
+def frame(obj) -> bytes:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return HEADER.pack(len(data)) + data
+
+
+def unframe(buf: bytearray) -> list:
+    """Take every complete frame off the front of buf."""
+    items = []
+    while len(buf) >= HEADER.size:
+        (size,) = HEADER.unpack_from(buf)
+        if len(buf) < HEADER.size + size:
+            break
+        # Only our own processes are at either end of the private socketpair.
+        items.append(pickle.loads(buf[HEADER.size : HEADER.size + size]))  # noqa: S301
+        del buf[: HEADER.size + size]
+    return items
+
+
+class CommitService:
+    """The committer's side: read requests until end of stream, answer in batches."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._send_lock = threading.Lock()
+        self.committer = GroupCommitter(self._reply)
+
+    def _reply(self, outcomes: list[tuple[Job, Exception | None]]) -> None:
+        replies = [
+            (job.request_id, job.queue_id, None) if error is None else (job.request_id, None, _describe(error))
+            for job, error in outcomes
+        ]
+        try:
+            with self._send_lock:
+                self.sock.sendall(frame(replies))
+        except OSError:
+            pass  # the ingest went away: its senders retry what got no 250
+
+    def run(self) -> None:
+        buf = bytearray()
+        try:
+            while chunk := self.sock.recv(1 << 20):
+                buf += chunk
+                for request_id, envelope, message, sha256, size in unframe(buf):
+                    self.committer.put(Job(request_id, envelope, message, sha256, size))
+        except OSError as exc:
+            log.warning("committer: connection to the ingest failed: %s", exc)
+        finally:
+            self.committer.close()  # finish what was received: it may have been answered 250 already
+            self.sock.close()
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"[:500]
+
+
+class CommitterClient(asyncio.Protocol):
+    """The ingest's side: `submit` returns a future of the queue id."""
+
+    def __init__(self, *, in_thread: bool = False):
+        self.in_thread = in_thread
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future] = {}
+        self._buf = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._process: subprocess.Popen | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        if self.in_thread:
+            service = CommitService(theirs)
+            self._thread = threading.Thread(target=service.run, name="ingest-committer", daemon=True)
+            self._thread.start()
+        else:
+            with theirs:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-m", "ingest.committer_process", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()],
+                    cwd=ROOT,
+                )
+            log.info("committer process %d started", self._process.pid)
+        await self._loop.create_unix_connection(lambda: self, sock=ours)
+
+    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str, size: int) -> asyncio.Future:
+        future = self._loop.create_future()
+        if self._transport is None:
+            future.set_exception(CommitFailed("the committer is not running"))
+            return future
+        request_id = next(self._ids)
+        self._pending[request_id] = future
+        metrics.COMMIT_QUEUE.inc()
+        self._transport.write(frame((request_id, envelope, message, sha256, size)))
+        return future
+
+    # --- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        for replies in unframe(self._buf):
+            metrics.COMMIT_QUEUE.dec(len(replies))
+            for request_id, queue_id, error in replies:
+                future = self._pending.pop(request_id, None)
+                if future is None or future.done():
+                    continue
+                if error is None:
+                    future.set_result(queue_id)
+                else:
+                    future.set_exception(CommitFailed(error))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        pending, self._pending = self._pending, {}
+        metrics.COMMIT_QUEUE.dec(len(pending))
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(CommitFailed("the committer went away"))
+        if not self._closing:
+            log.error("the committer stopped; answering 451 until a new one is running")
+            self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
+
+    async def _restart(self) -> None:
+        if self._closing:
+            return
+        if self._process is not None:
+            await self._loop.run_in_executor(None, self._process.wait)
+        self._buf.clear()
+        try:
+            await self.start()
+        except OSError:
+            log.exception("could not start a committer; trying again")
+            self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
+
+    async def close(self, timeout: float = 60) -> None:
+        """Let the committer finish what it was given, then stop it."""
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()  # end of stream: the committer drains and exits
+        if self._process is not None:
+            try:
+                await self._loop.run_in_executor(None, self._process.wait, timeout)
+            except subprocess.TimeoutExpired:
+                log.error("the committer did not finish within %.0f s; killing it", timeout)
+                self._process.kill()
+        if self._thread is not None:
+            await self._loop.run_in_executor(None, self._thread.join, timeout)
+
+
+def serve_fd(fd: int) -> None:
+    """The committer process's work (ingest/committer_process.py starts Django first)."""
+    # Stopping is the ingest's call: the committer ends when its socket does,
+    # after finishing what it was given, so Ctrl-C or SIGTERM to the process
+    # group does not cut a batch short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    CommitService(socket.socket(fileno=fd)).run()
