@@ -259,3 +259,41 @@ def test_stale_spool_files_of_a_crashed_ingest_are_removed_and_fresh_ones_kept(t
     os.utime(other, (time.time() - 7200, time.time() - 7200))
     assert clean_spool(tmp_path) == 1
     assert not stale.exists() and fresh.exists() and other.exists()
+
+
+def committer_of(pid: int) -> int:
+    """The pid of an ingest process's committer child."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"ingest.committer_process" in command:
+            return int(entry.name)
+    raise AssertionError(f"ingest process {pid} has no committer")
+
+
+def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, tls_files, org):
+    process = ingest_process()
+    address = journal_address(org.tenant)
+    assert send(process, tls_files, [address], MESSAGE)[0] == 250
+    first = committer_of(process.proc.pid)
+    os.kill(first, signal.SIGKILL)
+    time.sleep(0.2)
+    codes, deadline = [], time.monotonic() + 30
+    while not codes or codes[-1] != 250:
+        assert time.monotonic() < deadline, codes
+        code, reply = send(process, tls_files, [address], MESSAGE + f"attempt {len(codes)}\r\n".encode())
+        assert code == 250 or (code == 451 and reply.startswith(b"4.3.0")), (code, reply)
+        codes.append(code)
+        time.sleep(0.2)
+    assert codes[0] == 451  # nothing is acknowledged while no committer runs
+    assert committer_of(process.proc.pid) != first
+    # Exactly the two acknowledged messages were recorded, both readable.
+    rows = list(Delivery.objects.select_related("tenant").filter(tenant=org.tenant))
+    assert len(rows) == 2
+    for row in rows:
+        get_store().read_verified(row.tenant.bucket, row.storage_key, row.sha256)
