@@ -85,6 +85,7 @@ class CommitService:
 
     def run(self) -> None:
         buf = bytearray()
+        self._reply([])  # ready: the ingest starts listening only now
         try:
             while chunk := self.sock.recv(1 << 20):
                 buf += chunk
@@ -114,9 +115,12 @@ class CommitterClient(asyncio.Protocol):
         self._thread: threading.Thread | None = None
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Future | None = None
 
-    async def start(self) -> None:
+    async def start(self, timeout: float = 120) -> None:
+        """Start the committer and wait until it is ready to take messages."""
         self._loop = asyncio.get_running_loop()
+        self._ready = self._loop.create_future()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if self.in_thread:
             service = CommitService(theirs)
@@ -131,6 +135,7 @@ class CommitterClient(asyncio.Protocol):
                 )
             log.info("committer process %d started", self._process.pid)
         await self._loop.create_unix_connection(lambda: self, sock=ours)
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
 
     def submit(self, envelope: Envelope, message: bytes | Path, sha256: str, size: int) -> asyncio.Future:
         future = self._loop.create_future()
@@ -151,6 +156,8 @@ class CommitterClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         for replies in unframe(self._buf):
+            if not self._ready.done():
+                self._ready.set_result(None)
             metrics.COMMIT_QUEUE.dec(len(replies))
             for request_id, queue_id, error in replies:
                 future = self._pending.pop(request_id, None)
@@ -163,6 +170,8 @@ class CommitterClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if not self._ready.done():
+            self._ready.set_exception(CommitFailed("the committer stopped while starting"))
         pending, self._pending = self._pending, {}
         metrics.COMMIT_QUEUE.dec(len(pending))
         for future in pending.values():
@@ -180,9 +189,14 @@ class CommitterClient(asyncio.Protocol):
         self._buf.clear()
         try:
             await self.start()
-        except OSError:
+        except CommitFailed:
+            pass  # it stopped again while starting: connection_lost has planned the next try
+        except (OSError, TimeoutError):
             log.exception("could not start a committer; trying again")
-            self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
+            if self._transport is not None:
+                self._transport.close()  # connection_lost plans the next try
+            else:
+                self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
 
     async def close(self, timeout: float = 60) -> None:
         """Let the committer finish what it was given, then stop it."""

@@ -14,6 +14,7 @@ import logging
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,7 @@ def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> 
 
 
 PUBLISH_CHUNK = 50
+PUBLISH_DELAY = 0.2  # seconds a recorded delivery may wait for its chunk to fill
 
 
 def enqueue(delivery_ids: list[int]) -> bool:
@@ -251,8 +253,33 @@ class GroupCommitter:
         self._publish_q.put([row.pk for row in created])
 
     def _publish_loop(self) -> None:
+        """Publish the recorded ids in full chunks, or after PUBLISH_DELAY at the latest.
+
+        Publishing is Python work that competes with the commits for the
+        interpreter (and, on the filesystem broker, a file per task): under
+        load this makes one task per PUBLISH_CHUNK deliveries instead of one
+        per commit batch, for at most PUBLISH_DELAY more before processing.
+        """
+        ids: list[int] = []
+        deadline = 0.0
+        done = False
         try:
-            for ids in self._batches(self._publish_q, flatten=True):
-                enqueue(ids)
+            while not done:
+                timeout = None if not ids else max(0.0, deadline - time.monotonic())
+                try:
+                    item = self._publish_q.get(timeout=timeout)
+                except queue.Empty:
+                    item = []
+                if item is None:
+                    done = True
+                elif item:
+                    if not ids:
+                        deadline = time.monotonic() + PUBLISH_DELAY
+                    ids.extend(item)
+                if ids and (done or len(ids) >= PUBLISH_CHUNK or time.monotonic() >= deadline):
+                    whole = len(ids) if done or time.monotonic() >= deadline else len(ids) - len(ids) % PUBLISH_CHUNK
+                    enqueue(ids[:whole])
+                    ids = ids[whole:]
+                    deadline = time.monotonic() + PUBLISH_DELAY
         finally:
             connections.close_all()
