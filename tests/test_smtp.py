@@ -342,3 +342,69 @@ def test_the_null_sender_is_accepted(ingest, tls_files, org):
         code, reply = client.data(MESSAGE)
     assert code == 250
     assert Delivery.objects.get(queue_id=queue_id_of(reply)).mail_from == ""
+
+
+def read_reply(sock) -> bytes:
+    """One whole (possibly multi-line) reply from a raw socket or TLS socket."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+        lines = data.split(b"\r\n")
+        if len(lines) > 1 and any(len(line) >= 4 and line[3:4] == b" " for line in lines[:-1]):
+            return data
+
+
+def test_commands_pipelined_behind_starttls_are_discarded(ingest, tls_files, org):
+    """RFC 3207 5 (CVE-2011-0411): plaintext sent with STARTTLS must not be run after the handshake."""
+    with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as raw:
+        assert read_reply(raw).startswith(b"220")
+        raw.sendall(b"EHLO outbound.protection.outlook.com\r\n")
+        read_reply(raw)
+        raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@attacker.example>\r\n")
+        assert read_reply(raw).startswith(b"220 2.0.0")
+        with tls_files.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+            # The injected MAIL was not run: MAIL now needs EHLO again, and no
+            # stray reply to it is waiting.
+            tls.sendall(b"MAIL FROM:<ndr@contoso.com>\r\n")
+            assert read_reply(tls).startswith(b"503 5.5.1")
+            tls.sendall(b"EHLO outbound.protection.outlook.com\r\n")
+            features = read_reply(tls)
+            assert b"STARTTLS" not in features and b"PIPELINING" in features
+            tls.sendall(b"MAIL FROM:<ndr@contoso.com>\r\n")
+            assert read_reply(tls).startswith(b"250")
+
+
+def test_an_overlong_command_line_is_refused_and_the_session_goes_on(ingest, tls_files):
+    with connect(ingest, tls_files) as client:
+        client.send(b"NOOP " + b"x" * 10_000 + b"\r\n")
+        assert client.getreply()[0] == 500
+        assert client.noop()[0] == 250
+
+
+def test_a_client_that_only_sends_garbage_is_disconnected(ingest, tls_files):
+    with connect(ingest, tls_files) as client:
+        codes = [client.docmd(f"XYZZY{n}")[0] for n in range(20)]
+        assert set(codes) == {500}
+        code, _ = client.docmd("XYZZY")
+        assert code == 421
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
+
+
+def test_a_slow_sender_inside_data_is_not_timed_out_while_bytes_arrive(transactional_db, tls_files, org):
+    server = start_ingest(tls_files, timeout=1)
+    try:
+        with connect(server, tls_files) as client:
+            client.mail("ndr@contoso.com")
+            client.rcpt(journal_address(org.tenant))
+            client.putcmd("DATA")
+            assert client.getreply()[0] == 354
+            for n in range(6):  # 3 s in all, never 1 s silent
+                client.send(f"X-Line-{n}: slow\r\n".encode())
+                time.sleep(0.5)
+            client.send(b"\r\nbody\r\n.\r\n")
+            assert client.getreply()[0] == 250
+    finally:
+        server.stop_thread()
