@@ -10,6 +10,7 @@ the SHA-256 that the database recorded.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -138,11 +139,11 @@ def _check_hash(bucket: str, key: str, data: bytes, sha256: str) -> None:
         raise IntegrityError(f"{bucket}/{key}: bytes to store do not match sha256 {sha256}")
 
 
-def _holds(target: Path, payload: bytes | Path) -> bool:
+def _holds(target: str, payload: bytes | Path) -> bool:
     """Whether target already holds payload (content-addressed: same key, same
     bytes; a size that differs is an object cut short, to be replaced)."""
     try:
-        size = target.stat().st_size
+        size = os.stat(target).st_size
     except FileNotFoundError:
         return False
     return size == (len(payload) if isinstance(payload, bytes) else payload.stat().st_size)
@@ -251,12 +252,13 @@ class FolderStore(BlobStore):
         """
         durable = durable or _syncfs is None
         results: list[Exception | None] = [None] * len(items)
-        staged: dict[Path, tuple[int, Path]] = {}  # target -> (item, its temporary)
+        # Plain strings and os calls: this runs once per received message.
+        staged: dict[str, tuple[int, str]] = {}  # target -> (item, its temporary)
         same: list[tuple[int, int]] = []  # (item, earlier item with the same target)
         try:
             for n, (bucket, key, payload, sha256) in enumerate(items):
                 try:
-                    target = self._path(bucket, key)
+                    target = str(self._path(bucket, key))
                     if target in staged:
                         same.append((n, staged[target][0]))
                     elif not _holds(target, payload):
@@ -269,25 +271,25 @@ class FolderStore(BlobStore):
                 self._place_all(items, staged, results, durable)
         finally:
             for _, tmp in staged.values():
-                tmp.unlink(missing_ok=True)  # gone already when renamed
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)  # gone already when renamed
         for n, first in same:
             results[n] = results[first]
         return results
 
-    def _temporary(self, bucket: str, target: Path, payload: bytes | Path, sha256: str, consume: bool) -> Path:
+    def _temporary(self, bucket: str, target: str, payload: bytes | Path, sha256: str, consume: bool) -> str:
         """A read-only temporary next to target with payload's bytes (not yet flushed)."""
         if isinstance(payload, bytes):
-            _check_hash(bucket, target.name, payload, sha256)
-        tmp = target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+            _check_hash(bucket, target, payload, sha256)
+        tmp = f"{os.path.dirname(target)}/.tmp-{os.getpid()}-{os.urandom(12).hex()}"
         if isinstance(payload, Path) and consume:
             try:
                 os.chmod(payload, 0o440)
                 self._in_folder(bucket, target, os.link, payload, tmp)  # the handed-over file itself: no copy
                 return tmp
             except OSError:  # another filesystem, or no hard links: copy
-                tmp.unlink(missing_ok=True)
-        # Created read-only with plain system calls: this runs once per
-        # received message, beside the event loop's thread.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
         fd = self._in_folder(bucket, target, os.open, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o440)
         try:
             if isinstance(payload, bytes):
@@ -301,20 +303,20 @@ class FolderStore(BlobStore):
             os.close(fd)
         return tmp
 
-    def _in_folder(self, bucket: str, target: Path, call, *args):
+    def _in_folder(self, bucket: str, target: str, call, *args):
         """call(*args), creating target's folder first if it is missing (never a missing bucket)."""
         try:
             return call(*args)
         except FileNotFoundError:
             if not self._bucket(bucket).is_dir():
                 raise StorageError(f"bucket {bucket} does not exist") from None
-            target.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
             return call(*args)
 
-    def _place_all(self, items, staged: dict[Path, tuple[int, Path]], results: list, durable: bool) -> None:
+    def _place_all(self, items, staged: dict[str, tuple[int, str]], results: list, durable: bool) -> None:
         if durable:
             try:
-                self._sync(tmp for _, tmp in staged.values())  # the bytes
+                self._sync(Path(tmp) for _, tmp in staged.values())  # the bytes
             except OSError as exc:
                 for n, _ in staged.values():
                     results[n] = StorageError(f"cannot flush {len(staged)} objects: {exc}")
@@ -328,7 +330,7 @@ class FolderStore(BlobStore):
                 results[n] = StorageError(f"cannot store {items[n][0]}/{items[n][1]}: {exc}")
         if durable:
             try:
-                self._sync(target.parent for target in staged)  # the names
+                self._sync(Path(target).parent for target in staged)  # the names
             except OSError as exc:
                 for n in placed:
                     results[n] = StorageError(f"cannot flush {len(placed)} objects: {exc}")

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from django.db import close_old_connections, connections, transaction
@@ -59,28 +60,79 @@ def store_objects(envelope: Envelope, spool: Path, sha256: str) -> None:
         store.put_file(route.bucket, key, spool, sha256, consume=True)
 
 
-def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> list[Delivery]:
-    now = timezone.now()
+def delivery_values(envelope: Envelope, queue_id: str, sha256: str, size: int, now=None) -> list[dict]:
+    """The columns of a message's Delivery rows, one per recipient tenant."""
+    now = now or timezone.now()
     return [
-        Delivery(
-            tenant_id=route.tenant_id,
-            queue_id=queue_id,
-            sha256=sha256,
-            size=size,
-            storage_key=raw_key(sha256),
-            mail_from=envelope.mail_from[:512],
-            rcpt_to=recipients,
-            peer_ip=envelope.peer_ip,
-            helo=envelope.helo[:255],
-            tls_version=envelope.tls_version,
-            tls_cipher=envelope.tls_cipher,
-            received_at=now,
+        {
+            "tenant_id": route.tenant_id,
+            "queue_id": queue_id,
+            "sha256": sha256,
+            "size": size,
+            "storage_key": raw_key(sha256),
+            "mail_from": envelope.mail_from[:512],
+            "rcpt_to": recipients,
+            "peer_ip": envelope.peer_ip,
+            "helo": envelope.helo[:255],
+            "tls_version": envelope.tls_version,
+            "tls_cipher": envelope.tls_cipher,
+            "received_at": now,
             # Optimistic: set before publishing, cleared if publishing
             # fails; the sweep also re-enqueues what stays unprocessed.
-            enqueued_at=now,
-        )
+            "enqueued_at": now,
+        }
         for route, recipients in envelope.routes.values()
     ]
+
+
+def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> list[Delivery]:
+    return [Delivery(**values) for values in delivery_values(envelope, queue_id, sha256, size)]
+
+
+def insert_deliveries(rows: list[dict]) -> list[int]:
+    """Insert Delivery rows given as column values; returns their ids (in no particular order).
+
+    The committer's hot path: `bulk_create` spends ~80 µs a row on model
+    instances and generic per-object work; this prepares each value with its
+    field's own database preparation (the batch's shared timestamps once) and
+    sends one INSERT ... RETURNING per chunk.  Every concrete field is
+    written, from the row or its default, so a field added to the model is
+    covered.  Without RETURNING it falls back to bulk_create.  Call inside a
+    transaction.
+    """
+    connection = connections[Delivery.objects.db]
+    if not connection.features.can_return_rows_from_bulk_insert:
+        return [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
+    columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
+    defaults = {column.attname: column.get_default() for column in columns}
+    shared: dict[tuple[str, datetime], object] = {}  # the batch's timestamps, prepared once
+    prepared: list[tuple] = []
+    for values in rows:
+        params = []
+        for column in columns:
+            value = values.get(column.attname, defaults[column.attname])
+            if isinstance(value, datetime):
+                key = (column.attname, value)
+                if key not in shared:
+                    shared[key] = column.get_db_prep_save(value, connection)
+                params.append(shared[key])
+            else:
+                params.append(column.get_db_prep_save(value, connection))
+        prepared.append(tuple(params))
+    table = connection.ops.quote_name(Delivery._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(column.column) for column in columns)
+    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    pk = connection.ops.quote_name(Delivery._meta.pk.column)
+    per_chunk = max(1, connection.ops.bulk_batch_size(columns, prepared))
+    ids: list[int] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(prepared), per_chunk):
+            chunk = prepared[start : start + per_chunk]
+            # Names come from the model, quoted by the backend; every value is a parameter.
+            sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([row_sql] * len(chunk))} RETURNING {pk}"  # noqa: S608
+            cursor.execute(sql, [param for params in chunk for param in params])
+            ids.extend(row[0] for row in cursor.fetchall())
+    return ids
 
 
 PUBLISH_CHUNK = 50
@@ -132,7 +184,6 @@ class Job:
     sha256: str
     size: int
     queue_id: str = field(default_factory=new_queue_id)
-    rows: list[Delivery] = field(default_factory=list)
 
 
 Settled = Callable[[list[tuple[Job, Exception | None]]], None]
@@ -236,12 +287,12 @@ class GroupCommitter:
         return [job for job in batch if id(job) not in failed]
 
     def _record(self, batch: list[Job]) -> None:
-        for job in batch:
-            job.rows = delivery_rows(job.envelope, job.queue_id, job.sha256, job.size)
+        now = timezone.now()
+        rows = [row for job in batch for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, now)]
         try:
             close_old_connections()
             with transaction.atomic():
-                created = Delivery.objects.bulk_create([row for job in batch for row in job.rows])
+                created = insert_deliveries(rows)
             # One flush makes the batch's objects and, on the embedded
             # default, its rows durable (SQLite's WAL is not fsynced per commit).
             sync_filesystems(self._flush_paths)
@@ -250,7 +301,7 @@ class GroupCommitter:
             self._settled([(job, exc) for job in batch])
             return
         self._settled([(job, None) for job in batch])
-        self._publish_q.put([row.pk for row in created])
+        self._publish_q.put(created)
 
     def _publish_loop(self) -> None:
         """Publish the recorded ids in full chunks, or after PUBLISH_DELAY at the latest.
