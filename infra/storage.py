@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 
@@ -407,6 +408,8 @@ class S3Store(BlobStore):
         import boto3
         from botocore.config import Config
 
+        self._pool: ThreadPoolExecutor | None = None
+
         self.client = boto3.client(
             "s3",
             endpoint_url=endpoint_url or None,
@@ -466,7 +469,6 @@ class S3Store(BlobStore):
 
     def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
         """Parallel PUTs; each completed PUT is durable, whatever `durable` says."""
-        from concurrent.futures import ThreadPoolExecutor
 
         def put(item) -> Exception | None:
             bucket, key, payload, sha256 = item
@@ -487,8 +489,9 @@ class S3Store(BlobStore):
 
         if len(items) <= 1:
             return [put(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-            return list(pool.map(put, items))
+        if self._pool is None:  # one pool for the store's life: a batch is a few milliseconds
+            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-put")
+        return list(self._pool.map(put, items))
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
         try:
