@@ -1,0 +1,50 @@
+"""The log handler: lines written in blocks to a file, warnings at once, nothing lost at exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import logging, sys, time
+sys.path.insert(0, {root!r})
+from infra.logs import BufferedStreamHandler
+handler = BufferedStreamHandler(interval=0.3)
+logging.basicConfig(level=logging.INFO, handlers=[handler], format="%(levelname)s %(message)s")
+log = logging.getLogger("t")
+for n in range(1000):
+    log.info("line %d", n)
+log.warning("at once")
+time.sleep(2)
+log.info("late")
+time.sleep(2)
+log.info("last")
+"""
+
+
+def wait_for(path: Path, text: str, seconds: float) -> float:
+    started = time.monotonic()
+    while text not in path.read_text():
+        assert time.monotonic() - started < seconds, f"{text!r} not written within {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def test_lines_are_written_in_blocks_warnings_at_once_and_all_at_exit(tmp_path):
+    out = tmp_path / "stderr.log"
+    with out.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", SCRIPT.format(root=str(ROOT))], stderr=stderr)
+    try:
+        wait_for(out, "WARNING at once", 1.5)  # a warning does not wait for the interval
+        wait_for(out, "INFO late", 4.0)  # logged 2 s on, alone: written by the flusher, not at exit
+        assert process.poll() is None and "INFO last" not in out.read_text()
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+    lines = out.read_text().splitlines()
+    assert lines[:1000] == [f"INFO line {n}" for n in range(1000)]
+    assert lines[1000:] == ["WARNING at once", "INFO late", "INFO last"]  # the last one flushed at exit
