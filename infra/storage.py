@@ -1,10 +1,10 @@
 """Object storage: one bucket per tenant, immutable content-addressed objects.
 
 Two implementations behind one interface: a folder per bucket on the
-embedded default and S3 (or any S3-compatible store) at scale.  `put_file`
-returns only once the object is durable: an fsync'd file renamed into
-place (and its directory fsync'd), or a completed PUT.  Every read checks
-the SHA-256 that the database recorded.
+embedded default and S3 (or any S3-compatible store) at scale.  Writes
+(`put_objects`, and `put_file` / `put_many` on top of it) return only once
+the objects are durable: flushed files renamed into place, or completed
+PUTs.  Every read checks the SHA-256 that the database recorded.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import ctypes
 import hashlib
 import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -75,23 +74,7 @@ class BlobStore:
         `consume`, files are handed over as in `put_file`.  `durable=False`
         lets a store leave flushing to `sync_filesystems` (the folder store);
         the others are durable anyway."""
-        import tempfile
-
-        results: list[Exception | None] = []
-        for bucket, key, payload, sha256 in items:
-            try:
-                if isinstance(payload, Path):
-                    self.put_file(bucket, key, payload, sha256, consume=consume)
-                else:
-                    _check_hash(bucket, key, payload, sha256)
-                    with tempfile.NamedTemporaryFile(prefix="archiva-put-") as tmp:
-                        tmp.write(payload)
-                        tmp.flush()
-                        self.put_file(bucket, key, Path(tmp.name), sha256)
-                results.append(None)
-            except StorageError as exc:
-                results.append(exc)
-        return results
+        raise NotImplementedError
 
     def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
         """`put_objects` for callers that need all or nothing: the first error is raised."""
@@ -213,27 +196,9 @@ class FolderStore(BlobStore):
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
 
     def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
-        target = self._path(bucket, key)
-        if not self._bucket(bucket).is_dir():
-            raise StorageError(f"bucket {bucket} does not exist")
-        try:
-            if target.exists():
-                return  # content-addressed: the same key holds the same bytes
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Make a private temporary next to the target, fsync it, then
-            # rename: a reader never sees a partial object, and a crash
-            # leaves at most a stray temporary.  A consumed source on the same
-            # filesystem becomes the temporary by a hard link (no copy).
-            tmp_name = str(target.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}")
-            try:
-                self._link_or_copy(path, tmp_name, link=consume)
-                os.replace(tmp_name, target)
-            except BaseException:
-                Path(tmp_name).unlink(missing_ok=True)
-                raise
-            _fsync_dir(target.parent)
-        except OSError as exc:
-            raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
+        [error] = self.put_objects([(bucket, key, path, sha256)], consume=consume)
+        if error is not None:
+            raise error
 
     def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
         """Group commit: two `syncfs` for the whole batch instead of two fsyncs per object.
@@ -300,6 +265,9 @@ class FolderStore(BlobStore):
             else:
                 with open(payload, "rb") as src, open(fd, "wb", closefd=False) as out:
                     shutil.copyfileobj(src, out, CHUNK)
+        except BaseException:
+            os.unlink(tmp)  # e.g. the disk filled up: no partial temporary is left
+            raise
         finally:
             os.close(fd)
         return tmp
@@ -350,27 +318,6 @@ class FolderStore(BlobStore):
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-
-    @staticmethod
-    def _link_or_copy(source: Path, tmp_name: str, link: bool) -> None:
-        """An fsync'd, read-only file at tmp_name with source's bytes."""
-        if link:
-            try:
-                os.link(source, tmp_name)
-                fd = os.open(tmp_name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.chmod(tmp_name, 0o440)
-                return
-            except OSError:  # another filesystem, or no hard links: copy
-                Path(tmp_name).unlink(missing_ok=True)
-        with open(tmp_name, "xb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp_name, 0o440)
 
     def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
         try:
