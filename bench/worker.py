@@ -66,12 +66,11 @@ def main() -> None:
         import django
 
         django.setup()
-        from django.db import transaction
 
         from archive.journal import parse_report
         from ingest.directory import Route
         from ingest.models import Delivery
-        from ingest.record import PUBLISH_CHUNK, Envelope, delivery_rows, new_queue_id, store_objects
+        from ingest.record import PUBLISH_CHUNK, Envelope, Job, commit_batch, flush_paths
         from ingest.tasks import index_pending, process_deliveries
         from tenants.actions import create_tenant
         from tenants.models import User
@@ -82,18 +81,13 @@ def main() -> None:
         raws = [report(n, rng) for n in range(opts.messages)]
         import hashlib
 
-        rows = []
+        jobs = []
         for n, raw in enumerate(raws):
-            spool = data / f"spool-{n}.eml"  # a fresh file each time, handed over as the ingest does
-            spool.write_bytes(raw)
-            sha = hashlib.sha256(raw).hexdigest()
             envelope = Envelope("ndr@contoso.com", "127.0.0.1", "bench", "TLSv1.3", "bench")
             envelope.add_recipient(route, "journal@archive.archiva.com")
-            store_objects(envelope, spool, sha)
-            spool.unlink()
-            rows += delivery_rows(envelope, new_queue_id(), sha, len(raw))
-        with transaction.atomic():
-            ids = [row.pk for row in Delivery.objects.bulk_create(rows)]
+            jobs.append(Job(n, envelope, raw, hashlib.sha256(raw).hexdigest(), len(raw)))
+        outcomes, ids = commit_batch(jobs, flush_paths())  # as the ingest's committer does
+        assert all(error is None for _, error in outcomes), outcomes
 
         started = time.perf_counter()
         for raw in raws:

@@ -51,15 +51,6 @@ def new_queue_id() -> str:
     return secrets.token_hex(8).upper()
 
 
-def store_objects(envelope: Envelope, spool: Path, sha256: str) -> None:
-    """Put the spooled bytes durably into every recipient tenant's bucket."""
-    store = get_store()
-    key = raw_key(sha256)
-    for route, _ in envelope.routes.values():
-        # The spool file is the ingest's own and is only deleted afterwards.
-        store.put_file(route.bucket, key, spool, sha256, consume=True)
-
-
 def delivery_values(envelope: Envelope, queue_id: str, sha256: str, size: int, now=None) -> list[dict]:
     """The columns of a message's Delivery rows, one per recipient tenant."""
     now = now or timezone.now()
@@ -83,10 +74,6 @@ def delivery_values(envelope: Envelope, queue_id: str, sha256: str, size: int, n
         }
         for route, recipients in envelope.routes.values()
     ]
-
-
-def delivery_rows(envelope: Envelope, queue_id: str, sha256: str, size: int) -> list[Delivery]:
-    return [Delivery(**values) for values in delivery_values(envelope, queue_id, sha256, size)]
 
 
 def insert_deliveries(rows: list[dict]) -> list[int]:
@@ -148,8 +135,9 @@ def enqueue(delivery_ids: list[int]) -> bool:
     try:
         if len(delivery_ids) == 1:
             process_delivery.apply_async((delivery_ids[0],), retry=False)
-        for start in range(0, len(delivery_ids) if len(delivery_ids) > 1 else 0, PUBLISH_CHUNK):
-            process_deliveries.apply_async((delivery_ids[start : start + PUBLISH_CHUNK],), retry=False)
+        else:
+            for start in range(0, len(delivery_ids), PUBLISH_CHUNK):
+                process_deliveries.apply_async((delivery_ids[start : start + PUBLISH_CHUNK],), retry=False)
         return True
     except Exception:
         log.warning("broker unavailable; %d deliveries left for the sweep", len(delivery_ids), exc_info=True)
@@ -186,7 +174,58 @@ class Job:
     queue_id: str = field(default_factory=new_queue_id)
 
 
-Settled = Callable[[list[tuple[Job, Exception | None]]], None]
+Outcome = tuple[Job, Exception | None]  # None: stored and recorded
+Settled = Callable[[list[Outcome]], None]
+
+
+def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], list[int]]:
+    """Make a batch of messages durable: store, record, one flush.
+
+    Returns every job's outcome and the ids of the Delivery rows made.  The
+    committer runs this for each batch; tests and benchmarks call it to put
+    mail in the archive exactly as the ingest does.
+    """
+    stored, outcomes = _store(batch)
+    if not stored:
+        return outcomes, []
+    now = timezone.now()
+    rows = [row for job in stored for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, now)]
+    try:
+        with transaction.atomic():
+            created = insert_deliveries(rows)
+        # One flush makes the batch's objects and, on the embedded default,
+        # its rows durable (SQLite's WAL is not fsynced per commit).
+        sync_filesystems(flush)
+    except Exception as exc:
+        log.exception("recording %d messages failed; they will be answered 451", len(stored))
+        return outcomes + [(job, exc) for job in stored], []
+    return outcomes + [(job, None) for job in stored], created
+
+
+def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
+    """Put the batch's messages in place (not yet flushed): the jobs stored, and the failures."""
+    items, owners = [], []
+    for job in batch:
+        for route, _ in job.envelope.routes.values():
+            items.append((route.bucket, raw_key(job.sha256), job.message, job.sha256))
+            owners.append(job)
+    try:
+        errors = get_store().put_objects(items, consume=True, durable=False)
+    except Exception as exc:
+        log.exception("storing %d messages failed; they will be answered 451", len(batch))
+        errors = [exc] * len(items)
+    finally:
+        for job in batch:
+            if isinstance(job.message, Path):
+                job.message.unlink(missing_ok=True)  # stored (linked or copied), or refused
+    failed: dict[int, Exception] = {}
+    for job, error in zip(owners, errors, strict=True):
+        if error is not None:
+            failed.setdefault(id(job), error)
+    if failed:
+        log.error("could not store %d of %d messages: %s", len(failed), len(batch), next(iter(failed.values())))
+    stored = [job for job in batch if id(job) not in failed]
+    return stored, [(job, failed[id(job)]) for job in batch if id(job) in failed]
 
 
 class GroupCommitter:
@@ -227,13 +266,13 @@ class GroupCommitter:
         for thread in self._threads:
             thread.join(timeout=60)
 
-    def _batches(self, source: queue.SimpleQueue, flatten: bool = False):
+    def _batches(self, source: queue.SimpleQueue):
         """Yield lists of everything waiting (at least one item), until None."""
         while True:
             first = source.get()
             if first is None:
                 return
-            batch, done = (list(first) if flatten else [first]), False
+            batch, done = [first], False
             while len(batch) < self.max_batch:
                 try:
                     item = source.get_nowait()
@@ -242,10 +281,7 @@ class GroupCommitter:
                 if item is None:
                     done = True
                     break
-                if flatten:
-                    batch.extend(item)
-                else:
-                    batch.append(item)
+                batch.append(item)
             yield batch
             if done:
                 return
@@ -253,55 +289,14 @@ class GroupCommitter:
     def _commit_loop(self) -> None:
         try:
             for batch in self._batches(self._commit_q):
-                stored = self._store(batch)
-                if stored:
-                    self._record(stored)
+                close_old_connections()  # a long-lived thread: drop a connection the server closed
+                outcomes, created = commit_batch(batch, self._flush_paths)
+                self._settled(outcomes)
+                if created:
+                    self._publish_q.put(created)
         finally:
             self._publish_q.put(None)
             connections.close_all()
-
-    def _store(self, batch: list[Job]) -> list[Job]:
-        """Put the batch's messages in place; settle those that failed, return the others."""
-        items, owners = [], []
-        for job in batch:
-            for route, _ in job.envelope.routes.values():
-                items.append((route.bucket, raw_key(job.sha256), job.message, job.sha256))
-                owners.append(job)
-        try:
-            # Flushed once for the whole batch, after recording (`_record`).
-            errors = get_store().put_objects(items, consume=True, durable=False)
-        except Exception as exc:
-            log.exception("storing %d messages failed; they will be answered 451", len(batch))
-            errors = [exc] * len(items)
-        finally:
-            for job in batch:
-                if isinstance(job.message, Path):
-                    job.message.unlink(missing_ok=True)  # stored (linked or copied), or refused
-        failed: dict[int, Exception] = {}
-        for job, error in zip(owners, errors, strict=True):
-            if error is not None:
-                failed.setdefault(id(job), error)
-        if failed:
-            log.error("could not store %d of %d messages: %s", len(failed), len(batch), next(iter(failed.values())))
-            self._settled([(job, failed[id(job)]) for job in batch if id(job) in failed])
-        return [job for job in batch if id(job) not in failed]
-
-    def _record(self, batch: list[Job]) -> None:
-        now = timezone.now()
-        rows = [row for job in batch for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, now)]
-        try:
-            close_old_connections()
-            with transaction.atomic():
-                created = insert_deliveries(rows)
-            # One flush makes the batch's objects and, on the embedded
-            # default, its rows durable (SQLite's WAL is not fsynced per commit).
-            sync_filesystems(self._flush_paths)
-        except Exception as exc:
-            log.exception("recording %d messages failed; they will be answered 451", len(batch))
-            self._settled([(job, exc) for job in batch])
-            return
-        self._settled([(job, None) for job in batch])
-        self._publish_q.put(created)
 
     def _publish_loop(self) -> None:
         """Publish the recorded ids in full chunks, or after PUBLISH_DELAY at the latest.

@@ -1,7 +1,7 @@
 """Putting mail into the archive the way production does, for tests.
 
 `deliver` stores the bytes and records a Delivery with the ingest's own
-functions (`ingest.record.store_objects` / `delivery_rows`); `archive` then
+committer step (`ingest.record.commit_batch`); `archive` then
 runs the worker's `process` on it (verify, parse, merge, index) in this
 process.  The search backend is the embedded default, under DATA_DIR.
 """
@@ -9,15 +9,12 @@ process.  The search backend is the embedded default, under DATA_DIR.
 from __future__ import annotations
 
 import hashlib
-import tempfile
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from ingest.directory import Route
 from ingest.models import Delivery
-from ingest.record import Envelope, delivery_rows, new_queue_id, store_objects
+from ingest.record import Envelope, Job, commit_batch, flush_paths
 from ingest.tasks import process
 from tenants.models import Tenant
 from tests.smtp_support import corpus_dir
@@ -38,14 +35,9 @@ def deliver(tenant: Tenant, raw: bytes) -> Delivery:
         mail_from="journal@contoso.com", peer_ip="127.0.0.1", helo="test", tls_version="", tls_cipher=""
     )
     envelope.add_recipient(Route(tenant.pk, tenant.bucket, tenant.region, None), f"journal-x@{tenant.region}.test")
-    spool = Path(settings.DATA_DIR) / "test-spool"
-    spool.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=spool) as tmp:
-        tmp.write(raw)
-        tmp.flush()
-        store_objects(envelope, Path(tmp.name), sha256)
-    [row] = Delivery.objects.bulk_create(delivery_rows(envelope, new_queue_id(), sha256, len(raw)))
-    return row
+    [(_, error)], [pk] = commit_batch([Job(0, envelope, raw, sha256, len(raw))], flush_paths())
+    assert error is None, error
+    return Delivery.objects.get(pk=pk)
 
 
 def archive(tenant: Tenant, raw: bytes, index: bool = True) -> Delivery:
