@@ -1,10 +1,11 @@
 """Journal token → tenant, cached in the ingest process.
 
 RCPT must not cost a database query per recipient in a burst, yet a new or
-rotated token must be seen within seconds.  The directory loads every
-token once, then every `ARCHIVA_TOKEN_CACHE_REFRESH` seconds reads only the
-rows changed since the last refresh (`updated_at` watermark), and reloads
-everything now and then to forget deleted tenants.
+rotated token (or a newly verified sender domain) must be seen within
+seconds.  The directory loads every token and verified domain once, then
+every `ARCHIVA_TOKEN_CACHE_REFRESH` seconds reads only the rows changed
+since the last refresh (`updated_at` watermark), and reloads everything now
+and then to forget deleted tenants.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class Route:
         return self.expires_at is None or self.expires_at > now
 
 
+def _route(tenant, expires_at: datetime | None = None) -> Route:
+    return Route(tenant.id, tenant.bucket, tenant.region, expires_at)
+
+
 class DirectoryUnavailable(Exception):
     """The directory has never loaded: answer 451, not 550."""
 
@@ -68,34 +73,39 @@ class TokenDirectory:
             raise DirectoryUnavailable("token directory not loaded yet")
         return self._domains.get(domain.lower())
 
-    def _load_domains(self) -> dict[str, Route]:
-        try:
-            from tenants.models import Domain
-        except ImportError:  # before the portal's domains exist
-            return {}
-        rows = Domain.objects.filter(verified_at__isnull=False).select_related("tenant")
-        return {row.name.lower(): Route(row.tenant.id, row.tenant.bucket, row.tenant.region, None) for row in rows}
-
     def refresh(self) -> None:
         """Load changes since the last refresh (everything, now and then)."""
-        from tenants.models import JournalToken
+        from tenants.models import Domain, JournalToken
 
         close_old_connections()
         started = timezone.now()
         full = not self._loaded or time.monotonic() - self._last_full > FULL_RELOAD_EVERY
-        rows = JournalToken.objects.select_related("tenant").only(
+        tokens = JournalToken.objects.select_related("tenant").only(
             "token", "expires_at", "updated_at", "tenant__id", "tenant__bucket", "tenant__region"
         )
-        if not full:
-            rows = rows.filter(updated_at__gte=self._watermark - WATERMARK_OVERLAP)
-        fresh = {row.token: Route(row.tenant.id, row.tenant.bucket, row.tenant.region, row.expires_at) for row in rows}
-        # Verified domains are few: read them all every time.
-        self._domains = self._load_domains()
+        domains = Domain.objects.select_related("tenant").only(
+            "name", "verified_at", "updated_at", "tenant__id", "tenant__bucket", "tenant__region"
+        )
         if full:
-            self._routes = fresh
+            domains = domains.filter(verified_at__isnull=False)
+        else:
+            since = self._watermark - WATERMARK_OVERLAP
+            tokens, domains = tokens.filter(updated_at__gte=since), domains.filter(updated_at__gte=since)
+        fresh = {row.token: _route(row.tenant, row.expires_at) for row in tokens}
+        # A domain changed to unverified maps to None: forgotten below.
+        changed = {row.name.lower(): _route(row.tenant) if row.verified_at else None for row in domains}
+        if full:
+            self._routes, self._domains = fresh, changed
             self._last_full = time.monotonic()
         else:
             self._routes.update(fresh)
+            domains_now = dict(self._domains)
+            for name, route in changed.items():
+                if route is None:
+                    domains_now.pop(name, None)
+                else:
+                    domains_now[name] = route
+            self._domains = domains_now
         self._watermark = started
         self._loaded = True
 

@@ -141,15 +141,14 @@ class Router:
                 route = self.directory.lookup_domain(sender_domain) if sender_domain else None
                 if route is None:
                     return REPLY_NO_VERIFIED_DOMAIN, None, "unverified_sender_domain"
-                return REPLY_RCPT_OK, route, ""
-            token = parse_local_part(local)
-            if token is None:
-                return REPLY_UNKNOWN, None, "unknown_recipient"
-            route = self.directory.lookup(token)
+            else:
+                token = parse_local_part(local)
+                route = self.directory.lookup(token) if token is not None else None
+                if route is None:
+                    return REPLY_UNKNOWN, None, "unknown_recipient"
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
-        if route is None:
-            return REPLY_UNKNOWN, None, "unknown_recipient"
+        # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
         return REPLY_RCPT_OK, route, ""

@@ -17,7 +17,7 @@ from ingest.models import Delivery
 from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork, parse_networks
 from ingest.stats import RejectionCount, rejections_by_reason
 from regions.current import current_region
-from tenants.models import Domain
+from tenants.models import Domain, Tenant
 from tests.servers import free_port
 from tests.smtp_support import connect, journal_address, start_ingest
 
@@ -155,6 +155,34 @@ def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_do
             client.docmd(f"MAIL FROM:<{sender.strip('<>')}>")
             code, reply = client.rcpt(validation)
             assert code == 550 and reply.startswith(b"5.7.1"), sender
+
+
+def test_domain_changes_are_seen_incrementally_and_another_regions_domain_is_refused(
+    server_factory, tls_files, org, outsider
+):
+    server = server_factory()
+    server.directory.refresh()  # the first, full load
+    validation = current_region().validation_address
+
+    def rcpt_code(sender: str) -> tuple[int, bytes]:
+        with connect(server, tls_files) as client:
+            client.mail(sender)
+            return client.rcpt(validation)
+
+    contoso = Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
+    server.directory.refresh()  # incremental: picks up the newly verified domain
+    assert rcpt_code("admin@contoso.com")[0] == 250
+    contoso.verified_at = None
+    contoso.save()
+    server.directory.refresh()  # incremental: forgets it again
+    assert rcpt_code("admin@contoso.com")[0] == 550
+    # A domain verified by a tenant of another region never routes mail here.
+    fabrikam = Tenant.objects.get(memberships__user=outsider)
+    Tenant.objects.filter(pk=fabrikam.pk).update(region="eu")
+    Domain.objects.create(tenant=fabrikam, name="fabrikam.com", txt_token="f", verified_at=timezone.now())
+    server.directory.refresh()
+    code, reply = rcpt_code("admin@fabrikam.com")
+    assert code == 550 and reply.startswith(b"5.7.1") and b"another region" in reply
 
 
 def test_rejections_are_counted_per_tenant_without_a_row_per_rejection(server_factory, tls_files, org):
