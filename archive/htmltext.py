@@ -106,11 +106,21 @@ def _drop_between(html: str, opener: str, closer: str, keep_closer: bool = True)
     if opener not in lower:
         return html
     pieces, pos = [], 0
-    while (start := lower.find(opener, pos)) >= 0:
+    while (start := _find_token(lower, opener, pos)) >= 0:
         pieces.append(html[pos:start])
-        end = lower.find(closer, start + len(opener))
+        end = _find_token(lower, closer, start + len(opener))
         if end < 0:
             return "".join(pieces)
         pos = end if keep_closer else end + len(closer)
     pieces.append(html[pos:])
     return "".join(pieces)
+
+
+def _find_token(lower: str, token: str, start: int) -> int:
+    """lower.find(token, start), but a tag name must end there: `<head` is not `<header`."""
+    while (at := lower.find(token, start)) >= 0:
+        after = lower[at + len(token) : at + len(token) + 1]
+        if not (token[-1].isalnum() and after.isalnum()):
+            return at
+        start = at + 1
+    return -1

@@ -335,6 +335,13 @@ def test_deeply_nested_html_still_yields_its_text():
     assert html_to_text("<div>" * 5000 + "<p>needle</p><script>no</script>") == "needle"
 
 
+def test_the_fallback_drops_head_but_keeps_header_and_scripts_end_at_their_own_tag():
+    deep = "<div>" * 5000  # past the parser's nesting limit: the stripping fallback
+    html = deep + "<head><title>no</title></head><header>Top</header><p>a</p><scripts>kept</scripts>"
+    html += "<script>x</scriptx>gone</script><p>b</p>"
+    assert html_to_text(html).split() == ["Top", "a", "kept", "b"]
+
+
 def test_decode_text_falls_back_without_raising():
     assert decode_text("Grüße".encode(), "x-no-such-charset") == "Grüße"
     assert decode_text("Grüße".encode("latin-1"), "utf-8") == "Gr\ufffd\ufffde"
