@@ -61,8 +61,11 @@ def test_only_admins_set_the_organization_and_bad_names_are_refused(org, outside
     login(client, org.auditor)
     assert client.post(url, {"m365_organization": "x.onmicrosoft.com"}).status_code == 403
     login(client, org.admin)
-    response = client.post(url, {"m365_organization": "not a name!"}, follow=True)
-    assert "is not an organization name" in response.content.decode()
+    for bad in ("not a name!", "a" * 60 + "." + "b" * 60 + "." + "c" * 60 + "." + "d" * 60 + "." + "e" * 60 + ".com"):
+        response = client.post(url, {"m365_organization": bad}, follow=True)
+        assert response.status_code == 200 and "is not an organization name" in response.content.decode()
+    org.tenant.refresh_from_db()
+    assert org.tenant.m365_organization == ""
     client.post(url, {"m365_organization": "Contoso.onmicrosoft.com"})
     org.tenant.refresh_from_db()
     assert org.tenant.m365_organization == "contoso.onmicrosoft.com"

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
-
 from allauth.account.decorators import verified_email_required
 from django.contrib import messages
+from django.core.exceptions import ValidationError
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
+from tenants.forms import normalize_domain
 from web.roles import admin_required
 from web.setup import setup_checks
 from web.status import tenant_status
@@ -50,16 +50,15 @@ def rotate_token(request, membership):
     return redirect("status")
 
 
-ORGANIZATION_RE = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
-
-
 @require_POST
 @admin_required
 def set_organization(request, membership):
     """The Microsoft 365 organization expected in reports' X-OriginatorOrg."""
-    value = request.POST.get("m365_organization", "").strip().lower()
-    if value and not ORGANIZATION_RE.fullmatch(value):
-        messages.error(request, f"{value[:100]!r} is not an organization name like contoso.onmicrosoft.com.")
+    value = request.POST.get("m365_organization", "")
+    try:
+        value = normalize_domain(value) if value.strip() else ""  # a domain name, checked as domains are
+    except ValidationError:
+        messages.error(request, f"{value.strip()[:100]!r} is not an organization name like contoso.onmicrosoft.com.")
         return redirect("status")
     set_m365_organization(membership.tenant, value)
     messages.success(request, f"Microsoft 365 organization set to {value}." if value else "Organization check off.")
