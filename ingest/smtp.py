@@ -515,16 +515,14 @@ class SMTPSession(asyncio.Protocol):
         reply, route, reason = self.service.router.route(address, self.mail_from)
         if route is not None:
             if len(self.rcpt_tos) >= self.policy.max_recipients:
-                reply, route, reason = REPLY_TOO_MANY_RCPT, None, "too_many_recipients"
+                reply, reason = REPLY_TOO_MANY_RCPT, "too_many_recipients"
             elif not self.policy.tenant_limiter.allow(route.tenant_id):
                 reply, reason = REPLY_RATE_LIMITED, "rate_limited"
-                self.policy.reject(reason, route.tenant_id)
-                route, reason = None, ""
-        if route is not None:
+        if reason:  # counted against the tenant when the recipient named one
+            self.policy.reject(reason, route.tenant_id if route is not None else None)
+        else:
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
-        elif reason:
-            self.policy.reject(reason)
         metrics.REPLIES.labels("RCPT", reply[:3]).inc()
         self._reply(reply)
 

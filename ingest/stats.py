@@ -12,10 +12,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from datetime import datetime
 
 from django.db import models, transaction
-from django.db.models import F, Sum
+from django.db.models import F
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -40,17 +39,6 @@ class RejectionCount(models.Model):
         return f"{self.reason} x{self.count} at {self.hour:%Y-%m-%d %H}:00"
 
 
-def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
-    """How many deliveries to this tenant were refused since then, by reason."""
-    rows = (
-        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
-        .values("reason")
-        .annotate(total=Sum("count"))
-        .order_by("-total")
-    )
-    return {row["reason"]: row["total"] for row in rows}
-
-
 class RejectionCounter:
     """In-memory counts, flushed to RejectionCount rows by `flush()`."""
 
@@ -59,6 +47,8 @@ class RejectionCounter:
         self._counts: Counter[tuple[int | None, str]] = Counter()
 
     def add(self, tenant_id: int | None, reason: str) -> None:
+        if tenant_id is None:
+            return  # no tenant's chart shows it; the Prometheus counter has it
         with self._lock:
             self._counts[(tenant_id, reason)] += 1
 

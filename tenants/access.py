@@ -7,11 +7,13 @@ They take the user (or the tenant) and answer 404 alike for "missing" and
 
 from __future__ import annotations
 
-from django.db.models import Case, IntegerField, QuerySet, Value, When
+from datetime import datetime
+
+from django.db.models import Case, IntegerField, QuerySet, Sum, Value, When
 from django.http import Http404
 
 from archive.models import ApiToken, AuditEvent, Message
-from ingest.models import Delivery
+from ingest.models import Delivery, RejectionCount
 from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
 
 
@@ -43,13 +45,25 @@ def deliveries(tenant: Tenant) -> QuerySet[Delivery]:
 
 
 def foreign_originators(tenant: Tenant) -> QuerySet:
-    """Organizations (X-OriginatorOrg) of flagged reports, most recent first."""
+    """Organizations (X-OriginatorOrg) of flagged reports, by name."""
     return (
-        Delivery.objects.filter(tenant=tenant, originator_mismatch=True)
+        deliveries(tenant)
+        .filter(originator_mismatch=True)
         .values_list("originator_org", flat=True)
         .order_by("originator_org")
         .distinct()
     )
+
+
+def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
+    """How many deliveries to this tenant the ingest refused since then, by reason."""
+    rows = (
+        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
+        .values("reason")
+        .annotate(total=Sum("count"))
+        .order_by("-total")
+    )
+    return {row["reason"]: row["total"] for row in rows}
 
 
 def delivery(tenant: Tenant, delivery_id: int) -> Delivery:
@@ -68,14 +82,6 @@ def membership_in(user: User, tenant: Tenant) -> Membership:
     if membership is None:
         raise Http404("not a member")
     return membership
-
-
-def user_addresses(user: User) -> list[str]:
-    """The user's verified addresses, lower-cased: what makes mail theirs."""
-    from allauth.account.models import EmailAddress
-
-    emails = EmailAddress.objects.filter(user=user, verified=True).values_list("email", flat=True)
-    return sorted({email.strip().lower() for email in emails if email})
 
 
 def mail_addresses(membership: Membership) -> list[str] | None:

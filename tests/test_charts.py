@@ -4,8 +4,6 @@ rejections and storage, as SVG drawn on the server with the numbers beside."""
 from __future__ import annotations
 
 import re
-import sys
-import types
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +11,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from archive.models import Message
-from ingest.models import Delivery
+from ingest.models import Delivery, RejectionCount
 from tests.conftest import make_user
 from web import stats
 from web.svgchart import Series, bar_chart, nice_scale
@@ -170,26 +168,31 @@ def test_backlog_shows_what_waits_for_the_worker_and_the_index(client, org):
     assert int(backlog["Waiting to be searchable"][0]) >= 1
 
 
-def test_rejections_come_from_the_ingests_statistics(client, org, monkeypatch):
+def test_rejections_come_from_the_ingests_statistics_and_only_the_tenants_own(client, org, outsider):
     client.force_login(org.owner)
-    monkeypatch.setitem(sys.modules, "ingest.stats", None)  # an ingest without statistics: ImportError
-    html = chart_html(client)
-    assert "No rejected deliveries in the last 30 days." in html
+    assert "No rejected deliveries in the last 30 days." in chart_html(client)
 
-    seen = {}
-
-    def rejections_by_reason(tenant, since):
-        seen["args"] = (tenant, since)
-        return {"rate_limited": 3, "too_large": 12, "something_new": 1}
-
-    monkeypatch.setitem(sys.modules, "ingest.stats", types.SimpleNamespace(rejections_by_reason=rejections_by_reason))
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    old = hour - timedelta(days=40)  # before the chart's 30 days
+    for tenant, reason, count, when in [
+        (org.tenant, "rate_limited", 3, hour),
+        (org.tenant, "too_large", 12, hour),
+        (org.tenant, "too_large", 5, hour - timedelta(hours=1)),
+        (org.tenant, "something_new", 1, hour),
+        (org.tenant, "too_large", 99, old),
+        (fabrikam(outsider), "too_large", 1000, hour),
+        (fabrikam(outsider), "sender_not_allowed", 7, hour),
+    ]:
+        RejectionCount.objects.create(tenant=tenant, reason=reason, count=count, hour=when)
     html = chart_html(client)
     rows = table(html, "chart-rejections")
     assert list(rows) == ["Over the size limit", "Over the rate limit (Exchange retries)", "something_new"]
-    assert rows["Over the size limit"] == ["12"]
-    assert seen["args"][0] == org.tenant
-    assert seen["args"][1] == stats.daily(org.tenant, timezone.now())[0].start
-    assert re.search(r'class="chart__row-value"[^>]*>12</text>', html)
+    assert rows["Over the size limit"] == ["17"]
+    assert re.search(r'class="chart__row-value"[^>]*>17</text>', html)
+
+    client.force_login(outsider)  # the outsider sees his own, never Contoso's
+    rows = table(chart_html(client), "chart-rejections")
+    assert rows["Over the size limit"] == ["1,000"] and "something_new" not in rows
 
 
 def test_the_outsider_sees_only_his_own_numbers(client, org, outsider):

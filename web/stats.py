@@ -67,13 +67,5 @@ def stored_before(tenant: Tenant, moment: datetime) -> int:
 
 
 def rejections(tenant: Tenant, since: datetime) -> dict[str, int]:
-    """Rejected deliveries by reason, from the ingest's own statistics.
-
-    `ingest.stats.rejections_by_reason(tenant, since) -> dict[str, int]` is
-    the ingest's to provide; until it exists there is nothing to show.
-    """
-    try:
-        from ingest.stats import rejections_by_reason
-    except ImportError:
-        return {}
-    return dict(rejections_by_reason(tenant, since))
+    """Rejected deliveries by reason, from the ingest's own statistics."""
+    return access.rejections_by_reason(tenant, since)
