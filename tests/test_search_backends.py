@@ -573,3 +573,25 @@ def test_elasticsearch_queries_carry_the_tenant_as_filter(elasticsearch_backend)
     dsl = elasticsearch_backend.translate(scoped.root)
     assert dsl["bool"]["filter"][0] == {"term": {"tenant_id": 42}}
     assert dsl["bool"]["filter"][1] == {"terms": {"participants": ["a@b.com"]}}
+
+
+def test_a_new_elasticsearch_mapping_takes_the_alias_from_the_older_index(elasticsearch_url):
+    """After an upgrade the alias points at an empty index of the new mapping (reindex fills it)."""
+    import uuid
+
+    from search.backends.elastic import MAPPING_VERSION, ElasticsearchBackend
+
+    alias = f"archiva-test-{uuid.uuid4().hex[:10]}-messages"
+    backend = ElasticsearchBackend(elasticsearch_url, index=alias, refresh="wait_for")
+    older = f"{alias}-v0"
+    backend.es.indices.create(index=older, aliases={alias: {"is_write_index": True}})
+    try:
+        backend.ensure_index()
+        assert set(backend.es.indices.get_alias(name=alias).body) == {f"{alias}-{MAPPING_VERSION}"}
+        tenant = next_tenant()
+        backend.index([make_doc(tenant, 1, subject="after the upgrade")])
+        assert backend.search(Scope(tenant), "upgrade").count == 1
+    finally:
+        backend.es.options(ignore_status=404).indices.delete(index=older)
+        backend.drop_index()
+        backend.close()

@@ -1,7 +1,7 @@
 """Elasticsearch (8.x/9.x API) for deployments that set ARCHIVA_SEARCH_URL.
 
 * One index per region, reached through an alias (`archiva-us-messages` ->
-  `archiva-us-messages-v1`), created from an index template with explicit,
+  `archiva-us-messages-v2`), created from an index template with explicit,
   strict mappings; a new mapping version reindexes behind the alias.
 * The tenant is the routing key of every document and request (`_routing`
   is required by the mapping), and the tenant filter comes from
@@ -46,7 +46,7 @@ from search.query import (
 
 log = logging.getLogger(__name__)
 
-MAPPING_VERSION = "v1"
+MAPPING_VERSION = "v2"  # v2: exact addresses in top-level `<field>_addr` keyword fields
 REFRESH_POLICIES = ("false", "wait_for", "true")
 BULK_CHUNK = 500
 SCAN_PAGE = 1000
@@ -144,7 +144,24 @@ class ElasticsearchBackend(SearchBackend):
                 except ApiError as error:
                     if error.meta.status != 400 or "already_exists" not in str(error):
                         raise
+            elif not self.es.indices.exists(index=self.concrete):
+                self._move_alias()
         self._ready = True
+
+    def _move_alias(self) -> None:
+        """An older mapping is behind the alias: put a new, empty index there (`manage.py reindex` fills it)."""
+        older = list(self.es.indices.get_alias(name=self.alias).body)
+        self.es.indices.create(index=self.concrete)
+        self.es.indices.update_aliases(
+            actions=[
+                *({"remove": {"index": index, "alias": self.alias}} for index in older),
+                {"add": {"index": self.concrete, "alias": self.alias, "is_write_index": True}},
+            ]
+        )
+        log.warning(
+            "search mapping %s is new: %s now points at an empty %s (was %s); run `manage.py reindex`",
+            MAPPING_VERSION, self.alias, self.concrete, ", ".join(older),
+        )  # fmt: skip
 
     def drop_index(self) -> None:
         """Delete the index and template (tests, tear-down of a deployment)."""

@@ -1,5 +1,5 @@
 """The embedded default: Tantivy (tantivy-py), one index folder per tenant
-under `DATA_DIR/index/v1/`, no server.
+under `DATA_DIR/index/v2/`, no server.
 
 Why Tantivy and not SQLite FTS5, measured on this 2-core machine with the
 synthetic tenant of bench/search.py (figures in the commit):
@@ -30,7 +30,7 @@ What it costs, and how this module deals with it:
 * A folder per tenant: a search never walks another tenant's postings (the
   folder *is* the tenant filter, checked against the scoped query's
   TenantIs), tenants index in parallel, and deleting a tenant is cheap.
-* The schema is versioned by folder (`v1`); a new schema starts empty
+* The schema is versioned by folder (`v2`); a new schema starts empty
   folders that the reindex command fills from the archive.
 """
 
@@ -71,7 +71,7 @@ from search.query import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "v1"
+SCHEMA_VERSION = "v2"  # v2: a folder per tenant (v1 was one index for all)
 ANALYZER = "archiva"
 # Document field -> SearchDocument attribute, for the analysed text fields.
 TEXT_SOURCES = {
@@ -138,7 +138,7 @@ class _TenantIndex:
 
 
 class EmbeddedBackend(SearchBackend):
-    """Tantivy, one index folder per tenant under `path/v1/tenant-<id>`.
+    """Tantivy, one index folder per tenant under `path/v2/tenant-<id>`.
 
     A folder per tenant keeps a tenant's searches free of everybody else's
     postings (the tenant filter is the folder, checked against the scoped
