@@ -8,23 +8,15 @@ Status so an admin can see a leaked token being used.
 
 from __future__ import annotations
 
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-
+from archive import rawmime
 from ingest.models import Delivery
-
-HEADER_BYTES = 64 * 1024
 
 
 def originator_org(raw: bytes) -> str:
     """The top-level X-OriginatorOrg of a message, lower-cased ("" when absent)."""
-    head = raw[:HEADER_BYTES]
-    end = head.find(b"\r\n\r\n")
-    if end == -1:
-        end = head.find(b"\n\n")
-    headers = BytesHeaderParser(policy=compat32).parsebytes(head[: end if end != -1 else len(head)])
-    value = headers.get("X-OriginatorOrg") or ""
-    return str(value).strip().lower()
+    head, _ = rawmime.split_head_body(raw)
+    value = rawmime.header(rawmime.parse_headers(head), "x-originatororg") or b""
+    return value.decode("ascii", "replace").strip().lower()
 
 
 def check_originator(delivery: Delivery, raw: bytes, record: bool = True) -> bool:

@@ -65,13 +65,13 @@ class SenderAllowList:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._networks = [ipaddress.ip_network(n) for n in EXCHANGE_ONLINE_NETWORKS]
+        self._networks = parse_networks(EXCHANGE_ONLINE_NETWORKS)
 
     def reload(self) -> None:
         if not self.enabled:
             return
         rows = list(SenderNetwork.objects.values_list("cidr", flat=True))
-        self._networks = parse_networks(rows) if rows else [ipaddress.ip_network(n) for n in EXCHANGE_ONLINE_NETWORKS]
+        self._networks = parse_networks(rows or EXCHANGE_ONLINE_NETWORKS)
 
     def allows(self, ip: str | None) -> bool:
         if not self.enabled:
@@ -107,13 +107,9 @@ class FCrDNS:
 
     def confirms(self, ip: str | None) -> bool:
         """Blocking (DNS); call from a thread.  False also when DNS fails."""
-        if not self.enabled:
-            return True
-        if ip is None:
-            return False
-        cached = self._cache.get(ip)
-        if cached and cached[0] > time.monotonic():
-            return cached[1]
+        known = self.cached(ip)
+        if known is not None:
+            return known
         result = self._lookup(ip)
         if len(self._cache) > 100_000:
             self._cache.clear()
@@ -135,7 +131,7 @@ class FCrDNS:
                     continue
                 rdtype = "AAAA" if ":" in ip else "A"
                 forward = {str(r.address) for r in res.resolve(name, rdtype)}
-                if ipaddress.ip_address(ip).compressed in {ipaddress.ip_address(a).compressed for a in forward}:
+                if ipaddress.ip_address(ip) in {ipaddress.ip_address(a) for a in forward}:
                     return True
         except (dns.exception.DNSException, ValueError):
             log.info("forward-confirmed reverse DNS failed for %s", ip, exc_info=True)
