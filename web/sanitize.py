@@ -57,15 +57,6 @@ def sanitize(html: str) -> SafeHtml:
     return SafeHtml(html=cleaned, blocked=blocked)
 
 
-def message_page_csp() -> str:
-    """The site's policy, with images limited to ours and inline ones whatever
-    the operator added: the srcdoc frame inherits this policy, so a remote
-    image that slipped through sanitizing still does not load."""
-    from web.csp import policy_with
-
-    return policy_with(img_src=["'self'", "data:"], frame_src=["'self'"], connect_src=["'none'"])
-
-
 def frame_document(body: str) -> str:
     """The sandboxed frame's document; its CSP repeats the page's, for browsers without inheritance."""
     return (
