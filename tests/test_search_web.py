@@ -140,6 +140,24 @@ def test_the_outsider_finds_nothing_of_contoso(client, outsider, org, mail):
     assert result_ids(client.get(reverse("search")).content.decode()) == [mail.fabrikam_id]
 
 
+def test_an_alias_widens_a_plain_users_mail_only_within_her_tenant(client, org, outsider, mail):
+    from tenants.models import Alias
+
+    erin = org.user.memberships.get(tenant=org.tenant)
+    Alias.objects.create(tenant=org.tenant, membership=erin, address="alice@contoso.com")
+    login(client, org, "user")
+    html = client.get(reverse("search"), {"q": "from:alice@contoso.com"}).content.decode()
+    assert set(result_ids(html)) == {mail["01-simple.eml"], mail["02-bcc-expanded-forwarded.eml"]}
+    assert client.get(reverse("message", args=[mail["01-simple.eml"]])).status_code == 200
+    # The same alias in Fabrikam reaches nothing of Contoso's.
+    charlie = outsider.memberships.get()
+    Alias.objects.create(tenant=charlie.tenant, membership=charlie, address="alice@contoso.com")
+    client.force_login(outsider)
+    assert result_ids(client.get(reverse("search"), {"q": "from:alice@contoso.com"}).content.decode()) == []
+    assert result_ids(client.get(reverse("search")).content.decode()) == [mail.fabrikam_id]
+    assert client.get(reverse("message", args=[mail["01-simple.eml"]])).status_code == 404
+
+
 @pytest.mark.parametrize(
     ("query", "expected"),
     [
