@@ -32,18 +32,20 @@ class ParseFailed(Exception):
     """The parser raised on a report: a bug to fix, after which `retry_failed` runs it again."""
 
 
-def parse_delivery(delivery: Delivery, raw: bytes | None = None, record: bool = True) -> ParsedReport:
+def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport:
     """The stored report, read with its hash verified, then parsed.
 
     `raw` is the report's bytes when the caller has just read and verified
     them.  StorageError (retry later) passes through; anything the parser raises
-    becomes ParseFailed (keep the report, record why).
+    becomes ParseFailed (keep the report, record why).  The report's
+    X-OriginatorOrg check is set on `delivery`; whatever records the outcome
+    (merge, batch, parse failure) saves it with the rest.
     """
     from ingest.originator import check_originator
 
     if raw is None:
         raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
-    check_originator(delivery, raw, record=record)
+    check_originator(delivery, raw)
     try:
         return documents._parse(raw)
     except Exception as exc:
@@ -83,7 +85,10 @@ def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | N
 def mark_parse_failed(delivery: Delivery, reason: str) -> None:
     log.error("delivery %s could not be parsed: %s", delivery.pk, reason)
     Delivery.objects.filter(pk=delivery.pk, message__isnull=True).update(
-        status=Delivery.Status.PARSE_FAILED, error=reason
+        status=Delivery.Status.PARSE_FAILED,
+        error=reason,
+        originator_org=delivery.originator_org,
+        originator_mismatch=delivery.originator_mismatch,
     )
 
 
@@ -134,7 +139,13 @@ def _merge(delivery: Delivery, fields: dict) -> Message:
             message = Message.objects.get(pk=locked.message_id)
         else:
             message = _upsert(delivery.tenant, fields)
-            Delivery.objects.filter(pk=delivery.pk).update(message=message, status=Delivery.Status.ARCHIVED, error="")
+            Delivery.objects.filter(pk=delivery.pk).update(
+                message=message,
+                status=Delivery.Status.ARCHIVED,
+                error="",
+                originator_org=delivery.originator_org,
+                originator_mismatch=delivery.originator_mismatch,
+            )
     delivery.message, delivery.status = message, Delivery.Status.ARCHIVED
     return message
 

@@ -19,13 +19,11 @@ def originator_org(raw: bytes) -> str:
     return value.decode("ascii", "replace").strip().lower()
 
 
-def check_originator(delivery: Delivery, raw: bytes, record: bool = True) -> bool:
-    """Set the report's organization on the delivery (and save it, with
-    `record`; a batch saves it with the rest); True when it is flagged."""
+def check_originator(delivery: Delivery, raw: bytes) -> bool:
+    """Set the report's organization, and whether it is flagged, on the delivery
+    (saved by whatever records the delivery's outcome); True when flagged."""
     found = originator_org(raw)[:253]
     known = (delivery.tenant.m365_organization or "").strip().lower()
-    mismatch = bool(known and found and found != known)
-    if record:
-        Delivery.objects.filter(pk=delivery.pk).update(originator_org=found, originator_mismatch=mismatch)
-    delivery.originator_org, delivery.originator_mismatch = found, mismatch
-    return mismatch
+    delivery.originator_org = found
+    delivery.originator_mismatch = bool(known and found and found != known)
+    return delivery.originator_mismatch

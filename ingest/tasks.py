@@ -86,7 +86,7 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
             continue
         try:
             raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
-            parsed = actions.parse_delivery(delivery, raw, record=False)
+            parsed = actions.parse_delivery(delivery, raw)
         except IntegrityError:
             one_by_one.append(delivery.pk)  # `verify` records the failure
             continue

@@ -48,6 +48,37 @@ def test_a_report_from_another_organization_is_archived_and_flagged(org, client)
     assert "evil.onmicrosoft.com" in page and 'id="originator-mismatches">1<' in page
 
 
+@pytest.mark.parametrize("path", ["one report", "a batch"])
+def test_a_report_from_another_organization_is_flagged_even_when_it_cannot_be_parsed(org, monkeypatch, path):
+    from archive import documents
+    from ingest.tasks import process, process_deliveries
+    from tests.archive_support import deliver
+
+    set_m365_organization(org.tenant, "contoso.onmicrosoft.com")
+    delivery = deliver(org.tenant, foreign(corpus("01-simple.eml")))
+
+    def broken(raw):
+        raise ValueError("parser bug")
+
+    monkeypatch.setattr(documents, "_parse", broken)
+    process(delivery.pk) if path == "one report" else process_deliveries.run([delivery.pk])
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.PARSE_FAILED
+    assert (delivery.originator_org, delivery.originator_mismatch) == ("evil.onmicrosoft.com", True)
+
+
+def test_the_status_page_never_counts_another_tenants_flagged_reports(org, outsider, client):
+    fabrikam = outsider.memberships.get().tenant
+    set_m365_organization(fabrikam, "fabrikam.onmicrosoft.com")
+    archive(fabrikam, foreign(corpus("01-simple.eml")))  # flagged, but Fabrikam's
+    login(client, org.auditor)
+    body = client.get(reverse("api-status")).json()
+    assert body["originator_mismatches"] == 0
+    assert "evil.onmicrosoft.com" not in client.get(reverse("status")).content.decode()
+    client.force_login(outsider)
+    assert client.get(reverse("api-status")).json()["originator_mismatches"] == 1
+
+
 def test_without_a_known_organization_nothing_is_flagged(org):
     delivery = archive(org.tenant, foreign(corpus("01-simple.eml")))
     delivery.refresh_from_db()
