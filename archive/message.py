@@ -139,6 +139,15 @@ def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
     content as the bytes that arrived: without `decode` compat32 decodes them
     with the part's charset label, which loses bytes and raises on some labels.
     """
+    encoded = part.get_payload()
+    if not isinstance(encoded, str):
+        return b"", 0
+    # Decoding never grows a payload beyond this (base64 shrinks it by a
+    # quarter): an oversized part is refused before it is decoded into memory.
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    estimate = len(encoded) * 3 // 4 if cte == "base64" else len(encoded)
+    if estimate > max_bytes:
+        return None, estimate
     try:
         data = part.get_payload(decode=True)
     except Exception:  # noqa: BLE001 - the stdlib's decoders meet hostile input here

@@ -183,7 +183,18 @@ def test_xml_entity_bomb_is_skipped():
     assert attachment.skipped == "corrupt: XML with entity or DTD declarations"
 
 
-def test_attachment_over_the_size_limit_is_skipped_without_decoding():
+def test_attachment_over_the_size_limit_is_skipped_without_decoding(monkeypatch):
+    from email.message import Message
+
+    decoded = []
+    get_payload = Message.get_payload
+
+    def recording(self, i=None, decode=False):
+        if decode and len(str(Message.get_payload(self))) > 2_000_000:
+            decoded.append(self.get_filename())
+        return get_payload(self, i, decode)
+
+    monkeypatch.setattr(Message, "get_payload", recording)
     attachment = one(
         "huge.pdf",
         "application/pdf",
@@ -192,6 +203,7 @@ def test_attachment_over_the_size_limit_is_skipped_without_decoding():
     )
     assert attachment.skipped == "too large"
     assert attachment.size > 1_000_000 and attachment.text == ""
+    assert decoded == []
 
 
 def test_extracted_text_is_capped():
