@@ -139,7 +139,9 @@ def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
     content as the bytes that arrived: without `decode` compat32 decodes them
     with the part's charset label, which loses bytes and raises on some labels.
     """
-    encoded = part.get_payload()
+    # The stored, still-encoded text: get_payload() without decode would
+    # decode 8-bit content with the charset label and can raise.
+    encoded = part._payload  # noqa: SLF001
     if not isinstance(encoded, str):
         return b"", 0
     # Decoding never grows a payload beyond this (base64 shrinks it by a
