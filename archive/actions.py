@@ -44,7 +44,7 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
     from ingest.originator import check_originator
 
     if raw is None:
-        raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+        raw = delivery.read_report()
     check_originator(delivery, raw)
     try:
         return documents._parse(raw)

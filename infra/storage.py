@@ -67,13 +67,17 @@ class BlobStore:
         """
         raise NotImplementedError
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
+    ) -> list[Exception | None]:
         """Store several (bucket, key, bytes or file, sha256) objects at once;
         all durable when it returns.  One result per item, None where stored,
         so one tenant's missing bucket does not fail the others'.  With
         `consume`, files are handed over as in `put_file`.  `durable=False`
         lets a store leave flushing to `sync_filesystems` (the folder store);
-        the others are durable anyway."""
+        the others are durable anyway.  `hashed` says the caller has just
+        computed each sha256 from these very bytes, so they are not hashed
+        again before writing (an S3 store checks them on upload regardless)."""
         raise NotImplementedError
 
     def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
@@ -82,7 +86,9 @@ class BlobStore:
             if error is not None:
                 raise error
 
-    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, bucket: str, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """The object's bytes in chunks; with `length`, only that range from `offset`
+        (a message inside a pack)."""
         raise NotImplementedError
 
     def exists(self, bucket: str, key: str) -> bool:
@@ -95,22 +101,22 @@ class BlobStore:
     def bucket_size(self, bucket: str) -> int:
         raise NotImplementedError
 
-    def read_verified(self, bucket: str, key: str, sha256: str) -> bytes:
-        """The object's bytes; IntegrityError if they do not hash to sha256."""
+    def read_verified(self, bucket: str, key: str, sha256: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes (or its range); IntegrityError if they do not hash to sha256."""
         digest = hashlib.sha256()
         parts = []
-        for chunk in self.iter_bytes(bucket, key):
+        for chunk in self.iter_bytes(bucket, key, offset, length):
             digest.update(chunk)
             parts.append(chunk)
         if digest.hexdigest() != sha256:
             raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
         return b"".join(parts)
 
-    def verify(self, bucket: str, key: str, sha256: str) -> int:
-        """Stream the object, check its hash, return its size."""
+    def verify(self, bucket: str, key: str, sha256: str, offset: int = 0, length: int | None = None) -> int:
+        """Stream the object (or its range), check its hash, return its size."""
         digest = hashlib.sha256()
         size = 0
-        for chunk in self.iter_bytes(bucket, key):
+        for chunk in self.iter_bytes(bucket, key, offset, length):
             digest.update(chunk)
             size += len(chunk)
         if digest.hexdigest() != sha256:
@@ -200,7 +206,9 @@ class FolderStore(BlobStore):
         if error is not None:
             raise error
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
+    ) -> list[Exception | None]:
         """Group commit: two `syncfs` for the whole batch instead of two fsyncs per object.
 
         Each new object is first a read-only temporary next to its target
@@ -228,7 +236,7 @@ class FolderStore(BlobStore):
                     if target in staged:
                         same.append((n, staged[target][0]))
                     elif not _holds(target, payload):
-                        staged[target] = (n, self._temporary(bucket, target, payload, sha256, consume))
+                        staged[target] = (n, self._temporary(bucket, target, payload, sha256, consume, hashed))
                 except StorageError as exc:
                     results[n] = exc
                 except OSError as exc:
@@ -243,9 +251,11 @@ class FolderStore(BlobStore):
             results[n] = results[first]
         return results
 
-    def _temporary(self, bucket: str, target: str, payload: bytes | Path, sha256: str, consume: bool) -> str:
+    def _temporary(
+        self, bucket: str, target: str, payload: bytes | Path, sha256: str, consume: bool, hashed: bool
+    ) -> str:
         """A read-only temporary next to target with payload's bytes (not yet flushed)."""
-        if isinstance(payload, bytes):
+        if isinstance(payload, bytes) and not hashed:
             _check_hash(bucket, target, payload, sha256)
         tmp = f"{os.path.dirname(target)}/.tmp-{os.getpid()}-{os.urandom(12).hex()}"
         if isinstance(payload, Path) and consume:
@@ -319,10 +329,17 @@ class FolderStore(BlobStore):
                 finally:
                     os.close(fd)
 
-    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, bucket: str, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         try:
             with open(self._path(bucket, key), "rb") as fh:
-                while chunk := fh.read(CHUNK):
+                fh.seek(offset)
+                left = length
+                while left is None or left > 0:
+                    chunk = fh.read(CHUNK if left is None else min(CHUNK, left))
+                    if not chunk:
+                        break  # short: the caller's hash check fails
+                    if left is not None:
+                        left -= len(chunk)
                     yield chunk
         except FileNotFoundError as exc:
             raise StorageError(f"{bucket}/{key} is missing") from exc
@@ -414,7 +431,9 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
+    ) -> list[Exception | None]:
         """Parallel PUTs; each completed PUT is durable, whatever `durable` says."""
 
         def put(item) -> Exception | None:
@@ -440,9 +459,12 @@ class S3Store(BlobStore):
             self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="s3-put")
         return list(self._pool.map(put, items))
 
-    def iter_bytes(self, bucket: str, key: str) -> Iterator[bytes]:
+    def iter_bytes(self, bucket: str, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        if length == 0:
+            return
+        ranged = {} if offset == 0 and length is None else {"Range": _byte_range(offset, length)}
         try:
-            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            body = self.client.get_object(Bucket=bucket, Key=key, **ranged)["Body"]
             yield from body.iter_chunks(CHUNK)
         except self._errors() as exc:
             raise StorageError(f"cannot read {bucket}/{key}: {exc}") from exc
@@ -474,6 +496,11 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot list {bucket}: {exc}") from exc
         return total
+
+
+def _byte_range(offset: int, length: int | None) -> str:
+    """An HTTP Range header value (RFC 9110 §14.1.2: last byte inclusive)."""
+    return f"bytes={offset}-" if length is None else f"bytes={offset}-{offset + length - 1}"
 
 
 @cache

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
 RESTART_DELAY = 1.0
+RECEIVE_SIZE = 1 << 20
+MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
 
 
 class CommitFailed(Exception):
@@ -52,25 +54,33 @@ def frame(obj) -> bytes:
 
 
 def unframe(buf: bytearray) -> list:
-    """Take every complete frame off the front of buf."""
+    """Take every complete frame off the front of buf (one deletion at the end:
+    deleting each frame from the front would move the rest every time)."""
     items = []
-    while len(buf) >= HEADER.size:
-        (size,) = HEADER.unpack_from(buf)
-        if len(buf) < HEADER.size + size:
-            break
-        # Only our own processes are at either end of the private socketpair.
-        items.append(pickle.loads(buf[HEADER.size : HEADER.size + size]))  # noqa: S301
-        del buf[: HEADER.size + size]
+    start, end = 0, len(buf)
+    with memoryview(buf) as view:
+        while end - start >= HEADER.size:
+            (size,) = HEADER.unpack_from(view, start)
+            if end - start < HEADER.size + size:
+                break
+            # Only our own processes are at either end of the private socketpair.
+            items.append(pickle.loads(view[start + HEADER.size : start + HEADER.size + size]))  # noqa: S301
+            start += HEADER.size + size
+    del buf[:start]
     return items
 
 
 class CommitService:
-    """The committer's side: read requests until end of stream, answer in batches."""
+    """The committer's side: read requests until end of stream, commit and answer in batches.
+
+    One thread receives and commits: a batch is every request that has
+    arrived when the previous batch is done, so a busy ingest gets large
+    batches and an idle one a reply at once.
+    """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self._send_lock = threading.Lock()
-        self.committer = GroupCommitter(self._reply)
+        self.committer = GroupCommitter()
 
     def _reply(self, outcomes: list[tuple[Job, Exception | None]]) -> None:
         replies = [
@@ -78,23 +88,38 @@ class CommitService:
             for job, error in outcomes
         ]
         try:
-            with self._send_lock:
-                self.sock.sendall(frame(replies))
+            self.sock.sendall(frame(replies))
         except OSError:
             pass  # the ingest went away: its senders retry what got no 250
 
     def run(self) -> None:
         buf = bytearray()
+        # One receive buffer for the process's life: recv(1 MB) would map and
+        # unmap a fresh megabyte for every read.
+        chunk = bytearray(RECEIVE_SIZE)
+        view = memoryview(chunk)
         self._reply([])  # ready: the ingest starts listening only now
+        ended = False
         try:
-            while chunk := self.sock.recv(1 << 20):
-                buf += chunk
-                for request_id, envelope, message, sha256, size in unframe(buf):
-                    self.committer.put(Job(request_id, envelope, message, sha256, size))
+            while not ended:
+                received = self.sock.recv_into(chunk)  # wait for the next request
+                ended = not received
+                buf += view[:received]
+                while not ended and len(buf) < MAX_BATCH_BYTES:  # and take all that is there
+                    try:
+                        received = self.sock.recv_into(chunk, RECEIVE_SIZE, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    ended = not received
+                    buf += view[:received]
+                batch = [Job(*request) for request in unframe(buf)]
+                if batch:
+                    self._reply(self.committer.commit(batch))
         except OSError as exc:
             log.warning("committer: connection to the ingest failed: %s", exc)
         finally:
-            self.committer.close()  # finish what was received: it may have been answered 250 already
+            # Whatever was received was committed (it may have been answered 250 already).
+            self.committer.close()
             self.sock.close()
 
 
@@ -110,6 +135,7 @@ class CommitterClient(asyncio.Protocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._buf = bytearray()
+        self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self._process: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -145,8 +171,16 @@ class CommitterClient(asyncio.Protocol):
         request_id = next(self._ids)
         self._pending[request_id] = future
         metrics.COMMIT_QUEUE.inc()
-        self._transport.write(frame((request_id, envelope, message, sha256, size)))
+        if not self._outgoing:  # one write for all that this turn of the loop hands over
+            self._loop.call_soon(self._send)
+        self._outgoing.append(frame((request_id, envelope, message, sha256, size)))
         return future
+
+    def _send(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self._transport is not None:
+            self._transport.writelines(outgoing)
+        # else: connection_lost has failed their futures already
 
     # --- asyncio.Protocol -------------------------------------------------------
 
@@ -173,6 +207,7 @@ class CommitterClient(asyncio.Protocol):
         if not self._ready.done():
             self._ready.set_exception(CommitFailed("the committer stopped while starting"))
         pending, self._pending = self._pending, {}
+        self._outgoing = []
         metrics.COMMIT_QUEUE.dec(len(pending))
         for future in pending.values():
             if not future.done():

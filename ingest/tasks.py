@@ -20,7 +20,7 @@ from django.db import OperationalError
 from django.db.models import Q
 from django.utils import timezone
 
-from infra.storage import IntegrityError, StorageError, get_store
+from infra.storage import IntegrityError, StorageError
 from ingest.models import Delivery
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
             one_by_one.append(delivery.pk)
             continue
         try:
-            raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+            raw = delivery.read_report()
             parsed = actions.parse_delivery(delivery, raw)
         except IntegrityError:
             one_by_one.append(delivery.pk)  # `verify` records the failure
@@ -209,7 +209,7 @@ def verify(delivery: Delivery) -> bytes | None:
     """Check the stored object against its hash; mark the delivery received
     (returning the verified bytes, so they are read once) or failed (None)."""
     try:
-        raw = get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+        raw = delivery.read_report()
     except IntegrityError as exc:
         Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.STORED).update(
             status=Delivery.Status.FAILED, error=str(exc)

@@ -316,10 +316,10 @@ def test_a_batch_task_archives_each_delivery_and_retries_only_the_troubled_one(o
     first, second = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("03-attachments.eml"))
     real_read, retried = FolderStore.read_verified, []
 
-    def flaky(self, bucket, key, sha256):
+    def flaky(self, bucket, key, sha256, *span):
         if sha256 == first.sha256:
             raise StorageError("bucket unreachable")
-        return real_read(self, bucket, key, sha256)
+        return real_read(self, bucket, key, sha256, *span)
 
     monkeypatch.setattr(FolderStore, "read_verified", flaky)
     monkeypatch.setattr(tasks.process_delivery, "apply_async", lambda args, **kw: retried.append(args))

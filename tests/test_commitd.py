@@ -28,7 +28,7 @@ def test_the_committers_insert_writes_the_same_rows_as_bulk_create(db, org):
     envelope = Envelope("ndr@contoso.com", "2001:db8::25", "mail.example", "TLSv1.3", "TLS_AES_256_GCM_SHA384")
     envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, "us", None), "journal-x@archive.archiva.com")
     envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, "us", None), "Ünïcode@archive.archiva.com")
-    values = delivery_values(envelope, "Q1", "a" * 64, 123)
+    values = delivery_values(envelope, "Q1", "a" * 64, 123, {org.tenant.pk: ("raw/bb/" + "b" * 64, 77)})
     with transaction.atomic():
         ids = insert_deliveries([*values, {**values[0], "queue_id": "Q2"}])
     reference = Delivery.objects.bulk_create([Delivery(**{**values[0], "queue_id": "R1"})])[0]
@@ -41,3 +41,68 @@ def test_the_committers_insert_writes_the_same_rows_as_bulk_create(db, org):
     }
     assert fast["rcpt_to"] == ["journal-x@archive.archiva.com", "Ünïcode@archive.archiva.com"]
     assert fast["peer_ip"] == "2001:db8::25" and fast["status"] == Delivery.Status.STORED
+
+
+def test_a_batch_is_one_pack_per_tenant_and_each_row_reads_back_its_own_message(db, org, settings, tmp_path):
+    """Messages in memory go into one pack per bucket; a spooled message stays an object of its own."""
+    import hashlib
+
+    from infra.storage import raw_key
+    from ingest import pack
+    from ingest.directory import Route
+    from ingest.models import Delivery
+    from ingest.record import Envelope, Job, commit_batch, flush_paths
+    from tenants.actions import create_tenant
+    from tests.conftest import make_user
+
+    other = create_tenant("Fabrikam", make_user("owner@fabrikam.example"))
+
+    def envelope(*tenants):
+        found = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+        for tenant in tenants:
+            found.add_recipient(Route(tenant.pk, tenant.bucket, tenant.region, None), f"journal-{tenant.pk}@x")
+        return found
+
+    bodies = [f"Subject: {n}\r\n\r\n{'x' * 100 * n}\r\n".encode() for n in range(4)]
+    spooled = tmp_path / "in-large.eml"
+    spooled.write_bytes(b"Subject: large\r\n\r\n" + b"y" * 300_000)
+    large = spooled.read_bytes()
+    jobs = [
+        Job(0, envelope(org.tenant), bodies[0], hashlib.sha256(bodies[0]).hexdigest(), len(bodies[0])),
+        Job(1, envelope(org.tenant, other), bodies[1], hashlib.sha256(bodies[1]).hexdigest(), len(bodies[1])),
+        Job(2, envelope(other), bodies[2], hashlib.sha256(bodies[2]).hexdigest(), len(bodies[2])),
+        Job(3, envelope(org.tenant), spooled, hashlib.sha256(large).hexdigest(), len(large)),
+    ]
+    outcomes, created = commit_batch(jobs, flush_paths())
+    assert [error for _, error in outcomes] == [None] * 4 and len(created) == 5
+    rows = list(Delivery.objects.select_related("tenant").filter(pk__in=created))
+    expected = {0: bodies[0], 1: bodies[1], 2: bodies[2], 3: large}
+    for row in rows:
+        job = next(job for job in jobs if job.queue_id == row.queue_id)
+        assert row.read_report() == expected[job.request_id]
+    keys = {(row.tenant_id, row.storage_key) for row in rows}
+    # Contoso: one pack (messages 0 and 1) and the spooled message; Fabrikam: one pack (1 and 2).
+    assert len(keys) == 3
+    large_row = next(row for row in rows if row.size == len(large))
+    assert large_row.storage_key == raw_key(large_row.sha256) and large_row.storage_offset == 0
+    assert not spooled.exists()
+    for tenant, count in ((org.tenant, 2), (other, 2)):
+        [key] = {row.storage_key for row in rows if row.tenant_id == tenant.pk and row != large_row}
+        data = (settings.DATA_DIR / "buckets" / tenant.bucket / key).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == key.rsplit("/", 1)[1]  # content-addressed like any object
+        members = list(pack.members(data))
+        assert len(members) == count
+        assert {m.queue_id for m in members} == {row.queue_id for row in rows if row.storage_key == key}
+
+
+def test_queue_ids_are_unique_and_sort_by_time():
+    import time
+
+    from ingest.record import new_queue_id
+
+    first = [new_queue_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_queue_id()
+    assert len(set(first)) == 1000
+    assert all(len(q) == 24 and q == q.upper() and int(q, 16) >= 0 for q in first)
+    assert max(q[:11] for q in first) < later[:11]

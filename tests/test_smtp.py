@@ -21,7 +21,7 @@ MESSAGE = b"From: a@contoso.com\r\nTo: b@fabrikam.com\r\nSubject: hi\r\n\r\nhell
 
 
 def stored_bytes(delivery: Delivery) -> bytes:
-    return get_store().read_verified(delivery.tenant.bucket, delivery.storage_key, delivery.sha256)
+    return delivery.read_report()
 
 
 def queue_id_of(reply: bytes) -> str:
