@@ -88,13 +88,27 @@ def delivery_values(
     ]
 
 
+# Columns whose database preparation returns a value of this exact type unchanged.
+_PLAIN_TYPES = {
+    "CharField": str,
+    "TextField": str,
+    "BigIntegerField": int,
+    "IntegerField": int,
+    "PositiveIntegerField": int,
+    "BooleanField": bool,
+    "ForeignKey": int,  # the key of a model whose primary key is an integer
+}
+
+
 def insert_deliveries(rows: list[dict]) -> list[int]:
     """Insert Delivery rows given as column values; returns their ids (in no particular order).
 
     The committer's hot path: `bulk_create` spends ~80 µs a row on model
     instances and generic per-object work; this prepares each value with its
-    field's own database preparation (the batch's shared timestamps once) and
-    sends one INSERT ... RETURNING per chunk.  Every concrete field is
+    field's own database preparation (the batch's shared timestamps once; a
+    plain str, int or bool for a text, integer or boolean column as it is,
+    which is what that preparation returns for them) and sends one
+    INSERT ... RETURNING per chunk.  Every concrete field is
     written, from the row or its default, so a field added to the model is
     covered.  Without RETURNING it falls back to bulk_create.  Call inside a
     transaction.
@@ -104,13 +118,16 @@ def insert_deliveries(rows: list[dict]) -> list[int]:
         return [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
     columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
     defaults = {column.attname: column.get_default() for column in columns}
+    plain = [_PLAIN_TYPES.get(column.get_internal_type()) for column in columns]
     shared: dict[tuple[str, datetime], object] = {}  # the batch's timestamps, prepared once
     prepared: list[tuple] = []
     for values in rows:
         params = []
-        for column in columns:
+        for column, kind in zip(columns, plain, strict=True):
             value = values.get(column.attname, defaults[column.attname])
-            if isinstance(value, datetime):
+            if kind is not None and (value is None or type(value) is kind):
+                params.append(value)
+            elif isinstance(value, datetime):
                 key = (column.attname, value)
                 if key not in shared:
                     shared[key] = column.get_db_prep_save(value, connection)
