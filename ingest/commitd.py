@@ -23,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import pickle
+import secrets
+import selectors
 import signal
 import socket
 import struct
@@ -41,6 +44,7 @@ HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
 RESTART_DELAY = 1.0
 RECEIVE_SIZE = 1 << 20
+LISTEN_POLL = 1.0  # seconds between checks of stop_listening
 MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
 
 
@@ -70,57 +74,120 @@ def unframe(buf: bytearray) -> list:
     return items
 
 
+class _Connection:
+    """One ingest process as the committer sees it."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = bytearray()
+        self.ended = False
+
+
 class CommitService:
     """The committer's side: read requests until end of stream, commit and answer in batches.
 
     One thread receives and commits: a batch is every request that has
     arrived when the previous batch is done, so a busy ingest gets large
-    batches and an idle one a reply at once.
+    batches and an idle one a reply at once.  It serves one ingest process
+    over a socketpair, or (with `listener`) every ingest process of a host
+    that connects: one batch, one flush for all of them.
     """
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, sock: socket.socket | None = None, *, listener: socket.socket | None = None):
+        self.listener = listener
+        self.connections: list[_Connection] = []
+        self.selector = selectors.DefaultSelector()
         self.committer = GroupCommitter()
+        self._served = False  # an ingest process has connected to the listener
+        self.stop_listening = threading.Event()  # set: take no new connections, end when the last one does
+        if listener is not None:
+            listener.setblocking(False)
+            self.selector.register(listener, selectors.EVENT_READ)
+        if sock is not None:
+            self._add(sock)
 
-    def _reply(self, outcomes: list[tuple[Job, Exception | None]]) -> None:
-        replies = [
-            (job.request_id, job.queue_id, None) if error is None else (job.request_id, None, _describe(error))
-            for job, error in outcomes
-        ]
+    def _add(self, sock: socket.socket) -> None:
+        connection = _Connection(sock)
+        self.connections.append(connection)
+        self.selector.register(sock, selectors.EVENT_READ, connection)
+        self._send(connection, [])  # ready: the ingest starts listening only now
+
+    def _send(self, connection: _Connection, replies: list) -> None:
         try:
-            self.sock.sendall(frame(replies))
+            connection.sock.sendall(frame(replies))
         except OSError:
             pass  # the ingest went away: its senders retry what got no 250
 
     def run(self) -> None:
-        buf = bytearray()
         # One receive buffer for the process's life: recv(1 MB) would map and
         # unmap a fresh megabyte for every read.
         chunk = bytearray(RECEIVE_SIZE)
         view = memoryview(chunk)
-        self._reply([])  # ready: the ingest starts listening only now
-        ended = False
         try:
-            while not ended:
-                received = self.sock.recv_into(chunk)  # wait for the next request
-                ended = not received
-                buf += view[:received]
-                while not ended and len(buf) < MAX_BATCH_BYTES:  # and take all that is there
-                    try:
-                        received = self.sock.recv_into(chunk, RECEIVE_SIZE, socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    ended = not received
-                    buf += view[:received]
-                batch = [Job(*request) for request in unframe(buf)]
+            while self.connections or self.listener is not None:
+                if self.stop_listening.is_set() and self.listener is not None:
+                    self._close_listener()
+                for key, _ in self.selector.select(LISTEN_POLL if self.listener is not None else None):
+                    if key.fileobj is self.listener:
+                        self._accept()
+                        continue
+                    connection: _Connection = key.data
+                    while not connection.ended and len(connection.buf) < MAX_BATCH_BYTES:  # take all there is
+                        try:
+                            received = connection.sock.recv_into(chunk, RECEIVE_SIZE, socket.MSG_DONTWAIT)
+                        except BlockingIOError:
+                            break
+                        except OSError as exc:
+                            log.warning("committer: connection to an ingest process failed: %s", exc)
+                            received = 0
+                        connection.ended = not received
+                        connection.buf += view[:received]
+                batch, owners = [], []
+                for connection in self.connections:
+                    for request in unframe(connection.buf):
+                        batch.append(Job(*request))
+                        owners.append(connection)
                 if batch:
-                    self._reply(self.committer.commit(batch))
-        except OSError as exc:
-            log.warning("committer: connection to the ingest failed: %s", exc)
+                    replies: dict[int, list] = {}
+                    for (job, error), owner in zip(self.committer.commit(batch), owners, strict=True):
+                        replies.setdefault(id(owner), []).append(
+                            (job.request_id, job.queue_id, None)
+                            if error is None
+                            else (job.request_id, None, _describe(error))
+                        )
+                    for connection in self.connections:
+                        if id(connection) in replies:
+                            self._send(connection, replies[id(connection)])
+                self._drop_ended()
         finally:
             # Whatever was received was committed (it may have been answered 250 already).
             self.committer.close()
-            self.sock.close()
+            for connection in self.connections:
+                connection.sock.close()
+            if self.listener is not None:
+                self.listener.close()
+
+    def _accept(self) -> None:
+        try:
+            sock, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(True)
+        self._served = True
+        self._add(sock)
+
+    def _drop_ended(self) -> None:
+        for connection in [c for c in self.connections if c.ended]:
+            self.selector.unregister(connection.sock)
+            connection.sock.close()
+            self.connections.remove(connection)
+        if self.listener is not None and not self.connections and self._served:
+            self._close_listener()  # every ingest process of the host has gone: the work is done
+
+    def _close_listener(self) -> None:
+        self.selector.unregister(self.listener)
+        self.listener.close()
+        self.listener = None
 
 
 def _describe(error: Exception) -> str:
@@ -130,8 +197,9 @@ def _describe(error: Exception) -> str:
 class CommitterClient(asyncio.Protocol):
     """The ingest's side: `submit` returns a future of the queue id."""
 
-    def __init__(self, *, in_thread: bool = False):
+    def __init__(self, *, in_thread: bool = False, address: str | None = None):
         self.in_thread = in_thread
+        self.address = address  # a host's shared committer (see start_shared), else one of our own
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._buf = bytearray()
@@ -147,6 +215,18 @@ class CommitterClient(asyncio.Protocol):
         """Start the committer and wait until it is ready to take messages."""
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
+        if self.address is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(self.address)  # local: at once (uvloop cannot connect to an abstract address)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            await self._loop.create_unix_connection(lambda: self, sock=sock)
+            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+            return
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if self.in_thread:
             service = CommitService(theirs)
@@ -248,11 +328,55 @@ class CommitterClient(asyncio.Protocol):
             await self._loop.run_in_executor(None, self._thread.join, timeout)
 
 
-def serve_fd(fd: int) -> None:
-    """The committer process's work (ingest/committer_process.py starts Django first)."""
-    # Stopping is the ingest's call: the committer ends when its socket does,
+def serve_fd(fd: int, *, listening: bool = False) -> None:
+    """The committer process's work (ingest/committer_process.py starts Django first):
+    one ingest process on socket `fd`, or every one that connects to listening socket `fd`."""
+    # Stopping is the ingest's call: the committer ends when its sockets do,
     # after finishing what it was given, so Ctrl-C or SIGTERM to the process
     # group does not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    CommitService(socket.socket(fileno=fd)).run()
+    sock = socket.socket(fileno=fd)
+    if not listening:
+        CommitService(sock).run()
+        return
+    service = CommitService(listener=sock)
+    # The forking parent's word that every ingest process has ended.
+    signal.signal(signal.SIGUSR1, lambda signum, frame: service.stop_listening.set())
+    service.run()
+
+
+class SharedCommitter:
+    """One committer process for all the ingest processes of a host (`manage.py smtpd --processes N`).
+
+    The forking parent listens on an abstract Unix socket, starts the
+    committer on it, and starts a new one if it dies; each ingest process
+    connects with `CommitterClient(address=...)` and reconnects after a
+    committer's death (its messages in flight are answered 451).  One
+    committer makes one batch and one flush of all the processes' messages:
+    separate committers flushed the same filesystem each on their own, with
+    batches half the size.
+    """
+
+    def __init__(self):
+        self.address = f"\0archiva-committer-{os.getpid()}-{secrets.token_hex(8)}"
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.address)
+        self.listener.listen(64)
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> int:
+        fd = self.listener.fileno()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ingest.committer_process", "--listen", str(fd)], pass_fds=[fd], cwd=ROOT
+        )
+        log.info("shared committer process %d started", self.process.pid)
+        return self.process.pid
+
+    def stop(self) -> None:
+        """Every ingest process has ended: the committer finishes what it has and exits."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGUSR1)
+
+    def close(self) -> None:
+        self.listener.close()

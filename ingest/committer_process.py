@@ -1,7 +1,8 @@
-"""`python -m ingest.committer_process FD`: the committer of one ingest process (ingest/commitd.py).
+"""`python -m ingest.committer_process [--listen] FD`: an ingest committer (ingest/commitd.py).
 
-Django is set up before anything imports a model; the socket to the ingest
-is file descriptor FD, inherited from it.
+Django is set up before anything imports a model.  FD, inherited, is the
+socket to the one ingest process this committer serves, or with --listen
+the socket every ingest process of the host connects to.
 """
 
 import os
@@ -15,7 +16,8 @@ def main() -> None:
     django.setup()
     from ingest.commitd import serve_fd
 
-    serve_fd(int(sys.argv[1]))
+    listening = sys.argv[1:2] == ["--listen"]
+    serve_fd(int(sys.argv[-1]), listening=listening)
 
 
 if __name__ == "__main__":

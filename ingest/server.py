@@ -100,6 +100,7 @@ class IngestServer:
         shutdown_grace: float = 30.0,
         reuse_port: bool = False,
         commit_process: bool = False,
+        committer_address: str | None = None,
     ):
         self.host, self.port = host, port
         self.policy = policy or policy_from_settings()
@@ -117,6 +118,7 @@ class IngestServer:
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port
         self.commit_process = commit_process  # the committer in a process of its own (manage.py smtpd)
+        self.committer_address = committer_address  # or the host's shared committer (smtpd --processes N)
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -129,7 +131,9 @@ class IngestServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         clean_spool(self.policy.spool_dir)
-        self.committer = self.service.committer = CommitterClient(in_thread=not self.commit_process)
+        self.committer = self.service.committer = CommitterClient(
+            in_thread=not self.commit_process and self.committer_address is None, address=self.committer_address
+        )
         await self.committer.start()
         self.directory.start()
         self._housekeeping = threading.Thread(target=self._housekeep, name="ingest-housekeeping", daemon=True)

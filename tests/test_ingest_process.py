@@ -262,8 +262,8 @@ def test_stale_spool_files_of_a_crashed_ingest_are_removed_and_fresh_ones_kept(t
     assert not stale.exists() and fresh.exists() and other.exists()
 
 
-def committer_of(pid: int) -> int:
-    """The pid of an ingest process's committer child."""
+def children_of(pid: int, marker: bytes) -> list[int]:
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -272,9 +272,28 @@ def committer_of(pid: int) -> int:
             command = (entry / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid and b"ingest.committer_process" in command:
-            return int(entry.name)
-    raise AssertionError(f"ingest process {pid} has no committer")
+        if ppid == pid and marker in command:
+            found.append(int(entry.name))
+    return found
+
+
+def committer_of(pid: int) -> int:
+    found = children_of(pid, b"ingest.committer_process")
+    assert found, f"ingest process {pid} has no committer"
+    return found[0]
+
+
+def send_until_accepted(process, tls_files, address: str, accepted: int) -> list[int]:
+    """Send distinct messages until `accepted` get 250; each other answer must be 451 4.3.0."""
+    time.sleep(0.2)
+    codes, deadline = [], time.monotonic() + 30
+    while codes.count(250) < accepted:
+        assert time.monotonic() < deadline, codes
+        code, reply = send(process, tls_files, [address], MESSAGE + f"attempt {len(codes)}\r\n".encode())
+        assert code == 250 or (code == 451 and reply.startswith(b"4.3.0")), (code, reply)
+        codes.append(code)
+        time.sleep(0.1)
+    return codes
 
 
 def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, tls_files, org):
@@ -283,14 +302,7 @@ def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, t
     assert send(process, tls_files, [address], MESSAGE)[0] == 250
     first = committer_of(process.proc.pid)
     os.kill(first, signal.SIGKILL)
-    time.sleep(0.2)
-    codes, deadline = [], time.monotonic() + 30
-    while not codes or codes[-1] != 250:
-        assert time.monotonic() < deadline, codes
-        code, reply = send(process, tls_files, [address], MESSAGE + f"attempt {len(codes)}\r\n".encode())
-        assert code == 250 or (code == 451 and reply.startswith(b"4.3.0")), (code, reply)
-        codes.append(code)
-        time.sleep(0.2)
+    codes = send_until_accepted(process, tls_files, address, 1)
     assert codes[0] == 451  # nothing is acknowledged while no committer runs
     assert committer_of(process.proc.pid) != first
     # Exactly the two acknowledged messages were recorded, both readable.
@@ -298,3 +310,29 @@ def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, t
     assert len(rows) == 2
     for row in rows:
         row.read_report()
+
+
+def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(ingest_process, tls_files, org):
+    process = ingest_process(ARCHIVA_SMTP_PROCESSES="2")
+    parent = process.proc.pid
+    ingests = children_of(parent, b"smtpd")
+    [committer] = children_of(parent, b"ingest.committer_process")
+    assert len(ingests) == 2
+    assert all(not children_of(pid, b"ingest.committer_process") for pid in ingests)
+    address = journal_address(org.tenant)
+    for n in range(20):  # new connections: the kernel spreads them over both processes
+        assert send(process, tls_files, [address], MESSAGE + f"first {n}\r\n".encode())[0] == 250
+
+    os.kill(committer, signal.SIGKILL)
+    codes = send_until_accepted(process, tls_files, address, 4)
+    assert codes[0] == 451  # nothing is acknowledged while no committer runs
+    [restarted] = children_of(parent, b"ingest.committer_process")
+    assert restarted != committer
+    rows = list(Delivery.objects.select_related("tenant").filter(tenant=org.tenant))
+    assert len(rows) == 20 + 4
+    for row in rows:
+        row.read_report()
+
+    process.proc.terminate()  # SIGTERM: the ingest processes finish, then the committer
+    assert process.proc.wait(30) == 0
+    assert not Path(f"/proc/{restarted}").exists() or b"zombie" in Path(f"/proc/{restarted}/status").read_bytes()

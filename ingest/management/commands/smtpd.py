@@ -1,23 +1,28 @@
 """`manage.py smtpd`: the SMTP ingest, in the foreground."""
 
 import asyncio
+import logging
 import os
 import signal
 import sys
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
+from ingest.commitd import RESTART_DELAY, SharedCommitter
 from ingest.server import IngestServer, new_event_loop
 
+log = logging.getLogger(__name__)
 
-def serve(host: str, port: int, reuse_port: bool, index: int = 0) -> None:
+
+def serve(host: str, port: int, reuse_port: bool, index: int = 0, committer_address: str | None = None) -> None:
     from ingest.metrics import serve_metrics
 
     if settings.ARCHIVA_METRICS_PORT:
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
-    server = IngestServer(host, port, reuse_port=reuse_port, commit_process=True)
+    server = IngestServer(host, port, reuse_port=reuse_port, commit_process=True, committer_address=committer_address)
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(server.serve_forever())
 
@@ -50,23 +55,38 @@ class Command(BaseCommand):
         self.stdout.write("SMTP ingest stopped")
 
     def _run_processes(self, host: str, port: int, processes: int) -> None:
-        """Fork N ingest processes on one port; SIGTERM/SIGINT stop them all."""
+        """Fork N ingest processes on one port with one shared committer; SIGTERM/SIGINT stop them all.
+
+        The committer is restarted if it dies (the ingest processes answer
+        451 meanwhile and reconnect); it ends by itself once every ingest
+        process has finished and closed its connection.
+        """
         connections.close_all()  # never share a database connection across fork
+        shared = SharedCommitter()
+        committer = shared.start()
+        for handler in logging.getLogger().handlers:
+            handler.flush()  # or each child would write the parent's buffered lines again
         children = []
         for index in range(processes):
             pid = os.fork()
             if pid == 0:
                 code = 0
                 try:
-                    serve(host, port, reuse_port=True, index=index)
+                    shared.listener.close()
+                    serve(host, port, reuse_port=True, index=index, committer_address=shared.address)
                 except BaseException:
                     code = 1
+                    log.exception("ingest process %d failed", os.getpid())
                     raise
                 finally:
                     os._exit(code)
             children.append(pid)
 
+        stopping = False
+
         def forward(signum, frame):
+            nonlocal stopping
+            stopping = True
             for child in children:
                 try:
                     os.kill(child, signal.SIGTERM)
@@ -76,8 +96,20 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         failed = False
-        for child in children:
-            _, status = os.waitpid(child, 0)
-            failed = failed or os.waitstatus_to_exitcode(status) != 0
+        running = set(children)
+        while running or committer:
+            pid, status = os.wait()
+            if pid == committer:
+                committer = 0
+                if running and not stopping:
+                    log.error("the shared committer exited (%s); starting a new one", status)
+                    time.sleep(RESTART_DELAY)
+                    committer = shared.start()
+            elif pid in running:
+                running.discard(pid)
+                failed = failed or os.waitstatus_to_exitcode(status) != 0
+                if not running:
+                    shared.stop()
+        shared.close()
         if failed:
             sys.exit(1)
