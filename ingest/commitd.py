@@ -93,7 +93,7 @@ class CommitService:
     that connects: one batch, one flush for all of them.
     """
 
-    def __init__(self, sock: socket.socket | None = None, *, listener: socket.socket | None = None):
+    def __init__(self, *socks: socket.socket, listener: socket.socket | None = None):
         self.listener = listener
         self.connections: list[_Connection] = []
         self.selector = selectors.DefaultSelector()
@@ -103,7 +103,7 @@ class CommitService:
         if listener is not None:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ)
-        if sock is not None:
+        for sock in socks:
             self._add(sock)
 
     def _add(self, sock: socket.socket) -> None:
@@ -142,15 +142,16 @@ class CommitService:
                             received = 0
                         connection.ended = not received
                         connection.buf += view[:received]
-                batch, owners = [], []
+                batch, owner = [], {}  # id(job) -> its connection (request ids are per connection)
                 for connection in self.connections:
                     for request in unframe(connection.buf):
-                        batch.append(Job(*request))
-                        owners.append(connection)
+                        job = Job(*request)
+                        batch.append(job)
+                        owner[id(job)] = connection
                 if batch:
                     replies: dict[int, list] = {}
-                    for (job, error), owner in zip(self.committer.commit(batch), owners, strict=True):
-                        replies.setdefault(id(owner), []).append(
+                    for job, error in self.committer.commit(batch):  # outcomes come in no particular order
+                        replies.setdefault(id(owner[id(job)]), []).append(
                             (job.request_id, job.queue_id, None)
                             if error is None
                             else (job.request_id, None, _describe(error))

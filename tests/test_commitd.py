@@ -106,3 +106,42 @@ def test_queue_ids_are_unique_and_sort_by_time():
     assert len(set(first)) == 1000
     assert all(len(q) == 24 and q == q.upper() and int(q, 16) >= 0 for q in first)
     assert max(q[:11] for q in first) < later[:11]
+
+
+def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(transactional_db, org):
+    """Outcomes come back in no particular order (failures first): each reply must
+    still go to the connection its request came from, though request ids repeat."""
+    import hashlib
+    import socket
+
+    from ingest.commitd import CommitService
+    from ingest.directory import Route
+    from ingest.record import Envelope
+
+    def request(bucket: str, body: bytes):
+        envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+        envelope.add_recipient(Route(org.tenant.pk, bucket, org.tenant.region, None), "journal-x@archive.test")
+        return frame((1, envelope, body, hashlib.sha256(body).hexdigest(), len(body)))
+
+    ours_a, theirs_a = socket.socketpair()
+    ours_b, theirs_b = socket.socketpair()
+    service = CommitService(theirs_a, theirs_b)
+    # Both requests wait in their sockets before the committer runs: one batch.
+    ours_a.sendall(request(org.tenant.bucket, b"Subject: stored\r\n\r\nfine\r\n"))
+    ours_b.sendall(request("tenant-that-does-not-exist", b"Subject: refused\r\n\r\nno bucket\r\n"))
+    ours_a.shutdown(socket.SHUT_WR)
+    ours_b.shutdown(socket.SHUT_WR)
+    service.run()  # returns once both connections have ended and their batch is answered
+
+    def replies(sock) -> list:
+        buf = bytearray()
+        while chunk := sock.recv(65536):
+            buf += chunk
+        return unframe(buf)
+
+    ready_a, [(id_a, queue_id, error_a)] = replies(ours_a)
+    ready_b, [(id_b, refused, error_b)] = replies(ours_b)
+    assert ready_a == ready_b == []
+    assert id_a == id_b == 1
+    assert queue_id and error_a is None
+    assert refused is None and "does not exist" in error_b
