@@ -21,6 +21,7 @@ socket protocol with the committer in a thread (`in_thread=True`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -200,7 +201,7 @@ class CommitterClient(asyncio.Protocol):
 
     def __init__(self, *, in_thread: bool = False, address: str | None = None):
         self.in_thread = in_thread
-        self.address = address  # a host's shared committer (see start_shared), else one of our own
+        self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
         self._buf = bytearray()
@@ -235,11 +236,7 @@ class CommitterClient(asyncio.Protocol):
             self._thread.start()
         else:
             with theirs:
-                self._process = subprocess.Popen(
-                    [sys.executable, "-m", "ingest.committer_process", str(theirs.fileno())],
-                    pass_fds=[theirs.fileno()],
-                    cwd=ROOT,
-                )
+                self._process = spawn_committer(theirs.fileno())
             log.info("committer process %d started", self._process.pid)
         await self._loop.create_unix_connection(lambda: self, sock=ours)
         await asyncio.wait_for(asyncio.shield(self._ready), timeout)
@@ -329,6 +326,15 @@ class CommitterClient(asyncio.Protocol):
             await self._loop.run_in_executor(None, self._thread.join, timeout)
 
 
+def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen:
+    """Start `python -m ingest.committer_process [--listen] FD`, handing it socket `fd`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ingest.committer_process", *(["--listen"] if listening else []), str(fd)],
+        pass_fds=[fd],
+        cwd=ROOT,
+    )
+
+
 def serve_fd(fd: int, *, listening: bool = False) -> None:
     """The committer process's work (ingest/committer_process.py starts Django first):
     one ingest process on socket `fd`, or every one that connects to listening socket `fd`."""
@@ -367,17 +373,22 @@ class SharedCommitter:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> int:
-        fd = self.listener.fileno()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ingest.committer_process", "--listen", str(fd)], pass_fds=[fd], cwd=ROOT
-        )
+        self.process = spawn_committer(self.listener.fileno(), listening=True)
         log.info("shared committer process %d started", self.process.pid)
         return self.process.pid
 
+    def exited(self, status: int) -> None:
+        """The parent reaped the committer (os.wait): Popen must not wait for it again,
+        or it could reap a later child that got the same pid."""
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+
     def stop(self) -> None:
         """Every ingest process has ended: the committer finishes what it has and exits."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGUSR1)
+        if self.process is not None and self.process.returncode is None:
+            # os.kill, not Popen.send_signal: that polls, and a poll that reaps
+            # the committer would leave the parent's os.wait() waiting for it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGUSR1)
 
     def close(self) -> None:
         self.listener.close()

@@ -100,6 +100,7 @@ class Command(BaseCommand):
         while running or committer:
             pid, status = os.wait()
             if pid == committer:
+                shared.exited(status)
                 committer = 0
                 if running and not stopping:
                     log.error("the shared committer exited (%s); starting a new one", status)
