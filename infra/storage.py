@@ -103,25 +103,20 @@ class BlobStore:
 
     def read_verified(self, bucket: str, key: str, sha256: str, offset: int = 0, length: int | None = None) -> bytes:
         """The object's bytes (or its range); IntegrityError if they do not hash to sha256."""
-        digest = hashlib.sha256()
-        parts = []
-        for chunk in self.iter_bytes(bucket, key, offset, length):
-            digest.update(chunk)
-            parts.append(chunk)
-        if digest.hexdigest() != sha256:
-            raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
-        return b"".join(parts)
+        return b"".join(self._checked(bucket, key, sha256, offset, length))
 
     def verify(self, bucket: str, key: str, sha256: str, offset: int = 0, length: int | None = None) -> int:
         """Stream the object (or its range), check its hash, return its size."""
+        return sum(len(chunk) for chunk in self._checked(bucket, key, sha256, offset, length))
+
+    def _checked(self, bucket: str, key: str, sha256: str, offset: int, length: int | None) -> Iterator[bytes]:
+        """The chunks of `iter_bytes`; IntegrityError after the last if they do not hash to sha256."""
         digest = hashlib.sha256()
-        size = 0
         for chunk in self.iter_bytes(bucket, key, offset, length):
             digest.update(chunk)
-            size += len(chunk)
+            yield chunk
         if digest.hexdigest() != sha256:
             raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
-        return size
 
 
 def _check_hash(bucket: str, key: str, data: bytes, sha256: str) -> None:
