@@ -290,11 +290,12 @@ class GroupCommitter:
     on S3, parallel PUTs), record (one transaction of Delivery rows), then
     one `syncfs` for the objects and, on SQLite, the rows.  It returns each
     message's outcome once its batch has passed all three, or the error that
-    stopped it (the session answers 451 and the sender retries).  The caller
-    collects the next batch while it waits for the replies: one flush per
-    batch, and no file is created while the filesystem is flushing (two
-    overlapping stages measured slower on this kind of disk).  Publishing the
-    processing tasks is a thread of its own, after the replies.
+    stopped it (the session answers 451 and the sender retries).  Requests
+    arriving meanwhile wait in the committer's sockets and form the next
+    batch: one flush per batch, and no file is created while the filesystem
+    is flushing (a flush overlapping the next batch's writes measured slower:
+    syncfs then waits for those pages too).  Publishing the processing tasks
+    is a thread of its own, after the replies.
 
     On SQLite, the committer's own commits never checkpoint the WAL (a
     checkpoint copies pages into the database and waits for two fsyncs: it
