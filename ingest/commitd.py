@@ -214,21 +214,25 @@ class CommitterClient(asyncio.Protocol):
         self._ready: asyncio.Future | None = None
 
     async def start(self, timeout: float = 120) -> None:
-        """Start the committer and wait until it is ready to take messages."""
+        """Start the committer (or connect to the shared one) and wait until it is ready to take messages."""
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
-        if self.address is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(self.address)  # local: at once (uvloop cannot connect to an abstract address)
-                sock.setblocking(False)
-            except OSError:
-                sock.close()
-                raise
-            await self._loop.create_unix_connection(lambda: self, sock=sock)
-            await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-            return
+        ours = self._connect_shared(timeout) if self.address is not None else self._start_own()
+        await self._loop.create_unix_connection(lambda: self, sock=ours)
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+
+    def _connect_shared(self, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(self.address)  # local: at once (uvloop cannot connect to an abstract address)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _start_own(self) -> socket.socket:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         if self.in_thread:
             service = CommitService(theirs)
@@ -238,8 +242,7 @@ class CommitterClient(asyncio.Protocol):
             with theirs:
                 self._process = spawn_committer(theirs.fileno())
             log.info("committer process %d started", self._process.pid)
-        await self._loop.create_unix_connection(lambda: self, sock=ours)
-        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+        return ours
 
     def submit(self, envelope: Envelope, message: bytes | Path, sha256: str, size: int) -> asyncio.Future:
         future = self._loop.create_future()
