@@ -100,53 +100,95 @@ _PLAIN_TYPES = {
 }
 
 
+class _InsertPlan:
+    """What `insert_deliveries` works out once per database connection: the
+    columns, how to prepare each, the defaults already prepared, and the SQL
+    for each number of rows a statement carries."""
+
+    def __init__(self, connection):
+        self.connection = connection
+        self.columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
+        # (attname, column, plain type or None, the prepared default or _PER_ROW)
+        self.steps = [
+            (column.attname, column, _PLAIN_TYPES.get(column.get_internal_type()), self._default(column))
+            for column in self.columns
+        ]
+        self.table = connection.ops.quote_name(Delivery._meta.db_table)
+        self.names = ", ".join(connection.ops.quote_name(column.column) for column in self.columns)
+        self.row_sql = "(" + ", ".join(["%s"] * len(self.columns)) + ")"
+        self.pk = connection.ops.quote_name(Delivery._meta.pk.column)
+        self._sql: dict[int, str] = {}
+
+    def _default(self, column):
+        """A constant default, prepared once; a callable one (a new list, now()) is made per row."""
+        if column.has_default() and callable(column.default):
+            return _PER_ROW
+        return column.get_db_prep_save(column.get_default(), self.connection)
+
+    def sql(self, rows: int) -> str:
+        if rows not in self._sql:
+            # Names come from the model, quoted by the backend; every value is a parameter.
+            values = ", ".join([self.row_sql] * rows)
+            self._sql[rows] = f"INSERT INTO {self.table} ({self.names}) VALUES {values} RETURNING {self.pk}"  # noqa: S608
+        return self._sql[rows]
+
+    def params(self, rows: list[dict]) -> list[tuple]:
+        connection = self.connection
+        shared: dict[tuple[str, datetime], object] = {}  # the batch's timestamps, prepared once
+        prepared: list[tuple] = []
+        for values in rows:
+            params = []
+            for attname, column, kind, default in self.steps:
+                if attname not in values:
+                    if default is not _PER_ROW:
+                        params.append(default)
+                        continue
+                    value = column.get_default()
+                else:
+                    value = values[attname]
+                if kind is not None and (value is None or type(value) is kind):
+                    params.append(value)
+                elif isinstance(value, datetime):
+                    key = (attname, value)
+                    if key not in shared:
+                        shared[key] = column.get_db_prep_save(value, connection)
+                    params.append(shared[key])
+                else:
+                    params.append(column.get_db_prep_save(value, connection))
+            prepared.append(tuple(params))
+        return prepared
+
+
+_PER_ROW = object()
+_plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
+
+
 def insert_deliveries(rows: list[dict]) -> list[int]:
     """Insert Delivery rows given as column values; returns their ids (in no particular order).
 
     The committer's hot path: `bulk_create` spends ~80 µs a row on model
     instances and generic per-object work; this prepares each value with its
-    field's own database preparation (the batch's shared timestamps once; a
-    plain str, int or bool for a text, integer or boolean column as it is,
-    which is what that preparation returns for them) and sends one
-    INSERT ... RETURNING per chunk.  Every concrete field is
-    written, from the row or its default, so a field added to the model is
-    covered.  Without RETURNING it falls back to bulk_create.  Call inside a
-    transaction.
+    field's own database preparation (the batch's shared timestamps once,
+    constant defaults once per connection; a plain str, int or bool for a
+    text, integer or boolean column as it is, which is what that preparation
+    returns for them) and sends one INSERT ... RETURNING per chunk, its SQL
+    made once per number of rows.  Every concrete field is written, from the
+    row or its default, so a field added to the model is covered.  Without
+    RETURNING it falls back to bulk_create.  Call inside a transaction.
     """
     connection = connections[Delivery.objects.db]
     if not connection.features.can_return_rows_from_bulk_insert:
         return [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
-    columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
-    defaults = {column.attname: column.get_default() for column in columns}
-    plain = [_PLAIN_TYPES.get(column.get_internal_type()) for column in columns]
-    shared: dict[tuple[str, datetime], object] = {}  # the batch's timestamps, prepared once
-    prepared: list[tuple] = []
-    for values in rows:
-        params = []
-        for column, kind in zip(columns, plain, strict=True):
-            value = values.get(column.attname, defaults[column.attname])
-            if kind is not None and (value is None or type(value) is kind):
-                params.append(value)
-            elif isinstance(value, datetime):
-                key = (column.attname, value)
-                if key not in shared:
-                    shared[key] = column.get_db_prep_save(value, connection)
-                params.append(shared[key])
-            else:
-                params.append(column.get_db_prep_save(value, connection))
-        prepared.append(tuple(params))
-    table = connection.ops.quote_name(Delivery._meta.db_table)
-    names = ", ".join(connection.ops.quote_name(column.column) for column in columns)
-    row_sql = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    pk = connection.ops.quote_name(Delivery._meta.pk.column)
-    per_chunk = max(1, connection.ops.bulk_batch_size(columns, prepared))
+    plan = _plans.get(id(connection))
+    if plan is None or plan.connection is not connection:
+        plan = _plans[id(connection)] = _InsertPlan(connection)
+    prepared = plan.params(rows)
+    per_chunk = max(1, connection.ops.bulk_batch_size(plan.columns, prepared))
     ids: list[int] = []
     with connection.cursor() as cursor:
         for start in range(0, len(prepared), per_chunk):
             chunk = prepared[start : start + per_chunk]
-            # Names come from the model, quoted by the backend; every value is a parameter.
-            sql = f"INSERT INTO {table} ({names}) VALUES {', '.join([row_sql] * len(chunk))} RETURNING {pk}"  # noqa: S608
-            cursor.execute(sql, [param for params in chunk for param in params])
+            cursor.execute(plan.sql(len(chunk)), [param for params in chunk for param in params])
             ids.extend(row[0] for row in cursor.fetchall())
     return ids
 
