@@ -10,9 +10,10 @@ by the sweep.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import hashlib
 import logging
-import queue
 import secrets
 import threading
 import time
@@ -347,7 +348,8 @@ class GroupCommitter:
 
     def __init__(self):
         self._flush_paths = flush_paths()
-        self._publish_q: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self._recorded: collections.deque[int] = collections.deque()  # ids not yet published
+        self._recorded_waiting = threading.Event()  # set: the publisher has ids to take
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._publish_loop, name="ingest-publish", daemon=True)]
         self._sqlite = connections["default"].vendor == "sqlite"
@@ -363,13 +365,15 @@ class GroupCommitter:
             self._no_auto_checkpoints()
         outcomes, created = commit_batch(batch, self._flush_paths)
         if created:
-            self._publish_q.put(created)
+            self._recorded.extend(created)
+            if not self._recorded_waiting.is_set():  # under load the publisher is awake already: no wake-up per batch
+                self._recorded_waiting.set()
         return outcomes
 
     def close(self) -> None:
         """Publish what was committed, then stop."""
-        self._publish_q.put(None)
         self._stop.set()
+        self._recorded_waiting.set()
         for thread in self._threads:
             thread.join(timeout=60)
         connections.close_all()
@@ -395,33 +399,24 @@ class GroupCommitter:
             connections.close_all()
 
     def _publish_loop(self) -> None:
-        """Publish the recorded ids in full chunks, or after PUBLISH_DELAY at the latest.
+        """Publish the recorded ids PUBLISH_DELAY after the first of them, in chunks of PUBLISH_CHUNK.
 
         Publishing is Python work that competes with the commits for the
         interpreter (and, on the filesystem broker, a file per task): under
         load this makes one task per PUBLISH_CHUNK deliveries instead of one
         per commit batch, for at most PUBLISH_DELAY more before processing.
+        The committer only wakes this thread when it is waiting for work, so
+        a busy committer hands over its ids without a thread switch per batch.
         """
-        ids: list[int] = []
-        deadline = 0.0
-        done = False
         try:
-            while not done:
-                timeout = None if not ids else max(0.0, deadline - time.monotonic())
-                try:
-                    item = self._publish_q.get(timeout=timeout)
-                except queue.Empty:
-                    item = []
-                if item is None:
-                    done = True
-                elif item:
-                    if not ids:
-                        deadline = time.monotonic() + PUBLISH_DELAY
-                    ids.extend(item)
-                if ids and (done or len(ids) >= PUBLISH_CHUNK or time.monotonic() >= deadline):
-                    whole = len(ids) if done or time.monotonic() >= deadline else len(ids) - len(ids) % PUBLISH_CHUNK
-                    enqueue(ids[:whole])
-                    ids = ids[whole:]
-                    deadline = time.monotonic() + PUBLISH_DELAY
+            while not self._stop.is_set() or self._recorded:
+                self._recorded_waiting.wait()
+                self._stop.wait(PUBLISH_DELAY)  # let more ids gather (returns at once when closing)
+                self._recorded_waiting.clear()  # before taking: ids recorded after this wake us again
+                ids = []
+                with contextlib.suppress(IndexError):
+                    while True:
+                        ids.append(self._recorded.popleft())
+                enqueue(ids)
         finally:
             connections.close_all()
