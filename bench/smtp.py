@@ -640,17 +640,21 @@ print(MARK + json.dumps({"rows": len(hashes), "distinct": distinct, "missing": m
             return Result(shape.name, "archiva", client, tls, processes, shape.messages, error=str(exc))
 
 
+def measure_plain(archiva: Archiva, shape: Shape, processes: int, number: int = 1) -> Result:
+    """Archiva with TLS off driven by smtp-source, exactly as smtp-sink is: the ratio's pair."""
+    result = archiva.measure(
+        shape,
+        processes,
+        tls=False,
+        client="smtp-source",
+        drive=lambda port: run_smtp_source(port, shape, archiva.address),
+    )
+    result.round = number
+    return report(result)
+
+
 def measure_archiva(archiva: Archiva, shape: Shape, processes: list[int], per_connection: bool) -> list[Result]:
-    results = []
-    for count in processes:
-        result = archiva.measure(
-            shape,
-            count,
-            tls=False,
-            client="smtp-source",
-            drive=lambda port: run_smtp_source(port, shape, archiva.address),
-        )
-        results.append(report(result))
+    results = [measure_plain(archiva, shape, count) for count in processes]
     for count in processes:
         result = archiva.measure(
             shape,
@@ -676,15 +680,7 @@ def measure_rounds(archiva: Archiva, workdir: Path, shape: Shape, processes: int
     results = []
     for number in range(2, rounds + 1):
         results += measure_sink(workdir, shape, archiva.address, number=number)
-        result = archiva.measure(
-            shape,
-            processes,
-            tls=False,
-            client="smtp-source",
-            drive=lambda port: run_smtp_source(port, shape, archiva.address),
-        )
-        result.round = number
-        results.append(report(result))
+        results.append(measure_plain(archiva, shape, processes, number))
     return results
 
 
