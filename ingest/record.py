@@ -360,10 +360,18 @@ class GroupCommitter:
             thread.start()
 
     def commit(self, batch: list[Job]) -> list[Outcome]:
-        close_old_connections()  # a long-lived process: drop a connection the server closed
-        if self._sqlite:
-            self._no_auto_checkpoints()
-        outcomes, created = commit_batch(batch, self._flush_paths)
+        """Each job's outcome; whatever goes wrong fails this batch (451s), never the committer."""
+        try:
+            close_old_connections()  # a long-lived process: drop a connection the server closed
+            if self._sqlite:
+                self._no_auto_checkpoints()
+            outcomes, created = commit_batch(batch, self._flush_paths)
+        except Exception as exc:
+            log.exception("a batch of %d messages failed; they will be answered 451", len(batch))
+            for job in batch:
+                if isinstance(job.message, Path):
+                    job.message.unlink(missing_ok=True)  # the sender sends it again
+            return [(job, exc) for job in batch]
         if created:
             self._recorded.extend(created)
             if not self._recorded_waiting.is_set():  # under load the publisher is awake already: no wake-up per batch

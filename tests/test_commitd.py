@@ -145,3 +145,45 @@ def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(
     assert id_a == id_b == 1
     assert queue_id and error_a is None
     assert refused is None and "does not exist" in error_b
+
+
+def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_file(
+    transactional_db, org, monkeypatch, tmp_path
+):
+    """A database error before the batch's own error handling (the connection
+    check) must answer that batch 451, not end the committer for every ingest."""
+    import hashlib
+
+    from django.db import OperationalError
+
+    from ingest import record
+    from ingest.directory import Route
+    from ingest.record import Envelope, GroupCommitter, Job
+
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+    spooled = tmp_path / "in-large.eml"
+    spooled.write_bytes(b"Subject: large\r\n\r\n" + b"y" * 300_000)
+    body = b"Subject: small\r\n\r\nhello\r\n"
+    batch = [
+        Job(1, envelope, body, hashlib.sha256(body).hexdigest(), len(body)),
+        Job(2, envelope, spooled, hashlib.sha256(spooled.read_bytes()).hexdigest(), spooled.stat().st_size),
+    ]
+
+    def database_gone():
+        raise OperationalError("server closed the connection unexpectedly")
+
+    committer = GroupCommitter()
+    try:
+        monkeypatch.setattr(record, "close_old_connections", database_gone)
+        outcomes = committer.commit(batch)
+        assert [(job.request_id, type(error)) for job, error in outcomes] == [
+            (1, OperationalError),
+            (2, OperationalError),
+        ]
+        assert not spooled.exists()
+        monkeypatch.undo()
+        good = Job(3, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
+        assert committer.commit([good]) == [(good, None)]  # the next batch goes through
+    finally:
+        committer.close()
