@@ -150,16 +150,15 @@ class CommitService:
                         batch.append(job)
                         owner[id(job)] = connection
                 if batch:
-                    replies: dict[int, list] = {}
+                    replies: dict[_Connection, list] = {}
                     for job, error in self.committer.commit(batch):  # outcomes come in no particular order
-                        replies.setdefault(id(owner[id(job)]), []).append(
+                        replies.setdefault(owner[id(job)], []).append(
                             (job.request_id, job.queue_id, None)
                             if error is None
                             else (job.request_id, None, _describe(error))
                         )
-                    for connection in self.connections:
-                        if id(connection) in replies:
-                            self._send(connection, replies[id(connection)])
+                    for connection, answers in replies.items():
+                        self._send(connection, answers)
                 self._drop_ended()
         finally:
             # Whatever was received was committed (it may have been answered 250 already).
