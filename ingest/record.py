@@ -229,9 +229,9 @@ def flush_paths() -> list[Path]:
     store = get_store()
     if isinstance(store, FolderStore):
         paths.append(store.root)
-    database = connections["default"].settings_dict
-    if database["ENGINE"].endswith("sqlite3"):
-        paths.append(Path(database["NAME"]).parent)
+    database = connections["default"]
+    if database.vendor == "sqlite":
+        paths.append(Path(database.settings_dict["NAME"]).parent)
     return paths
 
 
@@ -268,12 +268,18 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
         for job in stored
         for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, job.placement, now)
     ]
+    # SQLite's WAL is not fsynced per commit: there one flush after the commit
+    # makes the objects and the rows durable.  A database that is durable on
+    # COMMIT (PostgreSQL) must not hold rows whose objects are not: there the
+    # flush comes before the COMMIT.
+    rows_in_flush = connections[Delivery.objects.db].vendor == "sqlite"
     try:
         with transaction.atomic():
             created = insert_deliveries(rows)
-        # One flush makes the batch's objects and, on the embedded default,
-        # its rows durable (SQLite's WAL is not fsynced per commit).
-        sync_filesystems(flush)
+            if not rows_in_flush:
+                sync_filesystems(flush)
+        if rows_in_flush:
+            sync_filesystems(flush)
     except Exception as exc:
         log.exception("recording %d messages failed; they will be answered 451", len(stored))
         return outcomes + [(job, exc) for job in stored], []

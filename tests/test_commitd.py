@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ingest.commitd import frame, unframe
 
 
@@ -187,3 +189,32 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
         assert committer.commit([good]) == [(good, None)]  # the next batch goes through
     finally:
         committer.close()
+
+
+@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
+def test_the_flush_comes_before_the_rows_commit_where_a_commit_is_durable_by_itself(
+    transactional_db, org, monkeypatch, vendor
+):
+    """PostgreSQL makes a COMMIT durable on its own: rows must not commit before
+    their objects are flushed.  SQLite's WAL is not fsynced per commit, so there
+    one flush after the commit covers both."""
+    import hashlib
+
+    from django.db import connections
+
+    from ingest import record
+    from ingest.directory import Route
+    from ingest.models import Delivery
+    from ingest.record import Envelope, Job, commit_batch
+
+    connection = connections[Delivery.objects.db]
+    flushed_inside: list[bool] = []
+    monkeypatch.setattr(connection, "vendor", vendor)
+    monkeypatch.setattr(record, "sync_filesystems", lambda paths: flushed_inside.append(connection.in_atomic_block))
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+    body = b"Subject: order\r\n\r\nhello\r\n"
+    outcomes, created = commit_batch([Job(1, envelope, body, hashlib.sha256(body).hexdigest(), len(body))], [])
+    assert [error for _, error in outcomes] == [None] and len(created) == 1
+    # Inside the batch's transaction (before its COMMIT) on PostgreSQL, after it on SQLite.
+    assert flushed_inside == [vendor == "postgresql"]
