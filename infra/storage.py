@@ -47,14 +47,6 @@ def raw_key(sha256: str) -> str:
     return f"raw/{sha256[:2]}/{sha256}"
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class BlobStore:
     def create_bucket(self, bucket: str) -> None:
         raise NotImplementedError

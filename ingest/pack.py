@@ -52,9 +52,9 @@ def build(messages: Iterable[tuple[str, str, bytes]]) -> tuple[bytes, list[int]]
     return b"".join(parts), offsets
 
 
-def members(data: bytes, *, verify: bool = True) -> Iterator[Member]:
-    """The messages of a pack, in order; PackError where it is malformed or,
-    with `verify`, where a message does not hash to its header's SHA-256."""
+def members(data: bytes) -> Iterator[Member]:
+    """The messages of a pack, in order; PackError where it is malformed or
+    a message does not hash to its header's SHA-256."""
     position = 0
     while position < len(data):
         header = _HEADER.match(data, position)
@@ -65,7 +65,7 @@ def members(data: bytes, *, verify: bool = True) -> Iterator[Member]:
         end = start + size
         if data[end : end + 2] != b"\r\n":
             raise PackError(f"message {queue_id} at byte {start} is cut short")
-        if verify and hashlib.sha256(data[start:end]).hexdigest() != sha256:
+        if hashlib.sha256(data[start:end]).hexdigest() != sha256:
             raise PackError(f"message {queue_id} at byte {start} does not match its sha256")
         yield Member(queue_id, sha256, start, size)
         position = end + 2
