@@ -2,10 +2,10 @@
 
 RCPT must not cost a database query per recipient in a burst, yet a new or
 rotated token (or a newly verified sender domain) must be seen within
-seconds.  The directory loads every token and verified domain once, then
-every `ARCHIVA_TOKEN_CACHE_REFRESH` seconds reads only the rows changed
-since the last refresh (`updated_at` watermark), and reloads everything now
-and then to forget deleted tenants.
+seconds.  The directory loads every token once, then every
+`ARCHIVA_TOKEN_CACHE_REFRESH` seconds reads only the tokens changed since
+the last refresh (`updated_at` watermark) and all verified domains (they
+are few), and reloads every token now and then to forget deleted tenants.
 """
 
 from __future__ import annotations
@@ -83,29 +83,20 @@ class TokenDirectory:
         tokens = JournalToken.objects.select_related("tenant").only(
             "token", "expires_at", "updated_at", "tenant__id", "tenant__bucket", "tenant__region"
         )
-        domains = Domain.objects.select_related("tenant").only(
-            "name", "verified_at", "updated_at", "tenant__id", "tenant__bucket", "tenant__region"
-        )
-        if full:
-            domains = domains.filter(verified_at__isnull=False)
-        else:
-            since = self._watermark - WATERMARK_OVERLAP
-            tokens, domains = tokens.filter(updated_at__gte=since), domains.filter(updated_at__gte=since)
+        if not full:
+            tokens = tokens.filter(updated_at__gte=self._watermark - WATERMARK_OVERLAP)
         fresh = {row.token: _route(row.tenant, row.expires_at) for row in tokens}
-        # A domain changed to unverified maps to None: forgotten below.
-        changed = {row.name.lower(): _route(row.tenant) if row.verified_at else None for row in domains}
+        # Verified domains are few: read them all every time, so a removed or
+        # unverified domain is forgotten at once and another tenant's pending
+        # claim on the same name never hides the verified one.
+        domains = Domain.objects.filter(verified_at__isnull=False).select_related("tenant")
+        domains = domains.only("name", "tenant__id", "tenant__bucket", "tenant__region")
+        self._domains = {row.name.lower(): _route(row.tenant) for row in domains}
         if full:
-            self._routes, self._domains = fresh, changed
+            self._routes = fresh
             self._last_full = time.monotonic()
         else:
             self._routes.update(fresh)
-            domains_now = dict(self._domains)
-            for name, route in changed.items():
-                if route is None:
-                    domains_now.pop(name, None)
-                else:
-                    domains_now[name] = route
-            self._domains = domains_now
         self._watermark = started
         self._loaded = True
 

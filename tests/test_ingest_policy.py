@@ -173,12 +173,23 @@ def test_domain_changes_are_seen_incrementally_and_another_regions_domain_is_ref
     contoso = Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
     server.directory.refresh()  # incremental: picks up the newly verified domain
     assert rcpt_code("admin@contoso.com")[0] == 250
+    # Another tenant's pending claim on the same name does not hide Contoso's route.
+    fabrikam = Tenant.objects.get(memberships__user=outsider)
+    Domain.objects.create(tenant=fabrikam, name="contoso.com", txt_token="p")
+    server.directory.refresh()
+    assert server.directory.lookup_domain("contoso.com").tenant_id == org.tenant.pk
     contoso.verified_at = None
     contoso.save()
     server.directory.refresh()  # incremental: forgets it again
     assert rcpt_code("admin@contoso.com")[0] == 550
+    contoso.verified_at = timezone.now()
+    contoso.save()
+    server.directory.refresh()
+    assert rcpt_code("admin@contoso.com")[0] == 250
+    contoso.delete()  # a removed domain (its row is gone) is forgotten at the next refresh too
+    server.directory.refresh()
+    assert rcpt_code("admin@contoso.com")[0] == 550
     # A domain verified by a tenant of another region never routes mail here.
-    fabrikam = Tenant.objects.get(memberships__user=outsider)
     Tenant.objects.filter(pk=fabrikam.pk).update(region="eu")
     Domain.objects.create(tenant=fabrikam, name="fabrikam.com", txt_token="f", verified_at=timezone.now())
     server.directory.refresh()
