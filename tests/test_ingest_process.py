@@ -336,3 +336,6 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
     process.proc.terminate()  # SIGTERM: the ingest processes finish, then the committer
     assert process.proc.wait(30) == 0
     assert not Path(f"/proc/{restarted}").exists() or b"zombie" in Path(f"/proc/{restarted}/status").read_bytes()
+    # Each forked ingest process wrote its buffered INFO lines before it ended: one per acknowledged message.
+    logged = process.log.read_text()
+    assert all(f"accepted {row.queue_id} " in logged for row in rows)

@@ -79,6 +79,7 @@ class Command(BaseCommand):
                     log.exception("ingest process %d failed", os.getpid())
                     raise
                 finally:
+                    logging.shutdown()  # os._exit skips it: write the buffered INFO lines first
                     os._exit(code)
             children.append(pid)
 
