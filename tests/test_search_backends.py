@@ -588,6 +588,12 @@ def test_a_new_elasticsearch_mapping_takes_the_alias_from_the_older_index(elasti
     try:
         backend.ensure_index()
         assert set(backend.es.indices.get_alias(name=alias).body) == {f"{alias}-{MAPPING_VERSION}"}
+        # Another process that saw the old alias too (web, worker and ingest start together)
+        # moves it again without failing on the index the first one created.
+        racing = ElasticsearchBackend(elasticsearch_url, index=alias, refresh="wait_for")
+        racing._move_alias()
+        racing.close()
+        assert set(backend.es.indices.get_alias(name=alias).body) == {f"{alias}-{MAPPING_VERSION}"}
         tenant = next_tenant()
         backend.index([make_doc(tenant, 1, subject="after the upgrade")])
         assert backend.search(Scope(tenant), "upgrade").count == 1

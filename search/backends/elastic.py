@@ -139,19 +139,23 @@ class ElasticsearchBackend(SearchBackend):
         with _translated_errors():
             self.es.indices.put_index_template(name=self.alias, **self.template())
             if not self.es.indices.exists_alias(name=self.alias):
-                try:
-                    self.es.indices.create(index=self.concrete, aliases={self.alias: {"is_write_index": True}})
-                except ApiError as error:
-                    if error.meta.status != 400 or "already_exists" not in str(error):
-                        raise
+                self._create_index(aliases={self.alias: {"is_write_index": True}})
             elif not self.es.indices.exists(index=self.concrete):
                 self._move_alias()
         self._ready = True
 
+    def _create_index(self, **options) -> None:
+        """Create this version's index; another process (web, worker, ingest) starting too may have just done so."""
+        try:
+            self.es.indices.create(index=self.concrete, **options)
+        except ApiError as error:
+            if error.meta.status != 400 or "already_exists" not in str(error):
+                raise
+
     def _move_alias(self) -> None:
         """An older mapping is behind the alias: put a new, empty index there (`manage.py reindex` fills it)."""
         older = list(self.es.indices.get_alias(name=self.alias).body)
-        self.es.indices.create(index=self.concrete)
+        self._create_index()
         self.es.indices.update_aliases(
             actions=[
                 *({"remove": {"index": index, "alias": self.alias}} for index in older),
