@@ -3,8 +3,8 @@
 A row per rejection would let anyone with a bad token fill the database,
 so the ingest counts in memory and adds the counts to hourly rows every
 few seconds.  Rejections before a tenant is known (unknown token, other
-domain, sender policy) are counted with no tenant: they show in metrics,
-not in a tenant's charts.
+domain, sender policy) name no tenant: they are counted only in the
+Prometheus metrics, not here.
 """
 
 from __future__ import annotations

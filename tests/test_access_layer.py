@@ -22,6 +22,7 @@ TENANT_OWNED = {
     "JournalToken",
     "Membership",
     "Message",
+    "RejectionCount",
     "Tenant",
 }
 MANAGERS = {"objects", "_default_manager", "_base_manager"}
