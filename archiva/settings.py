@@ -329,7 +329,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"redact": {"()": "infra.logs.RedactTokens"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {"()": "infra.logs.PlainFormatter"},
         "json": {"()": "infra.logs.JSONFormatter"},
     },
     "handlers": {

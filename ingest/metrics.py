@@ -21,6 +21,19 @@ SESSIONS = Gauge("archiva_smtp_sessions", "Open SMTP sessions")
 COMMIT_QUEUE = Gauge("archiva_smtp_commit_queue", "Messages handed to the committer, not yet stored and recorded")
 
 
+_replies: dict[tuple[str, str], Counter] = {}
+
+
+def count_reply(command: str, reply: str) -> None:
+    """REPLIES for this command and the reply's code; the labelled child is
+    looked up once (`labels()` takes a lock and builds a key on every call)."""
+    key = (command, reply[:3])
+    child = _replies.get(key)
+    if child is None:
+        child = _replies[key] = REPLIES.labels(*key)
+    child.inc()
+
+
 def serve_metrics(host: str, port: int) -> None:
     if port <= 0:
         return

@@ -24,7 +24,6 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from infra.logs import redact
 from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
@@ -523,7 +522,7 @@ class SMTPSession(asyncio.Protocol):
         else:
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
-        metrics.REPLIES.labels("RCPT", reply[:3]).inc()
+        metrics.count_reply("RCPT", reply)
         self._reply(reply)
 
     def smtp_DATA(self, arg: str) -> None:
@@ -619,20 +618,21 @@ class SMTPSession(asyncio.Protocol):
             metrics.ACCEPTED.inc()
             metrics.ACCEPTED_BYTES.inc(sink.size)
             if log.isEnabledFor(logging.INFO):
+                # Tenant ids, not recipients: a journal address carries its tenant's secret token.
                 log.info(
-                    "accepted %s size=%d sha256=%s tenants=%d rcpts=%s",
+                    "accepted %s size=%d sha256=%s tenants=%s rcpts=%d",
                     queue_id,
                     sink.size,
                     sink.sha256,
-                    len(self.envelope.routes),
-                    redact(",".join(self.rcpt_tos)),
+                    ",".join(map(str, self.envelope.routes)),
+                    len(self.rcpt_tos),
                 )
             self._end_data(f"250 2.0.0 {queue_id} Ok: queued")
         self._process()
 
     def _end_data(self, reply: str) -> None:
         self._reset_envelope()
-        metrics.REPLIES.labels("DATA", reply[:3]).inc()
+        metrics.count_reply("DATA", reply)
         self._reply(reply)
 
     def _tenants(self) -> list[int]:
