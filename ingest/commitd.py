@@ -8,7 +8,7 @@ slower than alone).  So each ingest process starts its own committer
 process (`python -m ingest.committer_process FD`), connected by a private
 socketpair:
 
-    session --(request: id, envelope, bytes or spool file, sha256, size)--> committer
+    session --(request: id, envelope as plain values, bytes or spool file, sha256, size)--> committer
     session <--(a batch of replies: id, queue id or error)------------------ committer
 
 The committer is a `GroupCommitter` (store, record, one flush per batch).
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -87,9 +88,10 @@ class _Connection:
 class CommitService:
     """The committer's side: read requests until end of stream, commit and answer in batches.
 
-    One thread receives and commits: a batch is every request that has
-    arrived when the previous batch is done, so a busy ingest gets large
-    batches and an idle one a reply at once.  It serves one ingest process
+    One thread receives, stores and records: a batch is every request that
+    has arrived when the previous batch is recorded, so a busy ingest gets
+    large batches and an idle one a reply at once.  The committer's flusher
+    thread flushes and answers (`GroupCommitter`).  It serves one ingest process
     over a socketpair, or (with `listener`) every ingest process of a host
     that connects: one batch, one flush for all of them.
     """
@@ -145,20 +147,12 @@ class CommitService:
                         connection.buf += view[:received]
                 batch, owner = [], {}  # id(job) -> its connection (request ids are per connection)
                 for connection in self.connections:
-                    for request in unframe(connection.buf):
-                        job = Job(*request)
+                    for request_id, envelope, message, sha256, size in unframe(connection.buf):
+                        job = Job(request_id, Envelope.from_wire(envelope), message, sha256, size)
                         batch.append(job)
                         owner[id(job)] = connection
-                if batch:
-                    replies: dict[_Connection, list] = {}
-                    for job, error in self.committer.commit(batch):  # outcomes come in no particular order
-                        replies.setdefault(owner[id(job)], []).append(
-                            (job.request_id, job.queue_id, None)
-                            if error is None
-                            else (job.request_id, None, _describe(error))
-                        )
-                    for connection, answers in replies.items():
-                        self._send(connection, answers)
+                if batch:  # answered from the committer's flusher thread, once durable
+                    self.committer.commit_then(batch, functools.partial(self._answer, owner))
                 self._drop_ended()
         finally:
             # Whatever was received was committed (it may have been answered 250 already).
@@ -167,6 +161,16 @@ class CommitService:
                 connection.sock.close()
             if self.listener is not None:
                 self.listener.close()
+
+    def _answer(self, owner: dict[int, _Connection], outcomes: list) -> None:
+        """Each connection gets one frame with its replies (outcomes come in no particular order)."""
+        replies: dict[_Connection, list] = {}
+        for job, error in outcomes:
+            replies.setdefault(owner[id(job)], []).append(
+                (job.request_id, job.queue_id, None) if error is None else (job.request_id, None, _describe(error))
+            )
+        for connection, answers in replies.items():
+            self._send(connection, answers)
 
     def _accept(self) -> None:
         try:
@@ -180,8 +184,9 @@ class CommitService:
     def _drop_ended(self) -> None:
         for connection in [c for c in self.connections if c.ended]:
             self.selector.unregister(connection.sock)
-            connection.sock.close()
             self.connections.remove(connection)
+            # Its last batches may still be flushing: closed once they are answered.
+            self.committer.then(connection.sock.close)
         if self.listener is not None and not self.connections and self._served:
             self._close_listener()  # every ingest process of the host has gone: the work is done
 
@@ -253,7 +258,7 @@ class CommitterClient(asyncio.Protocol):
         metrics.COMMIT_QUEUE.inc()
         if not self._outgoing:  # one write for all that this turn of the loop hands over
             self._loop.call_soon(self._send)
-        self._outgoing.append(frame((request_id, envelope, message, sha256, size)))
+        self._outgoing.append(frame((request_id, envelope.to_wire(), message, sha256, size)))
         return future
 
     def _send(self) -> None:

@@ -18,8 +18,13 @@ def test_committer_frames_survive_any_split_of_the_stream():
         assert got == messages and not buf
 
 
-def test_the_committers_insert_writes_the_same_rows_as_bulk_create(db, org):
-    """insert_deliveries is the committer's fast path; bulk_create is the reference."""
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["driver cursor", "inside atomic"])
+def test_the_committers_insert_writes_the_same_rows_as_bulk_create(transactional_db, org, in_transaction):
+    """insert_deliveries is the committer's fast path; bulk_create is the reference.
+    The committer calls it outside any transaction (the driver's cursor, its
+    own BEGIN and COMMIT); a script inside atomic() gets a savepoint."""
+    import contextlib
+
     from django.db import transaction
     from django.forms.models import model_to_dict
 
@@ -31,7 +36,7 @@ def test_the_committers_insert_writes_the_same_rows_as_bulk_create(db, org):
     envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, "us", None), "journal-x@archive.archiva.com")
     envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, "us", None), "Ünïcode@archive.archiva.com")
     values = delivery_values(envelope, "Q1", "a" * 64, 123, {org.tenant.pk: ("raw/bb/" + "b" * 64, 77)})
-    with transaction.atomic():
+    with transaction.atomic() if in_transaction else contextlib.nullcontext():
         ids = insert_deliveries([*values, {**values[0], "queue_id": "Q2"}])
     reference = Delivery.objects.bulk_create([Delivery(**{**values[0], "queue_id": "R1"})])[0]
     inserted = Delivery.objects.filter(queue_id__in=["Q1", "Q2"]).values_list("id", flat=True)
@@ -43,6 +48,33 @@ def test_the_committers_insert_writes_the_same_rows_as_bulk_create(db, org):
     }
     assert fast["rcpt_to"] == ["journal-x@archive.archiva.com", "Ünïcode@archive.archiva.com"]
     assert fast["peer_ip"] == "2001:db8::25" and fast["status"] == Delivery.Status.STORED
+
+
+def test_a_failed_insert_leaves_no_rows_and_the_connection_usable(transactional_db, org):
+    """On the driver's cursor a failure (here a duplicate queue id, or the step
+    before COMMIT) rolls the whole batch back, is raised as Django's error,
+    and the next batch commits on the same connection."""
+    from django.db import IntegrityError, connection
+
+    from ingest.directory import Route
+    from ingest.models import Delivery
+    from ingest.record import Envelope, delivery_values, insert_deliveries
+
+    envelope = Envelope("ndr@contoso.com", "192.0.2.25", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, "us", None), "journal-x@archive.archiva.com")
+    row = delivery_values(envelope, "Q1", "a" * 64, 123, {org.tenant.pk: ("raw/bb/" + "b" * 64, 0)})[0]
+    with pytest.raises(IntegrityError):
+        insert_deliveries([row, {**row, "queue_id": "Q2"}, {**row, "queue_id": "Q1"}])
+
+    def flush_fails():
+        raise OSError("flush failed")
+
+    with pytest.raises(OSError, match="flush failed"):
+        insert_deliveries([{**row, "queue_id": "Q3"}], before_commit=flush_fails)
+    assert not Delivery.objects.exists() and connection.get_autocommit() and not connection.in_atomic_block
+    flushed = []
+    [pk] = insert_deliveries([{**row, "queue_id": "Q4"}], before_commit=lambda: flushed.append(True))
+    assert flushed == [True] and list(Delivery.objects.values_list("pk", "queue_id")) == [(pk, "Q4")]
 
 
 def test_a_batch_is_one_pack_per_tenant_and_each_row_reads_back_its_own_message(db, org, settings, tmp_path):
@@ -123,7 +155,7 @@ def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(
     def request(bucket: str, body: bytes):
         envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
         envelope.add_recipient(Route(org.tenant.pk, bucket, org.tenant.region, None), "journal-x@archive.test")
-        return frame((1, envelope, body, hashlib.sha256(body).hexdigest(), len(body)))
+        return frame((1, envelope.to_wire(), body, hashlib.sha256(body).hexdigest(), len(body)))
 
     ours_a, theirs_a = socket.socketpair()
     ours_b, theirs_b = socket.socketpair()
@@ -210,7 +242,14 @@ def test_the_flush_comes_before_the_rows_commit_where_a_commit_is_durable_by_its
     connection = connections[Delivery.objects.db]
     flushed_inside: list[bool] = []
     monkeypatch.setattr(connection, "vendor", vendor)
-    monkeypatch.setattr(record, "sync_filesystems", lambda paths: flushed_inside.append(connection.in_atomic_block))
+
+    def in_transaction() -> bool:  # asked of the driver: the committer's BEGIN and COMMIT bypass Django
+        raw = connection.connection
+        if hasattr(raw, "in_transaction"):  # sqlite3
+            return raw.in_transaction
+        return raw.info.transaction_status != raw.info.transaction_status.IDLE  # psycopg
+
+    monkeypatch.setattr(record, "sync_filesystems", lambda paths: flushed_inside.append(in_transaction()))
     envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
     envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
     body = b"Subject: order\r\n\r\nhello\r\n"
@@ -218,3 +257,90 @@ def test_the_flush_comes_before_the_rows_commit_where_a_commit_is_durable_by_its
     assert [error for _, error in outcomes] == [None] and len(created) == 1
     # Inside the batch's transaction (before its COMMIT) on PostgreSQL, after it on SQLite.
     assert flushed_inside == [vendor == "postgresql"]
+
+
+def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flush_after_it(
+    transactional_db, org, monkeypatch
+):
+    """The flusher thread flushes while the next batch is stored and recorded;
+    a batch's outcomes are delivered only after a flush that began once the
+    batch was recorded; batches recorded during one flush share the next; a
+    failed flush answers its batches 451 (their rows are left to the sweep)."""
+    import hashlib
+    import threading
+    import time
+
+    from django.db import connections
+
+    from ingest import record
+    from ingest.directory import Route
+    from ingest.models import Delivery
+    from ingest.record import Envelope, GroupCommitter, Job
+
+    events: list[tuple[str, object]] = []
+    first_flush_started = threading.Event()
+    release_first_flush = threading.Event()
+    failing = threading.Event()
+
+    def slow_flush(paths):
+        events.append(("flush start", None))
+        if not first_flush_started.is_set():
+            first_flush_started.set()
+            release_first_flush.wait(10)
+        if failing.is_set():
+            raise OSError(5, "Input/output error")
+        events.append(("flush end", None))
+
+    real_record = record.record_batch
+
+    def recording(batch, flush):
+        result = real_record(batch, flush)
+        events.append(("recorded", batch[0].request_id))
+        return result
+
+    monkeypatch.setattr(record, "sync_filesystems", slow_flush)
+    monkeypatch.setattr(record, "record_batch", recording)
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+
+    def job(n: int) -> Job:
+        body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
+        return Job(n, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
+
+    delivered: list[tuple[int, object]] = []
+    all_delivered = threading.Event()
+
+    def deliver(outcomes):
+        for j, error in outcomes:
+            events.append(("delivered", j.request_id))
+            delivered.append((j.request_id, error))
+        if len(delivered) == 4:
+            all_delivered.set()
+
+    committer = GroupCommitter()
+    # Flushed after the COMMIT, on the flusher thread: SQLite's order (the test database is PostgreSQL).
+    monkeypatch.setattr(connections[Delivery.objects.db], "vendor", "sqlite")
+    try:
+        committer.commit_then([job(1)], deliver)
+        assert first_flush_started.wait(10)
+        committer.commit_then([job(2)], deliver)  # stored and recorded while batch 1 flushes
+        committer.commit_then([job(3)], deliver)
+        assert ("recorded", 3) in events and not delivered  # nothing answered during the flush
+        release_first_flush.set()
+        deadline = time.monotonic() + 10
+        while len(delivered) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        failing.set()
+        committer.commit_then([job(4)], deliver)
+        assert all_delivered.wait(10)
+    finally:
+        release_first_flush.set()
+        committer.close()
+    assert [n for n, _ in delivered] == [1, 2, 3, 4]
+    assert [error for _, error in delivered[:3]] == [None, None, None]
+    assert isinstance(delivered[3][1], OSError)  # its flush failed: 451, the sender retries
+    # Batches 2 and 3 shared the second flush, which began after both were recorded.
+    kinds = [kind for kind, _ in events]
+    second = [i for i, kind in enumerate(kinds) if kind == "flush start"][1]
+    assert events.index(("recorded", 3)) < second < events.index(("delivered", 2))
+    assert kinds.count("flush start") == 3

@@ -3,6 +3,7 @@ the sweep and a real Celery worker, and S3 as the store."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -85,33 +86,39 @@ def ingest_process(transactional_db, settings, tls_files, tmp_path, org, outside
         process.stop()
 
 
-def test_kill_9_right_after_250_loses_nothing(ingest_process, tls_files, org, settings, tmp_path):
-    """Every message that got 250 is in storage and the database after a crash."""
-    process = ingest_process()
-    address = journal_address(org.tenant)
+def kill_9_while_sending(process: IngestProcess, tls_files, address: str, *, wanted: int, filler: int) -> dict:
+    """Eight senders until `wanted` messages got 250, then kill -9 while the
+    others are mid-session; the acknowledged messages by queue id."""
     acknowledged: dict[str, bytes] = {}
     stop = threading.Event()
 
     def sender(n: int):
         while not stop.is_set():
-            body = f"Subject: crash {n} {time.monotonic_ns()}\r\n\r\n{'x' * 2000}\r\n".encode()
+            body = f"Subject: crash {n} {time.monotonic_ns()}\r\n\r\n{'x' * filler}\r\n".encode()
             try:
                 code, reply = send(process, tls_files, [address], body)
             except (smtplib.SMTPException, OSError):
                 return
             if code == 250:
                 acknowledged[reply.decode().split()[1]] = body
-                if len(acknowledged) >= 40:
+                if len(acknowledged) >= wanted:
                     stop.set()
 
     threads = [threading.Thread(target=sender, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     stop.wait(60)
-    process.kill9()  # while the other senders are mid-session
+    process.kill9()
     for t in threads:
         t.join(30)
-    assert len(acknowledged) >= 40
+    assert len(acknowledged) >= wanted
+    return acknowledged
+
+
+def test_kill_9_right_after_250_loses_nothing(ingest_process, tls_files, org, settings, tmp_path):
+    """Every message that got 250 is in storage and the database after a crash."""
+    process = ingest_process()
+    acknowledged = kill_9_while_sending(process, tls_files, journal_address(org.tenant), wanted=40, filler=2000)
 
     ingest_process()  # the restarted ingest comes up on the same data
     rows = {row.queue_id: row for row in Delivery.objects.select_related("tenant").filter(tenant=org.tenant)}
@@ -339,3 +346,64 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
     # Each forked ingest process wrote its buffered INFO lines before it ended: one per acknowledged message.
     logged = process.log.read_text()
     assert all(f"accepted {row.queue_id} " in logged for row in rows)
+
+
+EMBEDDED_SETUP = """
+from regions.current import current_region
+from tenants.access import current_token
+from tenants.actions import create_tenant
+from tenants.models import User
+tenant = create_tenant("Embedded Inc", User.objects.create_user("owner@embedded.example", None))
+print("ADDRESS", f"journal-{current_token(tenant).token}@{current_region().journal_domain}")
+"""
+
+EMBEDDED_CHECK = """
+import json
+from ingest.models import Delivery
+rows = {row.queue_id: row.read_report().decode() for row in Delivery.objects.select_related("tenant")}
+print("ROWS", json.dumps(rows))
+"""
+
+
+def test_the_embedded_default_keeps_every_acknowledged_message_across_kill_9(tls_files, tmp_path):
+    """SQLite, the folder store and the filesystem broker, as `make run` has them:
+    the committer's own BEGIN/COMMIT on SQLite and its flush overlapping the
+    next batch.  Concurrent senders, kill -9 while they send, a restart: every
+    message answered 250 has its row and its exact bytes."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in ("DATABASE_URL", "CELERY_BROKER_URL") and not name.startswith("ARCHIVA_")
+    }
+    env.update(
+        ARCHIVA_DATA_DIR=str(tmp_path / "data"),
+        ARCHIVA_TLS_CERT=str(tls_files.cert),
+        ARCHIVA_TLS_KEY=str(tls_files.key),
+        ARCHIVA_TOKEN_CACHE_REFRESH="0.2",
+        ARCHIVA_SENDER_ALLOWLIST="0",
+        ARCHIVA_REGION="us",
+        PYTHONUNBUFFERED="1",
+    )
+
+    def manage(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    manage("migrate", "--noinput")
+    [address] = [
+        line.split()[1] for line in manage("shell", "-c", EMBEDDED_SETUP).splitlines() if line.startswith("ADDRESS")
+    ]
+    process = IngestProcess(env, tmp_path / "smtpd.log").start()
+    try:
+        acknowledged = kill_9_while_sending(process, tls_files, address, wanted=60, filler=5000)
+        IngestProcess(env, tmp_path / "smtpd.log").start().stop()  # a restart on the same data, then SIGTERM
+    finally:
+        process.stop()
+    [rows] = [
+        json.loads(line[5:]) for line in manage("shell", "-c", EMBEDDED_CHECK).splitlines() if line.startswith("ROWS ")
+    ]
+    for queue_id, body in acknowledged.items():
+        assert rows[queue_id] == body.decode()
