@@ -48,6 +48,14 @@ RESTART_DELAY = 1.0
 RECEIVE_SIZE = 1 << 20
 LISTEN_POLL = 1.0  # seconds between checks of stop_listening
 MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
+# Requests that arrive while the last batch flushes wait for that flush to end
+# and then form one batch: recording a batch costs ~1.5 ms however small it
+# is, and a flush, ~2-3 ms here, leaves the senders waiting either way
+# (measured: a message's commit took as long when the next batch was recorded
+# during the flush, with batches half the size and more CPU per message).
+# This many waiting requests are recorded at once, overlapping the flush.
+GATHER_LIMIT = 32
+_FLUSHED = object()  # selector key data of the committer's flushed_fd
 
 
 class CommitFailed(Exception):
@@ -103,6 +111,7 @@ class CommitService:
         self.committer = GroupCommitter()
         self._served = False  # an ingest process has connected to the listener
         self.stop_listening = threading.Event()  # set: take no new connections, end when the last one does
+        self.selector.register(self.committer.flushed_fd, selectors.EVENT_READ, _FLUSHED)
         if listener is not None:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ)
@@ -126,6 +135,8 @@ class CommitService:
         # unmap a fresh megabyte for every read.
         chunk = bytearray(RECEIVE_SIZE)
         view = memoryview(chunk)
+        batch: list[Job] = []  # requests received, not yet handed to the committer
+        owner: dict[int, _Connection] = {}  # id(job) -> its connection (request ids are per connection)
         try:
             while self.connections or self.listener is not None:
                 if self.stop_listening.is_set() and self.listener is not None:
@@ -133,6 +144,10 @@ class CommitService:
                 for key, _ in self.selector.select(LISTEN_POLL if self.listener is not None else None):
                     if key.fileobj is self.listener:
                         self._accept()
+                        continue
+                    if key.data is _FLUSHED:
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self.committer.flushed_fd, 4096)
                         continue
                     connection: _Connection = key.data
                     while not connection.ended and len(connection.buf) < MAX_BATCH_BYTES:  # take all there is
@@ -145,17 +160,25 @@ class CommitService:
                             received = 0
                         connection.ended = not received
                         connection.buf += view[:received]
-                batch, owner = [], {}  # id(job) -> its connection (request ids are per connection)
                 for connection in self.connections:
                     for request_id, envelope, message, sha256, size in unframe(connection.buf):
                         job = Job(request_id, Envelope.from_wire(envelope), message, sha256, size)
                         batch.append(job)
                         owner[id(job)] = connection
-                if batch:  # answered from the committer's flusher thread, once durable
+                # While the last batch flushes, requests gather into the next one (see GATHER_LIMIT);
+                # answered from the committer's flusher thread, once durable.
+                if batch and (
+                    not self.committer.flushing()
+                    or len(batch) >= GATHER_LIMIT
+                    or any(connection.ended for connection in self.connections)
+                ):
                     self.committer.commit_then(batch, functools.partial(self._answer, owner))
+                    batch, owner = [], {}
                 self._drop_ended()
         finally:
-            # Whatever was received was committed (it may have been answered 250 already).
+            # Whatever was received is committed (it may have been answered 250 already).
+            if batch:
+                self.committer.commit_then(batch, functools.partial(self._answer, owner))
             self.committer.close()
             for connection in self.connections:
                 connection.sock.close()

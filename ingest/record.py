@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import logging
+import os
 import queue
 import random
 import threading
@@ -472,6 +473,12 @@ class GroupCommitter:
         self._sqlite = connections["default"].vendor == "sqlite"
         self._tuned = None  # the database connection that has auto-checkpoints off
         self._check_connection_at = 0.0  # when close_old_connections is next due
+        self._handed = 0  # batches handed to the flusher (written by the committing thread only)
+        self._answered = 0  # of them, delivered (written by the flusher only)
+        # The flusher writes a byte here after each round: a committing loop can select on it.
+        self.flushed_fd, self._flushed_w = os.pipe()
+        os.set_blocking(self.flushed_fd, False)
+        os.set_blocking(self._flushed_w, False)
         if self._sqlite:
             self._threads.append(threading.Thread(target=self._checkpoint_loop, name="ingest-checkpoint", daemon=True))
         for thread in [self._flusher, *self._threads]:
@@ -510,11 +517,17 @@ class GroupCommitter:
             outcomes, created, pending = [(job, exc) for job in batch], [], False
         if not created:
             self._check_connection_at = 0.0  # the database may have gone: check before the next batch
+        self._handed += 1
         self._flushes.put((outcomes, created, pending, deliver))
 
     def then(self, step: Callable[[], None]) -> None:
         """Run step on the flusher thread once every batch given so far is answered."""
+        self._handed += 1
         self._flushes.put(([], [], False, lambda _: step()))
+
+    def flushing(self) -> bool:
+        """Whether batches handed over are still waiting for their flush (ask from the committing thread)."""
+        return self._handed != self._answered
 
     def _flush_loop(self) -> None:
         """Flush for every batch recorded since the last flush, then deliver their outcomes."""
@@ -544,11 +557,16 @@ class GroupCommitter:
                     deliver(outcomes)
                 except Exception:
                     log.exception("could not deliver the outcomes of %d messages", len(outcomes))
+            self._answered += len(waiting)
+            with contextlib.suppress(BlockingIOError):  # full: the committing loop has a byte to wake it already
+                os.write(self._flushed_w, b"\0")
 
     def close(self) -> None:
         """Flush and deliver what was recorded, publish what was committed, then stop."""
         self._flushes.put(None)
         self._flusher.join(timeout=60)
+        os.close(self._flushed_w)
+        os.close(self.flushed_fd)
         self._stop.set()
         self._recorded_waiting.set()
         for thread in self._threads:

@@ -344,3 +344,73 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
     second = [i for i, kind in enumerate(kinds) if kind == "flush start"][1]
     assert events.index(("recorded", 3)) < second < events.index(("delivered", 2))
     assert kinds.count("flush start") == 3
+
+
+def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(transactional_db, org, monkeypatch):
+    """Recording a batch costs about the same however small it is: while one
+    flushes, the next requests gather, then go in as one batch."""
+    import hashlib
+    import socket
+    import threading
+    import time
+
+    from django.db import connections
+
+    from ingest import record
+    from ingest.commitd import CommitService
+    from ingest.directory import Route
+    from ingest.models import Delivery
+    from ingest.record import Envelope
+
+    flushing = threading.Event()
+    release = threading.Event()
+    recorded: list[list[int]] = []
+    real_record = record.record_batch
+
+    def slow_flush(paths):
+        if not flushing.is_set():
+            flushing.set()
+            release.wait(10)
+
+    def recording(batch, flush):
+        recorded.append([job.request_id for job in batch])
+        return real_record(batch, flush)
+
+    monkeypatch.setattr(record, "sync_filesystems", slow_flush)
+    monkeypatch.setattr(record, "record_batch", recording)
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+
+    def request(n: int) -> bytes:
+        body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
+        return frame((n, envelope.to_wire(), body, hashlib.sha256(body).hexdigest(), len(body)))
+
+    ours, theirs = socket.socketpair()
+    service = CommitService(theirs)
+    # Flushed after the COMMIT, as on SQLite, by the committer's own thread (connections are per thread).
+    monkeypatch.setattr(type(connections[Delivery.objects.db]), "vendor", "sqlite")
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        ours.sendall(request(1))
+        assert flushing.wait(10)
+        for n in (2, 3, 4):
+            ours.sendall(request(n))
+        time.sleep(0.3)  # the committer has received them and waits for the flush
+        assert recorded == [[1]], recorded
+        release.set()
+        ours.settimeout(10)
+        frames, buf = [], bytearray()
+        while sum(len(replies) for replies in frames) < 4:  # the ready frame ([]), then one per batch
+            buf += ours.recv(65536)
+            frames += unframe(buf)
+    finally:
+        release.set()
+        ours.shutdown(socket.SHUT_WR)
+        runner.join(10)
+    assert recorded == [[1], [2, 3, 4]]
+    assert [sorted(request_id for request_id, _, error in replies if error is None) for replies in frames] == [
+        [],
+        [1],
+        [2, 3, 4],
+    ]
