@@ -266,16 +266,13 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
     a batch's outcomes are delivered only after a flush that began once the
     batch was recorded; batches recorded during one flush share the next; a
     failed flush answers its batches 451 (their rows are left to the sweep)."""
-    import hashlib
     import threading
     import time
 
     from django.db import connections
 
-    from ingest import record
-    from ingest.directory import Route
     from ingest.models import Delivery
-    from ingest.record import Envelope, GroupCommitter, Job
+    from ingest.record import GroupCommitter
 
     events: list[tuple[str, object]] = []
     first_flush_started = threading.Event()
@@ -291,21 +288,10 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
             raise OSError(5, "Input/output error")
         events.append(("flush end", None))
 
-    real_record = record.record_batch
+    patch_commit_steps(monkeypatch, slow_flush, lambda batch: events.append(("recorded", batch[0].request_id)))
 
-    def recording(batch, flush):
-        result = real_record(batch, flush)
-        events.append(("recorded", batch[0].request_id))
-        return result
-
-    monkeypatch.setattr(record, "sync_filesystems", slow_flush)
-    monkeypatch.setattr(record, "record_batch", recording)
-    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
-
-    def job(n: int) -> Job:
-        body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
-        return Job(n, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
+    def job(n: int):
+        return numbered_job(org, n)
 
     delivered: list[tuple[int, object]] = []
     all_delivered = threading.Event()
@@ -349,41 +335,29 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
 def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(transactional_db, org, monkeypatch):
     """Recording a batch costs about the same however small it is: while one
     flushes, the next requests gather, then go in as one batch."""
-    import hashlib
     import socket
     import threading
     import time
 
     from django.db import connections
 
-    from ingest import record
     from ingest.commitd import CommitService
-    from ingest.directory import Route
     from ingest.models import Delivery
-    from ingest.record import Envelope
 
     flushing = threading.Event()
     release = threading.Event()
     recorded: list[list[int]] = []
-    real_record = record.record_batch
 
     def slow_flush(paths):
         if not flushing.is_set():
             flushing.set()
             release.wait(10)
 
-    def recording(batch, flush):
-        recorded.append([job.request_id for job in batch])
-        return real_record(batch, flush)
-
-    monkeypatch.setattr(record, "sync_filesystems", slow_flush)
-    monkeypatch.setattr(record, "record_batch", recording)
-    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+    patch_commit_steps(monkeypatch, slow_flush, lambda batch: recorded.append([job.request_id for job in batch]))
 
     def request(n: int) -> bytes:
-        body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
-        return frame((n, envelope.to_wire(), body, hashlib.sha256(body).hexdigest(), len(body)))
+        job = numbered_job(org, n)
+        return frame((n, job.envelope.to_wire(), job.message, job.sha256, job.size))
 
     ours, theirs = socket.socketpair()
     service = CommitService(theirs)
@@ -414,3 +388,31 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
         [1],
         [2, 3, 4],
     ]
+
+
+def numbered_job(org, n: int):
+    """Job n: a small message of its own to org's tenant."""
+    import hashlib
+
+    from ingest.directory import Route
+    from ingest.record import Envelope, Job
+
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+    body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
+    return Job(n, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
+
+
+def patch_commit_steps(monkeypatch, flush, on_record) -> None:
+    """The committer's flush replaced by `flush`; `on_record(batch)` after each batch is recorded."""
+    from ingest import record
+
+    real_record = record.record_batch
+
+    def recording(batch, paths):
+        result = real_record(batch, paths)
+        on_record(batch)
+        return result
+
+    monkeypatch.setattr(record, "sync_filesystems", flush)
+    monkeypatch.setattr(record, "record_batch", recording)
