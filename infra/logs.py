@@ -13,6 +13,8 @@ TOKEN_RE = re.compile(r"(journal-\d{6})[0-9A-Za-z]{57}")
 
 
 def redact(text: str) -> str:
+    if "journal-" not in text:  # TOKEN_RE cannot match without it; most lines have none
+        return text
     return TOKEN_RE.sub(r"\1…", text)
 
 
@@ -32,35 +34,33 @@ class RedactTokens(logging.Filter):
     """Formats the message once, redacted: the formatter then finds it ready."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if "journal-" in message:  # TOKEN_RE cannot match without it
-            message = redact(message)
-        record.msg, record.args = message, None
+        record.msg, record.args = redact(record.getMessage()), None
         return True
 
 
 class PlainFormatter(logging.Formatter):
-    """`time LEVEL logger message`, tracebacks redacted too; the time's
+    """`time LEVEL logger message`, the whole line redacted (a traceback or
+    stack another formatter cached on the record included); the time's
     seconds are formatted once per second, not once per line."""
 
     def __init__(self):
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
-        self._second = -1
-        self._stamp = ""
+        self._stamp = (-1, "")  # (second, its text): read and replaced whole, never half of each
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
-        second = int(record.created)
-        if second != self._second:  # a race between threads only formats the same second twice
-            self._stamp = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
-
-    def formatException(self, ei) -> str:  # noqa: N802
-        return redact(super().formatException(ei))
+        second, text = self._stamp
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime(self.default_time_format, self.converter(second))
+            self._stamp = (second, text)
+        return f"{text},{int(record.msecs):03d}"
 
 
 class JSONFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers (ARCHIVA_LOG_FORMAT=json)."""
+    """One JSON object per line, for log shippers (ARCHIVA_LOG_FORMAT=json); the whole line redacted."""
 
     converter = time.gmtime
 
@@ -71,13 +71,15 @@ class JSONFormatter(logging.Formatter):
             "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": record.getMessage(),
             "process": record.process,
             "thread": record.threadName,
         }
         if record.exc_info:
-            entry["exception"] = redact(self.formatException(record.exc_info))
-        return json.dumps(entry, ensure_ascii=False)
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return redact(json.dumps(entry, ensure_ascii=False))
 
 
 class BufferedStreamHandler(logging.StreamHandler):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import smtplib
 import socket
+import sys
 import urllib.request
 from datetime import timedelta
 
@@ -281,3 +282,24 @@ def test_json_logs_are_one_object_per_line_with_tokens_redacted():
     entry = json.loads(JSONFormatter().format(record))
     assert entry["level"] == "info" and entry["logger"] == "ingest"
     assert entry["message"] == "rcpt journal-000000…" and "a" * 57 not in json.dumps(entry)
+
+
+@pytest.mark.parametrize("formatter_name", ["PlainFormatter", "JSONFormatter"])
+def test_every_part_of_a_formatted_line_is_redacted(formatter_name):
+    """Message, traceback (even one another formatter cached on the record
+    first, unredacted) and stack: a token never reaches the output."""
+    import logging
+
+    from infra import logs
+
+    token = "journal-000000" + "b" * 57
+    try:
+        raise ValueError(f"no route for {token}@archive.archiva.com")
+    except ValueError:
+        record = logging.LogRecord("ingest", logging.ERROR, __file__, 1, "rcpt %s", (token,), sys.exc_info())
+    record.stack_info = f'Stack (most recent call last):\n  File "x.py", line 1, in f\n    send("{token}")'
+    logging.Formatter().format(record)  # caches the unredacted traceback in record.exc_text
+    assert token in record.exc_text
+    line = getattr(logs, formatter_name)().format(record)
+    assert token not in line and "b" * 57 not in line
+    assert line.count("journal-000000…") == 3  # message, exception, stack
