@@ -180,6 +180,7 @@ class CommitService:
             if batch:
                 self.committer.commit_then(batch, functools.partial(self._answer, owner))
             self.committer.close()
+            self.selector.close()
             for connection in self.connections:
                 connection.sock.close()
             if self.listener is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import hashlib
 import logging
 import os
@@ -145,9 +144,12 @@ class _InsertPlan:
         self.names = ", ".join(connection.ops.quote_name(column.column) for column in self.columns)
         self.row_sql = "(" + ", ".join(["%s"] * len(self.columns)) + ")"
         self.pk = connection.ops.quote_name(Delivery._meta.pk.column)
-        # The most rows one statement may carry (the backend's parameter limit;
-        # asked with a huge row count, since backends without one return it).
-        self.max_rows = max(1, connection.ops.bulk_batch_size(self.columns, range(1 << 20)))
+        # The most rows one statement carries: the backend's parameter limit
+        # (asked with a huge row count, which backends without one return),
+        # and at most MAX_ROWS_PER_STATEMENT, so the SQL kept per row count stays small.
+        self.max_rows = max(
+            1, min(MAX_ROWS_PER_STATEMENT, connection.ops.bulk_batch_size(self.columns, range(1 << 20)))
+        )
         # The driver's own placeholder, for statements sent past Django's cursor wrapper.
         self.placeholder = "?" if connection.Database.paramstyle == "qmark" else "%s"
         self._sql: dict[tuple[int, bool], str] = {}
@@ -216,10 +218,11 @@ class _InsertPlan:
 
 
 _PER_ROW = object()
+MAX_ROWS_PER_STATEMENT = 100
 _plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
 
 
-def insert_deliveries(rows: list[dict], before_commit: Callable[[], None] | None = None) -> list[int]:
+def insert_deliveries(rows: list[dict]) -> list[int]:
     """Insert Delivery rows given as column values, in one transaction; their ids (in no particular order).
 
     The committer's hot path: `bulk_create` spends ~80 µs a row on model
@@ -237,33 +240,26 @@ def insert_deliveries(rows: list[dict], before_commit: Callable[[], None] | None
     failed connection is noticed and replaced): Django's `atomic()` and
     cursor wrappers took half the committer's Python time, more than the
     INSERT itself.  Inside one (a test, a script) it is a savepoint of
-    `atomic()`.  `before_commit` runs just before the COMMIT.
+    `atomic()`.
     """
-    connection = connections[Delivery.objects.db]
+    connection = delivery_connection()
     if not connection.features.can_return_rows_from_bulk_insert:
         with transaction.atomic(using=connection.alias):
-            ids = [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
-            if before_commit is not None:
-                before_commit()
-        return ids
+            return [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
     plan = _plans.get(id(connection))
     if plan is None or plan.connection is not connection:
         plan = _plans[id(connection)] = _InsertPlan(connection)
     if connection.in_atomic_block or not connection.get_autocommit():
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            ids = plan.insert(cursor, rows, raw=False)
-            if before_commit is not None:
-                before_commit()
-        return ids
+            return plan.insert(cursor, rows, raw=False)
     connection.ensure_connection()
     with connection.wrap_database_errors:
         cursor = connection.connection.cursor()
         try:
-            cursor.execute("BEGIN")
+            # As Django begins one: SQLite's configured mode (IMMEDIATE here), else plain.
+            cursor.execute(f"BEGIN {getattr(connection, 'transaction_mode', None) or ''}".rstrip())
             try:
                 ids = plan.insert(cursor, rows, raw=True)
-                if before_commit is not None:
-                    before_commit()
                 cursor.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(Exception):
@@ -314,9 +310,8 @@ def flush_paths() -> list[Path]:
     store = get_store()
     if isinstance(store, FolderStore):
         paths.append(store.root)
-    database = connections["default"]
-    if database.vendor == "sqlite":
-        paths.append(Path(database.settings_dict["NAME"]).parent)
+    if flush_after_commit():
+        paths.append(Path(delivery_connection().settings_dict["NAME"]).parent)
     return paths
 
 
@@ -340,10 +335,10 @@ Outcome = tuple[Job, Exception | None]  # None: stored and recorded
 def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], list[int]]:
     """Make a batch of messages durable: store, record, one flush.
 
-    Returns every job's outcome and the ids of the Delivery rows made.  The
-    committer runs this for each batch (its flush overlapping the next
-    batch, see `GroupCommitter`); tests and benchmarks call it to put mail
-    in the archive exactly as the ingest does.
+    Returns every job's outcome and the ids of the Delivery rows made: what
+    the committer does for each batch (`GroupCommitter`, whose flush runs on
+    a thread of its own), in one call, for tests and benchmarks that put
+    mail in the archive exactly as the ingest does.
     """
     outcomes, created, pending = record_batch(batch, flush)
     if pending:
@@ -356,13 +351,9 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
 
 def record_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], list[int], bool]:
     """Store and record a batch: the outcomes, the ids of the rows made, and
-    whether those outcomes still wait for `sync_filesystems(flush)`.
-
-    SQLite's WAL is not fsynced per commit: there one flush after the commit
-    makes the objects and the rows durable, and it is left to the caller
-    (True).  A database that is durable on COMMIT (PostgreSQL) must not hold
-    rows whose objects are not: there the flush comes before the COMMIT,
-    inside this call (False).
+    whether those outcomes still wait for `sync_filesystems(flush)` (see
+    `flush_after_commit`: then the caller flushes; else it was done here,
+    before the rows were inserted).
     """
     stored, outcomes = _store(batch)
     if not stored:
@@ -373,16 +364,31 @@ def record_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
         for job in stored
         for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, job.placement, now)
     ]
-    rows_in_flush = connections[Delivery.objects.db].vendor == "sqlite"
+    after = flush_after_commit()
     try:
-        created = insert_deliveries(rows, None if rows_in_flush else functools.partial(sync_filesystems, flush))
+        if not after:
+            sync_filesystems(flush)
+        created = insert_deliveries(rows)
     except Exception as exc:
         log.exception("recording %d messages failed; they will be answered 451", len(stored))
         return outcomes + [(job, exc) for job in stored], [], False
-    return outcomes + [(job, None) for job in stored], created, rows_in_flush
+    return outcomes + [(job, None) for job in stored], created, after
 
 
-def flush_failed(outcomes: list[Outcome], error: OSError) -> list[Outcome]:
+def delivery_connection():
+    """The database connection Delivery rows are written on."""
+    return connections[Delivery.objects.db]
+
+
+def flush_after_commit() -> bool:
+    """Whether one flush after the rows' COMMIT makes the objects and the rows
+    durable: SQLite's WAL is not fsynced per commit, so on SQLite it does.  A
+    database whose COMMIT is durable by itself (PostgreSQL) must never hold
+    rows whose objects are not: there the objects are flushed first."""
+    return delivery_connection().vendor == "sqlite"
+
+
+def flush_failed(outcomes: list[Outcome], error: Exception) -> list[Outcome]:
     """The outcomes of a batch whose flush failed: every message is answered 451.
     Its rows stay (SQLite committed them); the sweep processes what was stored."""
     log.error("flushing %d messages failed; they will be answered 451: %s", len(outcomes), error)
@@ -470,7 +476,7 @@ class GroupCommitter:
         self._flushes: queue.SimpleQueue = queue.SimpleQueue()
         self._flusher = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
         self._threads = [threading.Thread(target=self._publish_loop, name="ingest-publish", daemon=True)]
-        self._sqlite = connections["default"].vendor == "sqlite"
+        self._sqlite = delivery_connection().vendor == "sqlite"
         self._tuned = None  # the database connection that has auto-checkpoints off
         self._check_connection_at = 0.0  # when close_old_connections is next due
         self._handed = 0  # batches handed to the flusher (written by the committing thread only)
@@ -483,19 +489,6 @@ class GroupCommitter:
             self._threads.append(threading.Thread(target=self._checkpoint_loop, name="ingest-checkpoint", daemon=True))
         for thread in [self._flusher, *self._threads]:
             thread.start()
-
-    def commit(self, batch: list[Job]) -> list[Outcome]:
-        """Each job's outcome once it is durable (or has failed): `commit_then`, waited for."""
-        delivered: list[list[Outcome]] = []
-        done = threading.Event()
-
-        def deliver(outcomes: list[Outcome]) -> None:
-            delivered.append(outcomes)
-            done.set()
-
-        self.commit_then(batch, deliver)
-        done.wait()
-        return delivered[0]
 
     def commit_then(self, batch: list[Job], deliver: Callable[[list[Outcome]], None]) -> None:
         """Store and record the batch now; `deliver(outcomes)` follows on the
@@ -544,7 +537,7 @@ class GroupCommitter:
             if any(pending for _, _, pending, _ in waiting):
                 try:
                     sync_filesystems(self._flush_paths)
-                except OSError as exc:
+                except Exception as exc:  # the disk's error, or ours: 451 either way, and the thread goes on
                     error = exc
             for outcomes, created, pending, deliver in waiting:
                 if pending and error is not None:
@@ -565,8 +558,11 @@ class GroupCommitter:
         """Flush and deliver what was recorded, publish what was committed, then stop."""
         self._flushes.put(None)
         self._flusher.join(timeout=60)
-        os.close(self._flushed_w)
-        os.close(self.flushed_fd)
+        if self._flusher.is_alive():  # a flush that hangs: its thread may still write to the pipe
+            log.error("the committer's flush did not finish within 60 s; its batches stay unanswered")
+        else:
+            os.close(self._flushed_w)
+            os.close(self.flushed_fd)
         self._stop.set()
         self._recorded_waiting.set()
         for thread in self._threads:
@@ -574,7 +570,7 @@ class GroupCommitter:
         connections.close_all()
 
     def _no_auto_checkpoints(self) -> None:
-        connection = connections["default"]
+        connection = delivery_connection()
         connection.ensure_connection()
         if connection.connection is not self._tuned:  # a new connection (the first, or after an error)
             with connection.cursor() as cursor:
@@ -586,7 +582,7 @@ class GroupCommitter:
             while not self._stop.wait(CHECKPOINT_INTERVAL):
                 try:
                     close_old_connections()
-                    with connections["default"].cursor() as cursor:
+                    with delivery_connection().cursor() as cursor:
                         cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 except Exception:
                     log.warning("WAL checkpoint failed; trying again", exc_info=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ingest import record
 from ingest.commitd import frame, unframe
 
 
@@ -51,9 +52,9 @@ def test_the_committers_insert_writes_the_same_rows_as_bulk_create(transactional
 
 
 def test_a_failed_insert_leaves_no_rows_and_the_connection_usable(transactional_db, org):
-    """On the driver's cursor a failure (here a duplicate queue id, or the step
-    before COMMIT) rolls the whole batch back, is raised as Django's error,
-    and the next batch commits on the same connection."""
+    """On the driver's cursor a failure (here a duplicate queue id) rolls the
+    whole batch back, is raised as Django's error, and the next batch commits
+    on the same connection."""
     from django.db import IntegrityError, connection
 
     from ingest.directory import Route
@@ -65,16 +66,9 @@ def test_a_failed_insert_leaves_no_rows_and_the_connection_usable(transactional_
     row = delivery_values(envelope, "Q1", "a" * 64, 123, {org.tenant.pk: ("raw/bb/" + "b" * 64, 0)})[0]
     with pytest.raises(IntegrityError):
         insert_deliveries([row, {**row, "queue_id": "Q2"}, {**row, "queue_id": "Q1"}])
-
-    def flush_fails():
-        raise OSError("flush failed")
-
-    with pytest.raises(OSError, match="flush failed"):
-        insert_deliveries([{**row, "queue_id": "Q3"}], before_commit=flush_fails)
     assert not Delivery.objects.exists() and connection.get_autocommit() and not connection.in_atomic_block
-    flushed = []
-    [pk] = insert_deliveries([{**row, "queue_id": "Q4"}], before_commit=lambda: flushed.append(True))
-    assert flushed == [True] and list(Delivery.objects.values_list("pk", "queue_id")) == [(pk, "Q4")]
+    [pk] = insert_deliveries([{**row, "queue_id": "Q4"}])
+    assert list(Delivery.objects.values_list("pk", "queue_id")) == [(pk, "Q4")]
 
 
 def test_a_batch_is_one_pack_per_tenant_and_each_row_reads_back_its_own_message(db, org, settings, tmp_path):
@@ -190,7 +184,6 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
 
     from django.db import OperationalError
 
-    from ingest import record
     from ingest.directory import Route
     from ingest.record import Envelope, GroupCommitter, Job
 
@@ -210,7 +203,7 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
     committer = GroupCommitter()
     try:
         monkeypatch.setattr(record, "close_old_connections", database_gone)
-        outcomes = committer.commit(batch)
+        outcomes = commit_and_wait(committer, batch)
         assert [(job.request_id, type(error)) for job, error in outcomes] == [
             (1, OperationalError),
             (2, OperationalError),
@@ -218,45 +211,27 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
         assert not spooled.exists()
         monkeypatch.undo()
         good = Job(3, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
-        assert committer.commit([good]) == [(good, None)]  # the next batch goes through
+        assert commit_and_wait(committer, [good]) == [(good, None)]  # the next batch goes through
     finally:
         committer.close()
 
 
-@pytest.mark.parametrize("vendor", ["sqlite", "postgresql"])
-def test_the_flush_comes_before_the_rows_commit_where_a_commit_is_durable_by_itself(
-    transactional_db, org, monkeypatch, vendor
+@pytest.mark.parametrize("after_commit", [True, False], ids=["sqlite", "postgresql"])
+def test_the_flush_comes_before_the_rows_where_a_commit_is_durable_by_itself(
+    transactional_db, org, monkeypatch, after_commit
 ):
-    """PostgreSQL makes a COMMIT durable on its own: rows must not commit before
+    """PostgreSQL makes a COMMIT durable on its own: rows must not exist before
     their objects are flushed.  SQLite's WAL is not fsynced per commit, so there
-    one flush after the commit covers both."""
-    import hashlib
-
-    from django.db import connections
-
-    from ingest import record
-    from ingest.directory import Route
+    one flush after the commit covers both (and is the caller's)."""
     from ingest.models import Delivery
-    from ingest.record import Envelope, Job, commit_batch
+    from ingest.record import commit_batch
 
-    connection = connections[Delivery.objects.db]
-    flushed_inside: list[bool] = []
-    monkeypatch.setattr(connection, "vendor", vendor)
-
-    def in_transaction() -> bool:  # asked of the driver: the committer's BEGIN and COMMIT bypass Django
-        raw = connection.connection
-        if hasattr(raw, "in_transaction"):  # sqlite3
-            return raw.in_transaction
-        return raw.info.transaction_status != raw.info.transaction_status.IDLE  # psycopg
-
-    monkeypatch.setattr(record, "sync_filesystems", lambda paths: flushed_inside.append(in_transaction()))
-    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
-    body = b"Subject: order\r\n\r\nhello\r\n"
-    outcomes, created = commit_batch([Job(1, envelope, body, hashlib.sha256(body).hexdigest(), len(body))], [])
+    rows_at_flush: list[int] = []
+    monkeypatch.setattr(record, "flush_after_commit", lambda: after_commit)
+    monkeypatch.setattr(record, "sync_filesystems", lambda paths: rows_at_flush.append(Delivery.objects.count()))
+    outcomes, created = commit_batch([numbered_job(org, 1)], [])
     assert [error for _, error in outcomes] == [None] and len(created) == 1
-    # Inside the batch's transaction (before its COMMIT) on PostgreSQL, after it on SQLite.
-    assert flushed_inside == [vendor == "postgresql"]
+    assert rows_at_flush == [1 if after_commit else 0]
 
 
 def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flush_after_it(
@@ -269,9 +244,6 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
     import threading
     import time
 
-    from django.db import connections
-
-    from ingest.models import Delivery
     from ingest.record import GroupCommitter
 
     events: list[tuple[str, object]] = []
@@ -305,7 +277,7 @@ def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flus
 
     committer = GroupCommitter()
     # Flushed after the COMMIT, on the flusher thread: SQLite's order (the test database is PostgreSQL).
-    monkeypatch.setattr(connections[Delivery.objects.db], "vendor", "sqlite")
+    monkeypatch.setattr(record, "flush_after_commit", lambda: True)
     try:
         committer.commit_then([job(1)], deliver)
         assert first_flush_started.wait(10)
@@ -339,10 +311,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
     import threading
     import time
 
-    from django.db import connections
-
     from ingest.commitd import CommitService
-    from ingest.models import Delivery
 
     flushing = threading.Event()
     release = threading.Event()
@@ -361,8 +330,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
 
     ours, theirs = socket.socketpair()
     service = CommitService(theirs)
-    # Flushed after the COMMIT, as on SQLite, by the committer's own thread (connections are per thread).
-    monkeypatch.setattr(type(connections[Delivery.objects.db]), "vendor", "sqlite")
+    monkeypatch.setattr(record, "flush_after_commit", lambda: True)  # SQLite's order: the flusher thread flushes
     runner = threading.Thread(target=service.run)
     runner.start()
     try:
@@ -370,7 +338,9 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
         assert flushing.wait(10)
         for n in (2, 3, 4):
             ours.sendall(request(n))
-        time.sleep(0.3)  # the committer has received them and waits for the flush
+        while unread(theirs):  # until the committer has taken them off its socket
+            time.sleep(0.01)
+        time.sleep(0.05)  # and has had the moment it needs to record them, were it not waiting
         assert recorded == [[1]], recorded
         release.set()
         ours.settimeout(10)
@@ -405,7 +375,6 @@ def numbered_job(org, n: int):
 
 def patch_commit_steps(monkeypatch, flush, on_record) -> None:
     """The committer's flush replaced by `flush`; `on_record(batch)` after each batch is recorded."""
-    from ingest import record
 
     real_record = record.record_batch
 
@@ -416,3 +385,28 @@ def patch_commit_steps(monkeypatch, flush, on_record) -> None:
 
     monkeypatch.setattr(record, "sync_filesystems", flush)
     monkeypatch.setattr(record, "record_batch", recording)
+
+
+def commit_and_wait(committer, batch: list) -> list:
+    """Each job's outcome once durable (or failed): GroupCommitter.commit_then, waited for."""
+    import threading
+
+    delivered: list[list] = []
+    done = threading.Event()
+
+    def deliver(outcomes: list) -> None:
+        delivered.append(outcomes)
+        done.set()
+
+    committer.commit_then(batch, deliver)
+    assert done.wait(30)
+    return delivered[0]
+
+
+def unread(sock) -> int:
+    """Bytes waiting in the socket's receive queue (FIONREAD)."""
+    import fcntl
+    import struct
+    import termios
+
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]

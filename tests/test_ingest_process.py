@@ -340,12 +340,16 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
     for row in rows:
         row.read_report()
 
+    # Accepted just before SIGTERM: its line is still in the process's buffer (written every 0.5 s).
+    last = send(process, tls_files, [address], MESSAGE + b"last\r\n")
+    assert last[0] == 250
     process.proc.terminate()  # SIGTERM: the ingest processes finish, then the committer
     assert process.proc.wait(30) == 0
     assert not Path(f"/proc/{restarted}").exists() or b"zombie" in Path(f"/proc/{restarted}/status").read_bytes()
     # Each forked ingest process wrote its buffered INFO lines before it ended: one per acknowledged message.
     logged = process.log.read_text()
     assert all(f"accepted {row.queue_id} " in logged for row in rows)
+    assert f"accepted {last[1].decode().split()[1]} " in logged
 
 
 EMBEDDED_SETUP = """
