@@ -16,7 +16,6 @@ import hashlib
 import os
 import random
 import shutil
-import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
@@ -46,10 +45,14 @@ def raw_key(sha256: str) -> str:
     ingest would wait for).  Rows keep the key they were stored under, so
     objects stored under an earlier layout stay readable.
     """
-    return f"raw/{sha256[:2]}/{sha256}"
+    return f"{raw_folder(sha256)}/{sha256}"
 
 
-RAW_FOLDERS = [f"raw/{n:02x}" for n in range(256)]  # every folder raw_key names
+def raw_folder(sha256: str) -> str:
+    return f"raw/{sha256[:2]}"
+
+
+RAW_FOLDERS = [raw_folder(f"{n:02x}") for n in range(256)]  # every folder raw_key names
 
 
 class BlobStore:
@@ -151,40 +154,15 @@ def sync_filesystems(paths) -> None:
         return
     seen: set[int] = set()
     for path in paths:
-        folder = os.stat(path)
-        if folder.st_dev in seen:
-            continue
-        seen.add(folder.st_dev)
-        fd, kept = _flush_fd(path, folder)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            if _syncfs(fd) != 0:
-                raise OSError(ctypes.get_errno(), f"syncfs of {path} failed")
+            device = os.fstat(fd).st_dev
+            if device not in seen:
+                seen.add(device)
+                if _syncfs(fd) != 0:
+                    raise OSError(ctypes.get_errno(), f"syncfs of {path} failed")
         finally:
-            if not kept:
-                os.close(fd)
-
-
-# (device, inode) of a folder -> a descriptor kept open for syncfs: the
-# committer flushes the same one or two folders for every batch.  Bounded;
-# never closed once kept, so another thread's flush cannot lose its fd.
-_flush_fds: dict[tuple[int, int], int] = {}
-_FLUSH_FDS_MAX = 64
-_flush_fds_lock = threading.Lock()
-
-
-def _flush_fd(path, folder: os.stat_result) -> tuple[int, bool]:
-    """An open descriptor of the folder at path (`folder` is its stat), and
-    whether it is kept; the caller closes one that is not."""
-    key = (folder.st_dev, folder.st_ino)
-    fd = _flush_fds.get(key)
-    if fd is not None:
-        return fd, True
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    with _flush_fds_lock:
-        if key in _flush_fds or len(_flush_fds) >= _FLUSH_FDS_MAX:
-            return fd, False
-        _flush_fds[key] = fd
-    return fd, True
+            os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

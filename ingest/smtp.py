@@ -624,7 +624,7 @@ class SMTPSession(asyncio.Protocol):
                     queue_id,
                     sink.size,
                     sink.sha256,
-                    ",".join(map(str, self.envelope.routes)),
+                    ",".join(map(str, self._tenants())),
                     len(self.rcpt_tos),
                 )
             self._end_data(f"250 2.0.0 {queue_id} Ok: queued")
