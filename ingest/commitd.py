@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import logging
 import os
@@ -48,14 +47,6 @@ RESTART_DELAY = 1.0
 RECEIVE_SIZE = 1 << 20
 LISTEN_POLL = 1.0  # seconds between checks of stop_listening
 MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
-# Requests that arrive while the last batch flushes wait for that flush to end
-# and then form one batch: recording a batch costs ~1.5 ms however small it
-# is, and a flush, ~2-3 ms here, leaves the senders waiting either way
-# (measured: a message's commit took as long when the next batch was recorded
-# during the flush, with batches half the size and more CPU per message).
-# This many waiting requests are recorded at once, overlapping the flush.
-GATHER_LIMIT = 32
-_FLUSHED = object()  # selector key data of the committer's flushed_fd
 
 
 class CommitFailed(Exception):
@@ -96,12 +87,12 @@ class _Connection:
 class CommitService:
     """The committer's side: read requests until end of stream, commit and answer in batches.
 
-    One thread receives, stores and records: a batch is every request that
-    has arrived when the previous batch is recorded, so a busy ingest gets
-    large batches and an idle one a reply at once.  The committer's flusher
-    thread flushes and answers (`GroupCommitter`).  It serves one ingest process
-    over a socketpair, or (with `listener`) every ingest process of a host
-    that connects: one batch, one flush for all of them.
+    One thread receives, stores, records, flushes and answers: a batch is
+    every request that has arrived when the previous batch is answered, so a
+    busy ingest gets large batches and an idle one a reply at once
+    (`GroupCommitter`).  It serves one ingest process over a socketpair, or
+    (with `listener`) every ingest process of a host that connects: one
+    batch, one flush for all of them.
     """
 
     def __init__(self, *socks: socket.socket, listener: socket.socket | None = None):
@@ -111,7 +102,6 @@ class CommitService:
         self.committer = GroupCommitter()
         self._served = False  # an ingest process has connected to the listener
         self.stop_listening = threading.Event()  # set: take no new connections, end when the last one does
-        self.selector.register(self.committer.flushed_fd, selectors.EVENT_READ, _FLUSHED)
         if listener is not None:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ)
@@ -135,7 +125,7 @@ class CommitService:
         # unmap a fresh megabyte for every read.
         chunk = bytearray(RECEIVE_SIZE)
         view = memoryview(chunk)
-        batch: list[Job] = []  # requests received, not yet handed to the committer
+        batch: list[Job] = []  # requests received, not yet committed
         owner: dict[int, _Connection] = {}  # id(job) -> its connection (request ids are per connection)
         try:
             while self.connections or self.listener is not None:
@@ -144,10 +134,6 @@ class CommitService:
                 for key, _ in self.selector.select(LISTEN_POLL if self.listener is not None else None):
                     if key.fileobj is self.listener:
                         self._accept()
-                        continue
-                    if key.data is _FLUSHED:
-                        with contextlib.suppress(BlockingIOError):
-                            os.read(self.committer.flushed_fd, 4096)
                         continue
                     connection: _Connection = key.data
                     while not connection.ended and len(connection.buf) < MAX_BATCH_BYTES:  # take all there is
@@ -165,20 +151,14 @@ class CommitService:
                         job = Job(request_id, Envelope.from_wire(envelope), message, sha256, size)
                         batch.append(job)
                         owner[id(job)] = connection
-                # While the last batch flushes, requests gather into the next one (see GATHER_LIMIT);
-                # answered from the committer's flusher thread, once durable.
-                if batch and (
-                    not self.committer.flushing()
-                    or len(batch) >= GATHER_LIMIT
-                    or any(connection.ended for connection in self.connections)
-                ):
-                    self.committer.commit_then(batch, functools.partial(self._answer, owner))
+                if batch:
+                    self._answer(owner, self.committer.commit(batch))
                     batch, owner = [], {}
                 self._drop_ended()
         finally:
-            # Whatever was received is committed (it may have been answered 250 already).
+            # Whatever was received is committed (its sender may not hear of it, and send it again).
             if batch:
-                self.committer.commit_then(batch, functools.partial(self._answer, owner))
+                self._answer(owner, self.committer.commit(batch))
             self.committer.close()
             self.selector.close()
             for connection in self.connections:
@@ -209,8 +189,7 @@ class CommitService:
         for connection in [c for c in self.connections if c.ended]:
             self.selector.unregister(connection.sock)
             self.connections.remove(connection)
-            # Its last batches may still be flushing: closed once they are answered.
-            self.committer.then(connection.sock.close)
+            connection.sock.close()  # everything it sent is answered
         if self.listener is not None and not self.connections and self._served:
             self._close_listener()  # every ingest process of the host has gone: the work is done
 

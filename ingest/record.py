@@ -14,12 +14,9 @@ import collections
 import contextlib
 import hashlib
 import logging
-import os
-import queue
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -336,15 +333,14 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
     """Make a batch of messages durable: store, record, one flush.
 
     Returns every job's outcome and the ids of the Delivery rows made: what
-    the committer does for each batch (`GroupCommitter`, whose flush runs on
-    a thread of its own), in one call, for tests and benchmarks that put
-    mail in the archive exactly as the ingest does.
+    the committer does for each batch (`GroupCommitter.commit`), for tests
+    and benchmarks that put mail in the archive exactly as the ingest does.
     """
     outcomes, created, pending = record_batch(batch, flush)
     if pending:
         try:
             sync_filesystems(flush)
-        except OSError as exc:
+        except Exception as exc:  # the disk's error, or ours: 451 either way
             return flush_failed(outcomes, exc), []
     return outcomes, created
 
@@ -442,24 +438,24 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
 class GroupCommitter:
     """Makes many concurrent sessions' messages durable with few flushes and transactions.
 
-    `commit_then` takes a batch (everything the ingest handed over up to
-    that moment): store (the batch's messages into their tenants' buckets
-    with one `put_objects`: on the folder store, written and renamed into
-    place; on S3, parallel PUTs), record (one transaction of Delivery rows),
-    then one `syncfs` for the objects and, on SQLite, the rows.  It hands
-    each message's outcome to `deliver` once its batch has passed all three,
-    or the error that stopped it (the session answers 451 and the sender
-    retries).
+    `commit` takes a batch (everything the ingest handed over up to that
+    moment): store (the batch's messages into their tenants' buckets with
+    one `put_objects`: on the folder store, written and renamed into place;
+    on S3, parallel PUTs), record (one transaction of Delivery rows), then
+    one `syncfs` for the objects and, on SQLite, the rows.  It returns each
+    message's outcome once its batch has passed all three, or the error that
+    stopped it (the session answers 451 and the sender retries).
 
-    The flush is the flusher thread's: `commit_then` returns once the batch
-    is stored and recorded, and the next batch is stored and recorded while
-    the disk flushes the last one (a flush waits for the disk, ~1-2 ms here,
-    and holds no lock).  Batches that finish while a flush runs share the
-    next one.  A batch's outcomes are delivered only after a flush that
-    began once the batch was recorded, so nothing is answered 250 before it
-    is durable.  Measured (bench/smtp.py, 20 sessions): the committer was
-    busy 91 % of the time, 40 % of it waiting for the flush.  Publishing the
-    processing tasks is a thread of its own, after the replies.
+    All three run on the caller's thread, one batch after the other.
+    Requests that arrive meanwhile wait in the committer's socket and form
+    the next batch, so a busy committer makes large batches.  A flush on a
+    thread of its own, overlapping the next batch's store and record, cost
+    more than it gained on two cores (measured, bench/smtp.py at 20
+    sessions: 3,470 msgs/s with it, 3,800 without, 8 % less CPU a message):
+    handing each batch to that thread and back took a futex wake, the
+    interpreter lock and a pipe each way, and the commit waited for the
+    running flush anyway.  Publishing the processing tasks is a thread of
+    its own, after the replies.
 
     On SQLite, the committer's own commits never checkpoint the WAL (a
     checkpoint copies pages into the database and waits for two fsyncs: it
@@ -472,28 +468,18 @@ class GroupCommitter:
         self._recorded: collections.deque[int] = collections.deque()  # ids not yet published
         self._recorded_waiting = threading.Event()  # set: the publisher has ids to take
         self._stop = threading.Event()
-        # (outcomes, ids of the rows made, whether they wait for a flush, deliver); None: stop
-        self._flushes: queue.SimpleQueue = queue.SimpleQueue()
-        self._flusher = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
         self._threads = [threading.Thread(target=self._publish_loop, name="ingest-publish", daemon=True)]
         self._sqlite = delivery_connection().vendor == "sqlite"
         self._tuned = None  # the database connection that has auto-checkpoints off
         self._check_connection_at = 0.0  # when close_old_connections is next due
-        self._handed = 0  # batches handed to the flusher (written by the committing thread only)
-        self._answered = 0  # of them, delivered (written by the flusher only)
-        # The flusher writes a byte here after each round: a committing loop can select on it.
-        self.flushed_fd, self._flushed_w = os.pipe()
-        os.set_blocking(self.flushed_fd, False)
-        os.set_blocking(self._flushed_w, False)
         if self._sqlite:
             self._threads.append(threading.Thread(target=self._checkpoint_loop, name="ingest-checkpoint", daemon=True))
-        for thread in [self._flusher, *self._threads]:
+        for thread in self._threads:
             thread.start()
 
-    def commit_then(self, batch: list[Job], deliver: Callable[[list[Outcome]], None]) -> None:
-        """Store and record the batch now; `deliver(outcomes)` follows on the
-        flusher thread, in the order of the batches.  Whatever goes wrong
-        fails this batch (451s), never the committer."""
+    def commit(self, batch: list[Job]) -> list[Outcome]:
+        """Store, record and flush the batch; every job's outcome.  Whatever
+        goes wrong fails this batch (451s), never the committer."""
         try:
             now = time.monotonic()
             if now >= self._check_connection_at:  # a long-lived process: drop a connection the server closed
@@ -501,68 +487,23 @@ class GroupCommitter:
                 self._check_connection_at = now + CONNECTION_CHECK_INTERVAL
             if self._sqlite:
                 self._no_auto_checkpoints()
-            outcomes, created, pending = record_batch(batch, self._flush_paths)
+            outcomes, created = commit_batch(batch, self._flush_paths)
         except Exception as exc:
             log.exception("a batch of %d messages failed; they will be answered 451", len(batch))
             for job in batch:
                 if isinstance(job.message, Path):
                     job.message.unlink(missing_ok=True)  # the sender sends it again
-            outcomes, created, pending = [(job, exc) for job in batch], [], False
+            return [(job, exc) for job in batch]
         if not created:
             self._check_connection_at = 0.0  # the database may have gone: check before the next batch
-        self._handed += 1
-        self._flushes.put((outcomes, created, pending, deliver))
-
-    def then(self, step: Callable[[], None]) -> None:
-        """Run step on the flusher thread once every batch given so far is answered."""
-        self._handed += 1
-        self._flushes.put(([], [], False, lambda _: step()))
-
-    def flushing(self) -> bool:
-        """Whether batches handed over are still waiting for their flush (ask from the committing thread)."""
-        return self._handed != self._answered
-
-    def _flush_loop(self) -> None:
-        """Flush for every batch recorded since the last flush, then deliver their outcomes."""
-        stopping = False
-        while not stopping:
-            waiting = [self._flushes.get()]
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    waiting.append(self._flushes.get_nowait())
-            if waiting[-1] is None:
-                stopping = True
-                waiting.pop()
-            error = None
-            if any(pending for _, _, pending, _ in waiting):
-                try:
-                    sync_filesystems(self._flush_paths)
-                except Exception as exc:  # the disk's error, or ours: 451 either way, and the thread goes on
-                    error = exc
-            for outcomes, created, pending, deliver in waiting:
-                if pending and error is not None:
-                    outcomes, created = flush_failed(outcomes, error), []
-                if created:
-                    self._recorded.extend(created)
-                    if not self._recorded_waiting.is_set():  # under load the publisher is awake already
-                        self._recorded_waiting.set()
-                try:
-                    deliver(outcomes)
-                except Exception:
-                    log.exception("could not deliver the outcomes of %d messages", len(outcomes))
-            self._answered += len(waiting)
-            with contextlib.suppress(BlockingIOError):  # full: the committing loop has a byte to wake it already
-                os.write(self._flushed_w, b"\0")
+        else:
+            self._recorded.extend(created)
+            if not self._recorded_waiting.is_set():  # under load the publisher is awake already
+                self._recorded_waiting.set()
+        return outcomes
 
     def close(self) -> None:
-        """Flush and deliver what was recorded, publish what was committed, then stop."""
-        self._flushes.put(None)
-        self._flusher.join(timeout=60)
-        if self._flusher.is_alive():  # a flush that hangs: its thread may still write to the pipe
-            log.error("the committer's flush did not finish within 60 s; its batches stay unanswered")
-        else:
-            os.close(self._flushed_w)
-            os.close(self.flushed_fd)
+        """Publish what was committed, then stop."""
         self._stop.set()
         self._recorded_waiting.set()
         for thread in self._threads:

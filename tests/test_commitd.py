@@ -203,7 +203,7 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
     committer = GroupCommitter()
     try:
         monkeypatch.setattr(record, "close_old_connections", database_gone)
-        outcomes = commit_and_wait(committer, batch)
+        outcomes = committer.commit(batch)
         assert [(job.request_id, type(error)) for job, error in outcomes] == [
             (1, OperationalError),
             (2, OperationalError),
@@ -211,7 +211,7 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
         assert not spooled.exists()
         monkeypatch.undo()
         good = Job(3, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
-        assert commit_and_wait(committer, [good]) == [(good, None)]  # the next batch goes through
+        assert committer.commit([good]) == [(good, None)]  # the next batch goes through
     finally:
         committer.close()
 
@@ -234,79 +234,48 @@ def test_the_flush_comes_before_the_rows_where_a_commit_is_durable_by_itself(
     assert rows_at_flush == [1 if after_commit else 0]
 
 
-def test_the_flush_overlaps_the_next_batch_and_nothing_is_answered_before_a_flush_after_it(
-    transactional_db, org, monkeypatch
-):
-    """The flusher thread flushes while the next batch is stored and recorded;
-    a batch's outcomes are delivered only after a flush that began once the
-    batch was recorded; batches recorded during one flush share the next; a
-    failed flush answers its batches 451 (their rows are left to the sweep)."""
-    import threading
-    import time
-
+def test_a_batch_is_answered_only_after_its_flush_and_a_failed_flush_answers_451(transactional_db, org, monkeypatch):
+    """Each batch is stored, recorded, then flushed before its outcomes are
+    returned; a failed flush answers its batch 451 (the rows are left to the
+    sweep) and the committer goes on with the next batch."""
     from ingest.record import GroupCommitter
 
     events: list[tuple[str, object]] = []
-    first_flush_started = threading.Event()
-    release_first_flush = threading.Event()
-    failing = threading.Event()
+    failing = [False]
 
-    def slow_flush(paths):
-        events.append(("flush start", None))
-        if not first_flush_started.is_set():
-            first_flush_started.set()
-            release_first_flush.wait(10)
-        if failing.is_set():
+    def flush(paths):
+        events.append(("flush", None))
+        if failing[0]:
             raise OSError(5, "Input/output error")
-        events.append(("flush end", None))
 
-    patch_commit_steps(monkeypatch, slow_flush, lambda batch: events.append(("recorded", batch[0].request_id)))
-
-    def job(n: int):
-        return numbered_job(org, n)
-
-    delivered: list[tuple[int, object]] = []
-    all_delivered = threading.Event()
-
-    def deliver(outcomes):
-        for j, error in outcomes:
-            events.append(("delivered", j.request_id))
-            delivered.append((j.request_id, error))
-        if len(delivered) == 4:
-            all_delivered.set()
-
+    patch_commit_steps(monkeypatch, flush, lambda batch: events.append(("recorded", batch[0].request_id)))
     committer = GroupCommitter()
-    # Flushed after the COMMIT, on the flusher thread: SQLite's order (the test database is PostgreSQL).
+    # Flushed after the COMMIT: SQLite's order (the test database is PostgreSQL).
     monkeypatch.setattr(record, "flush_after_commit", lambda: True)
     try:
-        committer.commit_then([job(1)], deliver)
-        assert first_flush_started.wait(10)
-        committer.commit_then([job(2)], deliver)  # stored and recorded while batch 1 flushes
-        committer.commit_then([job(3)], deliver)
-        assert ("recorded", 3) in events and not delivered  # nothing answered during the flush
-        release_first_flush.set()
-        deadline = time.monotonic() + 10
-        while len(delivered) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        failing.set()
-        committer.commit_then([job(4)], deliver)
-        assert all_delivered.wait(10)
+        first = committer.commit([numbered_job(org, 1), numbered_job(org, 2)])
+        failing[0] = True
+        second = committer.commit([numbered_job(org, 3)])
+        failing[0] = False
+        third = committer.commit([numbered_job(org, 4)])
     finally:
-        release_first_flush.set()
         committer.close()
-    assert [n for n, _ in delivered] == [1, 2, 3, 4]
-    assert [error for _, error in delivered[:3]] == [None, None, None]
-    assert isinstance(delivered[3][1], OSError)  # its flush failed: 451, the sender retries
-    # Batches 2 and 3 shared the second flush, which began after both were recorded.
-    kinds = [kind for kind, _ in events]
-    second = [i for i, kind in enumerate(kinds) if kind == "flush start"][1]
-    assert events.index(("recorded", 3)) < second < events.index(("delivered", 2))
-    assert kinds.count("flush start") == 3
+    assert [(job.request_id, error) for job, error in first] == [(1, None), (2, None)]
+    assert [job.request_id for job, _ in second] == [3] and isinstance(second[0][1], OSError)
+    assert [(job.request_id, error) for job, error in third] == [(4, None)]
+    assert events == [
+        ("recorded", 1),
+        ("flush", None),
+        ("recorded", 3),
+        ("flush", None),
+        ("recorded", 4),
+        ("flush", None),
+    ]
 
 
 def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(transactional_db, org, monkeypatch):
     """Recording a batch costs about the same however small it is: while one
-    flushes, the next requests gather, then go in as one batch."""
+    flushes, the next requests gather in the socket, then go in as one batch."""
     import socket
     import threading
     import time
@@ -330,17 +299,18 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
 
     ours, theirs = socket.socketpair()
     service = CommitService(theirs)
-    monkeypatch.setattr(record, "flush_after_commit", lambda: True)  # SQLite's order: the flusher thread flushes
+    monkeypatch.setattr(record, "flush_after_commit", lambda: True)  # SQLite's order: flushed after the rows
     runner = threading.Thread(target=service.run)
     runner.start()
     try:
         ours.sendall(request(1))
         assert flushing.wait(10)
-        for n in (2, 3, 4):
-            ours.sendall(request(n))
-        while unread(theirs):  # until the committer has taken them off its socket
+        sent = [request(n) for n in (2, 3, 4)]
+        for data in sent:
+            ours.sendall(data)
+        while unread(theirs) < sum(map(len, sent)):  # all three wait in the committer's socket
             time.sleep(0.01)
-        time.sleep(0.05)  # and has had the moment it needs to record them, were it not waiting
+        time.sleep(0.05)  # the moment the committer would need to record them, were it not flushing
         assert recorded == [[1]], recorded
         release.set()
         ours.settimeout(10)
@@ -385,22 +355,6 @@ def patch_commit_steps(monkeypatch, flush, on_record) -> None:
 
     monkeypatch.setattr(record, "sync_filesystems", flush)
     monkeypatch.setattr(record, "record_batch", recording)
-
-
-def commit_and_wait(committer, batch: list) -> list:
-    """Each job's outcome once durable (or failed): GroupCommitter.commit_then, waited for."""
-    import threading
-
-    delivered: list[list] = []
-    done = threading.Event()
-
-    def deliver(outcomes: list) -> None:
-        delivered.append(outcomes)
-        done.set()
-
-    committer.commit_then(batch, deliver)
-    assert done.wait(30)
-    return delivered[0]
 
 
 def unread(sock) -> int:
