@@ -81,6 +81,8 @@ class _Connection:
     def __init__(self, sock: socket.socket):
         self.sock = sock
         self.buf = bytearray()
+        self.outbox = bytearray()  # replies its socket has not taken yet
+        self.waiting = False  # the selector watches for room to send the outbox
         self.ended = False
 
 
@@ -115,10 +117,26 @@ class CommitService:
         self._send(connection, [])  # ready: the ingest starts listening only now
 
     def _send(self, connection: _Connection, replies: list) -> None:
+        """Send a frame of replies, or as much as the socket takes now; the
+        rest waits in the connection's outbox for the selector.  An ingest
+        process that stops reading (wedged, or stopped) must not hold up the
+        commits and replies of the others."""
+        connection.outbox += frame(replies)
+        self._flush_outbox(connection)
+
+    def _flush_outbox(self, connection: _Connection) -> None:
         try:
-            connection.sock.sendall(frame(replies))
+            sent = connection.sock.send(connection.outbox, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
         except OSError:
-            pass  # the ingest went away: its senders retry what got no 250
+            sent = len(connection.outbox)  # the ingest went away: its senders retry what got no 250
+        del connection.outbox[:sent]
+        waiting = bool(connection.outbox)
+        if waiting != connection.waiting and connection in self.connections:
+            connection.waiting = waiting
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
+            self.selector.modify(connection.sock, events, connection)
 
     def run(self) -> None:
         # One receive buffer for the process's life: recv(1 MB) would map and
@@ -131,11 +149,15 @@ class CommitService:
             while self.connections or self.listener is not None:
                 if self.stop_listening.is_set() and self.listener is not None:
                     self._close_listener()
-                for key, _ in self.selector.select(LISTEN_POLL if self.listener is not None else None):
+                for key, events in self.selector.select(LISTEN_POLL if self.listener is not None else None):
                     if key.fileobj is self.listener:
                         self._accept()
                         continue
                     connection: _Connection = key.data
+                    if events & selectors.EVENT_WRITE:
+                        self._flush_outbox(connection)
+                    if not events & selectors.EVENT_READ:
+                        continue
                     while not connection.ended and len(connection.buf) < MAX_BATCH_BYTES:  # take all there is
                         try:
                             received = connection.sock.recv_into(chunk, RECEIVE_SIZE, socket.MSG_DONTWAIT)

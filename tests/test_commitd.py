@@ -330,6 +330,47 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
     ]
 
 
+def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transactional_db, org):
+    """One committer serves every ingest process of a host: replies that one
+    process does not read wait in its outbox, and the others are answered."""
+    import socket
+    import threading
+
+    from ingest.commitd import CommitService
+
+    def request(n: int) -> bytes:
+        job = numbered_job(org, n)
+        return frame((n, job.envelope.to_wire(), job.message, job.sha256, job.size))
+
+    wedged, wedged_end = socket.socketpair()
+    live, live_end = socket.socketpair()
+    for sock in (wedged, wedged_end):  # the smallest buffers: a few hundred replies fill them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+    service = CommitService(wedged_end, live_end)
+    runner = threading.Thread(target=service.run)
+    runner.start()
+    try:
+        live.settimeout(30)
+        wedged.settimeout(30)  # a committer blocked on the wedged socket would stop reading this
+        buf, frames = bytearray(), []
+        while not frames:  # the ready frame
+            buf += live.recv(65536)
+            frames += unframe(buf)
+        wedged.sendall(b"".join(request(n) for n in range(1, 401)))  # and never reads a reply
+        live.sendall(request(1000))
+        while not any(replies for replies in frames):
+            buf += live.recv(65536)
+            frames += unframe(buf)
+        [[(request_id, queue_id, error)]] = [replies for replies in frames if replies]
+        assert (request_id, error) == (1000, None) and queue_id
+    finally:
+        wedged.close()
+        live.shutdown(socket.SHUT_WR)
+        runner.join(30)
+    assert not runner.is_alive()
+
+
 def numbered_job(org, n: int):
     """Job n: a small message of its own to org's tenant."""
     import hashlib
