@@ -267,7 +267,7 @@ def insert_deliveries(rows: list[dict]) -> list[int]:
     return ids
 
 
-PUBLISH_CHUNK = 50
+PUBLISH_CHUNK = 200
 PUBLISH_DELAY = 0.2  # seconds a recorded delivery may wait for its chunk to fill
 CHECKPOINT_INTERVAL = 1.0  # seconds between the committer's SQLite WAL checkpoints
 # Seconds between checks of the database connection (Django's
