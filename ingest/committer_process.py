@@ -14,8 +14,10 @@ def main() -> None:
     import django
 
     django.setup()
+    from infra.runtime import settle_heap
     from ingest.commitd import serve_fd
 
+    settle_heap()
     listening = sys.argv[1:2] == ["--listen"]
     serve_fd(int(sys.argv[-1]), listening=listening)
 

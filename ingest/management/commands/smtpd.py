@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
 from infra.logs import cheap_records
+from infra.runtime import settle_heap
 from ingest.commitd import RESTART_DELAY, SharedCommitter
 from ingest.server import IngestServer, new_event_loop
 
@@ -24,6 +25,7 @@ def serve(host: str, port: int, reuse_port: bool, index: int = 0, committer_addr
     if settings.ARCHIVA_METRICS_PORT:
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
     server = IngestServer(host, port, reuse_port=reuse_port, commit_process=True, committer_address=committer_address)
+    settle_heap()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(server.serve_forever())
 
