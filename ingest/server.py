@@ -161,6 +161,7 @@ class IngestServer:
         for session in self._live_sessions():
             if session.transport is not None:
                 session.transport.close()
+        self.service.accepted_log.flush()
         self.directory.stop()
         self._stopping.set()
         await self.committer.close()
