@@ -467,6 +467,7 @@ class GroupCommitter:
         self._flush_paths = flush_paths()
         self._recorded: collections.deque[int] = collections.deque()  # ids not yet published
         self._recorded_waiting = threading.Event()  # set: the publisher has ids to take
+        self._chunk_full = threading.Event()  # set: a chunk's worth is waiting, publish without delay
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._publish_loop, name="ingest-publish", daemon=True)]
         self._sqlite = delivery_connection().vendor == "sqlite"
@@ -500,11 +501,14 @@ class GroupCommitter:
             self._recorded.extend(created)
             if not self._recorded_waiting.is_set():  # under load the publisher is awake already
                 self._recorded_waiting.set()
+            elif len(self._recorded) >= PUBLISH_CHUNK and not self._chunk_full.is_set():
+                self._chunk_full.set()
         return outcomes
 
     def close(self) -> None:
         """Publish what was committed, then stop."""
         self._stop.set()
+        self._chunk_full.set()
         self._recorded_waiting.set()
         for thread in self._threads:
             thread.join(timeout=60)
@@ -531,7 +535,8 @@ class GroupCommitter:
             connections.close_all()
 
     def _publish_loop(self) -> None:
-        """Publish the recorded ids PUBLISH_DELAY after the first of them, in chunks of PUBLISH_CHUNK.
+        """Publish the recorded ids PUBLISH_DELAY after the first of them, or
+        as soon as PUBLISH_CHUNK of them wait, in chunks of PUBLISH_CHUNK.
 
         Publishing is Python work that competes with the commits for the
         interpreter (and, on the filesystem broker, a file per task): under
@@ -543,7 +548,9 @@ class GroupCommitter:
         try:
             while not self._stop.is_set() or self._recorded:
                 self._recorded_waiting.wait()
-                self._stop.wait(PUBLISH_DELAY)  # let more ids gather (returns at once when closing)
+                # Let more ids gather, until a chunk is full (returns at once when closing).
+                self._chunk_full.wait(PUBLISH_DELAY)
+                self._chunk_full.clear()
                 self._recorded_waiting.clear()  # before taking: ids recorded after this wake us again
                 ids = []
                 with contextlib.suppress(IndexError):

@@ -330,6 +330,37 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
     ]
 
 
+def test_a_full_chunk_of_recorded_deliveries_is_published_without_waiting_for_the_delay(
+    transactional_db, org, monkeypatch
+):
+    """The publisher lets ids gather for PUBLISH_DELAY, unless a chunk's worth already waits."""
+    import threading
+
+    from ingest.record import GroupCommitter
+
+    published: list[list[int]] = []
+    done = threading.Event()
+
+    def enqueue(ids):
+        published.append(ids)
+        if sum(map(len, published)) >= 4:
+            done.set()
+        return True
+
+    monkeypatch.setattr(record, "PUBLISH_CHUNK", 3)
+    monkeypatch.setattr(record, "PUBLISH_DELAY", 60.0)
+    monkeypatch.setattr(record, "enqueue", enqueue)
+    committer = GroupCommitter()
+    try:
+        for first in (1, 3):
+            outcomes = committer.commit([numbered_job(org, first), numbered_job(org, first + 1)])
+            assert [error for _, error in outcomes] == [None, None]
+        assert done.wait(10), published  # not after the 60 s delay
+    finally:
+        committer.close()
+    assert sorted(i for ids in published for i in ids) == sorted(record.Delivery.objects.values_list("pk", flat=True))
+
+
 def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transactional_db, org):
     """One committer serves every ingest process of a host: replies that one
     process does not read wait in its outbox, and the others are answered."""
