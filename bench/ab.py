@@ -1,0 +1,129 @@
+"""Interleaved A/B of the SMTP ingest between two git revisions (how issue 4's changes were measured).
+
+    .venv/bin/python bench/ab.py HEAD~1 HEAD                 # 3 rounds of 40,000 × 20 KB over 20 sessions
+    .venv/bin/python bench/ab.py main my-branch --rounds 5 --messages 20000
+
+Each revision is checked out in a temporary git worktree that shares this
+checkout's `.venv` (so both must run on the same requirements).  Rounds
+alternate A and B: on a shared, noisy machine one pair of runs says little,
+but a change that wins every round does.  Each run is a fresh embedded-
+default ingest (`manage.py smtpd`, p=1, TLS off) driven by smtp-source, as
+in bench/smtp.py, whose functions the revision's own copy provides; it
+prints msgs/s and the CPU per message of the ingest's processes and of
+smtp-source.  Needs `apt-get install -y postfix swaks` (smtp-source).
+
+Run folders are kept until the end: deleting thousands of files just
+before a run slows ext4's inode allocation for the next one (see
+bench/smtp.py, Archiva.fresh_data_dir).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARK = "AB-JSON "
+
+
+def one_run(tree: Path, workdir: Path, messages: int, sessions: int) -> dict:
+    """In a child process: one ingest of `tree`, one smtp-source load (run with --one)."""
+    sys.path.insert(0, str(tree / "bench"))
+    os.chdir(tree)
+    import smtp  # the revision's own bench module
+
+    tls = smtp.make_tls(workdir / "tls")
+    archiva = smtp.Archiva(workdir, tls)
+    archiva.prepare()
+    shape = smtp.Shape("ab", messages, 20 * 1024, sessions, True)
+    data_dir = archiva.fresh_data_dir()
+    with archiva.ingest(data_dir, 1, require_tls=False) as (port, proc):
+        time.sleep(1)  # let the token directory and the committer settle
+        before = smtp.tree_cpu_seconds(proc.pid)
+        started = os.times()
+        outcome = smtp.run_smtp_source(port, shape, archiva.address)
+        ended = os.times()
+        ingest_cpu = smtp.tree_cpu_seconds(proc.pid) - before
+    if outcome.error:
+        raise SystemExit(f"the load failed: {outcome.error}")
+    source_cpu = (ended.children_user + ended.children_system) - (started.children_user + started.children_system)
+    return {
+        "rate": outcome.accepted / outcome.elapsed,
+        "ingest_cpu_ms": ingest_cpu / outcome.accepted * 1000,
+        "source_cpu_ms": source_cpu / outcome.accepted * 1000,
+    }
+
+
+def run_in(tree: Path, workdir: Path, messages: int, sessions: int) -> dict:
+    cmd = [sys.executable, __file__, "--one", str(tree), str(workdir), str(messages), str(sessions)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"a run in {tree} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(lines[-1][len(MARK) :])
+
+
+def worktree(rev: str, folder: Path) -> Path:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True)
+    (folder / ".venv").symlink_to(ROOT / ".venv")
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--one"]:
+        tree, workdir, messages, sessions = Path(argv[1]), Path(argv[2]), int(argv[3]), int(argv[4])
+        print(MARK + json.dumps(one_run(tree, workdir, messages, sessions)), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(description="Interleaved A/B of the SMTP ingest between two git revisions.")
+    parser.add_argument("a", help="revision A (the baseline)")
+    parser.add_argument("b", help="revision B")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--messages", type=int, default=40_000)
+    parser.add_argument("--sessions", type=int, default=20)
+    args = parser.parse_args(argv)
+    if shutil.which("smtp-source") is None and not Path("/usr/sbin/smtp-source").exists():
+        parser.error("smtp-source is missing: apt-get install -y postfix swaks")
+    base = Path(tempfile.mkdtemp(prefix="archiva-ab-"))
+    trees = {}
+    try:
+        trees = {"A": worktree(args.a, base / "a"), "B": worktree(args.b, base / "b")}
+        results: dict[str, list[dict]] = {"A": [], "B": []}
+        for number in range(1, args.rounds + 1):
+            for name, tree in trees.items():
+                workdir = base / f"run-{name}-{number}"
+                workdir.mkdir()
+                result = run_in(tree, workdir, args.messages, args.sessions)
+                results[name].append(result)
+                print(
+                    f"round {number} {name}: {result['rate']:7.0f} msgs/s  ingest {result['ingest_cpu_ms']:.3f} ms/msg"
+                    f"  smtp-source {result['source_cpu_ms']:.3f} ms/msg",
+                    flush=True,
+                )
+        rate = {name: statistics.median(r["rate"] for r in runs) for name, runs in results.items()}
+        cpu = {name: statistics.median(r["ingest_cpu_ms"] for r in runs) for name, runs in results.items()}
+        wins = sum(b["rate"] > a["rate"] for a, b in zip(results["A"], results["B"], strict=True))
+        print(f"A = {args.a}: median {rate['A']:.0f} msgs/s, {cpu['A']:.3f} ms CPU/msg")
+        print(f"B = {args.b}: median {rate['B']:.0f} msgs/s, {cpu['B']:.3f} ms CPU/msg")
+        print(
+            f"B / A: {rate['B'] / rate['A']:.3f} (msgs/s), {cpu['B'] / cpu['A']:.3f} (CPU);"
+            f" B faster in {wins} of {args.rounds} rounds"
+        )
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
