@@ -1,6 +1,6 @@
 """Interleaved A/B of the SMTP ingest between two git revisions (how issue 4's changes were measured).
 
-    .venv/bin/python bench/ab.py HEAD~1 HEAD                 # 3 rounds of 40,000 × 20 KB over 20 sessions
+    .venv/bin/python bench/ab.py                  # HEAD~1 against HEAD: 3 rounds of 40,000 × 20 KB, 20 sessions
     .venv/bin/python bench/ab.py main my-branch --rounds 5 --messages 20000
 
 Each revision is checked out in a temporary git worktree that shares this
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         print(MARK + json.dumps(one_run(tree, workdir, messages, sessions)), flush=True)
         return 0
     parser = argparse.ArgumentParser(description="Interleaved A/B of the SMTP ingest between two git revisions.")
-    parser.add_argument("a", help="revision A (the baseline)")
-    parser.add_argument("b", help="revision B")
+    parser.add_argument("a", nargs="?", default="HEAD~1", help="revision A, the baseline (default HEAD~1)")
+    parser.add_argument("b", nargs="?", default="HEAD", help="revision B (default HEAD)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--messages", type=int, default=40_000)
     parser.add_argument("--sessions", type=int, default=20)
