@@ -72,7 +72,11 @@ def run_in(tree: Path, workdir: Path, messages: int, sessions: int) -> dict:
 
 
 def worktree(rev: str, folder: Path) -> Path:
-    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], check=True)
+    added = subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), rev], capture_output=True, text=True
+    )
+    if added.returncode != 0:
+        raise SystemExit(f"cannot check out revision {rev!r}: {added.stderr.strip()}")
     (folder / ".venv").symlink_to(ROOT / ".venv")
     return folder
 
