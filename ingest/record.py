@@ -333,27 +333,14 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
     """Make a batch of messages durable: store, record, one flush.
 
     Returns every job's outcome and the ids of the Delivery rows made: what
-    the committer does for each batch (`GroupCommitter.commit`), for tests
-    and benchmarks that put mail in the archive exactly as the ingest does.
-    """
-    outcomes, created, pending = record_batch(batch, flush)
-    if pending:
-        try:
-            sync_filesystems(flush)
-        except Exception as exc:  # the disk's error, or ours: 451 either way
-            return flush_failed(outcomes, exc), []
-    return outcomes, created
-
-
-def record_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], list[int], bool]:
-    """Store and record a batch: the outcomes, the ids of the rows made, and
-    whether those outcomes still wait for `sync_filesystems(flush)` (see
-    `flush_after_commit`: then the caller flushes; else it was done here,
-    before the rows were inserted).
+    the committer does for each batch (`GroupCommitter.commit`), and what
+    tests and benchmarks call to put mail in the archive exactly as the
+    ingest does.  The flush comes after the rows where one flush covers both
+    (`flush_after_commit`), else before them.
     """
     stored, outcomes = _store(batch)
     if not stored:
-        return outcomes, [], False
+        return outcomes, []
     now = timezone.now()
     rows = [
         row
@@ -367,8 +354,14 @@ def record_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
         created = insert_deliveries(rows)
     except Exception as exc:
         log.exception("recording %d messages failed; they will be answered 451", len(stored))
-        return outcomes + [(job, exc) for job in stored], [], False
-    return outcomes + [(job, None) for job in stored], created, after
+        return outcomes + [(job, exc) for job in stored], []
+    outcomes += [(job, None) for job in stored]
+    if after:
+        try:
+            sync_filesystems(flush)
+        except Exception as exc:  # the disk's error, or ours: 451 either way
+            return flush_failed(outcomes, exc), []
+    return outcomes, created
 
 
 def delivery_connection():

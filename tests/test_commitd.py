@@ -238,17 +238,18 @@ def test_a_batch_is_answered_only_after_its_flush_and_a_failed_flush_answers_451
     """Each batch is stored, recorded, then flushed before its outcomes are
     returned; a failed flush answers its batch 451 (the rows are left to the
     sweep) and the committer goes on with the next batch."""
+    from ingest.models import Delivery
     from ingest.record import GroupCommitter
 
     events: list[tuple[str, object]] = []
     failing = [False]
 
     def flush(paths):
-        events.append(("flush", None))
+        events.append(("flush, rows", Delivery.objects.count()))
         if failing[0]:
             raise OSError(5, "Input/output error")
 
-    patch_commit_steps(monkeypatch, flush, lambda batch: events.append(("recorded", batch[0].request_id)))
+    patch_commit_steps(monkeypatch, flush, lambda batch: events.append(("stored", batch[0].request_id)))
     committer = GroupCommitter()
     # Flushed after the COMMIT: SQLite's order (the test database is PostgreSQL).
     monkeypatch.setattr(record, "flush_after_commit", lambda: True)
@@ -263,13 +264,14 @@ def test_a_batch_is_answered_only_after_its_flush_and_a_failed_flush_answers_451
     assert [(job.request_id, error) for job, error in first] == [(1, None), (2, None)]
     assert [job.request_id for job, _ in second] == [3] and isinstance(second[0][1], OSError)
     assert [(job.request_id, error) for job, error in third] == [(4, None)]
+    # Each flush comes after its batch's rows (the failed one's rows stay, for the sweep).
     assert events == [
-        ("recorded", 1),
-        ("flush", None),
-        ("recorded", 3),
-        ("flush", None),
-        ("recorded", 4),
-        ("flush", None),
+        ("stored", 1),
+        ("flush, rows", 2),
+        ("stored", 3),
+        ("flush, rows", 3),
+        ("stored", 4),
+        ("flush, rows", 4),
     ]
 
 
@@ -284,14 +286,14 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
 
     flushing = threading.Event()
     release = threading.Event()
-    recorded: list[list[int]] = []
+    stored: list[list[int]] = []
 
     def slow_flush(paths):
         if not flushing.is_set():
             flushing.set()
             release.wait(10)
 
-    patch_commit_steps(monkeypatch, slow_flush, lambda batch: recorded.append([job.request_id for job in batch]))
+    patch_commit_steps(monkeypatch, slow_flush, lambda batch: stored.append([job.request_id for job in batch]))
 
     def request(n: int) -> bytes:
         job = numbered_job(org, n)
@@ -311,7 +313,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
         while unread(theirs) < sum(map(len, sent)):  # all three wait in the committer's socket
             time.sleep(0.01)
         time.sleep(0.05)  # the moment the committer would need to record them, were it not flushing
-        assert recorded == [[1]], recorded
+        assert stored == [[1]], stored
         release.set()
         ours.settimeout(10)
         frames, buf = [], bytearray()
@@ -322,7 +324,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
         release.set()
         ours.shutdown(socket.SHUT_WR)
         runner.join(10)
-    assert recorded == [[1], [2, 3, 4]]
+    assert stored == [[1], [2, 3, 4]]
     assert [sorted(request_id for request_id, _, error in replies if error is None) for replies in frames] == [
         [],
         [1],
@@ -415,18 +417,18 @@ def numbered_job(org, n: int):
     return Job(n, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
 
 
-def patch_commit_steps(monkeypatch, flush, on_record) -> None:
-    """The committer's flush replaced by `flush`; `on_record(batch)` after each batch is recorded."""
+def patch_commit_steps(monkeypatch, flush, on_store) -> None:
+    """The committer's flush replaced by `flush`; `on_store(batch)` after each batch is stored."""
 
-    real_record = record.record_batch
+    real_store = record._store
 
-    def recording(batch, paths):
-        result = real_record(batch, paths)
-        on_record(batch)
+    def storing(batch):
+        result = real_store(batch)
+        on_store(batch)
         return result
 
     monkeypatch.setattr(record, "sync_filesystems", flush)
-    monkeypatch.setattr(record, "record_batch", recording)
+    monkeypatch.setattr(record, "_store", storing)
 
 
 def unread(sock) -> int:
