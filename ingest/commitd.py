@@ -174,11 +174,11 @@ class CommitService:
                         batch.append(job)
                         owner[id(job)] = connection
                 if batch:
-                    self._answer(owner, self.committer.commit(batch))
-                    batch, owner = [], {}
+                    taken, owners, batch, owner = batch, owner, [], {}  # committed once, whatever answering meets
+                    self._answer(owners, self.committer.commit(taken))
                 self._drop_ended()
         finally:
-            # Whatever was received is committed (its sender may not hear of it, and send it again).
+            # Whatever was received and not yet committed is (its sender may not hear of it, and send it again).
             if batch:
                 self._answer(owner, self.committer.commit(batch))
             self.committer.close()

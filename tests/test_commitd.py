@@ -363,6 +363,35 @@ def test_a_full_chunk_of_recorded_deliveries_is_published_without_waiting_for_th
     assert sorted(i for ids in published for i in ids) == sorted(record.Delivery.objects.values_list("pk", flat=True))
 
 
+def test_a_batch_is_committed_once_even_when_answering_it_fails(transactional_db, org, monkeypatch):
+    """The committer's last-chance commit (when its loop ends on an error) takes
+    only what was received and not yet committed."""
+    import socket
+
+    from ingest.commitd import CommitService
+
+    ours, theirs = socket.socketpair()
+    service = CommitService(theirs)
+    committed: list[list[int]] = []
+    real_commit = service.committer.commit
+
+    def commit(batch):
+        committed.append([job.request_id for job in batch])
+        return real_commit(batch)
+
+    def answer(owner, outcomes):
+        raise RuntimeError("answering failed")
+
+    monkeypatch.setattr(service.committer, "commit", commit)
+    monkeypatch.setattr(service, "_answer", answer)
+    job = numbered_job(org, 1)
+    ours.sendall(frame((1, job.envelope.to_wire(), job.message, job.sha256, job.size)))
+    with pytest.raises(RuntimeError, match="answering failed"):
+        service.run()
+    ours.close()
+    assert committed == [[1]]
+
+
 def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transactional_db, org):
     """One committer serves every ingest process of a host: replies that one
     process does not read wait in its outbox, and the others are answered."""
