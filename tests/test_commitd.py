@@ -143,13 +143,10 @@ def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(
     import socket
 
     from ingest.commitd import CommitService
-    from ingest.directory import Route
-    from ingest.record import Envelope
+    from ingest.record import Job
 
     def request(bucket: str, body: bytes):
-        envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-        envelope.add_recipient(Route(org.tenant.pk, bucket, org.tenant.region, None), "journal-x@archive.test")
-        return frame((1, envelope.to_wire(), body, hashlib.sha256(body).hexdigest(), len(body)))
+        return request_frame(Job(1, org_envelope(org, bucket), body, hashlib.sha256(body).hexdigest(), len(body)))
 
     ours_a, theirs_a = socket.socketpair()
     ours_b, theirs_b = socket.socketpair()
@@ -184,11 +181,9 @@ def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_
 
     from django.db import OperationalError
 
-    from ingest.directory import Route
-    from ingest.record import Envelope, GroupCommitter, Job
+    from ingest.record import GroupCommitter, Job
 
-    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
+    envelope = org_envelope(org)
     spooled = tmp_path / "in-large.eml"
     spooled.write_bytes(b"Subject: large\r\n\r\n" + b"y" * 300_000)
     body = b"Subject: small\r\n\r\nhello\r\n"
@@ -296,8 +291,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
     patch_commit_steps(monkeypatch, slow_flush, lambda batch: stored.append([job.request_id for job in batch]))
 
     def request(n: int) -> bytes:
-        job = numbered_job(org, n)
-        return frame((n, job.envelope.to_wire(), job.message, job.sha256, job.size))
+        return request_frame(numbered_job(org, n))
 
     ours, theirs = socket.socketpair()
     service = CommitService(theirs)
@@ -384,8 +378,7 @@ def test_a_batch_is_committed_once_even_when_answering_it_fails(transactional_db
 
     monkeypatch.setattr(service.committer, "commit", commit)
     monkeypatch.setattr(service, "_answer", answer)
-    job = numbered_job(org, 1)
-    ours.sendall(frame((1, job.envelope.to_wire(), job.message, job.sha256, job.size)))
+    ours.sendall(request_frame(numbered_job(org, 1)))
     with pytest.raises(RuntimeError, match="answering failed"):
         service.run()
     ours.close()
@@ -401,8 +394,7 @@ def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transa
     from ingest.commitd import CommitService
 
     def request(n: int) -> bytes:
-        job = numbered_job(org, n)
-        return frame((n, job.envelope.to_wire(), job.message, job.sha256, job.size))
+        return request_frame(numbered_job(org, n))
 
     wedged, wedged_end = socket.socketpair()
     live, live_end = socket.socketpair()
@@ -433,17 +425,30 @@ def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transa
     assert not runner.is_alive()
 
 
+def org_envelope(org, bucket: str | None = None):
+    """An envelope from the loopback with one recipient of org's tenant (in `bucket`, if given)."""
+    from ingest.directory import Route
+    from ingest.record import Envelope
+
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    route = Route(org.tenant.pk, bucket or org.tenant.bucket, org.tenant.region, None)
+    envelope.add_recipient(route, "journal-x@archive.test")
+    return envelope
+
+
 def numbered_job(org, n: int):
     """Job n: a small message of its own to org's tenant."""
     import hashlib
 
-    from ingest.directory import Route
-    from ingest.record import Envelope, Job
+    from ingest.record import Job
 
-    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
-    envelope.add_recipient(Route(org.tenant.pk, org.tenant.bucket, org.tenant.region, None), "journal-x@archive.test")
     body = f"Subject: {n}\r\n\r\nbody {n}\r\n".encode()
-    return Job(n, envelope, body, hashlib.sha256(body).hexdigest(), len(body))
+    return Job(n, org_envelope(org), body, hashlib.sha256(body).hexdigest(), len(body))
+
+
+def request_frame(job) -> bytes:
+    """The job as an ingest process sends it to the committer."""
+    return frame((job.request_id, job.envelope.to_wire(), job.message, job.sha256, job.size))
 
 
 def patch_commit_steps(monkeypatch, flush, on_store) -> None:
