@@ -7,10 +7,11 @@ Each revision is checked out in a temporary git worktree that shares this
 checkout's `.venv` (so both must run on the same requirements).  Rounds
 alternate A and B: on a shared, noisy machine one pair of runs says little,
 but a change that wins every round does.  Each run is a fresh embedded-
-default ingest (`manage.py smtpd`, p=1, TLS off) driven by smtp-source, as
-in bench/smtp.py, whose functions the revision's own copy provides; it
-prints msgs/s and the CPU per message of the ingest's processes and of
-smtp-source.  Needs `apt-get install -y postfix swaks` (smtp-source).
+default ingest (`manage.py smtpd`, p=1, TLS off) driven by smtp-source,
+measured by the revision's own bench/smtp.py exactly as the ratio's run
+(`measure_plain`: msgs/s, the CPU per message of the ingest's processes,
+and the check that every accepted message is archived).  Needs what
+bench/smtp.py needs (`apt-get install -y postfix swaks`).
 
 Run folders are kept until the end: deleting thousands of files just
 before a run slows ext4's inode allocation for the next one (see
@@ -27,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,31 +35,18 @@ MARK = "AB-JSON "
 
 
 def one_run(tree: Path, workdir: Path, messages: int, sessions: int) -> dict:
-    """In a child process: one ingest of `tree`, one smtp-source load (run with --one)."""
+    """In a child process (--one): the revision's own bench/smtp.py measures one
+    fresh ingest with smtp-source (`measure_plain`, the ratio's run), archive check included."""
     sys.path.insert(0, str(tree / "bench"))
     os.chdir(tree)
     import smtp  # the revision's own bench module
 
-    tls = smtp.make_tls(workdir / "tls")
-    archiva = smtp.Archiva(workdir, tls)
+    archiva = smtp.Archiva(workdir, smtp.make_tls(workdir / "tls"))
     archiva.prepare()
-    shape = smtp.Shape("ab", messages, 20 * 1024, sessions, True)
-    data_dir = archiva.fresh_data_dir()
-    with archiva.ingest(data_dir, 1, require_tls=False) as (port, proc):
-        time.sleep(1)  # let the token directory and the committer settle
-        before = smtp.tree_cpu_seconds(proc.pid)
-        started = os.times()
-        outcome = smtp.run_smtp_source(port, shape, archiva.address)
-        ended = os.times()
-        ingest_cpu = smtp.tree_cpu_seconds(proc.pid) - before
-    if outcome.error:
-        raise SystemExit(f"the load failed: {outcome.error}")
-    source_cpu = (ended.children_user + ended.children_system) - (started.children_user + started.children_system)
-    return {
-        "rate": outcome.accepted / outcome.elapsed,
-        "ingest_cpu_ms": ingest_cpu / outcome.accepted * 1000,
-        "source_cpu_ms": source_cpu / outcome.accepted * 1000,
-    }
+    result = smtp.measure_plain(archiva, smtp.Shape("ab", messages, 20 * 1024, sessions, True), 1)
+    if result.error or result.lost or not result.check.startswith("ok"):
+        raise SystemExit(f"the run failed: {result.error or result.check}")
+    return {"rate": result.rate, "cpu_ms": result.cpu_ms}
 
 
 def run_in(tree: Path, workdir: Path, messages: int, sessions: int) -> dict:
@@ -95,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=40_000)
     parser.add_argument("--sessions", type=int, default=20)
     args = parser.parse_args(argv)
-    if shutil.which("smtp-source") is None and not Path("/usr/sbin/smtp-source").exists():
-        parser.error("smtp-source is missing: apt-get install -y postfix swaks")
+    sys.path.insert(0, str(ROOT / "bench"))
+    from smtp import check_prerequisites
+
+    check_prerequisites()
     base = Path(tempfile.mkdtemp(prefix="archiva-ab-"))
     trees = {}
     try:
@@ -109,12 +98,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_in(tree, workdir, args.messages, args.sessions)
                 results[name].append(result)
                 print(
-                    f"round {number} {name}: {result['rate']:7.0f} msgs/s  ingest {result['ingest_cpu_ms']:.3f} ms/msg"
-                    f"  smtp-source {result['source_cpu_ms']:.3f} ms/msg",
+                    f"round {number} {name}: {result['rate']:7.0f} msgs/s  {result['cpu_ms']:.3f} ms CPU/msg",
                     flush=True,
                 )
         rate = {name: statistics.median(r["rate"] for r in runs) for name, runs in results.items()}
-        cpu = {name: statistics.median(r["ingest_cpu_ms"] for r in runs) for name, runs in results.items()}
+        cpu = {name: statistics.median(r["cpu_ms"] for r in runs) for name, runs in results.items()}
         wins = sum(b["rate"] > a["rate"] for a, b in zip(results["A"], results["B"], strict=True))
         print(f"A = {args.a}: median {rate['A']:.0f} msgs/s, {cpu['A']:.3f} ms CPU/msg")
         print(f"B = {args.b}: median {rate['B']:.0f} msgs/s, {cpu['B']:.3f} ms CPU/msg")
