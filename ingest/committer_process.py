@@ -14,9 +14,12 @@ def main() -> None:
     import django
 
     django.setup()
-    from infra.runtime import settle_heap
-    from ingest.commitd import serve_fd
+    from django.conf import settings
 
+    from infra.runtime import settle_heap
+    from ingest.commitd import serve_fd, yield_to_sessions
+
+    yield_to_sessions(settings.ARCHIVA_COMMITTER_NICE)  # before its threads start: they inherit it
     settle_heap()
     listening = sys.argv[1:2] == ["--listen"]
     serve_fd(int(sys.argv[-1]), listening=listening)

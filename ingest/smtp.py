@@ -107,9 +107,10 @@ class AcceptedLog:
         for created, queue_id, size, sha256, tenants, recipients in noted:
             args = (queue_id, size, sha256, ",".join(map(str, tenants)), recipients)
             record = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, self.MESSAGE, args, None)
+            # Back-date the record to the acceptance: shift its times by the wait.
+            record.relativeCreated -= (record.created - created) * 1000
             record.created = created
             record.msecs = int((created - int(created)) * 1000) + 0.0
-            record.relativeCreated = (created - logging._startTime) * 1000
             log.handle(record)
 
 

@@ -290,6 +290,15 @@ def committer_of(pid: int) -> int:
     return found[0]
 
 
+def niceness(pid: int) -> set[int]:
+    """The niceness of each of the process's threads (/proc/PID/task/TID/stat, field 19)."""
+    values = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        stat = (task / "stat").read_text()
+        values.add(int(stat[stat.rindex(")") + 2 :].split()[16]))
+    return values
+
+
 def send_until_accepted(process, tls_files, address: str, accepted: int) -> list[int]:
     """Send distinct messages until `accepted` get 250; each other answer must be 451 4.3.0."""
     time.sleep(0.2)
@@ -308,10 +317,17 @@ def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, t
     address = journal_address(org.tenant)
     assert send(process, tls_files, [address], MESSAGE)[0] == 250
     first = committer_of(process.proc.pid)
+    # The committer yields the CPU to the sessions: ARCHIVA_COMMITTER_NICE (5) more than the
+    # ingest, every thread of it (its publisher and checkpointer run too by now).
+    [ingest_nice] = niceness(process.proc.pid)
+    assert niceness(first) == {ingest_nice + 5}
+    assert len(list(Path(f"/proc/{first}/task").iterdir())) >= 2
     os.kill(first, signal.SIGKILL)
     codes = send_until_accepted(process, tls_files, address, 1)
     assert codes[0] == 451  # nothing is acknowledged while no committer runs
-    assert committer_of(process.proc.pid) != first
+    restarted = committer_of(process.proc.pid)
+    assert restarted != first
+    assert niceness(restarted) == {ingest_nice + 5}
     # Exactly the two acknowledged messages were recorded, both readable.
     rows = list(Delivery.objects.select_related("tenant").filter(tenant=org.tenant))
     assert len(rows) == 2
@@ -320,12 +336,13 @@ def test_a_dead_committer_means_451_until_a_new_one_takes_over(ingest_process, t
 
 
 def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(ingest_process, tls_files, org):
-    process = ingest_process(ARCHIVA_SMTP_PROCESSES="2")
+    process = ingest_process(ARCHIVA_SMTP_PROCESSES="2", ARCHIVA_COMMITTER_NICE="0")
     parent = process.proc.pid
     ingests = children_of(parent, b"smtpd")
     [committer] = children_of(parent, b"ingest.committer_process")
     assert len(ingests) == 2
     assert all(not children_of(pid, b"ingest.committer_process") for pid in ingests)
+    assert niceness(committer) == niceness(parent)  # 0: the ingest's own priority
     address = journal_address(org.tenant)
     for n in range(20):  # new connections: the kernel spreads them over both processes
         assert send(process, tls_files, [address], MESSAGE + f"first {n}\r\n".encode())[0] == 250

@@ -84,3 +84,5 @@ def test_accepted_lines_are_written_in_a_burst_each_with_its_time_of_acceptance(
     assert all(abs(r.created - t) < 0.005 for r, t in zip(records, times, strict=False))
     assert records[2].created - records[0].created >= 0.09
     assert records[1].msecs == int((records[1].created % 1) * 1000)
+    # relativeCreated moves with created: the distance between two lines is the same on both clocks.
+    assert abs((records[2].relativeCreated - records[0].relativeCreated) / 1000 - (times[2] - times[0])) < 0.005
