@@ -429,6 +429,12 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
     return stored, [(job, failed[id(job)]) for job in batch if id(job) in failed]
 
 
+def _checkpoint_wal() -> None:
+    """Copy into the SQLite database what its WAL holds, as far as no reader needs it, without waiting."""
+    with delivery_connection().cursor() as cursor:
+        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 class GroupCommitter:
     """Makes many concurrent sessions' messages durable with few flushes and transactions.
 
@@ -537,8 +543,7 @@ class GroupCommitter:
         A failure costs nothing but the restart: the thread tries again."""
         self._checkpointed.clear()
         try:
-            with delivery_connection().cursor() as cursor:
-                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _checkpoint_wal()
         except Exception:
             log.warning("WAL catch-up checkpoint failed", exc_info=True)
 
@@ -547,8 +552,7 @@ class GroupCommitter:
             while not self._stop.wait(CHECKPOINT_INTERVAL):
                 try:
                     close_old_connections()
-                    with delivery_connection().cursor() as cursor:
-                        cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    _checkpoint_wal()
                     self._checkpointed.set()
                 except Exception:
                     log.warning("WAL checkpoint failed; trying again", exc_info=True)
