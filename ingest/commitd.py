@@ -228,8 +228,9 @@ def _describe(error: Exception) -> str:
 class CommitterClient(asyncio.Protocol):
     """The ingest's side: `submit` returns a future of the queue id."""
 
-    def __init__(self, *, in_thread: bool = False, address: str | None = None):
+    def __init__(self, *, in_thread: bool = False, address: str | None = None, counts=None):
         self.in_thread = in_thread
+        self._counts = counts or metrics.loop_counts()  # its loop's (commit_queue)
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}
@@ -280,7 +281,7 @@ class CommitterClient(asyncio.Protocol):
             return future
         request_id = next(self._ids)
         self._pending[request_id] = future
-        metrics.COMMIT_QUEUE.inc()
+        self._counts.commit_queue += 1
         if not self._outgoing:  # one write for all that this turn of the loop hands over
             self._loop.call_soon(self._send)
         self._outgoing.append(frame((request_id, envelope.to_wire(), message, sha256, size)))
@@ -302,7 +303,7 @@ class CommitterClient(asyncio.Protocol):
         for replies in unframe(self._buf):
             if not self._ready.done():
                 self._ready.set_result(None)
-            metrics.COMMIT_QUEUE.dec(len(replies))
+            self._counts.commit_queue -= len(replies)
             for request_id, queue_id, error in replies:
                 future = self._pending.pop(request_id, None)
                 if future is None or future.done():
@@ -318,7 +319,7 @@ class CommitterClient(asyncio.Protocol):
             self._ready.set_exception(CommitFailed("the committer stopped while starting"))
         pending, self._pending = self._pending, {}
         self._outgoing = []
-        metrics.COMMIT_QUEUE.dec(len(pending))
+        self._counts.commit_queue -= len(pending)
         for future in pending.values():
             if not future.done():
                 future.set_exception(CommitFailed("the committer went away"))

@@ -132,7 +132,7 @@ class IngestServer:
         self._loop = asyncio.get_running_loop()
         clean_spool(self.policy.spool_dir)
         self.committer = self.service.committer = CommitterClient(
-            in_thread=not self.commit_process, address=self.committer_address
+            in_thread=not self.commit_process, address=self.committer_address, counts=self.service.counts
         )
         await self.committer.start()
         self.directory.start()

@@ -104,13 +104,22 @@ class AcceptedLog:
 
     def flush(self) -> None:
         noted, self._noted = self._noted, []
+        if not noted:
+            return
+        # One record made the usual way (record factory, thread, process);
+        # each line is a copy of it with its own arguments and times:
+        # LogRecord.__init__ was a quarter of a line's cost (24.7 -> 18.7 µs).
+        template = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, self.MESSAGE, (), None)
+        fields, kind = template.__dict__, type(template)
+        made, relative = template.created, template.relativeCreated
         for created, queue_id, size, sha256, tenants, recipients in noted:
-            args = (queue_id, size, sha256, ",".join(map(str, tenants)), recipients)
-            record = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, self.MESSAGE, args, None)
-            # Back-date the record to the acceptance: shift its times by the wait.
-            record.relativeCreated -= (record.created - created) * 1000
+            record = kind.__new__(kind)
+            record.__dict__.update(fields)
+            record.args = (queue_id, size, sha256, ",".join(map(str, tenants)), recipients)
+            # Back-dated to the acceptance: both clocks shifted by the wait.
             record.created = created
             record.msecs = int((created - int(created)) * 1000) + 0.0
+            record.relativeCreated = relative - (made - created) * 1000
             log.handle(record)
 
 
@@ -215,6 +224,7 @@ class Service:
         self.timeout = timeout
         self.sessions: set[SMTPSession] = set()
         self.accepted_log = AcceptedLog()
+        self.counts = metrics.loop_counts()  # this loop's share of /metrics
 
 
 class SMTPSession(asyncio.Protocol):
@@ -261,7 +271,7 @@ class SMTPSession(asyncio.Protocol):
         self._admitted = True
         self.policy.admitted += 1  # one event loop per policy: no lock needed
         self.service.sessions.add(self)
-        metrics.SESSIONS.inc()
+        self.service.counts.sessions += 1
         self._last_activity = self._loop.time()
         self._timer = self._loop.call_later(self.service.timeout, self._check_idle)
         self._reply(f"220 {self.service.hostname} Archiva ESMTP")
@@ -276,7 +286,7 @@ class SMTPSession(asyncio.Protocol):
             self._admitted = False
             self.policy.admitted -= 1
             self.service.sessions.discard(self)
-            metrics.SESSIONS.dec()
+            self.service.counts.sessions -= 1
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
@@ -565,7 +575,7 @@ class SMTPSession(asyncio.Protocol):
         else:
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
-        metrics.count_reply("RCPT", reply)
+        self.service.counts.reply("RCPT", reply)
         self._reply(reply)
 
     def smtp_DATA(self, arg: str) -> None:
@@ -657,9 +667,7 @@ class SMTPSession(asyncio.Protocol):
             self._end_data(REPLY_TEMPFAIL)
         else:
             queue_id = future.result()
-            metrics.COMMIT_SECONDS.observe(time.monotonic() - started)
-            metrics.ACCEPTED.inc()
-            metrics.ACCEPTED_BYTES.inc(sink.size)
+            self.service.counts.accepted_message(sink.size, time.monotonic() - started)
             if log.isEnabledFor(logging.INFO):
                 self.service.accepted_log.add(queue_id, sink.size, sink.sha256, self._tenants(), len(self.rcpt_tos))
             self._end_data(f"250 2.0.0 {queue_id} Ok: queued")
@@ -667,7 +675,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _end_data(self, reply: str) -> None:
         self._reset_envelope()
-        metrics.count_reply("DATA", reply)
+        self.service.counts.reply("DATA", reply)
         self._reply(reply)
 
     def _tenants(self) -> list[int]:

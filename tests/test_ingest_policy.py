@@ -240,6 +240,49 @@ def test_metrics_are_served_on_an_internal_port(server_factory, tls_files, org):
     assert "archiva_smtp_commit_seconds_bucket" in body
 
 
+def test_metrics_count_every_message_session_and_reply_exactly(server_factory, tls_files, org):
+    """The hot path's counts (smtp.Service.counts, one per event loop) reach
+    /metrics exactly: per message, per reply code, the commit histogram, and
+    the gauges back at their value once the sessions end.  Two servers (two
+    loops in their own threads) add up."""
+    from prometheus_client import REGISTRY
+
+    names = [
+        ("archiva_smtp_accepted_messages_total", {}),
+        ("archiva_smtp_accepted_bytes_total", {}),
+        ("archiva_smtp_replies_total", {"command": "DATA", "code": "250"}),
+        ("archiva_smtp_replies_total", {"command": "RCPT", "code": "250"}),
+        ("archiva_smtp_replies_total", {"command": "RCPT", "code": "550"}),
+        ("archiva_smtp_commit_seconds_count", {}),
+        ("archiva_smtp_commit_seconds_bucket", {"le": "+Inf"}),
+        ("archiva_smtp_commit_seconds_bucket", {"le": "30.0"}),
+        ("archiva_smtp_sessions", {}),
+        ("archiva_smtp_commit_queue", {}),
+    ]
+
+    def values() -> list[float]:
+        return [REGISTRY.get_sample_value(name, labels) or 0.0 for name, labels in names]
+
+    before = values()
+    sum_before = REGISTRY.get_sample_value("archiva_smtp_commit_seconds_sum") or 0.0
+    servers = [server_factory(), server_factory()]
+    address = journal_address(org.tenant)
+    for n in range(5):
+        with connect(servers[n % 2], tls_files) as client:
+            client.mail("ndr@contoso.com")
+            assert client.rcpt(address)[0] == 250
+            if n == 0:
+                assert client.rcpt("journal-000000" + "z" * 57 + "@" + address.split("@")[1])[0] == 550
+            assert client.data(MESSAGE)[0] == 250
+    deadline = time.monotonic() + 5  # a session ends in its loop after the client's QUIT
+    while values()[-2] != before[-2] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    delta = [after - first for after, first in zip(values(), before, strict=True)]
+    assert delta[:2] == [5, 5 * len(MESSAGE)]  # the bytes as received: MESSAGE needs no dot-stuffing
+    assert delta[2:] == [5, 5, 1, 5, 5, 5, 0, 0]
+    assert (REGISTRY.get_sample_value("archiva_smtp_commit_seconds_sum") or 0.0) > sum_before
+
+
 def test_logs_never_show_a_journal_token(server_factory, tls_files, org, caplog):
     import logging
 
