@@ -225,6 +225,28 @@ class Service:
         self.sessions: set[SMTPSession] = set()
         self.accepted_log = AcceptedLog()
         self.counts = metrics.loop_counts()  # this loop's share of /metrics
+        self._idle_check: asyncio.TimerHandle | None = None
+
+    def watch_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close sessions silent for `timeout` seconds (started by the first session).
+
+        One timer for all of the loop's sessions, every tenth of the timeout
+        (at most a second): a timer per session, set and cancelled for each
+        connection, was event-loop work for every message of a sender that
+        connects for each (as smtp-source does).  A session is closed between
+        `timeout` and `timeout` plus that interval after its last input."""
+        if self._idle_check is None:
+            self._idle_check = loop.call_later(self._idle_interval(), self._close_idle, loop)
+
+    def _idle_interval(self) -> float:
+        return min(1.0, max(0.05, self.timeout / 10))
+
+    def _close_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for session in list(self.sessions):
+            session.close_if_idle(now)
+        # Stops once no session is left; the next one starts it again.
+        self._idle_check = loop.call_later(self._idle_interval(), self._close_idle, loop) if self.sessions else None
 
 
 class SMTPSession(asyncio.Protocol):
@@ -243,7 +265,6 @@ class SMTPSession(asyncio.Protocol):
         self._admitted = False
         self._bad_commands = 0
         self._last_activity = 0.0
-        self._timer: asyncio.TimerHandle | None = None
         self.peer: str | None = None
         self.tls = False
         self.helo: str | None = None
@@ -273,13 +294,10 @@ class SMTPSession(asyncio.Protocol):
         self.service.sessions.add(self)
         self.service.counts.sessions += 1
         self._last_activity = self._loop.time()
-        self._timer = self._loop.call_later(self.service.timeout, self._check_idle)
+        self.service.watch_idle(self._loop)
         self._reply(f"220 {self.service.hostname} Archiva ESMTP")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         self._drop_spool()
         self.transport = None
         if self._admitted:
@@ -399,15 +417,11 @@ class SMTPSession(asyncio.Protocol):
             self._reply(reply)
         self._process()
 
-    def _check_idle(self) -> None:
-        if self.transport is None:
-            return
-        idle = self._loop.time() - self._last_activity
-        if idle >= self.service.timeout and not self._busy:
+    def close_if_idle(self, now: float) -> None:
+        """421 and close if no input came for the timeout, unless a step of ours is running."""
+        if self.transport is not None and not self._busy and now - self._last_activity >= self.service.timeout:
             self._reply("421 4.4.2 Timeout exceeded, closing connection")
             self._close()
-            return
-        self._timer = self._loop.call_later(max(0.05, self.service.timeout - idle), self._check_idle)
 
     # --- commands ---------------------------------------------------------------
 

@@ -408,3 +408,37 @@ def test_a_slow_sender_inside_data_is_not_timed_out_while_bytes_arrive(transacti
             assert client.getreply()[0] == 250
     finally:
         server.stop_thread()
+
+
+def test_an_idle_session_is_closed_with_421_and_a_talking_one_is_not(transactional_db, tls_files, org):
+    """ARCHIVA_SMTP_TIMEOUT: a session silent that long gets `421 4.4.2` and
+    is closed; one that keeps sending commands stays open, however long."""
+    server = start_ingest(tls_files, timeout=1)
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        connected = time.monotonic()
+        assert idle.recv(1024).startswith(b"220 ")
+        closed: list[tuple[float, bytes]] = []
+
+        def read_until_closed() -> None:
+            received = b""
+            while chunk := idle.recv(1024):
+                received += chunk
+            closed.append((time.monotonic() - connected, received))
+
+        reader = threading.Thread(target=read_until_closed, daemon=True)
+        reader.start()
+        talking = connect(server, tls_files)
+        for _ in range(10):  # 2.5 s of a command every 0.25 s
+            assert talking.noop()[0] == 250
+            time.sleep(0.25)
+        reader.join(5)
+        assert closed, "the idle session was not closed"
+        waited, received = closed[0]
+        assert received.startswith(b"421 4.4.2 "), received
+        assert 1.0 <= waited < 2.5, waited
+        assert talking.noop()[0] == 250  # 2.5 s since it connected, never 1 s silent
+        talking.quit()
+        idle.close()
+    finally:
+        server.stop_thread()
