@@ -228,7 +228,9 @@ def _describe(error: Exception) -> str:
 class CommitterClient(asyncio.Protocol):
     """The ingest's side: `submit` returns a future of the queue id."""
 
-    def __init__(self, *, in_thread: bool = False, address: str | None = None, counts=None):
+    def __init__(
+        self, *, in_thread: bool = False, address: str | None = None, counts: metrics.LoopCounts | None = None
+    ):
         self.in_thread = in_thread
         self._counts = counts or metrics.loop_counts()  # its loop's (commit_queue)
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own

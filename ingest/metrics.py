@@ -24,8 +24,9 @@ class LoopCounts:
     change, and an accepted message made nine of them; here each is an
     attribute of this object, which only its loop's thread writes, and
     `/metrics` adds up the objects of every loop of the process when it is
-    scraped (`LoopCollector`).  Reading from the scraping thread is safe
-    without a lock: each value is read whole, and the totals only grow.
+    scraped (`LoopCollector`).  Reading from the scraping thread needs no
+    lock: each number is read whole, and the replies and buckets are copied
+    in one step each.
     One per `smtp.Service`, i.e. per event loop; kept for the process's
     life, so a counter never goes back when a loop ends (a test's server).
     """
