@@ -110,7 +110,7 @@ def test_a_large_message_spills_to_a_spool_file_and_a_dropped_one_leaves_nothing
     assert sorted((tmp_path / "spool").iterdir()) == [spooled]
 
 
-@pytest.mark.parametrize("tuning", [None, (1, 4, 8), (2, 16, 32), (3, 1, 4)])
+@pytest.mark.parametrize("tuning", [None, (1, 4, 8, 0), (2, 16, 32, 0), (3, 1, 4, 0), (2, 16, 32, 64)])
 def test_find_mark_finds_exactly_what_bytes_find_finds(monkeypatch, tuning):
     """find_mark is bytes.find(END_MARK, pos), faster: checked on 3,000 random
     buffers of every density of dots, CRs and LFs, from every start, with the
@@ -120,7 +120,7 @@ def test_find_mark_finds_exactly_what_bytes_find_finds(monkeypatch, tuning):
     from ingest import dataread
 
     if tuning is not None:
-        for name, value in zip(("DOT_PROBES", "FAR_DOT", "THICK_WINDOW"), tuning, strict=True):
+        for name, value in zip(("DOT_PROBES", "FAR_DOT", "THICK_WINDOW", "SMALL"), tuning, strict=True):
             monkeypatch.setattr(dataread, name, value)
     rng = random.Random(4)
     for _ in range(3000):
