@@ -36,8 +36,10 @@ class Route:
     region: str
     expires_at: datetime | None
 
-    def valid(self, now: datetime) -> bool:
-        return self.expires_at is None or self.expires_at > now
+    def valid(self) -> bool:
+        """Not past its expiry; the clock is read only for a token that has one
+        (a rotated token in its grace period): this runs for every RCPT."""
+        return self.expires_at is None or self.expires_at > timezone.now()
 
 
 def _route(tenant, expires_at: datetime | None = None) -> Route:
@@ -63,8 +65,8 @@ class TokenDirectory:
         if not self._loaded:
             raise DirectoryUnavailable("token directory not loaded yet")
         route = self._routes.get(token)
-        if route is None or (route.expires_at is not None and not route.valid(timezone.now())):
-            return None  # the clock is read only for a rotated token in its grace period
+        if route is None or not route.valid():
+            return None
         return route
 
     def lookup_domain(self, domain: str) -> Route | None:
