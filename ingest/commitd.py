@@ -232,10 +232,10 @@ class CommitterClient(asyncio.Protocol):
         self, *, in_thread: bool = False, address: str | None = None, counts: metrics.LoopCounts | None = None
     ):
         self.in_thread = in_thread
-        self._counts = counts or metrics.loop_counts()  # its loop's (commit_queue)
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, asyncio.Future] = {}  # its loop's commit-queue gauge: kept, never replaced
+        (counts or metrics.loop_counts()).commit_queue = self._pending
         self._buf = bytearray()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
@@ -283,7 +283,6 @@ class CommitterClient(asyncio.Protocol):
             return future
         request_id = next(self._ids)
         self._pending[request_id] = future
-        self._counts.commit_queue += 1
         if not self._outgoing:  # one write for all that this turn of the loop hands over
             self._loop.call_soon(self._send)
         self._outgoing.append(frame((request_id, envelope.to_wire(), message, sha256, size)))
@@ -305,7 +304,6 @@ class CommitterClient(asyncio.Protocol):
         for replies in unframe(self._buf):
             if not self._ready.done():
                 self._ready.set_result(None)
-            self._counts.commit_queue -= len(replies)
             for request_id, queue_id, error in replies:
                 future = self._pending.pop(request_id, None)
                 if future is None or future.done():
@@ -319,10 +317,10 @@ class CommitterClient(asyncio.Protocol):
         self._transport = None
         if not self._ready.done():
             self._ready.set_exception(CommitFailed("the committer stopped while starting"))
-        pending, self._pending = self._pending, {}
+        pending = list(self._pending.values())
+        self._pending.clear()
         self._outgoing = []
-        self._counts.commit_queue -= len(pending)
-        for future in pending.values():
+        for future in pending:
             if not future.done():
                 future.set_exception(CommitFailed("the committer went away"))
         if not self._closing:

@@ -6,6 +6,7 @@ import bisect
 import collections
 import logging
 import threading
+from collections.abc import Sized
 
 from prometheus_client import REGISTRY, Counter, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -29,11 +30,13 @@ class LoopCounts:
     in one step each.
     One per `smtp.Service`, i.e. per event loop; kept for the process's
     life, so a counter never goes back when a loop ends (a test's server).
+    The two gauges are the sizes of the loop's own collections, read at
+    scrape time: its open sessions, and its requests waiting for the committer.
     """
 
-    def __init__(self):
-        self.sessions = 0  # open SMTP sessions
-        self.commit_queue = 0  # messages handed to the committer, not yet answered
+    def __init__(self, sessions: Sized = ()):
+        self.sessions = sessions  # the loop's open SMTP sessions
+        self.commit_queue: Sized = ()  # its messages handed to the committer, not yet answered
         self.accepted = 0
         self.accepted_bytes = 0
         self.replies: dict[tuple[str, str], int] = {}  # (command, code) -> count
@@ -57,9 +60,9 @@ _loops: list[LoopCounts] = []
 _loops_lock = threading.Lock()
 
 
-def loop_counts() -> LoopCounts:
-    """A new LoopCounts, served at /metrics from now on."""
-    counts = LoopCounts()
+def loop_counts(sessions: Sized = ()) -> LoopCounts:
+    """A new LoopCounts for a loop with these sessions, served at /metrics from now on."""
+    counts = LoopCounts(sessions)
     with _loops_lock:
         _loops.append(counts)
     return counts
@@ -75,8 +78,7 @@ class LoopCollector:
         buckets = [0] * (len(COMMIT_BUCKETS) + 1)
         for counts in loops:
             replies.update(dict(counts.replies))  # dict(): one step, however the loop goes on
-            for n, count in enumerate(list(counts.commit_buckets)):
-                buckets[n] += count
+            buckets = [total + count for total, count in zip(buckets, list(counts.commit_buckets), strict=True)]
         family = CounterMetricFamily(
             "archiva_smtp_replies", "Final replies to MAIL, RCPT and DATA", labels=["command", "code"]
         )
@@ -105,12 +107,12 @@ class LoopCollector:
             sum_value=sum(counts.commit_seconds for counts in loops),
         )
         yield GaugeMetricFamily(
-            "archiva_smtp_sessions", "Open SMTP sessions", value=sum(counts.sessions for counts in loops)
+            "archiva_smtp_sessions", "Open SMTP sessions", value=sum(len(counts.sessions) for counts in loops)
         )
         yield GaugeMetricFamily(
             "archiva_smtp_commit_queue",
             "Messages handed to the committer, not yet stored and recorded",
-            value=sum(counts.commit_queue for counts in loops),
+            value=sum(len(counts.commit_queue) for counts in loops),
         )
 
 

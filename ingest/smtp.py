@@ -224,7 +224,7 @@ class Service:
         self.timeout = timeout
         self.sessions: set[SMTPSession] = set()
         self.accepted_log = AcceptedLog()
-        self.counts = metrics.loop_counts()  # this loop's share of /metrics
+        self.counts = metrics.loop_counts(self.sessions)  # this loop's share of /metrics
         self._idle_check: asyncio.TimerHandle | None = None
 
     def watch_idle(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -292,7 +292,6 @@ class SMTPSession(asyncio.Protocol):
         self._admitted = True
         self.policy.admitted += 1  # one event loop per policy: no lock needed
         self.service.sessions.add(self)
-        self.service.counts.sessions += 1
         self._last_activity = self._loop.time()
         self.service.watch_idle(self._loop)
         self._reply(f"220 {self.service.hostname} Archiva ESMTP")
@@ -304,7 +303,6 @@ class SMTPSession(asyncio.Protocol):
             self._admitted = False
             self.policy.admitted -= 1
             self.service.sessions.discard(self)
-            self.service.counts.sessions -= 1
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self._loop.time()
