@@ -125,8 +125,9 @@ def test_find_mark_finds_exactly_what_bytes_find_finds(monkeypatch, tuning):
     rng = random.Random(4)
     for _ in range(3000):
         alphabet = rng.choice([b"X.\r\n", b"X\r\n", b"XXXXXXXX.\r\n", b"XXXXXXXXXXXXXXXX\r\n.", b".\r\n", b"XY"])
-        size = rng.choice([0, 1, 2, 3, 5, 17, 64, 300, 3000])
-        buf = bytes(rng.choice(alphabet) for _ in range(size))
+        # Sizes past SMALL and THICK_WINDOW too, so the real tuning probes and opens windows.
+        size = rng.choice([0, 1, 2, 3, 5, 17, 64, 300, 3000, 5000, 20000])
+        buf = bytes(rng.choices(alphabet, k=size))
         if rng.random() < 0.3 and size:  # a mark somewhere, maybe far in
             at = rng.randrange(size)
             buf = buf[:at] + b"\r\n." + buf[at:]
