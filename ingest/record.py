@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import logging
 import random
 import threading
@@ -23,7 +22,7 @@ from pathlib import Path
 from django.db import close_old_connections, connections, transaction
 from django.utils import timezone
 
-from infra.storage import FolderStore, get_store, raw_key, sync_filesystems
+from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
 from ingest import pack
 from ingest.directory import Route
 from ingest.models import Delivery
@@ -403,10 +402,12 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
             else:
                 packs.setdefault(route.bucket, []).append((job, tenant_id))
     for bucket, members in packs.items():
-        data, offsets = pack.build((job.queue_id, job.sha256, job.message) for job, _ in members)
-        sha256 = hashlib.sha256(data).hexdigest()
-        items.append((bucket, raw_key(sha256), data, sha256))
-        owners.append([(job, tenant_id, offset) for (job, tenant_id), offset in zip(members, offsets, strict=True)])
+        built = pack.build((job.queue_id, job.sha256, job.message) for job, _ in members)
+        # No SHA-256 of the whole pack: it is named by its index (ingest.pack).
+        items.append((bucket, pack_key(built.name), built.data, None))
+        owners.append(
+            [(job, tenant_id, offset) for (job, tenant_id), offset in zip(members, built.offsets, strict=True)]
+        )
     try:
         errors = get_store().put_objects(items, consume=True, durable=False, hashed=True)
     except Exception as exc:

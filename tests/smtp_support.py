@@ -96,3 +96,14 @@ def send(server: IngestServer, tls_files: TLSFiles, rcpts: list[str], data: byte
             code, reply = client.rcpt(rcpt)
             assert code == 250, (rcpt, reply)
         return client.data(data)
+
+
+def stored_objects(folder: Path) -> list[Path]:
+    """The ingest's objects under a folder of buckets (or one bucket): every
+    message (`raw/`) and pack (`pack/`) placed, not the temporaries."""
+    return [
+        path
+        for top in ("raw", "pack")
+        for path in folder.rglob(f"{top}/*/*")
+        if path.is_file() and not path.name.startswith(".tmp-")
+    ]

@@ -117,7 +117,8 @@ def test_a_batch_is_one_pack_per_tenant_and_each_row_reads_back_its_own_message(
     for tenant, count in ((org.tenant, 2), (other, 2)):
         [key] = {row.storage_key for row in rows if row.tenant_id == tenant.pk and row != large_row}
         data = (settings.DATA_DIR / "buckets" / tenant.bucket / key).read_bytes()
-        assert hashlib.sha256(data).hexdigest() == key.rsplit("/", 1)[1]  # content-addressed like any object
+        assert key.startswith("pack/") and pack.name_of(data) == key.rsplit("/", 1)[1]  # named by its index
+        assert pack.matches_key(key, data) and not pack.matches_key(key, data + b"x")
         members = list(pack.members(data))
         assert len(members) == count
         assert {m.queue_id for m in members} == {row.queue_id for row in rows if row.storage_key == key}

@@ -17,10 +17,11 @@ import pytest
 from django.db import connection
 
 from infra.storage import get_store
+from ingest import pack
 from ingest.models import Delivery
 from ingest.tasks import process_delivery, stranded_deliveries, sweep
 from tests.servers import free_port, wait_for_port
-from tests.smtp_support import connect, journal_address, send, start_ingest
+from tests.smtp_support import connect, journal_address, send, start_ingest, stored_objects
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = b"From: a@contoso.com\r\nTo: b@fabrikam.com\r\nSubject: crash\r\n\r\nhello\r\n"
@@ -122,17 +123,15 @@ def test_kill_9_right_after_250_loses_nothing(ingest_process, tls_files, org, se
 
     ingest_process()  # the restarted ingest comes up on the same data
     rows = {row.queue_id: row for row in Delivery.objects.select_related("tenant").filter(tenant=org.tenant)}
-    store = get_store()
     for queue_id, body in acknowledged.items():
         row = rows[queue_id]
         assert row.read_report() == body
-    # No partial object is visible: every object under raw/ is named by its hash.
-    bucket_dir = settings.DATA_DIR / "buckets" / org.tenant.bucket / "raw"
-    objects = [path for path in bucket_dir.rglob("*") if path.is_file() and not path.name.startswith(".tmp-")]
-    keys = {str(path.relative_to(bucket_dir.parent)) for path in objects}
-    assert {rows[queue_id].storage_key for queue_id in acknowledged} <= keys
-    for path in objects:
-        assert store.verify(org.tenant.bucket, str(path.relative_to(bucket_dir.parent)), path.name)
+    # No partial object is visible: every pack and message holds what its name says.
+    bucket_dir = settings.DATA_DIR / "buckets" / org.tenant.bucket
+    objects = {str(path.relative_to(bucket_dir)): path for path in stored_objects(bucket_dir)}
+    assert {rows[queue_id].storage_key for queue_id in acknowledged} <= set(objects)
+    for key, path in objects.items():
+        assert pack.matches_key(key, path.read_bytes()), key
 
 
 def test_sigterm_lets_a_session_in_flight_finish(ingest_process, tls_files, org):
