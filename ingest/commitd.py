@@ -9,7 +9,10 @@ process (`python -m ingest.committer_process FD`), connected by a private
 socketpair:
 
     session --(request: id, envelope as plain values, bytes or spool file, sha256, size)--> committer
-    session <--(a batch of replies: id, queue id or error)------------------ committer
+    session <--(a batch of replies: id, queue id and sha256, or error)------ committer
+
+A message held in memory comes without its SHA-256 (None): the committer
+hashes it, off the ingest's event loop (see `DataSink`).
 
 The committer is a `GroupCommitter` (store, record, one flush per batch).
 A session's 250 still waits for its own message to be stored and recorded;
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import os
@@ -170,6 +174,8 @@ class CommitService:
                         connection.buf += view[:received]
                 for connection in self.connections:
                     for request_id, envelope, message, sha256, size in unframe(connection.buf):
+                        if sha256 is None:  # held in the ingest's memory: hashed here
+                            sha256 = hashlib.sha256(message).hexdigest()
                         job = Job(request_id, Envelope.from_wire(envelope), message, sha256, size)
                         batch.append(job)
                         owner[id(job)] = connection
@@ -193,7 +199,9 @@ class CommitService:
         replies: dict[_Connection, list] = {}
         for job, error in outcomes:
             replies.setdefault(owner[id(job)], []).append(
-                (job.request_id, job.queue_id, None) if error is None else (job.request_id, None, _describe(error))
+                (job.request_id, job.queue_id, job.sha256, None)
+                if error is None
+                else (job.request_id, None, None, _describe(error))
             )
         for connection, answers in replies.items():
             self._send(connection, answers)
@@ -226,7 +234,7 @@ def _describe(error: Exception) -> str:
 
 
 class CommitterClient(asyncio.Protocol):
-    """The ingest's side: `submit` returns a future of the queue id."""
+    """The ingest's side: `submit` returns a future of the queue id and the message's SHA-256."""
 
     def __init__(
         self, *, in_thread: bool = False, address: str | None = None, counts: metrics.LoopCounts | None = None
@@ -276,7 +284,8 @@ class CommitterClient(asyncio.Protocol):
             log.info("committer process %d started", self._process.pid)
         return ours
 
-    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str, size: int) -> asyncio.Future:
+    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int) -> asyncio.Future:
+        """Hand a message over; sha256 None for bytes, which the committer hashes."""
         future = self._loop.create_future()
         if self._transport is None:
             future.set_exception(CommitFailed("the committer is not running"))
@@ -304,12 +313,12 @@ class CommitterClient(asyncio.Protocol):
         for replies in unframe(self._buf):
             if not self._ready.done():
                 self._ready.set_result(None)
-            for request_id, queue_id, error in replies:
+            for request_id, queue_id, sha256, error in replies:
                 future = self._pending.pop(request_id, None)
                 if future is None or future.done():
                     continue
                 if error is None:
-                    future.set_result(queue_id)
+                    future.set_result((queue_id, sha256))
                 else:
                     future.set_exception(CommitFailed(error))
 

@@ -678,10 +678,10 @@ class SMTPSession(asyncio.Protocol):
                 self.policy.reject("temporary_failure", tenant_id)
             self._end_data(REPLY_TEMPFAIL)
         else:
-            queue_id = future.result()
+            queue_id, sha256 = future.result()
             self.service.counts.accepted_message(sink.size, time.monotonic() - started)
             if log.isEnabledFor(logging.INFO):
-                self.service.accepted_log.add(queue_id, sink.size, sink.sha256, self._tenants(), len(self.rcpt_tos))
+                self.service.accepted_log.add(queue_id, sink.size, sha256, self._tenants(), len(self.rcpt_tos))
             self._end_data(f"250 2.0.0 {queue_id} Ok: queued")
         self._process()
 

@@ -139,21 +139,25 @@ def test_queue_ids_are_unique_and_sort_by_time():
 
 def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(transactional_db, org):
     """Outcomes come back in no particular order (failures first): each reply must
-    still go to the connection its request came from, though request ids repeat."""
+    still go to the connection its request came from, though request ids repeat.
+    A message sent without its SHA-256 (held in the ingest's memory) is hashed
+    by the committer, and the reply carries the hash."""
     import hashlib
     import socket
 
     from ingest.commitd import CommitService
+    from ingest.models import Delivery
     from ingest.record import Job
 
     def request(bucket: str, body: bytes):
-        return request_frame(Job(1, org_envelope(org, bucket), body, hashlib.sha256(body).hexdigest(), len(body)))
+        return request_frame(Job(1, org_envelope(org, bucket), body, None, len(body)))
 
     ours_a, theirs_a = socket.socketpair()
     ours_b, theirs_b = socket.socketpair()
     service = CommitService(theirs_a, theirs_b)
+    stored = b"Subject: stored\r\n\r\nfine\r\n"
     # Both requests wait in their sockets before the committer runs: one batch.
-    ours_a.sendall(request(org.tenant.bucket, b"Subject: stored\r\n\r\nfine\r\n"))
+    ours_a.sendall(request(org.tenant.bucket, stored))
     ours_b.sendall(request("tenant-that-does-not-exist", b"Subject: refused\r\n\r\nno bucket\r\n"))
     ours_a.shutdown(socket.SHUT_WR)
     ours_b.shutdown(socket.SHUT_WR)
@@ -165,12 +169,14 @@ def test_a_committer_serving_two_ingest_processes_answers_each_its_own_requests(
             buf += chunk
         return unframe(buf)
 
-    ready_a, [(id_a, queue_id, error_a)] = replies(ours_a)
-    ready_b, [(id_b, refused, error_b)] = replies(ours_b)
+    ready_a, [(id_a, queue_id, sha256_a, error_a)] = replies(ours_a)
+    ready_b, [(id_b, refused, sha256_b, error_b)] = replies(ours_b)
     assert ready_a == ready_b == []
     assert id_a == id_b == 1
-    assert queue_id and error_a is None
-    assert refused is None and "does not exist" in error_b
+    assert queue_id and error_a is None and sha256_a == hashlib.sha256(stored).hexdigest()
+    row = Delivery.objects.select_related("tenant").get(queue_id=queue_id)
+    assert row.sha256 == sha256_a and row.read_report() == stored
+    assert refused is None and sha256_b is None and "does not exist" in error_b
 
 
 def test_a_batch_that_meets_an_unexpected_error_fails_alone_and_leaves_no_spool_file(
@@ -320,7 +326,7 @@ def test_requests_that_arrive_during_a_flush_wait_for_it_and_form_one_batch(tran
         ours.shutdown(socket.SHUT_WR)
         runner.join(10)
     assert stored == [[1], [2, 3, 4]]
-    assert [sorted(request_id for request_id, _, error in replies if error is None) for replies in frames] == [
+    assert [sorted(request_id for request_id, _, _, error in replies if error is None) for replies in frames] == [
         [],
         [1],
         [2, 3, 4],
@@ -417,7 +423,7 @@ def test_an_ingest_process_that_stops_reading_does_not_hold_up_the_others(transa
         while not any(replies for replies in frames):
             buf += live.recv(65536)
             frames += unframe(buf)
-        [[(request_id, queue_id, error)]] = [replies for replies in frames if replies]
+        [[(request_id, queue_id, _, error)]] = [replies for replies in frames if replies]
         assert (request_id, error) == (1000, None) and queue_id
     finally:
         wedged.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -74,12 +75,26 @@ def test_data_without_the_end_mark_is_still_going_on():
     assert sink.finish() == b"no end here\r\n"
 
 
-def test_hash_and_size_cover_exactly_the_content():
+def test_size_covers_exactly_the_content_and_a_message_in_memory_is_left_to_the_committer_to_hash():
+    content, _, sink = run(b"hello\r\n..world\r\n.\r\n")
+    assert sink.size == len(content) == len(b"hello\r\n.world\r\n")
+    assert sink.sha256 is None
+
+
+@pytest.mark.parametrize("memory_limit", [0, 10, 100])
+def test_a_spooled_message_is_hashed_as_written_from_its_first_byte(tmp_path, memory_limit):
+    """Spilled after some bytes were held in memory, the hash still covers them."""
     import hashlib
 
-    content, _, sink = run(b"hello\r\n..world\r\n.\r\n")
-    assert sink.size == len(content)
-    assert sink.sha256 == hashlib.sha256(content).hexdigest()
+    body = b"".join(b"line %d\r\n" % n for n in range(40))
+    sink = DataSink(limit=10**9, spool_dir=tmp_path, memory_limit=memory_limit)
+    parser = DataParser(sink)
+    for start in range(0, len(body), 7):
+        assert parser.feed(body[start : start + 7]) is None
+    assert parser.feed(b".\r\n") == b""
+    spooled = sink.finish()
+    assert isinstance(spooled, Path) and spooled.read_bytes() == body
+    assert sink.size == len(body) and sink.sha256 == hashlib.sha256(body).hexdigest()
 
 
 lines = st.lists(

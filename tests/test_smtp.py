@@ -324,6 +324,27 @@ def test_a_1_mb_message_is_stored_intact(ingest, tls_files, org):
     assert row.size == len(body) and stored_bytes(row) == body
 
 
+@pytest.mark.parametrize("size", [2_000, 300_000], ids=["in-memory", "spooled"])
+def test_the_accepted_line_and_the_row_carry_the_sha256_of_the_message_as_received(
+    ingest, tls_files, org, caplog, size
+):
+    """In memory the committer hashes the message, spooled the session does: either way
+    the row and the operator's `accepted` line name the bytes that were stored."""
+    body = b"Subject: hashed\r\n\r\n" + (b"x" * 98 + b"\r\n") * (size // 100)
+    with caplog.at_level("INFO", logger="ingest.smtp"):
+        code, reply = send(ingest, tls_files, [journal_address(org.tenant)], body)
+        assert code == 250
+        queue_id = queue_id_of(reply)
+        deadline = time.monotonic() + 10
+        while not any(queue_id in r.getMessage() for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)  # accepted lines are written in bursts
+    digest = hashlib.sha256(body).hexdigest()
+    row = Delivery.objects.select_related("tenant").get(queue_id=queue_id)
+    assert row.sha256 == digest and stored_bytes(row) == body
+    [line] = [r.getMessage() for r in caplog.records if queue_id in r.getMessage()]
+    assert f"accepted {queue_id} size={len(body)} sha256={digest} " in line
+
+
 @pytest.mark.slow
 def test_a_60_mb_message_streams_to_storage_intact(ingest, tls_files, org):
     line = b"A" * 998 + b"\r\n"
