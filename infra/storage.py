@@ -76,17 +76,14 @@ class BlobStore:
         """
         raise NotImplementedError
 
-    def put_objects(
-        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
-    ) -> list[Exception | None]:
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
         """Store several (bucket, key, bytes or file, sha256) objects at once;
         all durable when it returns.  One result per item, None where stored,
         so one tenant's missing bucket does not fail the others'.  With
         `consume`, files are handed over as in `put_file`.  `durable=False`
         lets a store leave flushing to `sync_filesystems` (the folder store);
-        the others are durable anyway.  `hashed` says the caller has just
-        computed each sha256 from these very bytes, so they are not hashed
-        again before writing (an S3 store checks them on upload regardless).
+        the others are durable anyway.  Bytes are checked against their
+        sha256 before they are written (an S3 store checks them on upload).
         An item of bytes whose key is not their SHA-256 (a pack) may give
         None for it: a store hashes them only if it needs to (S3, for the
         upload's checksum)."""
@@ -220,9 +217,7 @@ class FolderStore(BlobStore):
         if error is not None:
             raise error
 
-    def put_objects(
-        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
-    ) -> list[Exception | None]:
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
         """Group commit: two `syncfs` for the whole batch instead of two fsyncs per object.
 
         Each new object is first a read-only temporary next to its target
@@ -250,7 +245,7 @@ class FolderStore(BlobStore):
                     if target in staged:
                         same.append((n, staged[target][0]))
                     elif not _holds(target, payload):
-                        staged[target] = (n, self._temporary(bucket, target, payload, sha256, consume, hashed))
+                        staged[target] = (n, self._temporary(bucket, target, payload, sha256, consume))
                 except StorageError as exc:
                     results[n] = exc
                 except OSError as exc:
@@ -265,11 +260,9 @@ class FolderStore(BlobStore):
             results[n] = results[first]
         return results
 
-    def _temporary(
-        self, bucket: str, target: str, payload: bytes | Path, sha256: str, consume: bool, hashed: bool
-    ) -> str:
+    def _temporary(self, bucket: str, target: str, payload: bytes | Path, sha256: str | None, consume: bool) -> str:
         """A read-only temporary next to target with payload's bytes (not yet flushed)."""
-        if isinstance(payload, bytes) and not hashed and sha256 is not None:
+        if isinstance(payload, bytes) and sha256 is not None:
             _check_hash(bucket, target, payload, sha256)
         # Unique enough with O_EXCL (a clash fails this store, never overwrites); `random`
         # reseeds in a forked process and costs no getrandom(2) call.
@@ -447,9 +440,7 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
-    def put_objects(
-        self, items: list[Item], *, consume: bool = False, durable: bool = True, hashed: bool = False
-    ) -> list[Exception | None]:
+    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
         """Parallel PUTs; each completed PUT is durable, whatever `durable` says."""
 
         def put(item) -> Exception | None:

@@ -409,7 +409,7 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
             [(job, tenant_id, offset) for (job, tenant_id), offset in zip(members, built.offsets, strict=True)]
         )
     try:
-        errors = get_store().put_objects(items, consume=True, durable=False, hashed=True)
+        errors = get_store().put_objects(items, consume=True, durable=False)
     except Exception as exc:
         log.exception("storing %d messages failed; they will be answered 451", len(batch))
         errors = [exc] * len(items)
