@@ -12,7 +12,7 @@ socketpair:
     session <--(a batch of replies: id, queue id and sha256, or error)------ committer
 
 A message held in memory comes without its SHA-256 (None): the committer
-hashes it, off the ingest's event loop (see `DataSink`).
+hashes it as it makes the request's `Job`, off the ingest's event loop.
 
 The committer is a `GroupCommitter` (store, record, one flush per batch).
 A session's 250 still waits for its own message to be stored and recorded;
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import logging
 import os
@@ -174,8 +173,6 @@ class CommitService:
                         connection.buf += view[:received]
                 for connection in self.connections:
                     for request_id, envelope, message, sha256, size in unframe(connection.buf):
-                        if sha256 is None:  # held in the ingest's memory: hashed here
-                            sha256 = hashlib.sha256(message).hexdigest()
                         job = Job(request_id, Envelope.from_wire(envelope), message, sha256, size)
                         batch.append(job)
                         owner[id(job)] = connection

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import logging
 import random
 import threading
@@ -314,16 +315,27 @@ def flush_paths() -> list[Path]:
 
 @dataclass
 class Job:
-    """One message handed to the committer."""
+    """One message handed to the committer.
+
+    Bytes may come without their SHA-256 (None): the ingest leaves hashing
+    a message held in memory to the committer, off its event loop (see
+    `ingest.dataread.DataSink`), and the job hashes them when it is made.
+    A spooled file always comes with its hash, made as it was written."""
 
     request_id: int
     envelope: Envelope
     message: bytes | Path  # the bytes, or a spool file the committer removes
-    sha256: str
+    sha256: str | None
     size: int
     queue_id: str = field(default_factory=new_queue_id)
     # tenant id -> (key of the object holding the bytes, their offset): set when stored
     placement: dict[int, tuple[str, int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.sha256 is None:
+            if not isinstance(self.message, bytes):
+                raise ValueError(f"a spooled message comes with its SHA-256: {self.message}")
+            self.sha256 = hashlib.sha256(self.message).hexdigest()
 
 
 Outcome = tuple[Job, Exception | None]  # None: stored and recorded

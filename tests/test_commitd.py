@@ -124,6 +124,21 @@ def test_a_batch_is_one_pack_per_tenant_and_each_row_reads_back_its_own_message(
         assert {m.queue_id for m in members} == {row.queue_id for row in rows if row.storage_key == key}
 
 
+def test_a_job_hashes_bytes_that_come_without_their_sha256_and_refuses_a_file_without_one(tmp_path):
+    import hashlib
+
+    from ingest.record import Envelope, Job
+
+    envelope = Envelope("ndr@contoso.com", "127.0.0.1", "mail.example", "", "")
+    body = b"Subject: x\r\n\r\nbody\r\n"
+    assert Job(1, envelope, body, None, len(body)).sha256 == hashlib.sha256(body).hexdigest()
+    assert Job(2, envelope, body, "f" * 64, len(body)).sha256 == "f" * 64  # given: taken as it is
+    spooled = tmp_path / "in-1.eml"
+    spooled.write_bytes(body)
+    with pytest.raises(ValueError, match="spooled"):
+        Job(3, envelope, spooled, None, len(body))
+
+
 def test_queue_ids_are_unique_and_sort_by_time():
     import time
 
