@@ -233,14 +233,12 @@ def _describe(error: Exception) -> str:
 class CommitterClient(asyncio.Protocol):
     """The ingest's side: `submit` returns a future of the queue id and the message's SHA-256."""
 
-    def __init__(
-        self, *, in_thread: bool = False, address: str | None = None, counts: metrics.LoopCounts | None = None
-    ):
+    def __init__(self, *, counts: metrics.LoopCounts, in_thread: bool = False, address: str | None = None):
         self.in_thread = in_thread
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future] = {}  # its loop's commit-queue gauge: kept, never replaced
-        (counts or metrics.loop_counts()).commit_queue = self._pending
+        counts.commit_queue = self._pending  # served at /metrics as this loop's commit queue
         self._buf = bytearray()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
