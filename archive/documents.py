@@ -215,6 +215,9 @@ def build_document(message: Message, content: Content | None = None) -> SearchDo
         has_attachment=message.has_attachments or bool(content.attachments),
         size=message.size,
         participants=list(message.participants),
+        # What the recipients read in the headers; the rest (Bcc, expansions,
+        # forwards) only the sender, admins and auditors may search for.
+        header_addresses=[*message.from_addresses, *message.to, *message.cc],
     )
 
 

@@ -8,6 +8,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# Recipient fields whose entries a plain user may match only in mail they sent:
+# an address not written in the message's own From/To/Cc headers (a Bcc, a
+# group's expanded members, a forward's target) is known from the journal
+# envelope alone, which the recipients never saw. Backends index these
+# entries apart, under `hidden_field(name)`; search.backends.base decides per
+# scope whether a query may look there.
+HIDDEN_CAPABLE = ("to", "cc", "bcc", "recipients")
+
+
+def hidden_field(name: str) -> str:
+    return f"hidden_{name}"
+
 
 @dataclass
 class SearchDocument:
@@ -29,3 +41,8 @@ class SearchDocument:
     # Lower-cased addresses that make the message visible to a plain user:
     # sender, every header and envelope recipient.
     participants: list[str] = field(default_factory=list)
+    # Lower-cased addresses written in the message's own From, To and Cc
+    # headers, which every recipient can read. Any other address of to, cc
+    # and recipients, and every Bcc, is hidden from plain users who did not
+    # send the message. None: taken from from_, to and cc.
+    header_addresses: list[str] | None = None

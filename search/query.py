@@ -6,7 +6,9 @@ upper case, as in Gmail, so that "rock and roll" stays three words):
     word                free word: subject, body, addresses, attachment names and text
     "exact phrase"      the words in this order
     from:  to:  cc:  bcc:  subject:  body:  attachment:   (filename: is an alias of attachment:)
-                        `to:` looks in To, Cc, Bcc and every envelope recipient;
+                        `to:` looks in To, Cc, Bcc and every envelope recipient
+                        (for a plain user, Bcc and envelope-only recipients
+                        count only in mail they sent: search/backends/base.py);
                         `attachment:` in attachment names and their extracted text
     field:"a phrase"    a phrase inside one field
     field:(a OR b)      every term of the group inside that field
@@ -74,6 +76,10 @@ class Text(Node):
     field: str | None
     value: str
     quoted: bool = False
+    # Also look in the hidden recipient fields (Bcc, envelope-only; see
+    # search.document.HIDDEN_CAPABLE). The parser always says yes; only the
+    # scoping in search/backends/base.py narrows it for a plain user.
+    hidden: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,18 @@ class ParticipantIn(Node):
 
 
 @dataclass(frozen=True)
+class SenderIn(Node):
+    """One of these lower-cased addresses sent the message (From, Sender, On-Behalf-Of)."""
+
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class IdIn(Node):
     ids: tuple[int, ...]
 
 
-SCOPE_NODES = (TenantIs, ParticipantIn, IdIn)
+SCOPE_NODES = (TenantIs, ParticipantIn, SenderIn, IdIn)
 
 # Which document fields a query field looks in (names of SearchDocument,
 # with `from` for `from_`). None is a free word.

@@ -27,9 +27,17 @@ def _sent_by(message: Message, addresses: list[str]) -> bool:
 
 
 def recipients_for(message: Message, addresses: list[str] | None) -> Recipients:
-    """Header and envelope recipients by kind (To, Cc, Bcc), as this member may see them."""
+    """Header and envelope recipients by kind (To, Cc, Bcc), as this member may see them.
+
+    A plain user who did not send the message sees what its headers say
+    (From, To, Cc) and their own envelope entries: never another recipient
+    known only from the journal envelope (a Bcc, a group's expanded members,
+    a forward's target), as search does not match them either.
+    """
     envelope = list(message.envelope_recipients)
     if addresses is not None and not _sent_by(message, addresses):
+        shown = {*message.from_addresses, *message.to, *message.cc, *addresses}
+        envelope = [_visible_entry(r, shown) for r in envelope if r.get("address") in shown]
         envelope = [r for r in envelope if r.get("kind") != "bcc" or r.get("address") in addresses]
     header_bcc = message.bcc if addresses is None or _sent_by(message, addresses) else []
 
@@ -40,6 +48,15 @@ def recipients_for(message: Message, addresses: list[str] | None) -> Recipients:
     if addresses is not None and not _sent_by(message, addresses):
         bcc = [a for a in bcc if a in addresses]
     return Recipients(to=union(message.to, "to"), cc=union(message.cc, "cc"), bcc=bcc, envelope=envelope)
+
+
+def _visible_entry(recipient: dict, shown: set[str]) -> dict:
+    """An envelope entry without the group or forwarder it names when that one is hidden too."""
+    return {
+        **recipient,
+        "expanded": recipient.get("expanded") if recipient.get("expanded") in shown else None,
+        "forwarded": recipient.get("forwarded") if recipient.get("forwarded") in shown else None,
+    }
 
 
 def attachment_list(message: Message) -> list[dict]:

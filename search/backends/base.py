@@ -16,8 +16,25 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
-from search.document import SearchDocument
-from search.query import SCOPE_NODES, And, IdIn, MatchAll, Node, ParticipantIn, QueryError, TenantIs, parse, walk
+from search.document import HIDDEN_CAPABLE, SearchDocument
+from search.query import (
+    FIELD_TARGETS,
+    SCOPE_NODES,
+    And,
+    IdIn,
+    MatchAll,
+    Node,
+    Not,
+    Or,
+    ParticipantIn,
+    QueryError,
+    SenderIn,
+    TenantIs,
+    Text,
+    exact_address,
+    parse,
+    walk,
+)
 
 MAX_LIMIT = 1000
 # Deepest page reachable with offset/limit (Elasticsearch's default
@@ -101,7 +118,39 @@ def scope_query(scope: Scope, query: str | Node) -> ScopedQuery | None:
         return _scoped(scope.tenant_id, ast)
     if not scope.addresses:
         return None
-    return _scoped(scope.tenant_id, ParticipantIn(scope.addresses), ast)
+    return _scoped(scope.tenant_id, ParticipantIn(scope.addresses), without_hidden(ast, scope.addresses))
+
+
+def without_hidden(node: Node, addresses: tuple[str, ...]) -> Node:
+    """A plain user's query: Bcc and envelope-only recipients match only in mail
+    one of `addresses` sent, or when the term is exactly one of `addresses`.
+
+    Rewriting every term (not adding a filter) keeps NOT consistent: for
+    mail they did not send, the query runs as if those recipients were
+    never indexed, so neither `bcc:erin` nor `-bcc:erin` tells anything.
+    """
+    if isinstance(node, Not):
+        return Not(without_hidden(node.child, addresses))
+    if isinstance(node, And | Or):
+        return type(node)(tuple(without_hidden(child, addresses) for child in node.children))
+    if not isinstance(node, Text) or not node.hidden or not _looks_in_hidden(node):
+        return node
+    own = _own_address(node, addresses)
+    if own and node.field is not None:
+        return node  # `to:me@…` finds mail that reached me as Bcc: it names only me
+    options: list[Node] = [replace(node, hidden=False), And((SenderIn(addresses), node))]
+    if own:
+        options.append(Text("to", own))  # a free word that is my own address, matched exactly
+    return Or(tuple(options))
+
+
+def _looks_in_hidden(node: Text) -> bool:
+    return any(target in HIDDEN_CAPABLE for target in FIELD_TARGETS[node.field])
+
+
+def _own_address(node: Text, addresses: tuple[str, ...]) -> str | None:
+    candidate = exact_address(node.field or "to", node.value)
+    return candidate if candidate in addresses else None
 
 
 _ADDRESS_IN_TEXT = re.compile(r"[^\s<>\"',;:()\[\]]+@[^\s<>\"',;:()\[\]]+")
@@ -122,6 +171,7 @@ def prepare_document(doc: SearchDocument) -> SearchDocument:
 
     participants always includes the sender and every header and envelope
     recipient, so a builder that forgets one cannot hide mail from its owner.
+    header_addresses defaults to the addresses of from_, to and cc.
     """
     if not isinstance(doc, SearchDocument):
         raise TypeError(f"expected SearchDocument, got {type(doc).__name__}")
@@ -130,7 +180,26 @@ def prepare_document(doc: SearchDocument) -> SearchDocument:
         raise ValueError(f"document {doc.id}: date must be timezone-aware")
     participants = {p.strip().lower() for p in doc.participants if p and p.strip()}
     participants.update(addresses_in([*doc.from_, *doc.to, *doc.cc, *doc.bcc, *doc.recipients]))
-    return replace(doc, participants=sorted(participants))
+    shown = doc.header_addresses
+    shown = addresses_in([*doc.from_, *doc.to, *doc.cc]) if shown is None else addresses_in(shown)
+    return replace(doc, participants=sorted(participants), header_addresses=sorted(shown))
+
+
+def split_hidden(doc: SearchDocument) -> dict[str, tuple[list[str], list[str]]]:
+    """Per recipient field of a prepared document: (the entries every recipient
+    can read in the headers, the hidden ones). Every Bcc is hidden; an entry
+    is shown only when each address in it is in the headers."""
+    shown = set(doc.header_addresses or ())
+    split: dict[str, tuple[list[str], list[str]]] = {}
+    for name in HIDDEN_CAPABLE:
+        visible: list[str] = []
+        hidden: list[str] = []
+        for value in getattr(doc, name):
+            found = addresses_in([value])
+            in_headers = name != "bcc" and bool(found) and shown.issuperset(found)
+            (visible if in_headers else hidden).append(value)
+        split[name] = (visible, hidden)
+    return split
 
 
 class SearchBackend(abc.ABC):

@@ -1,7 +1,7 @@
 """Elasticsearch (8.x/9.x API) for deployments that set ARCHIVA_SEARCH_URL.
 
 * One index per region, reached through an alias (`archiva-us-messages` ->
-  `archiva-us-messages-v2`), created from an index template with explicit,
+  `archiva-us-messages-v3`), created from an index template with explicit,
   strict mappings; a new mapping version reindexes behind the alias.
 * The tenant is the routing key of every document and request (`_routing`
   is required by the mapping), and the tenant filter comes from
@@ -26,8 +26,16 @@ from datetime import UTC, datetime
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
 
-from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchError, SearchUnavailable, addresses_in
-from search.document import SearchDocument
+from search.backends.base import (
+    Hits,
+    ScopedQuery,
+    SearchBackend,
+    SearchError,
+    SearchUnavailable,
+    addresses_in,
+    split_hidden,
+)
+from search.document import HIDDEN_CAPABLE, SearchDocument, hidden_field
 from search.query import (
     FIELD_TARGETS,
     And,
@@ -39,6 +47,7 @@ from search.query import (
     Not,
     Or,
     ParticipantIn,
+    SenderIn,
     TenantIs,
     Text,
     exact_address,
@@ -46,7 +55,9 @@ from search.query import (
 
 log = logging.getLogger(__name__)
 
-MAPPING_VERSION = "v2"  # v2: exact addresses in top-level `<field>_addr` keyword fields
+# v2: exact addresses in top-level `<field>_addr` keyword fields;
+# v3: Bcc and envelope-only recipients in `hidden_<field>` fields of their own
+MAPPING_VERSION = "v3"
 REFRESH_POLICIES = ("false", "wait_for", "true")
 BULK_CHUNK = 500
 SCAN_PAGE = 1000
@@ -70,6 +81,7 @@ ANALYSIS = {
 _ADDRESS = {"type": "text", "analyzer": "archiva_split"}
 _EXACT = {"type": "keyword", "ignore_above": 512}
 ADDRESS_FIELDS = {"from": "from_", "to": "to", "cc": "cc", "bcc": "bcc", "recipients": "recipients"}
+HIDDEN_FIELDS = tuple(hidden_field(name) for name in HIDDEN_CAPABLE)
 MAPPINGS = {
     "dynamic": "strict",
     "_routing": {"required": True},
@@ -80,6 +92,8 @@ MAPPINGS = {
         "date": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
         **{field: _ADDRESS for field in ADDRESS_FIELDS},
         **{f"{field}_addr": _EXACT for field in ADDRESS_FIELDS},
+        **{field: _ADDRESS for field in HIDDEN_FIELDS},
+        **{f"{field}_addr": _EXACT for field in HIDDEN_FIELDS},
         "participants": _EXACT,
         "subject": {"type": "text", "analyzer": "archiva_text"},
         "body": {"type": "text", "analyzer": "archiva_text"},
@@ -196,6 +210,9 @@ class ElasticsearchBackend(SearchBackend):
             raise SearchError(message)
 
     def _action(self, doc: SearchDocument) -> dict:
+        addresses = {field: getattr(doc, attribute) for field, attribute in ADDRESS_FIELDS.items()}
+        for name, (shown, hidden) in split_hidden(doc).items():
+            addresses[name], addresses[hidden_field(name)] = shown, hidden
         return {
             "_op_type": "index",
             "_index": self.alias,
@@ -208,8 +225,8 @@ class ElasticsearchBackend(SearchBackend):
                 "tenant_id": doc.tenant_id,
                 "version": doc.version,
                 "date": _iso(doc.date),
-                **{field: getattr(doc, attribute) for field, attribute in ADDRESS_FIELDS.items()},
-                **{f"{field}_addr": addresses_in(getattr(doc, attr)) for field, attr in ADDRESS_FIELDS.items()},
+                **addresses,
+                **{f"{field}_addr": addresses_in(values) for field, values in addresses.items()},
                 "participants": doc.participants,
                 "subject": doc.subject,
                 "body": doc.body,
@@ -297,6 +314,8 @@ class ElasticsearchBackend(SearchBackend):
             return {"term": {"tenant_id": node.tenant_id}}
         if isinstance(node, ParticipantIn):
             return {"terms": {"participants": list(node.addresses)}}
+        if isinstance(node, SenderIn):
+            return {"terms": {"from_addr": list(node.addresses)}}
         if isinstance(node, IdIn):
             return {"terms": {"id": list(node.ids)}}
         if isinstance(node, Text):
@@ -325,6 +344,8 @@ class ElasticsearchBackend(SearchBackend):
 
     def _text(self, node: Text) -> dict:
         targets = FIELD_TARGETS[node.field]
+        if node.hidden:
+            targets += tuple(hidden_field(t) for t in targets if t in HIDDEN_CAPABLE)
         address = exact_address(node.field, node.value)
         if address:
             queries = [{"term": {f"{field}_addr": address}} for field in targets]

@@ -1,5 +1,5 @@
 """The embedded default: Tantivy (tantivy-py), one index folder per tenant
-under `DATA_DIR/index/v2/`, no server.
+under `DATA_DIR/index/v3/`, no server.
 
 Why Tantivy and not SQLite FTS5, measured on this 2-core machine with the
 synthetic tenant of bench/search.py (figures in the commit):
@@ -30,7 +30,7 @@ What it costs, and how this module deals with it:
 * A folder per tenant: a search never walks another tenant's postings (the
   folder *is* the tenant filter, checked against the scoped query's
   TenantIs), tenants index in parallel, and deleting a tenant is cheap.
-* The schema is versioned by folder (`v2`); a new schema starts empty
+* The schema is versioned by folder (`v3`); a new schema starts empty
   folders that the reindex command fills from the archive.
 """
 
@@ -51,8 +51,8 @@ from pathlib import Path
 import tantivy
 from tantivy import Occur, Query
 
-from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable, addresses_in
-from search.document import SearchDocument
+from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable, addresses_in, split_hidden
+from search.document import HIDDEN_CAPABLE, SearchDocument, hidden_field
 from search.query import (
     FIELD_TARGETS,
     And,
@@ -64,6 +64,7 @@ from search.query import (
     Not,
     Or,
     ParticipantIn,
+    SenderIn,
     TenantIs,
     Text,
     exact_address,
@@ -71,7 +72,8 @@ from search.query import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "v2"  # v2: a folder per tenant (v1 was one index for all)
+# v2: a folder per tenant (v1 was one index for all); v3: hidden recipients apart
+SCHEMA_VERSION = "v3"
 ANALYZER = "archiva"
 # Document field -> SearchDocument attribute, for the analysed text fields.
 TEXT_SOURCES = {
@@ -86,6 +88,7 @@ TEXT_SOURCES = {
     "recipients": "recipients",
 }
 ADDRESS_FIELDS = ("from", "to", "cc", "bcc", "recipients")
+HIDDEN_FIELDS = tuple(hidden_field(name) for name in HIDDEN_CAPABLE)
 
 
 def _analyzer() -> tantivy.TextAnalyzer:
@@ -105,10 +108,10 @@ def _schema() -> tantivy.Schema:
         builder.add_integer_field(name, indexed=True, fast=True)
     builder.add_integer_field("version", fast=True)
     builder.add_boolean_field("has_attachment", indexed=True, fast=True)
-    for name in TEXT_SOURCES:
+    for name in (*TEXT_SOURCES, *HIDDEN_FIELDS):
         builder.add_text_field(name, tokenizer_name=ANALYZER)
     # Exact, lower-cased addresses: `from:alice@contoso.com` and the plain-user scope.
-    for name in (*ADDRESS_FIELDS, "participants"):
+    for name in (*ADDRESS_FIELDS, *HIDDEN_FIELDS, "participants"):
         builder.add_text_field(f"{name}_addr", tokenizer_name="raw", index_option="basic")
     return builder.build()
 
@@ -138,7 +141,7 @@ class _TenantIndex:
 
 
 class EmbeddedBackend(SearchBackend):
-    """Tantivy, one index folder per tenant under `path/v2/tenant-<id>`.
+    """Tantivy, one index folder per tenant under `path/v3/tenant-<id>`.
 
     A folder per tenant keeps a tenant's searches free of everybody else's
     postings (the tenant filter is the folder, checked against the scoped
@@ -217,13 +220,15 @@ class EmbeddedBackend(SearchBackend):
         out.add_integer("ts", _micros(doc.date))
         out.add_integer("version", doc.version)
         out.add_boolean("has_attachment", bool(doc.has_attachment))
-        for field, attribute in TEXT_SOURCES.items():
-            value = getattr(doc, attribute)
+        values = {field: getattr(doc, attribute) for field, attribute in TEXT_SOURCES.items()}
+        for name, (shown, hidden) in split_hidden(doc).items():
+            values[name], values[hidden_field(name)] = shown, hidden
+        for field, value in values.items():
             for text in [value] if isinstance(value, str) else value:
                 if text:
                     out.add_text(field, text)
-        for field in ADDRESS_FIELDS:
-            for address in addresses_in(getattr(doc, TEXT_SOURCES[field])):
+        for field in (*ADDRESS_FIELDS, *HIDDEN_FIELDS):
+            for address in addresses_in(values[field]):
                 out.add_text(f"{field}_addr", address)
         for address in doc.participants:
             out.add_text("participants_addr", address)
@@ -321,6 +326,8 @@ class EmbeddedBackend(SearchBackend):
             return Query.all_query()
         if isinstance(node, ParticipantIn):
             return Query.term_set_query(schema, "participants_addr", list(node.addresses))
+        if isinstance(node, SenderIn):
+            return Query.term_set_query(schema, "from_addr", list(node.addresses))
         if isinstance(node, IdIn):
             return Query.term_set_query(schema, "id", list(node.ids))
         if isinstance(node, Text):
@@ -356,6 +363,8 @@ class EmbeddedBackend(SearchBackend):
 
     def _text(self, node: Text) -> Query:
         targets = FIELD_TARGETS[node.field]
+        if node.hidden:
+            targets += tuple(hidden_field(t) for t in targets if t in HIDDEN_CAPABLE)
         address = exact_address(node.field, node.value)
         if address:
             queries = [Query.term_query(self.schema, f"{f}_addr", address) for f in targets]
