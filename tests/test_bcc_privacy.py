@@ -57,10 +57,8 @@ def mail(backend) -> Corpus:
         to=["sales@contoso.com", "bob@fabrikam.com", "erin@contoso.com", "frank@contoso.com"],
         cc=["carol@contoso.com", "gina@contoso.com"],
         bcc=["dave@contoso.com"],
-        recipients=[
-            "bob@fabrikam.com", "erin@contoso.com", "frank@contoso.com", "carol@contoso.com", "gina@contoso.com",
-            "dave@contoso.com", "sales@contoso.com",
-        ],  # fmt: skip
+        recipients=["bob@fabrikam.com", "erin@contoso.com", "frank@contoso.com", "carol@contoso.com"]
+        + ["gina@contoso.com", "dave@contoso.com", "sales@contoso.com"],
         header_addresses=["alice@contoso.com", "sales@contoso.com", "bob@fabrikam.com", "carol@contoso.com"],
         subject="Pricing for Fabrikam",
     )
