@@ -9,6 +9,7 @@ from allauth.core.exceptions import ImmediateHttpResponse
 from django.db import transaction
 from django.http import Http404
 from django.shortcuts import render
+from django.urls import reverse
 
 from infra.storage import StorageError
 from tenants import access
@@ -45,6 +46,12 @@ def forget_invitation(request) -> None:
 
 
 class AccountAdapter(DefaultAccountAdapter):
+    def get_login_redirect_url(self, request):
+        """Owners and admins start on System Status, everyone else on search."""
+        from web.views import landing_page
+
+        return reverse(landing_page(request.user))
+
     def save_user(self, request, user, form, commit=True):
         """Create the user and their tenant together, or neither.
 

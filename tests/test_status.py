@@ -15,8 +15,6 @@ from tenants.actions import rotate_journal_token
 from tenants.models import JournalToken
 from tests.conftest import make_user
 
-ROLES = ["owner", "admin", "auditor", "user"]
-
 
 def address_of(tenant) -> str:
     token = JournalToken.objects.get(tenant=tenant, expires_at__isnull=True)
@@ -68,8 +66,8 @@ def contoso_mail(org, outsider):
 # --- the page -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_every_role_sees_the_journal_address_on_status(client, org, role):
+@pytest.mark.parametrize("role", ["owner", "admin"])
+def test_owners_and_admins_see_the_journal_address_on_status(client, org, role):
     client.force_login(getattr(org, role))
     response = client.get(reverse("status"))
     assert response.status_code == 200
@@ -157,7 +155,7 @@ def test_rotated_tokens_are_listed_with_their_expiry_until_they_lapse(client, or
 
 
 def test_status_api_reports_this_tenants_numbers(client, org, contoso_mail):
-    client.force_login(org.user)
+    client.force_login(org.admin)
     response = client.get(reverse("api-status"))
     assert response.status_code == 200
     data = response.json()

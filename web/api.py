@@ -84,4 +84,4 @@ def api_view(view):
 @api_view
 def status(request, user):
     membership = api_membership(request, user)
-    return JsonResponse(as_json(tenant_status(membership.tenant)))
+    return JsonResponse(as_json(tenant_status(membership.tenant, journal=membership.is_admin)))

@@ -55,7 +55,7 @@ class Counters:
 class TenantStatus:
     tenant: Tenant
     region: Region
-    recipient: JournalAddress
+    recipient: JournalAddress | None  # None for whoever may not see it (auditors, plain users)
     in_grace: list[JournalAddress]
     counters: Counters
 
@@ -104,13 +104,15 @@ def counters(tenant: Tenant) -> Counters:
     )
 
 
-def tenant_status(tenant: Tenant) -> TenantStatus:
+def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
+    """The tenant's status; `journal` False leaves out the journal addresses,
+    which are credentials: whoever knows one can deliver into the archive."""
     region = current_region()
     return TenantStatus(
         tenant=tenant,
         region=region,
-        recipient=journal_address(access.current_token(tenant), region),
-        in_grace=[journal_address(token, region) for token in access.tokens_in_grace(tenant)],
+        recipient=journal_address(access.current_token(tenant), region) if journal else None,
+        in_grace=[journal_address(token, region) for token in access.tokens_in_grace(tenant)] if journal else [],
         counters=counters(tenant),
     )
 
@@ -118,8 +120,8 @@ def tenant_status(tenant: Tenant) -> TenantStatus:
 def as_json(status: TenantStatus) -> dict:
     """The `/api/v1/status` document (keys are a contract: see DESIGN.md)."""
     c = status.counters
-    return {
-        "journal_recipient": status.recipient.address,
+    document = {
+        "journal_recipient": status.recipient.address if status.recipient else None,
         "messages_archived": c.messages_archived,
         "last_received": c.last_received.isoformat() if c.last_received else None,
         "bytes_stored": c.bytes_stored,
@@ -138,3 +140,7 @@ def as_json(status: TenantStatus) -> dict:
             {"address": a.address, "expires_at": a.expires_at.isoformat()} for a in status.in_grace
         ],
     }
+    if status.recipient is None:
+        # Not shown at all (not null) to whoever may not see the journal address.
+        del document["journal_recipient"], document["journal_recipients_in_grace"]
+    return document

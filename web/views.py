@@ -5,6 +5,7 @@ from __future__ import annotations
 from allauth.account.decorators import verified_email_required
 from django.contrib import messages
 from django.core.exceptions import ValidationError
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
@@ -16,10 +17,19 @@ from web.setup import setup_checks
 from web.status import tenant_status
 
 
+def landing_page(user) -> str:
+    """Where a signed-in person starts: owners and admins on System Status
+    (the journal address, the setup guide), everyone else on search."""
+    try:
+        return "status" if access.membership_for(user).is_admin else "search"
+    except Http404:
+        return "search"
+
+
 @require_GET
 def home(request):
     if request.user.is_authenticated:
-        return redirect("status")
+        return redirect(landing_page(request.user))
     return render(request, "web/home.html")
 
 
@@ -27,11 +37,12 @@ def home(request):
 @verified_email_required
 def status(request):
     membership = access.membership_for(request.user)
-    status = tenant_status(membership.tenant)
+    # The journal address, its rotation and the setup guide: owners and admins only.
+    status = tenant_status(membership.tenant, journal=membership.is_admin)
     ctx = {
         "membership": membership,
         "status": status,
-        "checks": setup_checks(membership.tenant, status.region),
+        "checks": setup_checks(membership.tenant, status.region) if membership.is_admin else None,
         "grace_days": DEFAULT_ROTATION_GRACE.days,
     }
     return render(request, "web/status.html", ctx)
