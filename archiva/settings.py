@@ -240,9 +240,9 @@ ACCOUNT_LOGIN_METHODS = {"email"}
 ACCOUNT_SIGNUP_FIELDS = ["email*", "password1*", "password2*"]
 ACCOUNT_EMAIL_VERIFICATION = "mandatory"
 ACCOUNT_UNIQUE_EMAIL = True
-# Sign-up says plainly when an address already has an account (the product
-# decision for a B2B sign-up); allauth would otherwise hide it behind a mail.
-ACCOUNT_PREVENT_ENUMERATION = False
+# Password reset, sign-up and login answer alike for known and unknown
+# addresses; the owner of a taken address gets a mail instead.
+ACCOUNT_PREVENT_ENUMERATION = True
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_SIGNUP_FORM_CLASS = "tenants.forms.SignupForm"
 ACCOUNT_ADAPTER = "tenants.adapter.AccountAdapter"
@@ -252,6 +252,8 @@ ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if SITE_ROOT.startswith("https") else "h
 ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Archiva] "
 # False, not {}: an empty dict keeps allauth's default limits (e.g. one
 # verification mail per address per 3 minutes), which leak between tests.
+# login_failed: per IP, and per IP *and* account (the adapter's key), so that
+# failing on purpose from one address cannot lock the account out elsewhere.
 ACCOUNT_RATE_LIMITS = False if TESTING else {"login_failed": "10/m/ip,5/5m/key", "signup": "20/m/ip"}
 LOGIN_REDIRECT_URL = "/status/"
 LOGIN_URL = "/accounts/login/"
@@ -284,7 +286,12 @@ SECURE_HTTPS = SITE_ROOT.startswith("https://")
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", SECURE_HTTPS)
 CSRF_COOKIE_SECURE = envbool("CSRF_COOKIE_SECURE", SECURE_HTTPS)
 SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000 if SECURE_HTTPS else 0, minimum=0)
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("ARCHIVA_BEHIND_PROXY", False) else None
+# Behind our proxy, X-Forwarded-Proto and the last X-Forwarded-For entry (the
+# peer the proxy saw) are trusted: for HTTPS, the audit log's IPs and allauth's
+# per-IP rate limits. Without it both headers are the client's say-so.
+ARCHIVA_BEHIND_PROXY = envbool("ARCHIVA_BEHIND_PROXY", False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if ARCHIVA_BEHIND_PROXY else None
+ALLAUTH_TRUSTED_PROXY_COUNT = 1 if ARCHIVA_BEHIND_PROXY else 0
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"

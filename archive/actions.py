@@ -354,15 +354,30 @@ def requeue_failures(deliveries) -> list[int]:
 
 
 def record_event(
-    membership: Membership, action: str, detail: dict, *, ip: str | None = None, token: ApiToken | None = None
+    membership: Membership,
+    action: str,
+    detail: dict | None = None,
+    *,
+    ip: str | None = None,
+    token: ApiToken | None = None,
+    target: str = "",
 ) -> AuditEvent:
-    """Write one audit log entry: every search, view, download and export."""
+    """Write one audit log entry: every search, view, download and export, and
+    every admin action, by `membership`'s user (through `token` for an API
+    call) from `ip`, done to `target`."""
     return AuditEvent.objects.create(
-        tenant_id=membership.tenant_id, user_id=membership.user_id, token=token, action=action, detail=detail, ip=ip
+        tenant_id=membership.tenant_id,
+        user_id=membership.user_id,
+        actor_email=membership.user.email if membership.user_id else "",
+        token=token,
+        action=action,
+        target=target[:400],
+        detail=detail or {},
+        ip=ip,
     )
 
 
-def create_api_token(membership: Membership, name: str) -> tuple[ApiToken, str]:
+def create_api_token(membership: Membership, name: str, ip: str | None = None) -> tuple[ApiToken, str]:
     """A new token acting as `membership`'s user; returns it with the secret, shown once."""
     secret = new_secret()
     with transaction.atomic():
@@ -373,18 +388,25 @@ def create_api_token(membership: Membership, name: str) -> tuple[ApiToken, str]:
             token_hash=hash_token(secret),
             prefix=display_prefix(secret),
         )
-        record_event(membership, AuditEvent.Action.TOKEN_CREATED, {"token": token.pk, "name": token.name})
+        detail = {"token": token.pk, "name": token.name}
+        record_event(membership, AuditEvent.Action.TOKEN_CREATED, detail, ip=ip, target=token.name)
     return token, secret
 
 
-def revoke_api_token(membership: Membership, token: ApiToken) -> bool:
+def revoke_api_token(membership: Membership, token: ApiToken, ip: str | None = None) -> bool:
     """Revoke a token of the member's tenant; False when it was already revoked."""
     with transaction.atomic():
         revoked = ApiToken.objects.filter(pk=token.pk, tenant_id=membership.tenant_id, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
         if revoked:
-            record_event(membership, AuditEvent.Action.TOKEN_REVOKED, {"token": token.pk, "name": token.name})
+            record_event(
+                membership,
+                AuditEvent.Action.TOKEN_REVOKED,
+                {"token": token.pk, "name": token.name},
+                ip=ip,
+                target=token.name,
+            )
     return bool(revoked)
 
 

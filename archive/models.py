@@ -77,7 +77,9 @@ class Message(models.Model):
 
 
 class AuditEvent(models.Model):
-    """Who searched, read, downloaded or exported what; read by the tenant's admins."""
+    """Who searched, read, downloaded or exported what, and every admin action:
+    the actor (`user`, and `token` for an API call), what it was done to
+    (`target`), from where (`ip`) and when.  Read by the tenant's admins and auditors."""
 
     class Action(models.TextChoices):
         SEARCH = "search", "search"
@@ -86,11 +88,27 @@ class AuditEvent(models.Model):
         EXPORT = "export", "export"
         TOKEN_CREATED = "token-created", "API token created"
         TOKEN_REVOKED = "token-revoked", "API token revoked"
+        # Admin actions (tenants.actions).
+        INVITATION_SENT = "invitation-sent", "invitation sent"
+        INVITATION_REVOKED = "invitation-revoked", "invitation revoked"
+        INVITATION_ACCEPTED = "invitation-accepted", "invitation accepted"
+        ROLE_CHANGED = "role-changed", "role changed"
+        MEMBER_REMOVED = "member-removed", "member removed"
+        ALIAS_ADDED = "alias-added", "alias added"
+        ALIAS_REMOVED = "alias-removed", "alias removed"
+        DOMAIN_ADDED = "domain-added", "domain added"
+        DOMAIN_VERIFIED = "domain-verified", "domain verified"
+        DOMAIN_REMOVED = "domain-removed", "domain removed"
+        JOURNAL_TOKEN_ROTATED = "journal-token-rotated", "journal address rotated"
+        SETTING_CHANGED = "setting-changed", "organization setting changed"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    # Kept as written, so the log still names someone whose account was deleted.
+    actor_email = models.CharField(max_length=320, blank=True)
     token = models.ForeignKey("ApiToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=400, blank=True)  # "erin@contoso.com", "contoso.com", …
     detail = models.JSONField(default=dict)
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)

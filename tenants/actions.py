@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from archive.models import AuditEvent
 from infra.dns import txt_records
 from infra.storage import bucket_name_for, get_store
 from regions.current import current_region
@@ -16,6 +17,19 @@ from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, 
 from tenants.tokens import hash_secret, new_link_secret, new_token, new_txt_token
 
 DEFAULT_ROTATION_GRACE = timedelta(days=7)
+Action = AuditEvent.Action
+
+
+def _audit(actor: Membership | None, action: str, target: str, ip: str | None, **detail) -> None:
+    """Every admin action goes to the audit log, in the transaction of the change.
+
+    `ip` is the request's (views pass `web.audit.client_ip`); an action with
+    no actor (a command, a task) is not a person's and is not logged here.
+    """
+    from archive.actions import record_event
+
+    if actor is not None:
+        record_event(actor, action, detail, ip=ip, target=target)
 
 
 def _issue_token(tenant: Tenant) -> JournalToken:
@@ -46,13 +60,17 @@ def create_tenant(name: str, owner: User) -> Tenant:
     return tenant
 
 
-def rotate_journal_token(tenant: Tenant, grace: timedelta = DEFAULT_ROTATION_GRACE) -> JournalToken:
+def rotate_journal_token(
+    tenant: Tenant, grace: timedelta = DEFAULT_ROTATION_GRACE, *, actor: Membership | None = None, ip: str | None = None
+) -> JournalToken:
     """Issue a new token; current ones keep working until now + grace."""
     now = timezone.now()
     with transaction.atomic():
         JournalToken.objects.filter(tenant=tenant, expires_at__isnull=True).update(
             expires_at=now + grace, updated_at=now
         )
+        # The log names no token: it is a credential.
+        _audit(actor, Action.JOURNAL_TOKEN_ROTATED, "journal address", ip, grace_days=grace.days)
         return _issue_token(tenant)
 
 
@@ -88,7 +106,7 @@ def _lock_owners(tenant: Tenant) -> list[int]:
     )
 
 
-def invite_member(actor: Membership, email: str, role: str) -> tuple[Invitation, str]:
+def invite_member(actor: Membership, email: str, role: str, ip: str | None = None) -> tuple[Invitation, str]:
     """Invite `email` with `role`; returns the invitation and the secret for its link.
 
     A pending invitation of the same address is replaced (its link stops
@@ -112,18 +130,21 @@ def invite_member(actor: Membership, email: str, role: str) -> tuple[Invitation,
             created_at=now,
             expires_at=now + INVITATION_LIFETIME,
         )
+        _audit(actor, Action.INVITATION_SENT, email, ip, role=role)
     return invitation, secret
 
 
-def revoke_invitation(actor: Membership, invitation: Invitation) -> None:
+def revoke_invitation(actor: Membership, invitation: Invitation, ip: str | None = None) -> None:
     if invitation.tenant_id != actor.tenant_id:
         raise PermissionDenied("another tenant's invitation")
     if invitation.role == Role.OWNER and actor.role != Role.OWNER:
         raise PermissionDenied("only owners revoke an owner's invitation")
-    Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).delete()
+    with transaction.atomic():
+        if Invitation.objects.filter(pk=invitation.pk, accepted_at__isnull=True).delete()[0]:
+            _audit(actor, Action.INVITATION_REVOKED, invitation.email, ip, role=invitation.role)
 
 
-def accept_invitation(invitation: Invitation, user: User) -> Membership:
+def accept_invitation(invitation: Invitation, user: User, ip: str | None = None) -> Membership:
     """Make `user` a member with the invited role; the invitation is used up.
 
     An account belongs to one organization: a member of another tenant is
@@ -145,10 +166,12 @@ def accept_invitation(invitation: Invitation, user: User) -> Membership:
         locked.accepted_at = timezone.now()
         locked.accepted_by = user
         locked.save(update_fields=["accepted_at", "accepted_by"])
+        membership.user = user
+        _audit(membership, Action.INVITATION_ACCEPTED, user.email, ip, role=locked.role)
     return membership
 
 
-def change_role(actor: Membership, target: Membership, role: str) -> Membership:
+def change_role(actor: Membership, target: Membership, role: str, ip: str | None = None) -> Membership:
     _check_may_grant(actor, role)
     _check_may_change(actor, target)
     with transaction.atomic():
@@ -156,11 +179,12 @@ def change_role(actor: Membership, target: Membership, role: str) -> Membership:
         if target.pk in owner_ids and role != Role.OWNER and len(owner_ids) == 1:
             raise ActionRefused(f"{target.user.email} is the last owner. Make someone else an owner first.")
         Membership.objects.filter(pk=target.pk, tenant=actor.tenant).update(role=role)
+        _audit(actor, Action.ROLE_CHANGED, target.user.email, ip, old=target.role, new=role)
     target.role = role
     return target
 
 
-def remove_member(actor: Membership, target: Membership) -> None:
+def remove_member(actor: Membership, target: Membership, ip: str | None = None) -> None:
     """Remove a member from the tenant (their account stays, with no access)."""
     _check_may_change(actor, target)
     with transaction.atomic():
@@ -168,40 +192,47 @@ def remove_member(actor: Membership, target: Membership) -> None:
         if target.pk in owner_ids and len(owner_ids) == 1:
             raise ActionRefused(f"{target.user.email} is the last owner and cannot be removed.")
         Membership.objects.filter(pk=target.pk, tenant=actor.tenant).delete()
+        _audit(actor, Action.MEMBER_REMOVED, target.user.email, ip, role=target.role)
 
 
-def add_alias(actor: Membership, target: Membership, address: str) -> Alias:
+def add_alias(actor: Membership, target: Membership, address: str, ip: str | None = None) -> Alias:
     """Let `target` search the mail of another address (a shared mailbox, an old name)."""
     _check_may_change(actor, target)
     address = address.strip().lower()
     try:
         with transaction.atomic():
-            return Alias.objects.create(tenant=actor.tenant, membership=target, address=address)
+            alias = Alias.objects.create(tenant=actor.tenant, membership=target, address=address)
+            _audit(actor, Action.ALIAS_ADDED, target.user.email, ip, alias=address)
+            return alias
     except IntegrityError:
         raise ActionRefused(f"{address} is already an alias of a member of {actor.tenant.name}.") from None
 
 
-def remove_alias(actor: Membership, alias: Alias) -> None:
+def remove_alias(actor: Membership, alias: Alias, ip: str | None = None) -> None:
     _check_may_change(actor, alias.membership)
-    Alias.objects.filter(pk=alias.pk, tenant=actor.tenant).delete()
+    with transaction.atomic():
+        if Alias.objects.filter(pk=alias.pk, tenant=actor.tenant).delete()[0]:
+            _audit(actor, Action.ALIAS_REMOVED, alias.membership.user.email, ip, alias=alias.address)
 
 
 # --- domains -----------------------------------------------------------------
 
 
-def add_domain(actor: Membership, name: str) -> Domain:
+def add_domain(actor: Membership, name: str, ip: str | None = None) -> Domain:
     """Claim a domain (already normalized: lower-case A-labels); verified later by DNS."""
     tenant = actor.tenant
     if Domain.objects.filter(name=name, verified_at__isnull=False).exclude(tenant=tenant).exists():
         raise ActionRefused(f"{name} is verified by another organization. Contact support if it is yours.")
     try:
         with transaction.atomic():
-            return Domain.objects.create(tenant=tenant, name=name, txt_token=new_txt_token())
+            domain = Domain.objects.create(tenant=tenant, name=name, txt_token=new_txt_token())
+            _audit(actor, Action.DOMAIN_ADDED, name, ip)
+            return domain
     except IntegrityError:
         raise ActionRefused(f"{name} is already on your list.") from None
 
 
-def verify_domain(domain: Domain) -> Domain:
+def verify_domain(domain: Domain, actor: Membership | None = None, ip: str | None = None) -> Domain:
     """Mark the domain verified if its TXT record is in the DNS now.
 
     Raises ActionRefused (record missing or wrong, or the name verified by
@@ -224,6 +255,7 @@ def verify_domain(domain: Domain) -> Domain:
     try:
         with transaction.atomic():
             domain.save(update_fields=["verified_at", "updated_at"])
+            _audit(actor, Action.DOMAIN_VERIFIED, domain.name, ip)
     except IntegrityError:
         domain.verified_at = None
         raise ActionRefused(
@@ -232,11 +264,18 @@ def verify_domain(domain: Domain) -> Domain:
     return domain
 
 
-def remove_domain(actor: Membership, domain: Domain) -> None:
-    Domain.objects.filter(pk=domain.pk, tenant=actor.tenant).delete()
+def remove_domain(actor: Membership, domain: Domain, ip: str | None = None) -> None:
+    with transaction.atomic():
+        if Domain.objects.filter(pk=domain.pk, tenant=actor.tenant).delete()[0]:
+            _audit(actor, Action.DOMAIN_REMOVED, domain.name, ip, was_verified=domain.is_verified)
 
 
-def set_m365_organization(tenant: Tenant, organization: str) -> None:
+def set_m365_organization(
+    tenant: Tenant, organization: str, *, actor: Membership | None = None, ip: str | None = None
+) -> None:
     """Record which Microsoft 365 organization journals to this tenant ("" to forget it)."""
+    old = tenant.m365_organization
     tenant.m365_organization = organization.strip().lower()
-    tenant.save(update_fields=["m365_organization"])
+    with transaction.atomic():
+        tenant.save(update_fields=["m365_organization"])
+        _audit(actor, Action.SETTING_CHANGED, "m365_organization", ip, old=old, new=tenant.m365_organization)

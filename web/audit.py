@@ -18,8 +18,8 @@ PAGE_SIZE = 50
 
 
 def client_ip(request) -> str | None:
-    """The caller's address; behind our proxy, the address the proxy saw."""
-    if settings.SECURE_PROXY_SSL_HEADER:
+    """The caller's address; behind our proxy (ARCHIVA_BEHIND_PROXY), the address the proxy saw."""
+    if settings.ARCHIVA_BEHIND_PROXY:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
         if forwarded:
             # The proxy appends the peer it saw; anything before it is the client's say-so.
@@ -38,10 +38,17 @@ def require_admin(membership: Membership) -> None:
         raise PermissionDenied("admins only")
 
 
+def require_auditor(membership: Membership) -> None:
+    """Owners, admins and auditors; a plain user gets 403."""
+    if not membership.sees_all_mail:
+        raise PermissionDenied("admins and auditors only")
+
+
 @require_GET
 @verified_email_required
 def audit_log(request):
+    """The tenant's audit log, for its admins and auditors (reading it is not itself an event)."""
     membership = access.membership_for(request.user)
-    require_admin(membership)
+    require_auditor(membership)
     page = Paginator(access.audit_events(membership.tenant), PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "web/audit.html", {"membership": membership, "page": page})

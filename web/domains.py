@@ -17,6 +17,7 @@ from regions.current import current_region
 from tenants import access, actions
 from tenants.actions import ActionRefused
 from tenants.forms import DomainForm
+from web.audit import client_ip
 from web.roles import admin_required
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def domains(request, membership):
     form = DomainForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
-            domain = actions.add_domain(membership, form.cleaned_data["name"])
+            domain = actions.add_domain(membership, form.cleaned_data["name"], ip=client_ip(request))
         except ActionRefused as refused:
             form.add_error("name", str(refused))
         else:
@@ -48,7 +49,7 @@ def domains(request, membership):
 def verify(request, membership, domain_id):
     domain = access.domain(membership.tenant, domain_id)
     try:
-        actions.verify_domain(domain)
+        actions.verify_domain(domain, actor=membership, ip=client_ip(request))
     except ActionRefused as refused:
         messages.error(request, str(refused))
     except LookupFailed as failed:
@@ -63,6 +64,6 @@ def verify(request, membership, domain_id):
 @admin_required
 def remove(request, membership, domain_id):
     domain = access.domain(membership.tenant, domain_id)
-    actions.remove_domain(membership, domain)
+    actions.remove_domain(membership, domain, ip=client_ip(request))
     messages.success(request, f"{domain.name} removed.")
     return redirect("domains")

@@ -23,7 +23,10 @@ from tenants.actions import ActionRefused
 from tenants.adapter import remember_invitation
 from tenants.forms import AliasForm, InviteForm, RoleForm, role_choices
 from tenants.models import Invitation, Membership, Role
+from web.audit import client_ip
+from web.mail import site_url
 from web.roles import admin_required
+from web.views import landing_page
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def send_invitation(request, invitation: Invitation, secret: str) -> bool:
     context = {
         "invitation": invitation,
         "inviter": invitation.invited_by.email if invitation.invited_by else "An admin",
-        "link": request.build_absolute_uri(reverse("team-join", args=[secret])),
+        "link": site_url(reverse("team-join", args=[secret])),
         "role": Role(invitation.role).label,
     }
     subject = render_to_string("team/email/invitation_subject.txt", context).strip()
@@ -47,7 +50,7 @@ def send_invitation(request, invitation: Invitation, secret: str) -> bool:
 
 
 def _invite(request, membership: Membership, email: str, role: str) -> None:
-    invitation, secret = actions.invite_member(membership, email, role)
+    invitation, secret = actions.invite_member(membership, email, role, ip=client_ip(request))
     if send_invitation(request, invitation, secret):
         messages.success(request, f"Invitation sent to {invitation.email}.")
     else:
@@ -111,7 +114,7 @@ def resend_invitation(request, membership, invitation_id):
 @admin_required
 def revoke_invitation(request, membership, invitation_id):
     invitation = access.invitation(membership.tenant, invitation_id)
-    actions.revoke_invitation(membership, invitation)
+    actions.revoke_invitation(membership, invitation, ip=client_ip(request))
     messages.success(request, f"The invitation of {invitation.email} was revoked.")
     return redirect("team")
 
@@ -125,7 +128,7 @@ def change_role(request, membership, membership_id):
         messages.error(request, "Choose one of the roles.")
         return redirect("team")
     try:
-        actions.change_role(membership, target, form.cleaned_data["role"])
+        actions.change_role(membership, target, form.cleaned_data["role"], ip=client_ip(request))
     except ActionRefused as refused:
         messages.error(request, str(refused))
     else:
@@ -138,7 +141,7 @@ def change_role(request, membership, membership_id):
 def remove_member(request, membership, membership_id):
     target = access.member(membership.tenant, membership_id)
     try:
-        actions.remove_member(membership, target)
+        actions.remove_member(membership, target, ip=client_ip(request))
     except ActionRefused as refused:
         messages.error(request, str(refused))
         return redirect("team")
@@ -155,7 +158,7 @@ def add_alias(request, membership, membership_id):
         messages.error(request, f"Alias for {target.user.email}: {' '.join(form.errors['address'])}")
         return redirect("team")
     try:
-        alias = actions.add_alias(membership, target, form.cleaned_data["address"])
+        alias = actions.add_alias(membership, target, form.cleaned_data["address"], ip=client_ip(request))
     except ActionRefused as refused:
         messages.error(request, str(refused))
     else:
@@ -167,7 +170,7 @@ def add_alias(request, membership, membership_id):
 @admin_required
 def remove_alias(request, membership, alias_id):
     alias = access.alias(membership.tenant, alias_id)
-    actions.remove_alias(membership, alias)
+    actions.remove_alias(membership, alias, ip=client_ip(request))
     messages.success(request, f"Alias {alias.address} removed.")
     return redirect("team")
 
@@ -203,8 +206,8 @@ def join(request, secret):
     if request.method == "GET" or not context["address_matches"]:
         return render(request, "team/join.html", context)
     try:
-        actions.accept_invitation(invitation, request.user)
+        actions.accept_invitation(invitation, request.user, ip=client_ip(request))
     except ActionRefused as refused:
         return render(request, "team/join.html", {**context, "refused": str(refused)}, status=409)
     messages.success(request, f"Welcome to {invitation.tenant.name}.")
-    return redirect("status")
+    return redirect(landing_page(request.user))

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from archive.actions import create_api_token, revoke_api_token
 from tenants import access
-from web.audit import require_admin
+from web.audit import client_ip, require_admin
 
 
 class TokenForm(forms.Form):
@@ -34,7 +34,7 @@ def tokens(request):
     form = TokenForm(request.POST or None)
     created = secret = None
     if request.method == "POST" and form.is_valid():
-        created, secret = create_api_token(membership, form.cleaned_data["name"])
+        created, secret = create_api_token(membership, form.cleaned_data["name"], ip=client_ip(request))
         form = TokenForm()
     ctx = {
         "membership": membership,
@@ -52,6 +52,6 @@ def revoke(request, token_id: int):
     membership = access.membership_for(request.user)
     require_admin(membership)
     token = access.api_token(membership.tenant, token_id)
-    if revoke_api_token(membership, token):
+    if revoke_api_token(membership, token, ip=client_ip(request)):
         messages.success(request, f"Token “{token.name}” revoked: it no longer works.")
     return redirect("tokens")

@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
 from tenants.forms import normalize_domain
+from web.audit import client_ip
 from web.roles import admin_required
 from web.setup import setup_checks
 from web.status import tenant_status
@@ -52,7 +53,7 @@ def status(request):
 @admin_required
 def rotate_token(request, membership):
     """A new journal address; the old one keeps working for the grace period."""
-    rotate_journal_token(membership.tenant)
+    rotate_journal_token(membership.tenant, actor=membership, ip=client_ip(request))
     messages.success(
         request,
         f"New journal address issued. The previous one keeps working for {DEFAULT_ROTATION_GRACE.days} days: "
@@ -71,6 +72,6 @@ def set_organization(request, membership):
     except ValidationError:
         messages.error(request, f"{value.strip()[:100]!r} is not an organization name like contoso.onmicrosoft.com.")
         return redirect("status")
-    set_m365_organization(membership.tenant, value)
+    set_m365_organization(membership.tenant, value, actor=membership, ip=client_ip(request))
     messages.success(request, f"Microsoft 365 organization set to {value}." if value else "Organization check off.")
     return redirect("status")
