@@ -185,3 +185,14 @@ def test_the_outsider_finds_nothing_of_contosos_mail(client, world, db):
     _, outsider, _ = world
     assert api_search(client, outsider, "bcc:dave")["count"] == 0
     assert api_search(client, outsider, "pricing")["count"] == 0
+
+
+def test_the_message_page_shows_a_plain_user_no_hidden_recipient(client, world, db):
+    org, _, message_id = world
+    client.force_login(org.user)
+    html = client.get(reverse("message", args=[message_id])).content.decode()
+    assert "erin@contoso.com" in html and "sales@contoso.com" in html
+    assert not any(hidden in html for hidden in ("dave@contoso.com", "frank@contoso.com", "gina@contoso.com"))
+    client.force_login(org.auditor)
+    html = client.get(reverse("message", args=[message_id])).content.decode()
+    assert all(hidden in html for hidden in ("dave@contoso.com", "frank@contoso.com", "gina@contoso.com"))

@@ -145,9 +145,11 @@ def join(browser, live_server, shots, link):
     frank.fill("#id_password2", PASSWORD)
     shots(frank, "join-sign-up")
     frank.get_by_role("button", name="Create account and join").click()
-    frank.wait_for_url("**/status/")
+    frank.wait_for_url("**/search/")  # a plain user starts on search
     assert "Northwind Traders" in frank.inner_text(".page-header")
     assert nav(frank, "Team").count() == 0
+    frank.goto("/status/")
+    assert frank.locator("#journal-recipient").count() == 0  # the journal address is for admins only
     shots(frank, "user-status")
     return frank
 
