@@ -154,6 +154,8 @@ class EmbeddedBackend(SearchBackend):
 
     def __init__(self, path: Path | str, lock_timeout: float = 30.0, writer_heap: int = 64_000_000):
         self.path = Path(path) / SCHEMA_VERSION
+        if not self.path.exists():
+            _warn_if_upgraded(Path(path))
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock_timeout = lock_timeout
         self.writer_heap = writer_heap
@@ -379,6 +381,16 @@ class EmbeddedBackend(SearchBackend):
         if len(queries) == 1:
             return queries[0]
         return Query.boolean_query([(Occur.Should, q) for q in queries])
+
+
+def _warn_if_upgraded(root: Path) -> None:
+    """An older schema's folders and none of this one: the index starts empty."""
+    older = sorted(p.name for p in root.glob("v*") if p.is_dir() and p.name != SCHEMA_VERSION)
+    if older:
+        log.warning(
+            "search schema %s is new: its index in %s starts empty (was %s); run `manage.py reindex`",
+            SCHEMA_VERSION, root, ", ".join(older),
+        )  # fmt: skip
 
 
 @contextmanager
