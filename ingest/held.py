@@ -147,12 +147,11 @@ def _delete_object(key: str) -> None:
 
 def _delete_unreferenced(keys) -> None:
     """Delete the objects no held message waits on any more (a pack holds a batch's held mail)."""
+    keys = set(keys)
     waiting = set(
-        HeldMessage.objects.filter(storage_key__in=set(keys), released_at__isnull=True).values_list(
-            "storage_key", flat=True
-        )
+        HeldMessage.objects.filter(storage_key__in=keys, released_at__isnull=True).values_list("storage_key", flat=True)
     )
-    for key in set(keys) - waiting:
+    for key in keys - waiting:
         try:
             _delete_object(key)
         except StorageError:
