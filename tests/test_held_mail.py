@@ -183,3 +183,43 @@ def test_operators_see_refusals_that_named_no_tenant_and_tenant_admins_never_do(
     operators = html[html.index('id="operator-rejections"') :]
     assert "Unknown journal address" in operators and 'data-value="7"' in operators
     assert "Over the size limit" not in html
+
+
+@pytest.mark.s3
+def test_on_s3_held_mail_lives_in_a_bucket_of_no_tenant_and_is_deleted_once_released(
+    transactional_db, tls_files, use_s3, settings, dns_server
+):
+    from botocore.exceptions import ClientError
+
+    from tenants.actions import create_tenant
+    from tests.conftest import make_user
+    from tests.smtp_support import start_ingest
+
+    owner = make_user("owner@s3org.example")
+    tenant = create_tenant("S3 Org", owner)
+    domain = add_domain(Membership.objects.get(user=owner), "contoso.com")
+    server = start_ingest(tls_files)
+    try:
+        held = send_validation_mail(server, tls_files)
+    finally:
+        server.stop_thread()
+    s3 = use_s3.client
+    assert held_bucket() == f"{settings.ARCHIVA_S3_BUCKET_PREFIX}held" != tenant.bucket
+    assert s3.head_object(Bucket=held_bucket(), Key=held.storage_key)["ContentLength"] >= held.size
+    assert "Status" not in s3.get_bucket_versioning(Bucket=held_bucket())  # a deleted copy is gone
+    dns_server.add_txt(domain.txt_name, domain.txt_value)
+    verify_domain(domain)
+    delivery = Delivery.objects.get(tenant=tenant, queue_id=held.queue_id)
+    assert delivery.read_report() == corpus("10-connector-validation.eml")
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=held_bucket(), Key=held.storage_key)
+
+
+def test_held_mail_is_tended_on_the_beat_schedule():
+    """The worker's beat runs `tend` (postmaster leftovers, releases, the 14-day purge)."""
+    from archiva.celery import app
+
+    app.finalize()
+    scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
+    assert "ingest.held.tend_held_mail" in scheduled and "ingest.tasks.sweep_stranded" in scheduled
+    assert "ingest.held.tend_held_mail" in app.tasks
