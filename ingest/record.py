@@ -350,7 +350,9 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
     the committer does for each batch (`GroupCommitter.commit`), and what
     tests and benchmarks call to put mail in the archive exactly as the
     ingest does.  The flush comes after the rows where one flush covers both
-    (`flush_after_commit`), else before them.
+    (`flush_after_commit`), else before them.  A message whose row the
+    database refuses fails alone (`_record`); held mail (ingest.held) is
+    recorded in the same transaction as the Deliveries.
     """
     stored, outcomes = _store(batch)
     if not stored:

@@ -193,14 +193,15 @@ class Router:
 
         Tenant and region come from the token (or, for the connector's
         validation address, the sender's verified domain), never from headers.
-        A reply of None: a well-formed token the cache does not know; ask
-        `route_fresh` in a thread before answering.
+        A reply of None: a well-formed token (or a validation mail's sender
+        domain) the cache does not know; ask `route_fresh` in a thread
+        before answering.
         """
-        if address.lower() == "postmaster":
-            return REPLY_RCPT_OK, self.postmaster, ""
         local, at, domain = address.rpartition("@")
         domain = domain.lower().rstrip(".")
         if not at or not local:
+            if not at and address.lower() == "postmaster":  # RFC 5321 4.1.1.3: without a domain
+                return REPLY_RCPT_OK, self.postmaster, ""
             return "553 5.1.3 Malformed address", None, "malformed_recipient"
         if domain in self.policy.foreign_domains:
             return REPLY_OTHER_REGION, None, "other_region"
@@ -214,8 +215,11 @@ class Router:
                 sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
                 if not sender_domain:
                     return REPLY_NO_VERIFIED_DOMAIN, None, "unverified_sender_domain"
-                # Not verified (yet): held until a tenant verifies the domain.
-                route = self.directory.lookup_domain(sender_domain) or self.unclaimed_validation
+                route = self.directory.lookup_domain(sender_domain)
+                if route is None:
+                    if self.policy.lookup_limiter.allow(peer):
+                        return None, None, ""  # verified a moment ago? (route_fresh)
+                    route = self.unclaimed_validation  # held until a tenant verifies the domain
             else:
                 token = parse_local_part(local)
                 route = self.directory.lookup(token) if token is not None else None
@@ -229,11 +233,19 @@ class Router:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         return self._in_region(route)
 
-    def route_fresh(self, address: str):
-        """`route` for a token the cache did not know: asks the database (blocking: run it in a thread)."""
-        token = parse_local_part(address.rpartition("@")[0])
+    def route_fresh(self, address: str, mail_from: str = ""):
+        """`route` for what the cache did not know, asking the database (blocking: run it in a thread).
+
+        A journal token issued since the cache's last refresh is found; the
+        validation address goes to the tenant that verified the sender's
+        domain, or, if none has, to the holding area (ingest.held)."""
+        local = address.rpartition("@")[0]
         try:
-            route = self.directory.fetch(token)
+            if local.lower() == self.policy.validation_local_part:
+                sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
+                route = self.directory.fetch_domain(sender_domain) or self.unclaimed_validation
+            else:
+                route = self.directory.fetch(parse_local_part(local))
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         if route is None:
@@ -626,7 +638,7 @@ class SMTPSession(asyncio.Protocol):
         self._rcpt_routed(address, reply, route, reason)
 
     async def _rcpt_after_lookup(self, address: str) -> None:
-        routed = await self._loop.run_in_executor(None, self.service.router.route_fresh, address)
+        routed = await self._loop.run_in_executor(None, self.service.router.route_fresh, address, self.mail_from)
         self._rcpt_routed(address, *routed)
 
     def _rcpt_routed(self, address: str, reply: str, route, reason: str) -> None:

@@ -223,3 +223,34 @@ def test_held_mail_is_tended_on_the_beat_schedule():
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert "ingest.held.tend_held_mail" in scheduled and "ingest.tasks.sweep_stranded" in scheduled
     assert "ingest.held.tend_held_mail" in app.tasks
+
+
+def test_validation_mail_right_after_verification_goes_to_the_tenant_not_on_hold(
+    transactional_db, tls_files, org, outsider
+):
+    """The ingest's cache of verified domains lags by seconds; the database decides before mail is held."""
+    from ingest.directory import TokenDirectory
+    from ingest.server import IngestServer
+    from ingest.tls import server_context
+    from tenants.models import Domain
+
+    server = IngestServer(
+        "127.0.0.1",
+        0,
+        tls_context=server_context(tls_files.cert, tls_files.key),
+        directory=TokenDirectory(refresh_interval=3600),
+    ).start_in_thread()
+    try:
+        Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
+        code, reply = send(
+            server,
+            tls_files,
+            [current_region().validation_address],
+            b"Subject: validation\r\n\r\nx\r\n",
+            VALIDATION_SENDER,
+        )
+    finally:
+        server.stop_thread()
+    assert code == 250
+    assert Delivery.objects.get(queue_id=queue_id(reply)).tenant == org.tenant
+    assert not HeldMessage.objects.exists()
