@@ -8,9 +8,9 @@ Two kinds of mail arrive on the journal domain without a tenant to own them:
   archive when that tenant verifies the domain (`release_validation_mail`),
   or deleted after HOLD_DAYS;
 - mail to `postmaster` (RFC 5321 §4.5.1): accepted, held, and delivered to
-  the operator by a worker task (`deliver_postmaster`): to
-  `ARCHIVA_POSTMASTER` through Django's mail backend, or, on the embedded
-  default, as an .eml file in the outbox folder.
+  the operator by a worker task (`deliver_held`, see ingest/postmaster.py):
+  to `ARCHIVA_POSTMASTER` through Django's mail backend, or, on the
+  embedded default, as an .eml file in the outbox folder.
 
 Held mail goes through the committer like any message (in a pack, one
 flush, recorded, then 250), into a bucket of the region that no tenant
@@ -145,7 +145,7 @@ def _delete_object(key: str) -> None:
             raise StorageError(f"cannot delete {bucket}/{key}: {exc}") from exc
 
 
-def _delete_unreferenced(keys) -> None:
+def delete_unreferenced(keys) -> None:
     """Delete the objects no held message waits on any more (a pack holds a batch's held mail)."""
     keys = set(keys)
     waiting = set(
@@ -210,55 +210,6 @@ def _publish(ids: list[int]) -> None:
         log.warning("broker unavailable; %d postmaster messages left for the periodic task", len(ids), exc_info=True)
 
 
-# --- postmaster ------------------------------------------------------------------
-
-
-def deliver_postmaster(message: HeldMessage) -> None:
-    """Hand a postmaster message to the operator: ARCHIVA_POSTMASTER, else the outbox folder."""
-    raw = message.read()
-    if settings.ARCHIVA_POSTMASTER:
-        _forward(message, raw, settings.ARCHIVA_POSTMASTER)
-    else:
-        _to_outbox(message, raw)
-    HeldMessage.objects.filter(pk=message.pk, released_at__isnull=True).update(released_at=timezone.now(), error="")
-
-
-def _trace(message: HeldMessage) -> bytes:
-    """Where it came from, as header lines before the message (the envelope is not in its headers)."""
-    peer = message.peer_ip or "unknown"
-    return (
-        f"Return-Path: <{message.mail_from}>\r\n"
-        f"X-Archiva-Original-To: {', '.join(message.rcpt_to)}\r\n"
-        f"X-Archiva-Received: from {message.helo or 'unknown'} ([{peer}]) queue id {message.queue_id}\r\n"
-    ).encode("utf-8", "replace")
-
-
-def _to_outbox(message: HeldMessage, raw: bytes) -> None:
-    outbox = settings.ARCHIVA_OUTBOX_DIR
-    outbox.mkdir(parents=True, exist_ok=True)
-    name = f"{message.received_at:%Y%m%dT%H%M%S}-postmaster-{message.queue_id}.eml"
-    tmp = outbox / f".{name}"
-    tmp.write_bytes(_trace(message) + raw)
-    os.replace(tmp, outbox / name)  # the same name if it runs twice: one file
-
-
-def _forward(message: HeldMessage, raw: bytes, address: str) -> None:
-    from email import message_from_bytes
-
-    from django.core.mail import EmailMessage
-
-    email = EmailMessage(
-        subject=f"Mail to postmaster from {message.mail_from or '<>'}",
-        body=(
-            f"The SMTP ingest accepted this message for postmaster at {message.received_at:%Y-%m-%d %H:%M:%S} UTC "
-            f"from {message.peer_ip or 'unknown'} (queue id {message.queue_id}). It is attached as received."
-        ),
-        to=[address],
-    )
-    email.attach(content=message_from_bytes(_trace(message) + raw), mimetype="message/rfc822")
-    email.send()
-
-
 # --- connector validation mail -------------------------------------------------
 
 
@@ -290,7 +241,7 @@ def _release(tenant: Tenant, domain_name: str) -> int:
     )
     created = [delivery_id for message in held if (delivery_id := _move_into(message, tenant)) is not None]
     enqueue(created)
-    _delete_unreferenced(message.storage_key for message in held)
+    delete_unreferenced(message.storage_key for message in held)
     if held:
         log.info("released %d held validation messages from %s to tenant %s", len(held), domain_name, tenant.pk)
     return len(held)
@@ -386,23 +337,6 @@ def purge(now=None) -> int:
     return count
 
 
-def deliver_many(ids: list[int]) -> int:
-    delivered = 0
-    for message in HeldMessage.objects.filter(
-        pk__in=ids, kind=HeldMessage.Kind.POSTMASTER, released_at__isnull=True
-    ).order_by("pk"):
-        try:
-            deliver_postmaster(message)
-            delivered += 1
-        except Exception as exc:
-            log.warning("could not deliver postmaster message %s: %s", message.queue_id, exc)
-            HeldMessage.objects.filter(pk=message.pk).update(error=str(exc)[:1000])
-    _delete_unreferenced(
-        HeldMessage.objects.filter(pk__in=ids, released_at__isnull=False).values_list("storage_key", flat=True)
-    )
-    return delivered
-
-
 # Celery tasks: this module is imported with the ingest's models, so the worker registers them.
 from celery import shared_task  # noqa: E402
 
@@ -411,6 +345,12 @@ from celery import shared_task  # noqa: E402
 def deliver_held(ids: list[int]) -> int:
     """Deliver these postmaster messages (published by the committer once recorded)."""
     return deliver_many(ids)
+
+
+def deliver_many(ids: list[int]) -> int:
+    from ingest.postmaster import deliver_many as deliver
+
+    return deliver(ids)
 
 
 @shared_task
