@@ -43,6 +43,11 @@ log = logging.getLogger(__name__)
 HELD_VALIDATION = -1  # the route's tenant id of validation mail from an unverified domain
 HELD_POSTMASTER = -2  # … of mail to postmaster
 HOLD_DAYS = 14  # held validation mail nobody claimed is deleted after this
+# What `verify_domain` moves at once (a web request); anything beyond is the
+# periodic task's (a worker): a validation mail is a few KB, but anyone may
+# send mail "from" a domain before it is verified.
+RELEASE_NOW_COUNT = 20
+RELEASE_NOW_SIZE = 1 << 20
 # The periodic task leaves rows this young to the committer's own publish.
 TEND_GRACE = timedelta(seconds=60)
 
@@ -213,32 +218,34 @@ def _publish(ids: list[int]) -> None:
 # --- connector validation mail -------------------------------------------------
 
 
-def release_validation_mail(domain) -> int:
+def release_validation_mail(domain, *, now_only: bool = True) -> int:
     """Move the validation mail held for this verified domain into its tenant's archive.
 
     Called by `tenants.actions.verify_domain`; never raises (the periodic
     task tries again).  Each message becomes a Delivery of the tenant (its
     bytes stored in the tenant's bucket) that the worker archives and
     indexes like any other; the held copy is then deleted.  Returns how
-    many were moved.
+    many were moved.  With `now_only`, at most RELEASE_NOW_COUNT messages
+    of up to RELEASE_NOW_SIZE bytes: the rest is the periodic task's.
     """
     if domain.verified_at is None:
         return 0
     try:
-        return _release(domain.tenant, domain.name)
+        return _release(domain.tenant, domain.name, now_only)
     except Exception:
         log.warning("could not release held validation mail of %s; the periodic task will", domain.name, exc_info=True)
         return 0
 
 
-def _release(tenant: Tenant, domain_name: str) -> int:
+def _release(tenant: Tenant, domain_name: str, now_only: bool) -> int:
     from ingest.record import enqueue
 
-    held = list(
-        HeldMessage.objects.filter(
-            kind=HeldMessage.Kind.VALIDATION, released_at__isnull=True, sender_domain=domain_name.lower()
-        )
-    )
+    waiting = HeldMessage.objects.filter(
+        kind=HeldMessage.Kind.VALIDATION, released_at__isnull=True, sender_domain=domain_name.lower()
+    ).order_by("received_at")
+    if now_only:
+        waiting = waiting.filter(size__lte=RELEASE_NOW_SIZE)[:RELEASE_NOW_COUNT]
+    held = list(waiting)
     created = [delivery_id for message in held if (delivery_id := _move_into(message, tenant)) is not None]
     enqueue(created)
     delete_unreferenced(message.storage_key for message in held)
@@ -316,7 +323,7 @@ def tend(now=None) -> dict[str, int]:
         tenant__region=current_region().code,
         name__in=waiting.values_list("sender_domain", flat=True),
     ).select_related("tenant")
-    released = sum(release_validation_mail(domain) for domain in verified)
+    released = sum(release_validation_mail(domain, now_only=False) for domain in verified)
     return {"delivered": delivered, "released": released, "purged": purge(now)}
 
 

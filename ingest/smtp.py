@@ -64,6 +64,7 @@ REPLY_BUSY = "421 4.3.2 Too many connections, try again later"
 REPLY_SENDER_NOT_ALLOWED = "550 5.7.1 Sender network not allowed to deliver journal reports"
 REPLY_NO_VERIFIED_DOMAIN = "550 5.7.1 The sender's domain is not verified for any tenant"
 REPLY_TOO_MANY_UNKNOWN = "450 4.7.1 Too many unknown journal addresses from your address, try again later"
+REPLY_TOO_MANY_HELD = "450 4.7.1 Too many messages for postmaster or unverified domains, try again later"
 REPLY_SPOOL_FULL = "452 4.3.1 Insufficient system storage, try again later"
 REPLY_OK = "250 2.0.0 OK"
 REPLY_RCPT_OK = "250 2.1.5 OK"
@@ -76,6 +77,8 @@ REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
 
 LOOKUP_RATE = 0.2  # database lookups of unknown tokens per second and peer, after…
 LOOKUP_BURST = 20  # …a burst of this many
+HOLD_RATE = 0.1  # messages per second and peer for the holding area (postmaster, unclaimed validation mail), after…
+HOLD_BURST = 50  # …a burst of this many: neither is ever more than a trickle
 ACCEPTED_LOG_DELAY = 0.2  # seconds an accepted message's log line may wait for its burst
 
 
@@ -147,6 +150,7 @@ class Policy:
         tenant_limiter: RateLimiter | None = None,
         peer_limiter: RateLimiter | None = None,
         lookup_limiter: RateLimiter | None = None,
+        hold_limiter: RateLimiter | None = None,
     ):
         self.journal_domain = journal_domain.lower()
         self.foreign_domains = {d.lower() for d in foreign_domains}
@@ -164,6 +168,8 @@ class Policy:
         # Database lookups of tokens the cache does not know, per peer: a
         # fresh address costs one; guessing many gets 450 (Router.route).
         self.lookup_limiter = lookup_limiter or RateLimiter(rate=LOOKUP_RATE, burst=LOOKUP_BURST)
+        # Mail held for no tenant, per peer: it costs storage for up to 14 days (ingest.held).
+        self.hold_limiter = hold_limiter or RateLimiter(rate=HOLD_RATE, burst=HOLD_BURST)
         self.rejections = RejectionCounter()
         self.admitted = 0  # sessions being served now
 
@@ -201,7 +207,7 @@ class Router:
         domain = domain.lower().rstrip(".")
         if not at or not local:
             if not at and address.lower() == "postmaster":  # RFC 5321 4.1.1.3: without a domain
-                return REPLY_RCPT_OK, self.postmaster, ""
+                return self._admit(self.postmaster, peer)
             return "553 5.1.3 Malformed address", None, "malformed_recipient"
         if domain in self.policy.foreign_domains:
             return REPLY_OTHER_REGION, None, "other_region"
@@ -209,7 +215,7 @@ class Router:
             return REPLY_NOT_OURS, None, "not_our_domain"
         folded = local.lower()
         if folded == "postmaster":
-            return REPLY_RCPT_OK, self.postmaster, ""
+            return self._admit(self.postmaster, peer)
         try:
             if folded == self.policy.validation_local_part:
                 sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
@@ -231,9 +237,9 @@ class Router:
                     return None, None, ""
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
-        return self._in_region(route)
+        return self._admit(route, peer)
 
-    def route_fresh(self, address: str, mail_from: str = ""):
+    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None):
         """`route` for what the cache did not know, asking the database (blocking: run it in a thread).
 
         A journal token issued since the cache's last refresh is found; the
@@ -250,12 +256,14 @@ class Router:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         if route is None:
             return REPLY_UNKNOWN, None, "unknown_recipient"
-        return self._in_region(route)
+        return self._admit(route, peer)
 
-    def _in_region(self, route):
+    def _admit(self, route, peer: str | None):
         # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
+        if route.tenant_id < 0 and not self.policy.hold_limiter.allow(peer):
+            return REPLY_TOO_MANY_HELD, None, "held_limit"
         return REPLY_RCPT_OK, route, ""
 
 
@@ -638,7 +646,8 @@ class SMTPSession(asyncio.Protocol):
         self._rcpt_routed(address, reply, route, reason)
 
     async def _rcpt_after_lookup(self, address: str) -> None:
-        routed = await self._loop.run_in_executor(None, self.service.router.route_fresh, address, self.mail_from)
+        router = self.service.router
+        routed = await self._loop.run_in_executor(None, router.route_fresh, address, self.mail_from, self.peer)
         self._rcpt_routed(address, *routed)
 
     def _rcpt_routed(self, address: str, reply: str, route, reason: str) -> None:

@@ -254,3 +254,39 @@ def test_validation_mail_right_after_verification_goes_to_the_tenant_not_on_hold
     assert code == 250
     assert Delivery.objects.get(queue_id=queue_id(reply)).tenant == org.tenant
     assert not HeldMessage.objects.exists()
+
+
+def test_a_large_held_validation_mail_is_moved_by_the_worker_not_the_verifying_request(
+    ingest, tls_files, org, settings, dns_server
+):
+    """Anyone may send mail "from" a domain before it is verified: the request that
+    verifies it moves only small messages; the periodic task moves the rest."""
+    domain = add_contoso(org)
+    raw = b"Subject: big\r\n\r\n" + b"x" * 1_100_000 + b"\r\n"  # spooled while it arrived: an object of its own
+    code, reply = send(ingest, tls_files, [current_region().validation_address], raw, VALIDATION_SENDER)
+    assert code == 250
+    held = HeldMessage.objects.get(queue_id=queue_id(reply))
+    assert held.storage_key.startswith("raw/") and held_object(settings, held).is_file()
+    dns_server.add_txt(domain.txt_name, domain.txt_value)
+    verify_domain(domain)
+    assert not Delivery.objects.exists()
+    assert tend(timezone.now() + timedelta(minutes=5))["released"] == 1
+    assert Delivery.objects.get(tenant=org.tenant, queue_id=held.queue_id).read_report() == raw
+    assert not held_object(settings, held).exists()
+
+
+def test_a_peer_sending_much_mail_for_no_tenant_gets_450(transactional_db, tls_files, org):
+    from ingest.policy import RateLimiter
+    from tests.smtp_support import connect, start_ingest
+
+    server = start_ingest(tls_files, policy={"hold_limiter": RateLimiter(rate=0.001, burst=2)})
+    try:
+        with connect(server, tls_files) as client:
+            client.mail(VALIDATION_SENDER)
+            assert client.rcpt("postmaster")[0] == 250
+            assert client.rcpt(current_region().validation_address)[0] == 250
+            code, reply = client.rcpt("postmaster")
+            assert code == 450 and reply.startswith(b"4.7.1"), reply
+            assert client.rcpt(journal_address(org.tenant))[0] == 250  # a tenant's mail is not held
+    finally:
+        server.stop_thread()

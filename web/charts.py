@@ -37,6 +37,7 @@ REASONS = {
     "tls_required": "Sender did not start TLS",
     "over_capacity": "Too many connections (sender retries)",
     "directory_unavailable": "Token directory not ready (sender retries)",
+    "held_limit": "Too much mail for postmaster or unverified domains from one peer",
 }
 
 
