@@ -13,7 +13,9 @@ know, the router asks the database once (`fetch`, in a thread, off the
 event loop) before answering 550, and remembers a token that is not there
 for NEGATIVE_TTL seconds (at most NEGATIVE_MAX of them), so a sender
 repeating one unknown address costs no query.  Guessing many addresses is
-limited per peer by the router (see ingest.smtp.Router).
+limited per peer by the router (see ingest.smtp.Router).  A validation
+mail's sender domain the cache does not know is looked up the same way
+(`fetch_domain`) before the mail is held for want of a verified domain.
 """
 
 from __future__ import annotations
