@@ -36,3 +36,8 @@ def _schedule(sender, **kwargs):
         sender.signature("ingest.tasks.sweep_stranded"),
         name="sweep stranded deliveries",
     )
+    sender.add_periodic_task(
+        settings.ARCHIVA_SWEEP_INTERVAL,
+        sender.signature("ingest.held.tend_held_mail"),
+        name="deliver, release and expire held mail",
+    )

@@ -280,6 +280,8 @@ else:
     # Embedded default: every outgoing mail becomes an .eml file a person can open.
     EMAIL_BACKEND = "web.mail.OutboxBackend"
 ARCHIVA_OUTBOX_DIR = DATA_DIR / "outbox"
+# Mail to postmaster@ the journal domain goes to this address; unset: an .eml file in the outbox folder.
+ARCHIVA_POSTMASTER = env("ARCHIVA_POSTMASTER")
 
 # --- HTTP security -------------------------------------------------------
 SECURE_HTTPS = SITE_ROOT.startswith("https://")

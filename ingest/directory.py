@@ -6,6 +6,16 @@ seconds.  The directory loads every token once, then every
 `ARCHIVA_TOKEN_CACHE_REFRESH` seconds reads only the tokens changed since
 the last refresh (`updated_at` watermark) and all verified domains (they
 are few), and reloads every token now and then to forget deleted tenants.
+
+A token issued since the last refresh (a sign-up or a rotation a second
+ago) is not in the cache yet: for a well-formed token the cache does not
+know, the router asks the database once (`fetch`, in a thread, off the
+event loop) before answering 550, and remembers a token that is not there
+for NEGATIVE_TTL seconds (at most NEGATIVE_MAX of them), so a sender
+repeating one unknown address costs no query.  Guessing many addresses is
+limited per peer by the router (see ingest.smtp.Router).  A validation
+mail's sender domain the cache does not know is looked up the same way
+(`fetch_domain`) before the mail is held for want of a verified domain.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 from django.utils import timezone
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,8 @@ FULL_RELOAD_EVERY = 60.0
 # Rows committed slightly out of order with their updated_at stamps are
 # still caught by overlapping the incremental window.
 WATERMARK_OVERLAP = timedelta(seconds=30)
+NEGATIVE_TTL = 5.0  # seconds a token the database did not have is answered 550 without asking again
+NEGATIVE_MAX = 10_000  # tokens remembered as missing; beyond that the memory starts over
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,7 @@ class TokenDirectory:
         self._last_full = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._missing: dict[str, float] = {}  # token -> until when it is known to be missing (monotonic)
 
     def lookup(self, token: str) -> Route | None:
         if not self._loaded:
@@ -68,6 +81,65 @@ class TokenDirectory:
         if route is None or not route.valid():
             return None
         return route
+
+    def known_missing(self, token: str) -> bool:
+        """The database did not have this token a moment ago (see `fetch`)."""
+        until = self._missing.get(token)
+        return until is not None and until > time.monotonic()
+
+    def fetch_domain(self, domain: str) -> Route | None:
+        """The tenant that verified this sender domain, from the database (in a thread, like `fetch`):
+        validation mail sent a moment after the domain's verification goes to its tenant, not on hold."""
+        from tenants.models import Domain
+
+        try:
+            close_old_connections()
+            row = (
+                Domain.objects.filter(name=domain.lower(), verified_at__isnull=False)
+                .select_related("tenant")
+                .only("name", "tenant__id", "tenant__bucket", "tenant__region")
+                .first()
+            )
+        except Exception as exc:
+            log.warning("domain lookup failed: %s", exc)
+            raise DirectoryUnavailable("domain lookup failed") from exc
+        finally:
+            connections.close_all()
+        if row is None:
+            return None
+        route = self._domains[row.name.lower()] = _route(row.tenant)
+        return route
+
+    def fetch(self, token: str) -> Route | None:
+        """The token's route from the database, for a token the cache does not know.
+
+        Runs in a thread (a query must not block the event loop); a token
+        found joins the cache, one not found is remembered as missing for
+        NEGATIVE_TTL seconds.  Raises DirectoryUnavailable if the database
+        does not answer (451, not 550).
+        """
+        from tenants.models import JournalToken
+
+        try:
+            close_old_connections()
+            row = (
+                JournalToken.objects.select_related("tenant")
+                .only("token", "expires_at", "tenant__id", "tenant__bucket", "tenant__region")
+                .filter(token=token)
+                .first()
+            )
+        except Exception as exc:
+            log.warning("token lookup failed: %s", exc)
+            raise DirectoryUnavailable("token lookup failed") from exc
+        finally:
+            connections.close_all()  # this thread's: an executor thread keeps no connection between misses
+        if row is None:
+            if len(self._missing) >= NEGATIVE_MAX:
+                self._missing = {}
+            self._missing[token] = time.monotonic() + NEGATIVE_TTL
+            return None
+        route = self._routes[token] = _route(row.tenant, row.expires_at)
+        return route if route.valid() else None
 
     def lookup_domain(self, domain: str) -> Route | None:
         """The tenant that verified this sender domain (connector validation mail)."""

@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import close_old_connections, connections, transaction
+from django.db import InterfaceError, OperationalError, close_old_connections, connections, transaction
 from django.utils import timezone
 
 from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
-from ingest import pack
+from ingest import held, pack
 from ingest.directory import Route
 from ingest.models import Delivery
 
@@ -87,7 +87,8 @@ def delivery_values(
     envelope: Envelope, queue_id: str, sha256: str, size: int, placement: dict[int, tuple[str, int]], now=None
 ) -> list[dict]:
     """The columns of a message's Delivery rows, one per recipient tenant;
-    `placement` maps each tenant to the object holding the bytes and their offset in it."""
+    `placement` maps each tenant to the object holding the bytes and their offset in it.
+    Held mail (a negative tenant id, see ingest.held) gets no Delivery."""
     now = now or timezone.now()
     return [
         {
@@ -109,6 +110,7 @@ def delivery_values(
             "enqueued_at": now,
         }
         for route, recipients in envelope.routes.values()
+        if route.tenant_id > 0
     ]
 
 
@@ -348,32 +350,75 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
     the committer does for each batch (`GroupCommitter.commit`), and what
     tests and benchmarks call to put mail in the archive exactly as the
     ingest does.  The flush comes after the rows where one flush covers both
-    (`flush_after_commit`), else before them.
+    (`flush_after_commit`), else before them.  A message whose row the
+    database refuses fails alone (`_record`); held mail (ingest.held) is
+    recorded in the same transaction as the Deliveries.
     """
     stored, outcomes = _store(batch)
     if not stored:
         return outcomes, []
-    now = timezone.now()
-    rows = [
-        row
-        for job in stored
-        for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, job.placement, now)
-    ]
     after = flush_after_commit()
-    try:
-        if not after:
+    if not after:
+        try:
             sync_filesystems(flush)
-        created = insert_deliveries(rows)
-    except Exception as exc:
-        log.exception("recording %d messages failed; they will be answered 451", len(stored))
-        return outcomes + [(job, exc) for job in stored], []
-    outcomes += [(job, None) for job in stored]
-    if after:
+        except Exception as exc:
+            log.exception("flushing %d messages failed; they will be answered 451", len(stored))
+            return outcomes + [(job, exc) for job in stored], []
+    recorded, created = _record(stored, timezone.now())
+    outcomes += recorded
+    if after and created is not None:
         try:
             sync_filesystems(flush)
         except Exception as exc:  # the disk's error, or ours: 451 either way
             return flush_failed(outcomes, exc), []
+    return outcomes, created or []
+
+
+def _record(jobs: list[Job], now) -> tuple[list[Outcome], list[int] | None]:
+    """Record the stored jobs in one transaction; the outcomes and the Delivery ids (None: nothing recorded).
+
+    If the batch fails and the database itself is fine, one message's row
+    may be the cause (e.g. a NUL byte in MAIL FROM, which PostgreSQL
+    refuses): the jobs are then recorded one by one, so only the bad one is
+    answered 451, never the other tenants' messages in its batch.
+    """
+    try:
+        return [(job, None) for job in jobs], _insert(jobs, now)
+    except Exception as exc:
+        if len(jobs) == 1 or isinstance(exc, (OperationalError, InterfaceError)):
+            log.exception("recording %d messages failed; they will be answered 451", len(jobs))
+            return [(job, exc) for job in jobs], None
+        log.warning("recording a batch of %d messages failed (%s); recording them one by one", len(jobs), exc)
+    outcomes: list[Outcome] = []
+    created: list[int] = []
+    for job in jobs:
+        try:
+            created += _insert([job], now)
+            outcomes.append((job, None))
+        except Exception as exc:
+            log.error("recording message %s failed; it will be answered 451: %s", job.queue_id, exc)
+            outcomes.append((job, exc))
     return outcomes, created
+
+
+def _insert(jobs: list[Job], now) -> list[int]:
+    """The jobs' Delivery rows (and HeldMessage rows, rarely) in one transaction; the Delivery ids."""
+    rows = [
+        row
+        for job in jobs
+        for row in delivery_values(job.envelope, job.queue_id, job.sha256, job.size, job.placement, now)
+    ]
+    held_rows = [
+        row
+        for job in jobs
+        if min(job.envelope.routes) < 0  # held mail: rare
+        for row in held.held_rows(job.envelope, job.queue_id, job.sha256, job.size, job.placement, now)
+    ]
+    if not held_rows:
+        return insert_deliveries(rows)
+    with transaction.atomic(using=delivery_connection().alias):
+        held.record(held_rows)
+        return insert_deliveries(rows) if rows else []
 
 
 def delivery_connection():
@@ -406,8 +451,10 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
     items: list = []
     owners: list[list[tuple[Job, int, int]]] = []  # per item: (job, tenant id, offset of its bytes)
     packs: dict[str, list[tuple[Job, int]]] = {}
+    holds = False
     for job in batch:
         for tenant_id, (route, _) in job.envelope.routes.items():
+            holds = holds or tenant_id < 0
             if isinstance(job.message, Path):
                 items.append((route.bucket, raw_key(job.sha256), job.message, job.sha256))
                 owners.append([(job, tenant_id, 0)])
@@ -420,6 +467,11 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
         owners.append(
             [(job, tenant_id, offset) for (job, tenant_id), offset in zip(members, built.offsets, strict=True)]
         )
+    if holds:
+        try:
+            held.ensure_bucket()
+        except Exception:  # its messages fail to store below (451); the others go on
+            log.exception("cannot create the holding area's bucket")
     try:
         errors = get_store().put_objects(items, consume=True, durable=False)
     except Exception as exc:

@@ -28,6 +28,7 @@ from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, TokenDirectory
+from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
@@ -62,6 +63,8 @@ REPLY_PEER_RATE_LIMITED = "451 4.7.1 Too many messages from your address, try ag
 REPLY_BUSY = "421 4.3.2 Too many connections, try again later"
 REPLY_SENDER_NOT_ALLOWED = "550 5.7.1 Sender network not allowed to deliver journal reports"
 REPLY_NO_VERIFIED_DOMAIN = "550 5.7.1 The sender's domain is not verified for any tenant"
+REPLY_TOO_MANY_UNKNOWN = "450 4.7.1 Too many unknown journal addresses from your address, try again later"
+REPLY_TOO_MANY_HELD = "450 4.7.1 Too many messages for postmaster or unverified domains, try again later"
 REPLY_SPOOL_FULL = "452 4.3.1 Insufficient system storage, try again later"
 REPLY_OK = "250 2.0.0 OK"
 REPLY_RCPT_OK = "250 2.1.5 OK"
@@ -72,6 +75,10 @@ REPLY_UNRECOGNIZED = "500 5.5.2 Error: command not recognized"
 REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
 
 
+LOOKUP_RATE = 0.2  # database lookups of unknown tokens per second and peer, after…
+LOOKUP_BURST = 20  # …a burst of this many
+HOLD_RATE = 0.1  # messages per second and peer for the holding area (postmaster, unclaimed validation mail), after…
+HOLD_BURST = 50  # …a burst of this many: neither is ever more than a trickle
 ACCEPTED_LOG_DELAY = 0.2  # seconds an accepted message's log line may wait for its burst
 
 
@@ -142,6 +149,8 @@ class Policy:
         fcrdns: FCrDNS | None = None,
         tenant_limiter: RateLimiter | None = None,
         peer_limiter: RateLimiter | None = None,
+        lookup_limiter: RateLimiter | None = None,
+        hold_limiter: RateLimiter | None = None,
     ):
         self.journal_domain = journal_domain.lower()
         self.foreign_domains = {d.lower() for d in foreign_domains}
@@ -156,51 +165,105 @@ class Policy:
         self.fcrdns = fcrdns or FCrDNS(enabled=False)
         self.tenant_limiter = tenant_limiter or RateLimiter(rate=0, burst=1)
         self.peer_limiter = peer_limiter or RateLimiter(rate=0, burst=1)
+        # Database lookups of tokens the cache does not know, per peer: a
+        # fresh address costs one; guessing many gets 450 (Router.route).
+        self.lookup_limiter = lookup_limiter or RateLimiter(rate=LOOKUP_RATE, burst=LOOKUP_BURST)
+        # Mail held for no tenant, per peer: it costs storage for up to 14 days (ingest.held).
+        self.hold_limiter = hold_limiter or RateLimiter(rate=HOLD_RATE, burst=HOLD_BURST)
         self.rejections = RejectionCounter()
         self.admitted = 0  # sessions being served now
 
     def reject(self, reason: str, tenant_id: int | None = None) -> None:
-        self.rejections.add(tenant_id, reason)
+        # Held mail (a negative id, see ingest.held) belongs to no tenant: counted with the untenanted.
+        self.rejections.add(tenant_id if tenant_id is None or tenant_id > 0 else None, reason)
         metrics.REJECTED.labels(reason).inc()
 
 
 class Router:
-    """RCPT routing: journal token (or verified sender domain) → tenant route."""
+    """RCPT routing: journal token (or verified sender domain) → tenant route.
+
+    Two addresses route to the region's holding area instead of a tenant
+    (ingest.held): postmaster (RFC 5321 §4.5.1: bare, or at the journal
+    domain), and the connector's validation address from a sender domain
+    that no tenant has verified yet (held until one does).
+    """
 
     def __init__(self, policy: Policy, directory: TokenDirectory):
         self.policy = policy
         self.directory = directory
+        self.postmaster = held_route(HELD_POSTMASTER, policy.region)
+        self.unclaimed_validation = held_route(HELD_VALIDATION, policy.region)
 
-    def route(self, address: str, mail_from: str = ""):
+    def route(self, address: str, mail_from: str = "", peer: str | None = None):
         """(reply, route, rejection reason): cheap format checks first, then the cached lookup.
 
         Tenant and region come from the token (or, for the connector's
         validation address, the sender's verified domain), never from headers.
+        A reply of None: a well-formed token (or a validation mail's sender
+        domain) the cache does not know; ask `route_fresh` in a thread
+        before answering.
         """
         local, at, domain = address.rpartition("@")
         domain = domain.lower().rstrip(".")
         if not at or not local:
+            if not at and address.lower() == "postmaster":  # RFC 5321 4.1.1.3: without a domain
+                return self._admit(self.postmaster, peer)
             return "553 5.1.3 Malformed address", None, "malformed_recipient"
         if domain in self.policy.foreign_domains:
             return REPLY_OTHER_REGION, None, "other_region"
         if domain != self.policy.journal_domain:
             return REPLY_NOT_OURS, None, "not_our_domain"
+        folded = local.lower()
+        if folded == "postmaster":
+            return self._admit(self.postmaster, peer)
         try:
-            if local.lower() == self.policy.validation_local_part:
+            if folded == self.policy.validation_local_part:
                 sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
-                route = self.directory.lookup_domain(sender_domain) if sender_domain else None
-                if route is None:
+                if not sender_domain:
                     return REPLY_NO_VERIFIED_DOMAIN, None, "unverified_sender_domain"
+                route = self.directory.lookup_domain(sender_domain)
+                if route is None:
+                    if self.policy.lookup_limiter.allow(peer):
+                        return None, None, ""  # verified a moment ago? (route_fresh)
+                    route = self.unclaimed_validation  # held until a tenant verifies the domain
             else:
                 token = parse_local_part(local)
                 route = self.directory.lookup(token) if token is not None else None
                 if route is None:
-                    return REPLY_UNKNOWN, None, "unknown_recipient"
+                    if token is None or self.directory.known_missing(token):
+                        return REPLY_UNKNOWN, None, "unknown_recipient"
+                    if not self.policy.lookup_limiter.allow(peer):
+                        return REPLY_TOO_MANY_UNKNOWN, None, "unknown_recipient_guessing"
+                    return None, None, ""
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
+        return self._admit(route, peer)
+
+    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None):
+        """`route` for what the cache did not know, asking the database (blocking: run it in a thread).
+
+        A journal token issued since the cache's last refresh is found; the
+        validation address goes to the tenant that verified the sender's
+        domain, or, if none has, to the holding area (ingest.held)."""
+        local = address.rpartition("@")[0]
+        try:
+            if local.lower() == self.policy.validation_local_part:
+                sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
+                route = self.directory.fetch_domain(sender_domain) or self.unclaimed_validation
+            else:
+                route = self.directory.fetch(parse_local_part(local))
+        except DirectoryUnavailable:
+            return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
+        if route is None:
+            return REPLY_UNKNOWN, None, "unknown_recipient"
+        return self._admit(route, peer)
+
+    def _admit(self, route, peer: str | None):
         # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
+        if route.tenant_id < 0 and not self.policy.hold_limiter.allow(peer):
+            return REPLY_TOO_MANY_HELD, None, "held_limit"
         return REPLY_RCPT_OK, route, ""
 
 
@@ -576,7 +639,18 @@ class SMTPSession(asyncio.Protocol):
             self._reply(f"555 5.5.4 RCPT TO parameters not recognized: {match.group(2)}")
             return
         address = match.group(1)
-        reply, route, reason = self.service.router.route(address, self.mail_from)
+        reply, route, reason = self.service.router.route(address, self.mail_from, self.peer)
+        if reply is None:  # a token the cache does not know (yet): ask the database, off the loop
+            self._wait(self._rcpt_after_lookup(address))
+            return
+        self._rcpt_routed(address, reply, route, reason)
+
+    async def _rcpt_after_lookup(self, address: str) -> None:
+        router = self.service.router
+        routed = await self._loop.run_in_executor(None, router.route_fresh, address, self.mail_from, self.peer)
+        self._rcpt_routed(address, *routed)
+
+    def _rcpt_routed(self, address: str, reply: str, route, reason: str) -> None:
         if route is not None:
             if len(self.rcpt_tos) >= self.policy.max_recipients:
                 reply, reason = REPLY_TOO_MANY_RCPT, "too_many_recipients"

@@ -3,8 +3,11 @@
 A row per rejection would let anyone with a bad token fill the database,
 so the ingest counts in memory and adds the counts to hourly rows every
 few seconds.  Rejections before a tenant is known (unknown token, other
-domain, sender policy) name no tenant: they are counted only in the
-Prometheus metrics, not here.
+domain, sender policy, per-peer limits, bad commands) name no tenant: they
+are counted in rows without one, which no tenant ever sees; operators
+(staff users) see them on Status → Charts (`untenanted_rejections`), and in
+the Prometheus metrics.  Their reasons are few, so they add a handful of
+rows per hour however many a sender provokes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import threading
 from collections import Counter
 
 from django.db import models, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -47,8 +50,6 @@ class RejectionCounter:
         self._counts: Counter[tuple[int | None, str]] = Counter()
 
     def add(self, tenant_id: int | None, reason: str) -> None:
-        if tenant_id is None:
-            return  # no tenant's chart shows it; the Prometheus counter has it
         with self._lock:
             self._counts[(tenant_id, reason)] += 1
 
@@ -71,3 +72,14 @@ class RejectionCounter:
             log.warning("could not record rejection counts; will retry", exc_info=True)
             with self._lock:
                 self._counts.update(counts)
+
+
+def untenanted_rejections(since) -> dict[str, int]:
+    """Refusals that named no tenant since then, by reason: for operators only, never a tenant's page."""
+    rows = (
+        RejectionCount.objects.filter(tenant__isnull=True, hour__gte=since.replace(minute=0, second=0, microsecond=0))
+        .values("reason")
+        .annotate(total=Sum("count"))
+        .order_by("-total")
+    )
+    return {row["reason"]: row["total"] for row in rows}

@@ -79,7 +79,7 @@ def test_unknown_token_is_rejected_before_data(ingest, tls_files, org):
 
 @pytest.mark.parametrize(
     "local",
-    ["journal-123", "journal-" + "A" * 63, "postmaster", "journal-00000!" + "A" * 56],
+    ["journal-123", "journal-" + "A" * 63, "abuse", "journal-00000!" + "A" * 56],
 )
 def test_malformed_journal_local_parts_are_unknown(ingest, tls_files, local):
     with connect(ingest, tls_files) as client:

@@ -1,7 +1,10 @@
 """Status → Charts (`/status/charts/`): the archive's traffic over time.
 
 Every member may look (the same numbers as System Status, over time);
-the data is the member's own tenant's only.
+the data is the member's own tenant's only.  Refusals that named no tenant
+(an unknown journal address, a sender outside the allow-list, a peer over
+its limits, a malformed command) belong to nobody's archive: only operators
+(staff users) see them, in a chart of their own below the tenant's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
+from ingest.stats import untenanted_rejections
 from web import stats
 from web.roles import member_required
 from web.status import counters
@@ -25,6 +29,15 @@ REASONS = {
     "temporary_failure": "Temporary trouble on our side (Exchange retries)",
     "unverified_sender_domain": "Validation mail from an unverified domain",
     "unknown_recipient": "Unknown journal address",
+    "unknown_recipient_guessing": "Too many unknown journal addresses from one peer",
+    "malformed_recipient": "Malformed recipient address",
+    "not_our_domain": "Recipient not on the journal domain (relaying)",
+    "other_region": "Journal address of another region",
+    "sender_not_allowed": "Sender outside the allowed networks",
+    "tls_required": "Sender did not start TLS",
+    "over_capacity": "Too many connections (sender retries)",
+    "directory_unavailable": "Token directory not ready (sender retries)",
+    "held_limit": "Too much mail for postmaster or unverified domains from one peer",
 }
 
 
@@ -134,5 +147,18 @@ def charts(request, membership):
         ),
         "counters": c,
         "now": now,
+        "untenanted_chart": _untenanted_chart(request.user, buckets_daily[0].start),
     }
     return render(request, "web/charts.html", context)
+
+
+def _untenanted_chart(user, since):
+    """Operators only: refusals of the whole region that named no tenant (see the module docstring)."""
+    if not user.is_staff:
+        return None
+    return hbar_chart(
+        id="chart-untenanted-rejections",
+        title="Refused before any tenant was known, whole region, last 30 days (operators only)",
+        description="Deliveries the SMTP ingest refused without a tenant, by reason.",
+        items=sorted(((REASONS.get(k, k), v) for k, v in untenanted_rejections(since).items()), key=lambda kv: -kv[1]),
+    )

@@ -12,6 +12,7 @@ from datetime import datetime
 from django.db.models import Count, Max, Q, Sum
 
 from archive.models import Message
+from ingest import held
 from ingest.models import Delivery
 from regions.current import current_region
 from regions.registry import Region
@@ -52,12 +53,30 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class HeldArrival:
+    domain: str
+    received_at: datetime
+
+
+def held_validation_mail(tenant: Tenant) -> tuple[HeldArrival, ...]:
+    """Validation mail held for a domain this tenant has added but not verified yet.
+
+    Only the domain and the time: the mail itself stays in the region's
+    holding area until the domain is verified (ingest.held), and a domain
+    the tenant has not added shows nothing.
+    """
+    pending = access.domains(tenant).filter(verified_at__isnull=True).values_list("name", flat=True)
+    return tuple(HeldArrival(domain, received_at) for domain, received_at in held.arrivals_for(pending))
+
+
+@dataclass(frozen=True)
 class TenantStatus:
     tenant: Tenant
     region: Region
     recipient: JournalAddress | None  # None for whoever may not see it (auditors, plain users)
     in_grace: list[JournalAddress]
     counters: Counters
+    held_validation: tuple[HeldArrival, ...] = ()  # see held_validation_mail
 
 
 def journal_address(token: JournalToken, region: Region) -> JournalAddress:
@@ -114,6 +133,7 @@ def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
         recipient=journal_address(access.current_token(tenant), region) if journal else None,
         in_grace=[journal_address(token, region) for token in access.tokens_in_grace(tenant)] if journal else [],
         counters=counters(tenant),
+        held_validation=held_validation_mail(tenant),
     )
 
 
