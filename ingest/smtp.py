@@ -719,7 +719,11 @@ class SMTPSession(asyncio.Protocol):
         self._data_started = self._last_activity  # the time of the bytes that carried DATA
         self._reply("354 End data with <CR><LF>.<CR><LF>")
 
+    # RFC 5321 4.1.1: RSET and QUIT take no argument, VRFY needs one.
     def smtp_RSET(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: RSET")
+            return
         self._reset_envelope()
         self._reply(REPLY_OK)
 
@@ -727,10 +731,16 @@ class SMTPSession(asyncio.Protocol):
         self._reply(REPLY_OK)
 
     def smtp_QUIT(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: QUIT")
+            return
         self._reply("221 2.0.0 Bye")
         self._close()
 
     def smtp_VRFY(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: VRFY <address>")
+            return
         self._reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def smtp_HELP(self, arg: str) -> None:
