@@ -461,6 +461,7 @@ class SMTPSession(asyncio.Protocol):
             self._bad("500 5.5.2 Error: bad syntax (not UTF-8)")
             return
         if CONTROL_RE.search(text):
+            self.policy.reject("control_characters")
             self._bad(REPLY_CONTROL_CHARACTERS)
             return
         verb, _, arg = text.partition(" ")
@@ -531,6 +532,9 @@ class SMTPSession(asyncio.Protocol):
         else:
             late = False
         if late or now - self._last_activity >= timeout:
+            # Counted for /metrics, and in a DATA against its tenants too.
+            for tenant_id in self._tenants() if self._data is not None else [None]:
+                self.policy.reject("timeout", tenant_id)
             self._reply(REPLY_TIMEOUT)
             self._close()
 

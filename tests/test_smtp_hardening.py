@@ -251,3 +251,26 @@ def test_mail_parameters_are_checked_as_rfc_1870_and_6152_say(server_factory, tl
     server = server_factory()
     with connect(server, tls_files) as client:
         assert client.docmd(f"MAIL FROM:<ndr@contoso.com> {params}")[0] == code
+
+
+@pytest.mark.parametrize("command", ["RSET now", "QUIT now", "VRFY"])
+def test_rset_and_quit_with_an_argument_and_vrfy_without_one_get_501(server_factory, tls_files, command):
+    """RFC 5321 4.1.1: `RSET` and `QUIT` take none, `VRFY` needs one (aiosmtpd answers the same)."""
+    server = server_factory()
+    with connect(server, tls_files) as client:
+        assert client.docmd(command)[0] == 501
+        assert client.noop()[0] == 250  # still connected
+
+
+def test_deadline_closes_are_counted_in_the_metrics(server_factory, tls_files):
+    from prometheus_client import REGISTRY
+
+    def timeouts() -> float:
+        return REGISTRY.get_sample_value("archiva_smtp_rejections_total", {"reason": "timeout"}) or 0.0
+
+    before = timeouts()
+    server = server_factory(timeout=1)
+    with open_raw(server) as sock:
+        assert greeting(sock).startswith(b"220 ")
+        assert trickle_until_closed(sock, b"NOOP " + b"x" * 200 + b"\r\n", pause=0.1).startswith(b"421 4.4.2 ")
+    assert timeouts() == before + 1
