@@ -41,6 +41,11 @@ LINE_LIMIT = 4096
 # Pipelined input held while a step waits; beyond it the socket is paused.
 PAUSE_BUFFER = 256 * 1024
 MAX_BAD_COMMANDS = 20
+# Commands that lead to no message, allowed between two messages (as Postfix's
+# smtpd_junk_command_limit): the per-line deadline alone would let a sender
+# that trickles "NOOP" a byte a second keep its session forever.
+JUNK_COMMANDS = {"NOOP", "RSET", "VRFY", "HELP", "EXPN", "HELO", "EHLO"}
+MAX_JUNK_COMMANDS = 100
 
 # RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
 MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
@@ -347,6 +352,7 @@ class SMTPSession(asyncio.Protocol):
         self._discarding = False  # skipping the rest of an over-long line
         self._admitted = False
         self._bad_commands = 0
+        self._junk_commands = 0  # since the session's start or its last accepted message
         self._last_activity = 0.0  # loop time of the last input
         self._line_started = 0.0  # of the first input of the command line pending in _buf
         self._data_started = 0.0  # of the DATA command being served
@@ -465,10 +471,18 @@ class SMTPSession(asyncio.Protocol):
             self._bad(REPLY_CONTROL_CHARACTERS)
             return
         verb, _, arg = text.partition(" ")
-        handler = self._COMMANDS.get(verb.upper())
+        verb = verb.upper()
+        handler = self._COMMANDS.get(verb)
         if handler is None:
             self._bad(REPLY_UNRECOGNIZED if verb else "500 5.5.2 Error: bad syntax")
             return
+        if verb in JUNK_COMMANDS:
+            self._junk_commands += 1
+            if self._junk_commands > MAX_JUNK_COMMANDS:
+                self.policy.reject("too_many_commands")
+                self._reply("421 4.7.0 Too many commands without a message, closing connection")
+                self._close()
+                return
         handler(self, arg.strip())
 
     def _bad(self, reply: str) -> None:
@@ -810,6 +824,7 @@ class SMTPSession(asyncio.Protocol):
             self._end_data(REPLY_TEMPFAIL)
         else:
             queue_id, sha256 = future.result()
+            self._junk_commands = 0
             self.service.counts.accepted_message(sink.size, time.monotonic() - started)
             if log.isEnabledFor(logging.INFO):
                 self.service.accepted_log.add(queue_id, sink.size, sha256, self._tenants(), len(self.rcpt_tos))

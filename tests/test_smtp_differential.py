@@ -35,7 +35,9 @@ Intended differences (ours first), and what the test does about each:
   each, aiosmtpd only the last); command lines over 512 octets and DATA lines
   over 1,000 (we take up to 4,096 and any; aiosmtpd 500); a second STARTTLS;
   HELP with an argument (we list the commands; aiosmtpd 501); more than four
-  unknown verbs (aiosmtpd hangs up at the fifth, we after 20 errors); a body
+  unknown verbs (aiosmtpd hangs up at the fifth, we after 20 errors); more
+  than 100 commands that lead to no message (we hang up, as Postfix's
+  smtpd_junk_command_limit; aiosmtpd's call limit is off); a body
   near the size limit (aiosmtpd counts the stuffed dots, we the message).
 """
 

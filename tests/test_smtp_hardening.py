@@ -274,3 +274,21 @@ def test_deadline_closes_are_counted_in_the_metrics(server_factory, tls_files):
         assert greeting(sock).startswith(b"220 ")
         assert trickle_until_closed(sock, b"NOOP " + b"x" * 200 + b"\r\n", pause=0.1).startswith(b"421 4.4.2 ")
     assert timeouts() == before + 1
+
+
+def test_a_session_of_commands_that_lead_to_no_message_is_closed_with_421(server_factory, tls_files, org):
+    """A NOOP trickled a byte a second completes within any sane per-line
+    deadline: a hundred commands that lead to no message close the session
+    (as Postfix's smtpd_junk_command_limit), and each accepted message
+    gives the sender a hundred more."""
+    server = server_factory()
+    with connect(server, tls_files) as client:  # its two EHLOs count
+        assert {client.noop()[0] for _ in range(90)} == {250}
+        assert client.mail("ndr@contoso.com")[0] == 250
+        assert client.rcpt(journal_address(org.tenant))[0] == 250
+        assert client.data(MESSAGE)[0] == 250
+        assert {client.noop()[0] for _ in range(100)} == {250}
+        code, reply = client.noop()
+        assert code == 421 and reply.startswith(b"4.7.0"), reply
+        with pytest.raises(smtplib.SMTPServerDisconnected):
+            client.noop()
