@@ -188,6 +188,8 @@ if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
     raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
 ARCHIVA_SMTP_PROCESSES = envint("ARCHIVA_SMTP_PROCESSES", 1, minimum=1, maximum=64)
 ARCHIVA_SMTP_MAX_SESSIONS = envint("ARCHIVA_SMTP_MAX_SESSIONS", 500, minimum=1)
+# Of them, from one peer address (per process, like the cap above): one peer cannot take every slot.
+ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER = envint("ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER", 50, minimum=1)
 # Niceness added to the committer process (ingest/commitd.py): the sessions' replies go first.
 ARCHIVA_COMMITTER_NICE = envint("ARCHIVA_COMMITTER_NICE", 5, minimum=0, maximum=19)
 # Sender policy (DESIGN: defense in depth; the journal token is a bearer secret).

@@ -41,6 +41,7 @@ def policy_from_settings() -> Policy:
         require_tls=settings.ARCHIVA_SMTP_REQUIRE_TLS,
         validation_local_part=region.validation_address.split("@")[0],
         max_sessions=settings.ARCHIVA_SMTP_MAX_SESSIONS,
+        max_sessions_per_peer=settings.ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER,
         allowlist=SenderAllowList(enabled=settings.ARCHIVA_SENDER_ALLOWLIST),
         fcrdns=FCrDNS(enabled=settings.ARCHIVA_SENDER_FCRDNS),
         tenant_limiter=RateLimiter(settings.ARCHIVA_TENANT_RATE, settings.ARCHIVA_TENANT_BURST),

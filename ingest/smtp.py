@@ -42,14 +42,30 @@ LINE_LIMIT = 4096
 # Pipelined input held while a step waits; beyond it the socket is paused.
 PAUSE_BUFFER = 256 * 1024
 MAX_BAD_COMMANDS = 20
+# Commands that lead to no message, allowed between two messages (as Postfix's
+# smtpd_junk_command_limit): the per-line deadline alone would let a sender
+# that trickles "NOOP" a byte a second keep its session forever.
+JUNK_COMMANDS = {"NOOP", "RSET", "VRFY", "HELP", "EXPN", "HELO", "EHLO"}  # and refused RCPTs
+MAX_JUNK_COMMANDS = 100
 
-SIZE_PARAM_RE = re.compile(r"\bSIZE=(\d+)\b", re.IGNORECASE)
 # RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
 MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
 RCPT_ARG_RE = re.compile(r"TO:\s*<([^<>\s]+)>(?:\s+(.*))?", re.IGNORECASE)
 # MAIL parameters we take: the ones we advertise, and AUTH=<>, which some
 # senders add whatever the server offers.
 MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "AUTH"}
+BODY_TYPES = {"7BIT", "8BITMIME"}  # what 8BITMIME allows (RFC 6152); no BINARYMIME
+# RFC 5321 4.1.2: a source route (A-d-l) before the mailbox, "@a,@b:user@c".
+# Obsolete; a server must take it and ignore the route (3.6.1, appendix C).
+SOURCE_ROUTE_RE = re.compile(r"@[^@,:]+(?:,@[^@,:]+)*:")
+# C0 controls, DEL and C1 controls: no command's syntax has a place for them,
+# and a NUL in an address got as far as the committer's batch (issue 16).
+# One search per command line, never per byte of DATA.
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# A DATA must end within the timeout plus its bytes at this rate: a 150 MB
+# report is given 300 s + 5 h, as slow as a 64 kbit/s line, while a sender
+# that trickles a byte a second is closed after the timeout.
+DATA_MIN_RATE = 8 * 1024  # bytes per second
 
 REPLY_TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_UNKNOWN = "550 5.1.1 No such journal recipient"
@@ -61,6 +77,10 @@ REPLY_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 REPLY_RATE_LIMITED = "451 4.7.1 Delivery rate limit exceeded, try again later"
 REPLY_PEER_RATE_LIMITED = "451 4.7.1 Too many messages from your address, try again later"
 REPLY_BUSY = "421 4.3.2 Too many connections, try again later"
+REPLY_PEER_BUSY = "421 4.7.0 Too many connections from your address, try again later"
+REPLY_TIMEOUT = "421 4.4.2 Timeout exceeded, closing connection"
+REPLY_CONTROL_CHARACTERS = "501 5.5.2 Syntax error: control characters in the command"
+REPLY_NETWORK_REFUSED = "554 5.7.1 Sender network not allowed to deliver journal reports"
 REPLY_SENDER_NOT_ALLOWED = "550 5.7.1 Sender network not allowed to deliver journal reports"
 REPLY_NO_VERIFIED_DOMAIN = "550 5.7.1 The sender's domain is not verified for any tenant"
 REPLY_TOO_MANY_UNKNOWN = "450 4.7.1 Too many unknown journal addresses from your address, try again later"
@@ -80,6 +100,38 @@ LOOKUP_BURST = 20  # …a burst of this many
 HOLD_RATE = 0.1  # messages per second and peer for the holding area (postmaster, unclaimed validation mail), after…
 HOLD_BURST = 50  # …a burst of this many: neither is ever more than a trickle
 ACCEPTED_LOG_DELAY = 0.2  # seconds an accepted message's log line may wait for its burst
+
+
+def without_source_route(address: str) -> str | None:
+    """The mailbox of a path, without its source route; None for a malformed route."""
+    if not address.startswith("@"):
+        return address
+    route = SOURCE_ROUTE_RE.match(address)
+    if route is None:
+        return None
+    # A route must lead to a mailbox: "<@a:>" is not the null path.
+    return address[route.end() :] or None
+
+
+def mail_params_refusal(params: str, max_size: int) -> str | None:
+    """The reply refusing MAIL's parameters (RFC 5321 4.1.2, RFC 1870, RFC 6152), or None."""
+    for param in params.split():
+        name, equals, value = param.partition("=")
+        key = name.upper()
+        if key == "SIZE":
+            if not (value.isascii() and value.isdigit()):
+                return "501 5.5.4 Syntax: SIZE=<number of octets>"
+            if int(value) > max_size:
+                return REPLY_TOO_BIG
+        elif key == "BODY":
+            if value.upper() not in BODY_TYPES:
+                return "501 5.5.4 Syntax: BODY=7BIT or BODY=8BITMIME"
+        elif key == "SMTPUTF8":
+            if equals:
+                return "501 5.5.4 Syntax: SMTPUTF8 takes no value"
+        elif key not in MAIL_PARAMS:
+            return f"555 5.5.4 MAIL FROM parameter {name} not recognized"
+    return None
 
 
 class AcceptedLog:
@@ -145,6 +197,7 @@ class Policy:
         require_tls: bool,
         validation_local_part: str = "archive",
         max_sessions: int = 500,
+        max_sessions_per_peer: int = 50,
         allowlist: SenderAllowList | None = None,
         fcrdns: FCrDNS | None = None,
         tenant_limiter: RateLimiter | None = None,
@@ -161,6 +214,7 @@ class Policy:
         self.require_tls = require_tls
         self.validation_local_part = validation_local_part
         self.max_sessions = max_sessions
+        self.max_sessions_per_peer = max_sessions_per_peer
         self.allowlist = allowlist or SenderAllowList(enabled=False)
         self.fcrdns = fcrdns or FCrDNS(enabled=False)
         self.tenant_limiter = tenant_limiter or RateLimiter(rate=0, burst=1)
@@ -172,6 +226,39 @@ class Policy:
         self.hold_limiter = hold_limiter or RateLimiter(rate=HOLD_RATE, burst=HOLD_BURST)
         self.rejections = RejectionCounter()
         self.admitted = 0  # sessions being served now
+        self.peer_sessions: dict[str | None, int] = {}  # of them, per peer address
+
+    def admission_refusal(self, peer: str | None) -> str | None:
+        """The greeting that refuses a new connection from `peer`, or None to serve it.
+
+        Checked before the session takes a slot, so that neither a refused
+        network nor one busy peer can take every slot from the others.  The
+        counts are this process's (one event loop per policy, no lock): with
+        ARCHIVA_SMTP_PROCESSES=N the kernel spreads a peer's connections over
+        the N processes, so the peer may hold up to N times the cap."""
+        if not self.allowlist.allows(peer):
+            # RFC 5321 3.1 lets a server refuse in the greeting; we close at
+            # once rather than wait for QUIT, so a refused network holds no slot.
+            self.reject("sender_not_allowed")
+            return REPLY_NETWORK_REFUSED
+        if self.admitted >= self.max_sessions:
+            # Over capacity: a 4xx greeting makes the sender try again later.
+            self.reject("over_capacity")
+            return REPLY_BUSY
+        if self.peer_sessions.get(peer, 0) >= self.max_sessions_per_peer:
+            self.reject("peer_over_capacity")
+            return REPLY_PEER_BUSY
+        return None
+
+    def admit(self, peer: str | None) -> None:
+        self.admitted += 1
+        self.peer_sessions[peer] = self.peer_sessions.get(peer, 0) + 1
+
+    def release(self, peer: str | None) -> None:
+        self.admitted -= 1
+        left = self.peer_sessions.pop(peer, 1) - 1
+        if left:  # a peer with no session left takes no room in the dict
+            self.peer_sessions[peer] = left
 
     def reject(self, reason: str, tenant_id: int | None = None) -> None:
         # Held mail (a negative id, see ingest.held) belongs to no tenant: counted with the untenanted.
@@ -291,13 +378,14 @@ class Service:
         self._idle_check: asyncio.TimerHandle | None = None
 
     def watch_idle(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close sessions silent for `timeout` seconds (started by the first session).
+        """Close sessions silent for `timeout` seconds, or past a deadline (started by the first session).
 
         One timer for all of the loop's sessions, every tenth of the timeout
         (at most a second): a timer per session, set and cancelled for each
         connection, was event-loop work for every message of a sender that
         connects for each (as smtp-source does).  A session is closed between
-        `timeout` and `timeout` plus that interval after its last input."""
+        `timeout` and `timeout` plus that interval after its last input, or
+        after its deadline (`SMTPSession.close_if_late`)."""
         if self._idle_check is None:
             self._idle_check = loop.call_later(self._idle_interval(), self._close_idle, loop)
 
@@ -307,7 +395,7 @@ class Service:
     def _close_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         for session in list(self.sessions):
-            session.close_if_idle(now)
+            session.close_if_late(now)
         # Stops once no session is left; the next one starts it again.
         self._idle_check = loop.call_later(self._idle_interval(), self._close_idle, loop) if self.sessions else None
 
@@ -327,7 +415,10 @@ class SMTPSession(asyncio.Protocol):
         self._discarding = False  # skipping the rest of an over-long line
         self._admitted = False
         self._bad_commands = 0
-        self._last_activity = 0.0
+        self._junk_commands = 0  # since the session's start or its last accepted message
+        self._last_activity = 0.0  # loop time of the last input
+        self._line_started = 0.0  # of the first input of the command line pending in _buf
+        self._data_started = 0.0  # of the DATA command being served
         self.peer: str | None = None
         self.tls = False
         self.helo: str | None = None
@@ -346,14 +437,13 @@ class SMTPSession(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
-        if self.policy.admitted >= self.policy.max_sessions:
-            # Over capacity: a 4xx greeting makes the sender try again later.
-            self.policy.reject("over_capacity")
-            transport.write(REPLY_BUSY.encode() + b"\r\n")
+        refusal = self.policy.admission_refusal(self.peer)
+        if refusal:
+            transport.write(refusal.encode() + b"\r\n")
             transport.close()
             return
         self._admitted = True
-        self.policy.admitted += 1  # one event loop per policy: no lock needed
+        self.policy.admit(self.peer)
         self.service.sessions.add(self)
         self._last_activity = self._loop.time()
         self.service.watch_idle(self._loop)
@@ -364,15 +454,19 @@ class SMTPSession(asyncio.Protocol):
         self.transport = None
         if self._admitted:
             self._admitted = False
-            self.policy.admitted -= 1
+            self.policy.release(self.peer)
             self.service.sessions.discard(self)
 
     def data_received(self, data: bytes) -> None:
-        self._last_activity = self._loop.time()
+        now = self._last_activity = self._loop.time()
         try:
             if self._data is not None and not self._busy and not self._buf:
                 self._feed(data)  # the common case in DATA: straight to the parser
             else:
+                # A command line's deadline runs from its first byte: more
+                # bytes of the same line do not move it (a trickle would).
+                if not (self._buf or self._discarding) or b"\n" in data:
+                    self._line_started = now
                 self._buf += data
             self._process()
         except Exception:
@@ -435,12 +529,29 @@ class SMTPSession(asyncio.Protocol):
         except UnicodeDecodeError:
             self._bad("500 5.5.2 Error: bad syntax (not UTF-8)")
             return
+        if CONTROL_RE.search(text):
+            self.policy.reject("control_characters")
+            self._bad(REPLY_CONTROL_CHARACTERS)
+            return
         verb, _, arg = text.partition(" ")
-        handler = self._COMMANDS.get(verb.upper())
+        verb = verb.upper()
+        handler = self._COMMANDS.get(verb)
         if handler is None:
             self._bad(REPLY_UNRECOGNIZED if verb else "500 5.5.2 Error: bad syntax")
             return
+        if verb in JUNK_COMMANDS and self._junk():
+            return
         handler(self, arg.strip())
+
+    def _junk(self) -> bool:
+        """Count a command that led to no message; True when the session was closed for too many."""
+        self._junk_commands += 1
+        if self._junk_commands <= MAX_JUNK_COMMANDS:
+            return False
+        self.policy.reject("too_many_commands")
+        self._reply("421 4.7.0 Too many commands without a message, closing connection")
+        self._close()
+        return True
 
     def _bad(self, reply: str) -> None:
         self._bad_commands += 1
@@ -468,6 +579,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _step_done(self, future: asyncio.Future) -> None:
         self._busy = False
+        self._restart_line()
         try:
             reply = future.result()
         except Exception:
@@ -478,10 +590,34 @@ class SMTPSession(asyncio.Protocol):
             self._reply(reply)
         self._process()
 
-    def close_if_idle(self, now: float) -> None:
-        """421 and close if no input came for the timeout, unless a step of ours is running."""
-        if self.transport is not None and not self._busy and now - self._last_activity >= self.service.timeout:
-            self._reply("421 4.4.2 Timeout exceeded, closing connection")
+    def _restart_line(self) -> None:
+        """After a step of ours: a command line pipelined meanwhile gets its whole time from now."""
+        if self._buf:
+            self._line_started = self._loop.time()
+
+    def close_if_late(self, now: float) -> None:
+        """421 and close if no input came for the timeout, or past a deadline,
+        unless a step of ours is running (its wait is not the sender's).
+
+        Deadlines, so that a sender trickling bytes cannot keep a session: a
+        command line must be complete within the timeout of its first byte,
+        and a DATA within the timeout plus its bytes at DATA_MIN_RATE (at
+        most the size limit's worth) of the DATA command."""
+        if self.transport is None or self._busy:
+            return
+        timeout = self.service.timeout
+        if self._data is not None:
+            size = min(self._sink.size, self.policy.max_size)
+            late = now >= self._data_started + timeout + size / DATA_MIN_RATE
+        elif self._buf or self._discarding:
+            late = now >= self._line_started + timeout
+        else:
+            late = False
+        if late or now - self._last_activity >= timeout:
+            # Counted for /metrics, and in a DATA against its tenants too.
+            for tenant_id in self._tenants() if self._data is not None else [None]:
+                self.policy.reject("timeout", tenant_id)
+            self._reply(REPLY_TIMEOUT)
             self._close()
 
     # --- commands ---------------------------------------------------------------
@@ -569,17 +705,15 @@ class SMTPSession(asyncio.Protocol):
             self._reply("503 5.5.1 Error: nested MAIL command")
             return
         address, params = match.groups()
-        if address and (address.count("@") != 1 or address.startswith("@") or address.endswith("@")):
+        address = without_source_route(address)
+        if address is None or (
+            address and (address.count("@") != 1 or address.startswith("@") or address.endswith("@"))
+        ):
             self._reply("553 5.1.3 Malformed sender address")
             return
-        for param in (params or "").split():
-            name, _, value = param.partition("=")
-            if name.upper() not in MAIL_PARAMS:
-                self._reply(f"555 5.5.4 MAIL FROM parameter {name} not recognized")
-                return
-        size = SIZE_PARAM_RE.search(params or "")
-        if size and int(size.group(1)) > self.policy.max_size:
-            self._reply(REPLY_TOO_BIG)
+        refusal = mail_params_refusal(params, self.policy.max_size) if params else None
+        if refusal:
+            self._reply(refusal)
             return
         refusal = self._sender_refusal()
         if refusal:
@@ -638,7 +772,10 @@ class SMTPSession(asyncio.Protocol):
         if match.group(2):
             self._reply(f"555 5.5.4 RCPT TO parameters not recognized: {match.group(2)}")
             return
-        address = match.group(1)
+        address = without_source_route(match.group(1))
+        if not address:
+            self._reply("553 5.1.3 Malformed address")
+            return
         reply, route, reason = self.service.router.route(address, self.mail_from, self.peer)
         if reply is None:  # a token the cache does not know (yet): ask the database, off the loop
             self._wait(self._rcpt_after_lookup(address))
@@ -658,6 +795,10 @@ class SMTPSession(asyncio.Protocol):
                 reply, reason = REPLY_RATE_LIMITED, "rate_limited"
         if reason:  # counted against the tenant when the recipient named one
             self.policy.reject(reason, route.tenant_id if route is not None else None)
+            # A refused recipient leads to no message either: a sender repeating
+            # refused RCPTs slowly is bounded like one repeating NOOP.
+            if self._junk():
+                return
         else:
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
@@ -676,9 +817,14 @@ class SMTPSession(asyncio.Protocol):
             return
         self._sink = DataSink(self.policy.max_size, spool_dir=self.policy.spool_dir)
         self._data = DataParser(self._sink)
+        self._data_started = self._last_activity  # the time of the bytes that carried DATA
         self._reply("354 End data with <CR><LF>.<CR><LF>")
 
+    # RFC 5321 4.1.1: RSET and QUIT take no argument, VRFY needs one.
     def smtp_RSET(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: RSET")
+            return
         self._reset_envelope()
         self._reply(REPLY_OK)
 
@@ -686,10 +832,16 @@ class SMTPSession(asyncio.Protocol):
         self._reply(REPLY_OK)
 
     def smtp_QUIT(self, arg: str) -> None:
+        if arg:
+            self._reply("501 5.5.4 Syntax: QUIT")
+            return
         self._reply("221 2.0.0 Bye")
         self._close()
 
     def smtp_VRFY(self, arg: str) -> None:
+        if not arg:
+            self._reply("501 5.5.4 Syntax: VRFY <address>")
+            return
         self._reply("252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery")
 
     def smtp_HELP(self, arg: str) -> None:
@@ -721,6 +873,7 @@ class SMTPSession(asyncio.Protocol):
             return
         # Bytes past the end mark are pipelined commands.
         self._buf += leftover
+        self._line_started = self._last_activity
         self._data = None
         sink, self._sink = self._sink, None
         message = sink.finish()
@@ -745,6 +898,7 @@ class SMTPSession(asyncio.Protocol):
 
     def _committed(self, future: asyncio.Future, sink: DataSink, started: float) -> None:
         self._busy = False
+        self._restart_line()
         error = future.exception()
         if error is not None:
             log.error("could not make a message durable; answering 451: %s", error)
@@ -753,6 +907,7 @@ class SMTPSession(asyncio.Protocol):
             self._end_data(REPLY_TEMPFAIL)
         else:
             queue_id, sha256 = future.result()
+            self._junk_commands = 0
             self.service.counts.accepted_message(sink.size, time.monotonic() - started)
             if log.isEnabledFor(logging.INFO):
                 self.service.accepted_log.add(queue_id, sink.size, sha256, self._tenants(), len(self.rcpt_tos))
