@@ -16,6 +16,7 @@ from email.utils import getaddresses
 from archive.models import Message
 from archive.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
+from infra.text import storable
 from search.document import SearchDocument
 
 # Postgres indexes keys up to ~2.7 kB; a longer Message-ID is keyed by its hash.
@@ -90,7 +91,11 @@ def attachment_dicts(attachments: list[Attachment]) -> list[dict]:
 
 
 def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
-    """The Message columns a freshly parsed report gives (before storing)."""
+    """The Message columns a freshly parsed report gives (before storing).
+
+    Every text is storable (`infra.text`): a NUL a sender put in a subject,
+    an address or a name must not fail the batch it is archived in.
+    """
     fields = {
         "merge_key": merge_key(parsed),
         "message_id": (parsed.message_id or "").strip().strip("<>"),
@@ -109,6 +114,7 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
         "attachments": attachment_dicts(parsed.attachments),
         "problems": list(parsed.problems)[:50],
     }
+    fields = storable(fields)
     fields["participants"] = participants(Message(**fields))
     return fields
 
