@@ -19,7 +19,7 @@ from archive.models import ApiToken, AuditEvent, Message
 from archive.parsed import ParsedReport
 from archive.tokens import display_prefix, hash_token, new_secret
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
-from infra.text import storable_text
+from infra.text import storable, storable_text
 from ingest.models import Delivery
 from tenants.models import Membership, Tenant
 
@@ -192,12 +192,26 @@ def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
             setattr(message, key, fields[key])
             setattr(message, sha, fields[sha])
             changed += [key, sha]
+            if key == "decrypted_key":  # the page now shows the decrypted copy's attachments
+                message.attachment_list = fields["attachment_list"]
+                changed.append("attachment_list")
     if changed:
         message.participants = documents.participants(message)
         if save:
             message.version += 1
             message.index_status = Message.IndexStatus.PENDING
             message.save(update_fields=[*set(changed), "participants", "version", "index_status"])
+
+
+def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
+    """The attachment list of a message archived before it was kept
+    (`Message.attachment_list` None), worked out from its readable bytes and kept."""
+    from archive import mime
+
+    found = storable(mime.attachment_list(readable))
+    Message.objects.filter(pk=message.pk, attachment_list__isnull=True).update(attachment_list=found)
+    message.attachment_list = found
+    return found
 
 
 class BatchConflict(Exception):
@@ -372,6 +386,8 @@ def _document(message: Message, reparse: bool):
     if not reparse:
         return documents.build_document(message)
     content = documents.load_content(message)
+    if message.attachment_list is None:  # archived before the list was kept: backfilled here
+        remember_attachment_list(message, documents.read_readable(message))
     sha, key = _put_text(message.tenant.bucket, content)
     if (sha, key) != (message.text_sha256, message.text_key):
         Message.objects.filter(pk=message.pk).update(text_sha256=sha, text_key=key)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import getaddresses
 
+from archive import mime
 from archive.models import Message
 from archive.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
@@ -112,6 +113,8 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
         "size": len(parsed.original),
         "has_attachments": parsed.has_attachments,
         "attachments": attachment_dicts(parsed.attachments),
+        # What the page lists and serves: from what people read, as `read_readable` gives it.
+        "attachment_list": mime.attachment_list(parsed.decrypted or parsed.original),
         "problems": list(parsed.problems)[:50],
     }
     fields = storable(fields)
@@ -158,6 +161,17 @@ def read_readable(message: Message) -> bytes:
     if message.has_decrypted:
         return get_store().read_verified(message.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
     return read_original(message)
+
+
+def body_for_display(raw: bytes):
+    """The body of a stored (decrypted) original for the message page, and
+    why it could not be read in full (`body_note`): the body parts only,
+    attachments neither decoded nor read (their list is on the Message)."""
+    from archive.extract import Extractor
+    from archive.message import parse_message
+
+    msg, _problems = parse_message(raw)
+    return Extractor(bodies_only=True).message(msg)
 
 
 def load_content(message: Message) -> Content:
