@@ -168,3 +168,36 @@ def test_a_report_the_database_refuses_fails_alone_and_is_listed_with_its_reason
     assert "could not be archived: DataError: value refused by the database" in client.get("/status/").content.decode()
     client.force_login(outsider)
     assert client.get("/api/v1/status").json()["failures"] == []
+
+
+def test_a_document_the_search_backend_refuses_fails_alone_and_is_listed_with_its_reason(
+    org, client, monkeypatch, tmp_path
+):
+    from search.backends.base import SearchError
+    from search.backends.embedded import EmbeddedBackend
+
+    class Refusing(EmbeddedBackend):
+        """The embedded engine, refusing any request that carries one particular document."""
+
+        def _index(self, docs):
+            if any(doc.subject == "poison" for doc in docs):
+                raise SearchError("document refused: poison")
+            super()._index(docs)
+
+    backend = Refusing(tmp_path / "index", lock_timeout=5.0, writer_heap=16_000_000)
+    monkeypatch.setattr("search.get_backend", lambda: backend)
+    poison, fine = deliver(org.tenant, clean_report("poison")), deliver(org.tenant, clean_report("fine"))
+    assert process_deliveries.run([poison.pk, fine.pk]) == 2
+    assert actions.index_pending() == 2
+    poison_message = Message.objects.get(deliveries=poison)
+    fine_message = Message.objects.get(deliveries=fine)
+    assert fine_message.index_status == Message.IndexStatus.INDEXED
+    assert search_ids(backend, org.tenant, "subject:fine") == [fine_message.pk]
+    assert poison_message.index_status == Message.IndexStatus.FAILED
+    assert poison_message.index_error == "document refused: poison"
+
+    client.force_login(org.auditor)
+    html = client.get("/status/").content.decode()
+    assert 'id="index-failed">1<' in html and 'id="index-failures"' in html and "document refused: poison" in html
+    client.force_login(org.user)  # a plain user sees the count, not other people's subjects
+    assert 'id="index-failures"' not in client.get("/status/").content.decode()
