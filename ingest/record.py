@@ -602,6 +602,8 @@ class GroupCommitter:
         a busy committer hands over its ids without a thread switch per batch.
         """
         try:
+            if self._sqlite:
+                self._no_auto_checkpoints_here()
             self._sweep_at_start()
             while not self._stop.is_set() or self._recorded:
                 self._recorded_waiting.wait()
@@ -616,6 +618,16 @@ class GroupCommitter:
                 enqueue(ids)
         finally:
             connections.close_all()
+
+    @staticmethod
+    def _no_auto_checkpoints_here() -> None:
+        """This thread marks published deliveries enqueued (`mark_enqueued`):
+        its commits must not checkpoint the WAL either (see the class docstring)."""
+        try:
+            with delivery_connection().cursor() as cursor:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
+        except Exception:
+            log.warning("could not turn off the publisher's WAL auto-checkpoints", exc_info=True)
 
     @staticmethod
     def _sweep_at_start() -> None:

@@ -316,7 +316,7 @@ def sweep(limit: int = 10_000, grace: float | None = None) -> int:
     return published
 
 
-def sweep_at_start(process: str) -> int:
+def sweep_at_start(who: str) -> int:
     """The sweep a starting ingest or worker runs once: whatever a crashed one
     recorded but never published is published at once (no grace: a
     duplicate of a task another process is publishing right now is harmless),
@@ -324,10 +324,10 @@ def sweep_at_start(process: str) -> int:
     try:
         published = sweep(grace=0)
     except Exception:
-        log.warning("the start-up sweep of the %s failed; the periodic sweep will do it", process, exc_info=True)
+        log.warning("the start-up sweep of the %s failed; the periodic sweep will do it", who, exc_info=True)
         return 0
     if published:
-        log.info("%s start-up: published %d deliveries left by a previous run", process, published)
+        log.info("%s start-up: published %d deliveries left by a previous run", who, published)
     return published
 
 
