@@ -131,7 +131,7 @@ class Extractor:
     def _body_part(self, part: Message, content: Content) -> tuple[str, bool]:
         is_html = _content_type(part) == "text/html"
         cap = self.limits.max_html_chars if is_html else self.limits.max_text_chars
-        data, size = part_payload(part, self.limits.max_attachment_bytes)
+        data, _size = part_payload(part, self.limits.max_attachment_bytes)
         if data is None:  # over the size bound: its start is read rather than nothing
             data = part_payload_head(part, cap * 4)
             content.body_note = (
