@@ -1,8 +1,10 @@
 """The Celery application: configured from Django settings (CELERY_*)."""
 
+import logging
 import os
 
 from celery import Celery
+from celery.signals import worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "archiva.settings")
 
@@ -41,3 +43,13 @@ def _schedule(sender, **kwargs):
         sender.signature("ingest.held.tend_held_mail"),
         name="deliver, release and expire held mail",
     )
+
+
+@worker_ready.connect
+def _sweep_at_start(sender, **kwargs):
+    """A starting worker has the deliveries a crashed ingest or worker left
+    published at once (by one of its own processes), not at the first sweep."""
+    try:
+        sender.app.signature("ingest.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
+    except Exception:  # the broker went away again: the periodic sweep will do it
+        logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)

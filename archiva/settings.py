@@ -173,6 +173,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minim
 CELERY_TASK_PUBLISH_RETRY = False
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
 ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
+# A delivery published this long ago and still not processed is published
+# again (its task may have been lost with a crashed worker or broker).
+ARCHIVA_REQUEUE_AFTER = envint("ARCHIVA_REQUEUE_AFTER", 300, minimum=10)
 
 # --- SMTP ingest ---------------------------------------------------------
 ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")

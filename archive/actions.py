@@ -11,7 +11,7 @@ import hashlib
 import logging
 
 from django.db import IntegrityError as UniqueViolation
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from archive import documents
@@ -19,6 +19,7 @@ from archive.models import ApiToken, AuditEvent, Message
 from archive.parsed import ParsedReport
 from archive.tokens import display_prefix, hash_token, new_secret
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
+from infra.text import storable, storable_text
 from ingest.models import Delivery
 from tenants.models import Membership, Tenant
 
@@ -86,10 +87,21 @@ def mark_parse_failed(delivery: Delivery, reason: str) -> None:
     log.error("delivery %s could not be parsed: %s", delivery.pk, reason)
     Delivery.objects.filter(pk=delivery.pk, message__isnull=True).update(
         status=Delivery.Status.PARSE_FAILED,
-        error=reason,
-        originator_org=delivery.originator_org,
+        error=storable_text(reason),  # an exception's text may quote the input
+        originator_org=storable_text(delivery.originator_org),
         originator_mismatch=delivery.originator_mismatch,
     )
+
+
+def mark_archive_failed(delivery_id: int, exc: Exception) -> None:
+    """Record that archiving a report failed on its own, after the one-by-one
+    fallback (not our trouble: that is retried): listed with its reason on
+    System Status beside the parse failures, and run again by `retry_failed`."""
+    reason = f"could not be archived: {type(exc).__name__}: {exc}"[:2000]
+    log.error("delivery %s %s", delivery_id, reason, exc_info=exc)
+    Delivery.objects.filter(
+        pk=delivery_id, message__isnull=True, status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED]
+    ).update(status=Delivery.Status.PARSE_FAILED, error=storable_text(reason))
 
 
 def _store_objects(tenant: Tenant, parsed: ParsedReport) -> dict:
@@ -180,12 +192,26 @@ def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
             setattr(message, key, fields[key])
             setattr(message, sha, fields[sha])
             changed += [key, sha]
+            if key == "decrypted_key":  # the page now shows the decrypted copy's attachments
+                message.attachment_list = fields["attachment_list"]
+                changed.append("attachment_list")
     if changed:
         message.participants = documents.participants(message)
         if save:
             message.version += 1
             message.index_status = Message.IndexStatus.PENDING
             message.save(update_fields=[*set(changed), "participants", "version", "index_status"])
+
+
+def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
+    """The attachment list of a message archived before it was kept
+    (`Message.attachment_list` None), worked out from its readable bytes and kept."""
+    from archive import mime
+
+    found = storable(mime.attachment_list(readable))
+    Message.objects.filter(pk=message.pk, attachment_list__isnull=True).update(attachment_list=found)
+    message.attachment_list = found
+    return found
 
 
 class BatchConflict(Exception):
@@ -277,7 +303,8 @@ def index_message(message: Message) -> bool:
 
 
 def index_pending(limit: int = 500) -> int:
-    """Index up to `limit` messages waiting to be indexed, of any tenant, in one batch.
+    """Index up to `limit` messages waiting to be indexed, of any tenant, in one batch;
+    returns how many it took off the backlog (indexed, or marked failed).
 
     The batch is claimed with FOR UPDATE SKIP LOCKED, so workers draining
     at once take different messages, and a merge waits for the batch.
@@ -290,18 +317,21 @@ def index_pending(limit: int = 500) -> int:
             .filter(index_status=Message.IndexStatus.PENDING)
             .order_by("id")[:limit]
         )
-        return index_messages(batch)
+        index_messages(batch)
+        return len(batch)
 
 
 def index_messages(messages: list[Message], reparse: bool = False) -> int:
     """Index these messages in one bulk request; returns how many went in.
 
-    A message whose stored objects are missing or fail their hash check is
+    A message that cannot be indexed on its own account (stored objects
+    missing or failing their hash check, a document the backend refuses) is
     marked failed (shown on System Status, retried by `reindex`) instead of
-    blocking the others; a store that is down raises StorageError.  With
-    `reparse`, the text is extracted again from the original and stored anew.
+    blocking the others; a store or search backend that is down raises
+    (StorageError, SearchUnavailable: retry later).  With `reparse`, the text
+    is extracted again from the original and stored anew.
     """
-    from search import get_backend
+    from search.backends.base import SearchUnavailable
 
     built = []
     for message in messages:
@@ -310,20 +340,54 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
         except StorageError as exc:
             if not isinstance(exc, IntegrityError):
                 get_store().ping()  # raises when the store itself is down: retry the batch later
-            log.error("message %s cannot be indexed: %s", message.pk, exc)
-            Message.objects.filter(pk=message.pk).update(
-                index_status=Message.IndexStatus.FAILED, index_error=str(exc)[:2000]
-            )
-    if built:
+            _mark_index_failed(message, exc)
+        except (OperationalError, SearchUnavailable):
+            raise  # our trouble: the whole batch is retried
+        except Exception as exc:  # noqa: BLE001 - a broken text object or a bug: this message alone
+            _mark_index_failed(message, exc)
+    indexed = _index_built(built) if built else []
+    mark_indexed([m for m, _ in indexed], [d.version for _, d in indexed])
+    return len(indexed)
+
+
+def _index_built(built: list) -> list:
+    """Send the documents in one request; when the backend refuses it (not
+    because it is down), one by one, so one bad document fails alone."""
+    from search import get_backend
+    from search.backends.base import SearchUnavailable
+
+    try:
         get_backend().index([document for _, document in built])
-        mark_indexed([m for m, _ in built], [d.version for _, d in built])
-    return len(built)
+        return built
+    except SearchUnavailable:
+        raise
+    except Exception:  # noqa: BLE001 - which document, the backend's error does not always say
+        log.warning("the search backend refused a batch of %d documents; indexing one by one", len(built))
+    indexed = []
+    for message, document in built:
+        try:
+            get_backend().index([document])
+            indexed.append((message, document))
+        except SearchUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - this document alone
+            _mark_index_failed(message, exc)
+    return indexed
+
+
+def _mark_index_failed(message: Message, exc: Exception) -> None:
+    log.error("message %s cannot be indexed: %s", message.pk, exc)
+    Message.objects.filter(pk=message.pk).update(
+        index_status=Message.IndexStatus.FAILED, index_error=storable_text(f"{exc}"[:2000])
+    )
 
 
 def _document(message: Message, reparse: bool):
     if not reparse:
         return documents.build_document(message)
     content = documents.load_content(message)
+    if message.attachment_list is None:  # archived before the list was kept: backfilled here
+        remember_attachment_list(message, documents.read_readable(message))
     sha, key = _put_text(message.tenant.bucket, content)
     if (sha, key) != (message.text_sha256, message.text_key):
         Message.objects.filter(pk=message.pk).update(text_sha256=sha, text_key=key)

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import getaddresses
 
+from archive import mime
 from archive.models import Message
 from archive.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
+from infra.text import storable
 from search.document import SearchDocument
 
 # Postgres indexes keys up to ~2.7 kB; a longer Message-ID is keyed by its hash.
@@ -90,7 +92,11 @@ def attachment_dicts(attachments: list[Attachment]) -> list[dict]:
 
 
 def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
-    """The Message columns a freshly parsed report gives (before storing)."""
+    """The Message columns a freshly parsed report gives (before storing).
+
+    Every text is storable (`infra.text`): a NUL a sender put in a subject,
+    an address or a name must not fail the batch it is archived in.
+    """
     fields = {
         "merge_key": merge_key(parsed),
         "message_id": (parsed.message_id or "").strip().strip("<>"),
@@ -107,8 +113,11 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
         "size": len(parsed.original),
         "has_attachments": parsed.has_attachments,
         "attachments": attachment_dicts(parsed.attachments),
+        # What the page lists and serves: from what people read, as `read_readable` gives it.
+        "attachment_list": mime.attachment_list(parsed.decrypted or parsed.original),
         "problems": list(parsed.problems)[:50],
     }
+    fields = storable(fields)
     fields["participants"] = participants(Message(**fields))
     return fields
 
@@ -152,6 +161,17 @@ def read_readable(message: Message) -> bytes:
     if message.has_decrypted:
         return get_store().read_verified(message.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
     return read_original(message)
+
+
+def body_for_display(raw: bytes):
+    """The body of a stored (decrypted) original for the message page, and
+    why it could not be read in full (`body_note`): the body parts only,
+    attachments neither decoded nor read (their list is on the Message)."""
+    from archive.extract import Extractor
+    from archive.message import parse_message
+
+    msg, _problems = parse_message(raw)
+    return Extractor(bodies_only=True).message(msg)
 
 
 def load_content(message: Message) -> Content:

@@ -16,9 +16,17 @@ from email.message import Message
 from archive.formats import OLE_MAGIC, sniff_ole_encrypted
 from archive.htmltext import html_to_text
 from archive.limits import DEFAULT_LIMITS, Limits
-from archive.message import header_text, parse_message, part_charset, part_filename, part_payload, raw_header
+from archive.message import (
+    header_text,
+    parse_message,
+    part_charset,
+    part_filename,
+    part_payload,
+    part_payload_head,
+    raw_header,
+)
 from archive.parsed import Attachment
-from archive.rawmime import decode_text, decode_transfer
+from archive.rawmime import decode_text, decode_transfer, loose_text, to_bytes
 from archive.sandbox import Sandbox, SandboxError, shared_sandbox
 from archive.tnef import TNEF_MAGIC
 
@@ -38,16 +46,26 @@ class Content:
     body_html: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Why the body could not be read in full ("" when it could): said on the
+    # message page, with the bound up to which its text is shown and searchable.
+    body_note: str = ""
 
 
 class Extractor:
-    """Extracts one message; holds that message's time budget for risky formats."""
+    """Extracts one message; holds that message's time budget for risky formats.
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None) -> None:
+    With `bodies_only` (the message page) attachments are neither decoded nor
+    read: their list is kept on the Message when it is archived.
+    """
+
+    def __init__(
+        self, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None, *, bodies_only: bool = False
+    ) -> None:
         self.limits = limits
         self._sandbox = sandbox
         self.deadline = time.monotonic() + limits.message_budget
         self.parts_seen = 0
+        self.bodies_only = bodies_only
 
     @property
     def sandbox(self) -> Sandbox:
@@ -59,21 +77,37 @@ class Extractor:
 
     def message(self, msg: Message, depth: int = 0) -> Content:
         content = Content(subject=header_text(msg, "subject"))
+        if _unparsed_multipart(msg):
+            self._loose_body(msg, content)
+            return content
         plain: list[str] = []
         html: list[str] = []
         for part, kind in self._leaves(msg, content.problems):
             if kind == "body":
-                text, is_html = self._body_part(part)
+                text, is_html = self._body_part(part, content)
                 (html if is_html else plain).append(text)
             elif kind == "tnef":
                 self._tnef(part, depth, content, plain, html)
-            else:
+            elif not self.bodies_only:
                 content.attachments.append(self._part_attachment(part, depth))
         cap = self.limits.max_text_chars
         content.body_html = html[0][: self.limits.max_html_chars] if html else None
         body = "\n\n".join(t.strip() for t in plain if t.strip()) if plain else html_to_text("\n".join(html), cap)
         content.body_text = _lines(body).strip()[:cap]
         return content
+
+    def _loose_body(self, msg: Message, content: Content) -> None:
+        """A multipart whose structure the parser refused (nested too deeply)
+        or could not find (no boundary): its text as found in the raw body,
+        without delimiter lines and part headers, up to the text bound."""
+        cap = self.limits.max_text_chars
+        payload = msg.get_payload()
+        raw = to_bytes(payload) if isinstance(payload, str) else b""
+        content.body_text = loose_text(raw, cap)
+        content.body_note = (
+            "The message's MIME structure could not be taken apart (nested too deeply, or broken), so it is "
+            f"shown as plain text found in the raw message: up to {cap:,} characters, which are also what search finds."
+        )
 
     def _leaves(self, msg: Message, problems: list[str]):
         """(part, "body" | "tnef" | "attachment") in document order, without recursion."""
@@ -94,13 +128,23 @@ class Extractor:
                 return
             yield part, _leaf_kind(part, ctype, is_top=part is msg)
 
-    def _body_part(self, part: Message) -> tuple[str, bool]:
+    def _body_part(self, part: Message, content: Content) -> tuple[str, bool]:
         is_html = _content_type(part) == "text/html"
-        data, _size = part_payload(part, self.limits.max_attachment_bytes)
-        if data is None:
-            return "", is_html
         cap = self.limits.max_html_chars if is_html else self.limits.max_text_chars
-        return decode_text(data[: cap * 4], part_charset(part))[:cap], is_html  # a huge body is cut, not dropped
+        data, _size = part_payload(part, self.limits.max_attachment_bytes)
+        if data is None:  # over the size bound: its start is read rather than nothing
+            data = part_payload_head(part, cap * 4)
+            content.body_note = (
+                f"The body is larger than {self.limits.max_attachment_bytes // (1024 * 1024)} MB: only its first "
+                f"{self.limits.max_text_chars:,} characters are shown and searchable."
+            )
+        text = decode_text(data[: cap * 4], part_charset(part))
+        if len(text) > cap and not content.body_note:
+            content.body_note = (
+                f"The body is longer than {cap:,} characters: only its start is shown, and its text is "
+                f"searchable up to {self.limits.max_text_chars:,} characters."
+            )
+        return text[:cap], is_html  # a huge body is cut, not dropped
 
     def _part_attachment(self, part: Message, depth: int) -> Attachment:
         ctype = _content_type(part)
@@ -257,6 +301,12 @@ def _content_type(part: Message) -> str:
         return part.get_content_type()
     except (ValueError, TypeError, AttributeError):
         return "application/octet-stream"
+
+
+def _unparsed_multipart(msg: Message) -> bool:
+    """A multipart the parser left as one string: refused as too deep (headers
+    only) or without a boundary to split it at."""
+    return _content_type(msg).startswith("multipart/") and not msg.is_multipart()
 
 
 def _serialized_size(msg: Message) -> int:

@@ -18,6 +18,7 @@ from archive.rawmime import (
     MAX_HEADER_VALUE,
     decode_header_value,
     decode_text,
+    decode_transfer,
     multipart_depth,
     to_bytes,
     unfold,
@@ -34,12 +35,14 @@ def parse_message(raw: bytes) -> tuple[Message, list[str]]:
     depth = multipart_depth(raw, stop_above=MAX_MULTIPART_DEPTH)
     if depth > MAX_MULTIPART_DEPTH:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
-        return msg, [f"MIME structure nested more than {MAX_MULTIPART_DEPTH} levels deep: body not read"]
+        return msg, [
+            f"MIME structure nested more than {MAX_MULTIPART_DEPTH} levels deep: parts not split, text read as found"
+        ]
     try:
         return BytesParser(policy=policy.compat32).parsebytes(raw), []
     except RecursionError:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
-        return msg, ["MIME structure nested too deeply: body not read"]
+        return msg, ["MIME structure nested too deeply: parts not split, text read as found"]
 
 
 def raw_header(msg: Message, name: str, join: bool = False) -> bytes | None:
@@ -159,3 +162,17 @@ def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
     if len(data) > max_bytes:
         return None, len(data)
     return data, len(data)
+
+
+def part_payload_head(part: Message, max_bytes: int) -> bytes:
+    """About the first `max_bytes` of a part's payload, transfer encoding undone,
+    without decoding the rest: the start of a body too large to read whole."""
+    encoded = part._payload  # noqa: SLF001 - see part_payload
+    if not isinstance(encoded, str):
+        return b""
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower().encode()
+    # base64 takes 4 characters (plus line breaks) for 3 bytes; quoted-printable at most 3 for 1.
+    head = to_bytes(encoded[: max_bytes * 2 if cte == b"base64" else max_bytes * 3 if cte else max_bytes])
+    if cte == b"base64":
+        head = head[: head.rfind(b"\n") + 1] or head  # whole lines, so no quantum is cut
+    return decode_transfer(head, cte)[:max_bytes]

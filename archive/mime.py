@@ -12,6 +12,9 @@ import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 
+from archive.message import MAX_MULTIPART_DEPTH
+from archive.rawmime import content_type, header, multipart_depth, parse_headers, split_head_body
+
 # Nested messages are walked this deep; deeper ones are offered whole.
 MAX_DEPTH = 8
 
@@ -58,7 +61,13 @@ def _is_attachment(part: EmailMessage) -> bool:
 
 
 def attachments(raw: bytes) -> list[Part]:
-    """The attachments of a message, in document order; never raises on bad input."""
+    """The attachments of a message, in document order; never raises on bad input.
+
+    A multipart nested deeper than the parser takes apart has none to offer
+    (the `email` package would take minutes over it): the .eml has it all.
+    """
+    if not _is_multipart(raw) or multipart_depth(raw, stop_above=MAX_MULTIPART_DEPTH) > MAX_MULTIPART_DEPTH:
+        return []
     try:
         message = email.message_from_bytes(raw, policy=email.policy.default)
     except Exception:
@@ -66,6 +75,22 @@ def attachments(raw: bytes) -> list[Part]:
     found: list[Part] = []
     _walk(message, found, depth=0)
     return found
+
+
+def attachment_list(raw: bytes) -> list[dict]:
+    """What the message page lists of `attachments(raw)`: number (for the
+    download URL), name, content type and size; kept on the Message."""
+    return [
+        {"n": number, "name": part.name, "content_type": part.content_type, "size": part.size}
+        for number, part in enumerate(attachments(raw), start=1)
+    ]
+
+
+def _is_multipart(raw: bytes) -> bool:
+    """Whether the top-level Content-Type is multipart (only then are there attachments)."""
+    head, _ = split_head_body(raw)
+    ctype, _ = content_type(header(parse_headers(head), "content-type"))
+    return ctype.startswith(("multipart/", "message/"))
 
 
 def _walk(part, found: list[Part], depth: int) -> None:

@@ -304,3 +304,22 @@ def _delimiter_lines(raw: bytes) -> list[tuple[int, bool, bytes]]:
         found.append((pos, False, raw[pos + 3 : min(end, pos + 206)].rstrip(b" \t\r")))
         pos = raw.find(b"\n--", pos + 1)
     return found
+
+
+def loose_text(body: bytes, max_chars: int) -> str:
+    """The text of a MIME body whose structure could not be taken apart, up to
+    `max_chars`: its lines without delimiter lines, part headers and
+    base64-encoded content (which would be noise), read from its start only."""
+    kept: list[str] = []
+    in_headers = skipping = False
+    for line in decode_text(body[: max_chars * 4]).splitlines():
+        if line.startswith("--"):  # a delimiter: part headers follow
+            in_headers, skipping = True, False
+        elif in_headers:
+            if not line.strip():
+                in_headers = False
+            elif line.lower().startswith("content-transfer-encoding:") and "base64" in line.lower():
+                skipping = True
+        elif not skipping:
+            kept.append(line)
+    return "\n".join(kept).strip()[:max_chars]

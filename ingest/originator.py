@@ -9,6 +9,7 @@ Status so an admin can see a leaked token being used.
 from __future__ import annotations
 
 from archive import rawmime
+from infra.text import storable_text
 from ingest.models import Delivery
 
 
@@ -16,7 +17,8 @@ def originator_org(raw: bytes) -> str:
     """The top-level X-OriginatorOrg of a message, lower-cased ("" when absent)."""
     head, _ = rawmime.split_head_body(raw)
     value = rawmime.header(rawmime.parse_headers(head), "x-originatororg") or b""
-    return value.decode("ascii", "replace").strip().lower()
+    # A NUL in the header must not reach the Delivery row (PostgreSQL refuses it).
+    return storable_text(value.decode("ascii", "replace")).strip().lower()
 
 
 def check_originator(delivery: Delivery, raw: bytes) -> bool:

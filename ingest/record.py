@@ -105,9 +105,9 @@ def delivery_values(
             "tls_version": envelope.tls_version,
             "tls_cipher": envelope.tls_cipher,
             "received_at": now,
-            # Optimistic: set before publishing, cleared if publishing
-            # fails; the sweep also re-enqueues what stays unprocessed.
-            "enqueued_at": now,
+            # Set once the task is published (`enqueue`): a crash or a broker
+            # down in between leaves it for the next sweep, not the requeue window.
+            "enqueued_at": None,
         }
         for route, recipients in envelope.routes.values()
         if route.tenant_id > 0
@@ -281,25 +281,43 @@ CONNECTION_CHECK_INTERVAL = 1.0
 
 
 def enqueue(delivery_ids: list[int]) -> bool:
-    """Publish processing tasks, one per chunk of ids; on broker trouble leave them for the sweep."""
+    """Publish processing tasks, one per chunk of ids, and mark the deliveries
+    enqueued once published; on broker trouble leave them for the sweep."""
     from ingest.tasks import process_deliveries, process_delivery
 
     if not delivery_ids:
         return True
+    published: list[int] = []
     try:
         if len(delivery_ids) == 1:
             process_delivery.apply_async((delivery_ids[0],), retry=False)
+            published = delivery_ids
         else:
             for start in range(0, len(delivery_ids), PUBLISH_CHUNK):
-                process_deliveries.apply_async((delivery_ids[start : start + PUBLISH_CHUNK],), retry=False)
-        return True
+                chunk = delivery_ids[start : start + PUBLISH_CHUNK]
+                process_deliveries.apply_async((chunk,), retry=False)
+                published += chunk
     except Exception:
-        log.warning("broker unavailable; %d deliveries left for the sweep", len(delivery_ids), exc_info=True)
-        try:
-            Delivery.objects.filter(pk__in=delivery_ids).update(enqueued_at=None)
-        except Exception:
-            log.warning("could not mark deliveries unqueued; the sweep's requeue window covers them", exc_info=True)
-        return False
+        log.warning(
+            "broker unavailable; %d deliveries left for the sweep",
+            len(delivery_ids) - len(published),
+            exc_info=True,
+        )
+    mark_enqueued(published)
+    return len(published) == len(delivery_ids)
+
+
+def mark_enqueued(delivery_ids: list[int]) -> None:
+    """Note that these deliveries' tasks are published: the sweep leaves them
+    alone for ARCHIVA_REQUEUE_AFTER.  One UPDATE per published chunk, off the
+    commit path (the publisher's thread)."""
+    if not delivery_ids:
+        return
+    try:
+        Delivery.objects.filter(pk__in=delivery_ids).update(enqueued_at=timezone.now())
+    except Exception:
+        # Published all the same: the sweep publishes them once more (harmless).
+        log.warning("could not mark %d deliveries enqueued", len(delivery_ids), exc_info=True)
 
 
 def flush_paths() -> list[Path]:
@@ -636,6 +654,9 @@ class GroupCommitter:
         a busy committer hands over its ids without a thread switch per batch.
         """
         try:
+            if self._sqlite:
+                self._no_auto_checkpoints_here()
+            self._sweep_at_start()
             while not self._stop.is_set() or self._recorded:
                 self._recorded_waiting.wait()
                 # Let more ids gather, until a chunk is full (returns at once when closing).
@@ -649,3 +670,21 @@ class GroupCommitter:
                 enqueue(ids)
         finally:
             connections.close_all()
+
+    @staticmethod
+    def _no_auto_checkpoints_here() -> None:
+        """This thread marks published deliveries enqueued (`mark_enqueued`):
+        its commits must not checkpoint the WAL either (see the class docstring)."""
+        try:
+            with delivery_connection().cursor() as cursor:
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
+        except Exception:
+            log.warning("could not turn off the publisher's WAL auto-checkpoints", exc_info=True)
+
+    @staticmethod
+    def _sweep_at_start() -> None:
+        """Publish what a committer that died (kill -9, a crash) recorded but
+        never published, now rather than at the first sweep of the beat."""
+        from ingest.tasks import sweep_at_start
+
+        sweep_at_start("committer")

@@ -25,11 +25,17 @@ from ingest.models import Delivery
 
 log = logging.getLogger(__name__)
 
-# A delivery enqueued this long ago and still not processed is published
-# again: the task may have been lost with a crashed ingest or broker.  A task
-# that is retrying touches `enqueued_at` so the sweep leaves it alone; the
-# backoff's ceiling stays well below this.
-REQUEUE_AFTER = timedelta(minutes=15)
+# A delivery is marked enqueued only once its task is published; one
+# published ARCHIVA_REQUEUE_AFTER seconds ago and still not processed is
+# published again (the task may have been lost with a crashed worker or
+# broker).  A task that is retrying sets `enqueued_at` to when its retry is
+# due, so the sweep leaves it alone until that retry is overdue too.
+
+
+def requeue_after() -> timedelta:
+    return timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
+
+
 BACKOFF_FIRST = 5
 BACKOFF_MAX = 600
 # Messages archived within this many seconds are indexed in one batch: the
@@ -56,7 +62,8 @@ def process_delivery(self, delivery_id: int) -> str:
     """Verify and archive one delivery, then have its message indexed in the next batch.
 
     Retried with backoff on our own trouble (storage, database); never for
-    the message's (a failed hash check, a parse failure: both recorded).
+    the message's (a failed hash check, a parse failure, any other error
+    archiving it: each recorded with its reason, shown on System Status).
     """
     try:
         status = process(delivery_id, index=False)
@@ -64,6 +71,8 @@ def process_delivery(self, delivery_id: int) -> str:
         raise  # handled in `verify`; never retried (the bytes will not change)
     except _retryable() as exc:
         _retry_later(self, exc, delivery_id)
+    except Exception as exc:  # noqa: BLE001 - the report's own failure: recorded, not retried
+        return _record_failure(delivery_id, exc)
     if status == Delivery.Status.ARCHIVED:
         schedule_indexing()
     return status
@@ -74,9 +83,11 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
     """Several deliveries in one task (still ids only): the ingest publishes
     one task per commit batch.  New reports are archived together
     (`archive.actions.archive_batch`: one transaction, parallel stores);
-    anything else, or a batch that meets a concurrent merge, goes one by one.
-    A delivery that meets our own trouble goes on alone in `process_delivery`
-    with its backoff; the others are not held up.  Returns how many were archived."""
+    anything else, or a batch that fails for any reason but our own trouble
+    (a concurrent merge, a value the database refuses), goes one by one, so
+    one bad report never holds back another's.  A delivery that meets our own
+    trouble goes on alone in `process_delivery` with its backoff; one that
+    fails on its own is recorded with its reason.  Returns how many were archived."""
     from archive import actions
 
     batch, one_by_one = [], []
@@ -96,15 +107,20 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
         except _retryable() as exc:
             _retry_alone(delivery.pk, exc)
             continue
+        except Exception:  # noqa: BLE001 - found out and recorded one by one
+            one_by_one.append(delivery.pk)
+            continue
         batch.append((delivery, parsed))
     archived = 0
     try:
         archived = actions.archive_batch(batch)
-    except actions.BatchConflict:
-        one_by_one += [delivery.pk for delivery, _ in batch]
     except _retryable() as exc:
         for delivery, _ in batch:
             _retry_alone(delivery.pk, exc)
+    except Exception as exc:  # noqa: BLE001 - BatchConflict, or one report's bad value: one by one
+        if not isinstance(exc, actions.BatchConflict):
+            log.warning("a batch of %d deliveries failed (%s); archiving them one by one", len(batch), exc)
+        one_by_one += [delivery.pk for delivery, _ in batch]
     for delivery_id in one_by_one:
         try:
             status = process(delivery_id, index=False)
@@ -113,10 +129,19 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
         except _retryable() as exc:
             _retry_alone(delivery_id, exc)
             continue
+        except Exception as exc:  # noqa: BLE001 - this report alone
+            status = _record_failure(delivery_id, exc)
         archived += status == Delivery.Status.ARCHIVED
     if archived:
         schedule_indexing()
     return archived
+
+
+def _record_failure(delivery_id: int, exc: Exception) -> str:
+    from archive.actions import mark_archive_failed
+
+    mark_archive_failed(delivery_id, exc)
+    return Delivery.Status.PARSE_FAILED
 
 
 def _retry_alone(delivery_id: int, exc: Exception) -> None:
@@ -143,12 +168,15 @@ def index_pending(self) -> int:
 
 def _retry_later(task, exc: Exception, delivery_id: int | None = None):
     log.warning("%s: %s; retrying", f"delivery {delivery_id}" if delivery_id else task.name, exc)
+    countdown = backoff(task.request.retries)
     if delivery_id is not None:
         try:
-            Delivery.objects.filter(pk=delivery_id).update(enqueued_at=timezone.now())
+            # When the retry is due: the sweep republishes only once that is overdue.
+            due = timezone.now() + timedelta(seconds=countdown)
+            Delivery.objects.filter(pk=delivery_id).update(enqueued_at=due)
         except OperationalError:
             pass  # the database is the trouble; the sweep's window covers it
-    raise task.retry(exc=exc, countdown=backoff(task.request.retries)) from exc
+    raise task.retry(exc=exc, countdown=countdown) from exc
 
 
 _next_schedule = 0.0
@@ -168,8 +196,25 @@ def schedule_indexing() -> None:
     try:
         index_pending.apply_async(countdown=INDEX_DELAY, retry=False)
     except Exception:
-        log.warning("could not schedule indexing; the sweep will", exc_info=True)
+        log.warning("could not schedule indexing; the next sweep will", exc_info=True)
         _next_schedule = 0.0
+        _unschedule_indexing()
+
+
+def _unschedule_indexing() -> None:
+    """Indexing could not be asked for: mark the archived reports of messages
+    waiting for it as not enqueued, so the next sweep (not the requeue
+    window's) schedules it."""
+    from archive.models import Message
+
+    try:
+        Delivery.objects.filter(
+            status=Delivery.Status.ARCHIVED,
+            message__index_status=Message.IndexStatus.PENDING,
+            enqueued_at__isnull=False,
+        ).update(enqueued_at=None)
+    except Exception:
+        log.warning("could not mark messages for the sweep; the requeue window covers them", exc_info=True)
 
 
 def process(delivery_id: int, index: bool = True) -> str:
@@ -223,34 +268,69 @@ def verify(delivery: Delivery) -> bytes | None:
     return raw
 
 
-def stranded_deliveries(now=None):
-    """Deliveries not yet archived and indexed that no worker has (recently) been given."""
+def stranded_deliveries(now=None, grace: float | None = None):
+    """Deliveries not yet archived and indexed that no worker has (recently) been given.
+
+    Those never published are taken once `grace` seconds old (default
+    ARCHIVA_SWEEP_GRACE: the ingest publishes within a fraction of a second);
+    those published ARCHIVA_REQUEUE_AFTER ago (or whose retry is that
+    overdue) are taken again.
+    """
     from archive.models import Message
 
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE)
+    grace = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
     unfinished = Q(status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED]) | Q(
         status=Delivery.Status.ARCHIVED, message__index_status=Message.IndexStatus.PENDING
     )
-    return Delivery.objects.filter(unfinished, received_at__lt=now - grace).filter(
-        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=now - REQUEUE_AFTER)
+    return Delivery.objects.filter(unfinished).filter(
+        Q(enqueued_at__isnull=True, received_at__lt=now - grace) | Q(enqueued_at__lt=now - requeue_after())
     )
 
 
-def sweep(limit: int = 10_000) -> int:
-    """Enqueue stranded deliveries; returns how many were published."""
-    from ingest.record import enqueue
+def sweep(limit: int = 10_000, grace: float | None = None) -> int:
+    """Enqueue stranded deliveries; returns how many were published.
 
-    ids = list(stranded_deliveries().order_by("received_at").values_list("pk", flat=True)[:limit])
-    if not ids:
+    Reports not yet archived get processing tasks; archived ones whose
+    message waits to be indexed get one indexing run.  Each is marked
+    enqueued only once its task is published (`ingest.record.enqueue`).
+    """
+    from ingest.record import enqueue, mark_enqueued
+
+    stranded = list(stranded_deliveries(grace=grace).order_by("received_at").values_list("pk", "status")[:limit])
+    if not stranded:
         return 0
-    Delivery.objects.filter(pk__in=ids).update(enqueued_at=timezone.now())
-    if not enqueue(ids):
+    unarchived = [pk for pk, status in stranded if status != Delivery.Status.ARCHIVED]
+    unindexed = [pk for pk, status in stranded if status == Delivery.Status.ARCHIVED]
+    published = len(unarchived) if enqueue(unarchived) else 0
+    if unindexed:
+        try:
+            index_pending.apply_async(retry=False)
+        except Exception:
+            log.warning("broker unavailable; indexing left for the next sweep", exc_info=True)
+        else:
+            mark_enqueued(unindexed)
+            published += len(unindexed)
+    if published:
+        log.info("sweep enqueued %d stranded deliveries", published)
+    return published
+
+
+def sweep_at_start(who: str) -> int:
+    """The sweep a starting ingest or worker runs once: whatever a crashed one
+    recorded but never published is published at once (no grace: a
+    duplicate of a task another process is publishing right now is harmless),
+    instead of after the first sweep interval."""
+    try:
+        published = sweep(grace=0)
+    except Exception:
+        log.warning("the start-up sweep of the %s failed; the periodic sweep will do it", who, exc_info=True)
         return 0
-    log.info("sweep enqueued %d stranded deliveries", len(ids))
-    return len(ids)
+    if published:
+        log.info("%s start-up: published %d deliveries left by a previous run", who, published)
+    return published
 
 
 @shared_task
-def sweep_stranded() -> int:
-    return sweep()
+def sweep_stranded(at_start: bool = False) -> int:
+    return sweep_at_start("worker") if at_start else sweep()

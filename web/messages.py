@@ -16,7 +16,7 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from archive import documents, mime
+from archive import actions, documents, mime
 from archive.models import AuditEvent, Message
 from tenants import access
 from web import present
@@ -26,13 +26,22 @@ from web.csp import csp_override
 from web.sanitize import frame_document, sanitize
 
 
-def _body(message: Message, raw: bytes) -> dict:
-    """The body to show: sanitized HTML for the sandboxed frame, else plain text."""
-    parsed = documents._parse(raw)
-    if parsed.body_html:
-        safe = sanitize(parsed.body_html)
-        return {"html_frame": frame_document(safe.html), "blocked": safe.blocked, "text": None}
-    return {"html_frame": None, "blocked": 0, "text": parsed.body_text}
+def _body(raw: bytes) -> dict:
+    """The body to show: sanitized HTML for the sandboxed frame, else plain
+    text; and why it could not be shown in full, when it could not."""
+    body = documents.body_for_display(raw)
+    note = {"body_note": body.body_note}
+    if body.body_html:
+        safe = sanitize(body.body_html)
+        return {"html_frame": frame_document(safe.html), "blocked": safe.blocked, "text": None, **note}
+    return {"html_frame": None, "blocked": 0, "text": body.body_text, **note}
+
+
+def _attachments(message: Message, raw: bytes) -> list[dict]:
+    """The list kept when the message was archived; worked out (and kept) for an older message."""
+    if message.attachment_list is not None:
+        return message.attachment_list
+    return actions.remember_attachment_list(message, raw)
 
 
 @require_GET
@@ -50,9 +59,9 @@ def message_view(request, message_id: int):
         "membership": membership,
         "message": message,
         "recipients": present.recipients_for(message, access.mail_addresses(membership)),
-        "attachments": mime.attachments(raw),
+        "attachments": _attachments(message, raw),
         "reports": access.deliveries_of(message) if membership.sees_all_mail else None,
-        **_body(message, raw),
+        **_body(raw),
     }
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
     return render(request, "web/message.html", ctx)

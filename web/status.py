@@ -78,6 +78,24 @@ class TenantStatus:
     counters: Counters
     held_validation: tuple[HeldArrival, ...] = ()  # see held_validation_mail
 
+    @property
+    def index_failures(self) -> tuple[IndexFailure, ...]:
+        """Asked for by the page only, and only when there are some."""
+        return index_failures(self.tenant) if self.counters.index_failed else ()
+
+
+@dataclass(frozen=True)
+class IndexFailure:
+    message_id: int
+    subject: str
+    reason: str
+
+
+def index_failures(tenant: Tenant) -> tuple[IndexFailure, ...]:
+    """The most recent messages that could not be made searchable, with why."""
+    failed = access.messages(tenant).filter(index_status=Message.IndexStatus.FAILED).order_by("-id")
+    return tuple(IndexFailure(m.pk, m.subject, m.index_error) for m in failed[:MAX_FAILURES_SHOWN])
+
 
 def journal_address(token: JournalToken, region: Region) -> JournalAddress:
     local_part = journal_local_part(token.token)

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
+from infra.text import storable
 from search.document import HIDDEN_CAPABLE, SearchDocument
 from search.query import (
     FIELD_TARGETS,
@@ -167,17 +168,20 @@ def addresses_in(values: Iterable[str]) -> list[str]:
 
 
 def prepare_document(doc: SearchDocument) -> SearchDocument:
-    """Check a document and make `participants` complete and lower-cased.
+    """Check a document, make its text storable and `participants` complete and lower-cased.
 
     participants always includes the sender and every header and envelope
     recipient, so a builder that forgets one cannot hide mail from its owner.
     header_addresses defaults to the addresses of from_, to and cc.
+    Text loses NUL characters and lone surrogates (`infra.text`), which a
+    body or an attachment's text may hold and which no engine should see.
     """
     if not isinstance(doc, SearchDocument):
         raise TypeError(f"expected SearchDocument, got {type(doc).__name__}")
     _check_tenant(doc.tenant_id)
     if doc.date.tzinfo is None:
         raise ValueError(f"document {doc.id}: date must be timezone-aware")
+    doc = _storable_document(doc)
     participants = {p.strip().lower() for p in doc.participants if p and p.strip()}
     participants.update(addresses_in([*doc.from_, *doc.to, *doc.cc, *doc.bcc, *doc.recipients]))
     shown = doc.header_addresses
@@ -200,6 +204,14 @@ def split_hidden(doc: SearchDocument) -> dict[str, tuple[list[str], list[str]]]:
             (visible if in_headers else hidden).append(value)
         split[name] = (visible, hidden)
     return split
+
+
+def _storable_document(doc: SearchDocument) -> SearchDocument:
+    changes = {}
+    for name, value in vars(doc).items():
+        if isinstance(value, str | list) and (clean := storable(value)) != value:
+            changes[name] = clean
+    return replace(doc, **changes) if changes else doc
 
 
 class SearchBackend(abc.ABC):
