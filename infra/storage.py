@@ -65,7 +65,13 @@ STORE_FOLDERS = [f"{top}/{n:02x}" for top in ("raw", "pack") for n in range(256)
 
 
 class BlobStore:
-    def create_bucket(self, bucket: str) -> None:
+    def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
+        """Make the bucket (idempotent). A tenant's bucket is versioned; an
+        area whose objects must really go when deleted (held mail) is not."""
+        raise NotImplementedError
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Remove an object; one that is not there is no error."""
         raise NotImplementedError
 
     def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
@@ -199,7 +205,7 @@ class FolderStore(BlobStore):
             raise StorageError(f"invalid key {key!r}")
         return self._bucket(bucket) / key
 
-    def create_bucket(self, bucket: str) -> None:
+    def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         """The bucket's folder and the 512 folders of `raw_key` and `pack_key`,
         made now (about 25 ms): a new tenant's first few hundred commit batches
         would otherwise each create one, a mkdir and a larger flush (≈0.5 ms)
@@ -211,6 +217,14 @@ class FolderStore(BlobStore):
                 os.makedirs(folder / name, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            os.unlink(self._path(bucket, key))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete {bucket}/{key}: {exc}") from exc
 
     def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
         [error] = self.put_objects([(bucket, key, path, sha256)], consume=consume)
@@ -403,7 +417,7 @@ class S3Store(BlobStore):
 
         return (BotoCoreError, ClientError, Boto3Error, OSError)
 
-    def create_bucket(self, bucket: str) -> None:
+    def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         try:
             kwargs = {"Bucket": bucket}
             if self.region != "us-east-1":
@@ -412,9 +426,16 @@ class S3Store(BlobStore):
                 self.client.create_bucket(**kwargs)
             except self.client.exceptions.BucketAlreadyOwnedByYou:
                 pass
-            self.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+            if versioned:
+                self.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         except self._errors() as exc:
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)  # S3 answers 204 for a missing key too
+        except self._errors() as exc:
+            raise StorageError(f"cannot delete {bucket}/{key}: {exc}") from exc
 
     def put_file(self, bucket: str, key: str, path: Path, sha256: str, *, consume: bool = False) -> None:
         from boto3.s3.transfer import TransferConfig

@@ -23,9 +23,7 @@ Deliveries, so nothing held is visible to a tenant before it is released.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 from datetime import timedelta
 
@@ -34,7 +32,7 @@ from django.db import models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from infra.storage import FolderStore, S3Store, StorageError, get_store, raw_key
+from infra.storage import StorageError, get_store, raw_key
 from ingest.directory import Route
 from tenants.models import Tenant
 
@@ -120,34 +118,13 @@ def ensure_bucket() -> None:
     if bucket in _ready:
         return
     with _ready_lock:
-        store = get_store()
-        if isinstance(store, S3Store):
-            # Not versioned, unlike a tenant's: a released or expired copy is really deleted.
-            kwargs = {"Bucket": bucket}
-            if store.region != "us-east-1":
-                kwargs["CreateBucketConfiguration"] = {"LocationConstraint": store.region}
-            try:
-                store.client.create_bucket(**kwargs)
-            except store.client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-            except store._errors() as exc:
-                raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
-        else:
-            store.create_bucket(bucket)
+        # Not versioned, unlike a tenant's: a released or expired copy is really deleted.
+        get_store().create_bucket(bucket, versioned=False)
         _ready.add(bucket)
 
 
 def _delete_object(key: str) -> None:
-    store, bucket = get_store(), held_bucket()
-    if isinstance(store, FolderStore):
-        # Keys are ours (pack/…, raw/…), made by the committer.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(store.root / bucket / key)
-    else:
-        try:
-            store.client.delete_object(Bucket=bucket, Key=key)
-        except store._errors() as exc:
-            raise StorageError(f"cannot delete {bucket}/{key}: {exc}") from exc
+    get_store().delete(held_bucket(), key)
 
 
 def delete_unreferenced(keys) -> None:

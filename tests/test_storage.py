@@ -368,3 +368,26 @@ def test_a_range_past_the_end_of_an_object_is_refused(store, bucket, tmp_path):
     key, _ = put(store, bucket, tmp_path, data)
     with pytest.raises(StorageError):  # the folder store reads short, S3 answers 416: both refused
         store.read_verified(bucket, key, hashlib.sha256(data).hexdigest(), 4, len(data))
+
+
+def test_an_unversioned_bucket_really_loses_a_deleted_object_and_a_second_delete_is_no_error(store, tmp_path):
+    name = f"held-{uuid.uuid4().hex[:12]}"
+    store.create_bucket(name, versioned=False)
+    key, _ = put(store, name, tmp_path, b"held until its domain is verified")
+    assert store.exists(name, key)
+    store.delete(name, key)
+    assert not store.exists(name, key)
+    store.delete(name, key)
+    if isinstance(store, S3Store):  # no older version left behind to read back
+        versions = store.client.list_object_versions(Bucket=name).get("Versions", [])
+        assert [v for v in versions if v["Key"] == key] == []
+
+
+def test_deleting_a_key_outside_its_folder_bucket_is_refused(tmp_path):
+    store = FolderStore(tmp_path)
+    store.create_bucket("held", versioned=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x").write_bytes(b"a tenant's")
+    with pytest.raises(StorageError):
+        store.delete("held", "../other/x")
+    assert (tmp_path / "other" / "x").exists()

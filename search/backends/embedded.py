@@ -388,7 +388,8 @@ def _warn_if_upgraded(root: Path) -> None:
     older = sorted(p.name for p in root.glob("v*") if p.is_dir() and p.name != SCHEMA_VERSION)
     if older:
         log.warning(
-            "search schema %s is new: its index in %s starts empty (was %s); run `manage.py reindex`",
+            "search schema %s is new: its index in %s starts empty (was %s); the workers index every message "
+            "again (migration archive 0004), and the old folders can be deleted once the backlog is empty",
             SCHEMA_VERSION, root, ", ".join(older),
         )  # fmt: skip
 
