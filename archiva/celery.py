@@ -35,7 +35,7 @@ def _schedule(sender, **kwargs):
 
     sender.add_periodic_task(
         settings.ARCHIVA_SWEEP_INTERVAL,
-        sender.signature("ingest.tasks.sweep_stranded"),
+        sender.signature("archive.tasks.sweep_stranded"),
         name="sweep stranded deliveries",
     )
     sender.add_periodic_task(
@@ -50,6 +50,6 @@ def _sweep_at_start(sender, **kwargs):
     """A starting worker has the deliveries a crashed ingest or worker left
     published at once (by one of its own processes), not at the first sweep."""
     try:
-        sender.app.signature("ingest.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
+        sender.app.signature("archive.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
     except Exception:  # the broker went away again: the periodic sweep will do it
         logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)

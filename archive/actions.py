@@ -1,8 +1,9 @@
 """State changes of the archive, as named functions (the only writers).
 
-`archive_delivery` turns a verified journal report into (a merge into) its
-Message; `index_message` puts the Message's current version into the
+`archive_batch` turns verified journal reports into (merges into) their
+Messages; `index_messages` puts Messages' current versions into the
 search backend.  Both can run any number of times with the same result.
+A Delivery's status changes are `ingest.delivery`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import logging
 
 from django.db import IntegrityError as UniqueViolation
-from django.db import OperationalError, connection, transaction
+from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from archive import documents
@@ -20,8 +21,9 @@ from archive.parsed import ParsedReport
 from archive.tokens import display_prefix, hash_token, new_secret
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
+from ingest import delivery as ingest_delivery
 from ingest.models import Delivery
-from tenants.models import Membership, Tenant
+from tenants.models import Membership
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +44,13 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
     X-OriginatorOrg check is set on `delivery`; whatever records the outcome
     (merge, batch, parse failure) saves it with the rest.
     """
-    from ingest.originator import check_originator
-
     if raw is None:
         raw = delivery.read_report()
-    check_originator(delivery, raw)
+    ingest_delivery.note_originator(delivery, raw)
     try:
         return documents._parse(raw)
     except Exception as exc:
         raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
-
-
-def archive_delivery(delivery: Delivery, parsed: ParsedReport | None = None) -> Message | None:
-    """Merge a verified report into its Message; None when the report cannot be parsed.
-
-    A report already linked to its message changes nothing.  The original
-    (and a decrypted copy) are stored content-addressed in the tenant's
-    bucket before the database records them.
-    """
-    if delivery.message_id:
-        return delivery.message
-    try:
-        parsed = parsed or parse_delivery(delivery)
-    except ParseFailed as exc:
-        mark_parse_failed(delivery, str(exc))
-        return None
-    fields = _fields_or_mark_failed(delivery, parsed)
-    if fields is None:
-        return None
-    fields.update(_store_objects(delivery.tenant, parsed))
-    return _merge(delivery, fields)
 
 
 def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | None:
@@ -79,37 +58,8 @@ def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | N
     try:
         return documents.message_fields(parsed, delivery.received_at)
     except Exception as exc:  # building the fields is parsing too
-        mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
+        ingest_delivery.mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
         return None
-
-
-def mark_parse_failed(delivery: Delivery, reason: str) -> None:
-    log.error("delivery %s could not be parsed: %s", delivery.pk, reason)
-    Delivery.objects.filter(pk=delivery.pk, message__isnull=True).update(
-        status=Delivery.Status.PARSE_FAILED,
-        error=storable_text(reason),  # an exception's text may quote the input
-        originator_org=storable_text(delivery.originator_org),
-        originator_mismatch=delivery.originator_mismatch,
-    )
-
-
-def mark_archive_failed(delivery_id: int, exc: Exception) -> None:
-    """Record that archiving a report failed on its own, after the one-by-one
-    fallback (not our trouble: that is retried): listed with its reason on
-    System Status beside the parse failures, and run again by `retry_failed`."""
-    reason = f"could not be archived: {type(exc).__name__}: {exc}"[:2000]
-    log.error("delivery %s %s", delivery_id, reason, exc_info=exc)
-    Delivery.objects.filter(
-        pk=delivery_id, message__isnull=True, status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED]
-    ).update(status=Delivery.Status.PARSE_FAILED, error=storable_text(reason))
-
-
-def _store_objects(tenant: Tenant, parsed: ParsedReport) -> dict:
-    """Store the original, a decrypted copy and the extracted text, content-addressed."""
-    objects: list[tuple[str, str, bytes, str]] = []
-    fields = _object_fields(tenant.bucket, parsed, objects)
-    get_store().put_many(objects)
-    return fields
 
 
 def _object_fields(bucket: str, parsed: ParsedReport, objects: list) -> dict:
@@ -136,43 +86,6 @@ def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
     sha = hashlib.sha256(data).hexdigest()
     get_store().put_many([(bucket, documents.text_key(sha), data, sha)])
     return sha, documents.text_key(sha)
-
-
-def _merge(delivery: Delivery, fields: dict) -> Message:
-    """Create or extend the Message and link the report, in one transaction.
-
-    The delivery row is locked first (the same report twice links once);
-    the unique (tenant, merge_key) constraint plus a locked re-read make two
-    workers with two reports of one message end with one row holding both.
-    """
-    with transaction.atomic():
-        locked = Delivery.objects.select_for_update().get(pk=delivery.pk)
-        if locked.message_id:  # another run of this report got here first
-            message = Message.objects.get(pk=locked.message_id)
-        else:
-            message = _upsert(delivery.tenant, fields)
-            Delivery.objects.filter(pk=delivery.pk).update(
-                message=message,
-                status=Delivery.Status.ARCHIVED,
-                error="",
-                originator_org=delivery.originator_org,
-                originator_mismatch=delivery.originator_mismatch,
-            )
-    delivery.message, delivery.status = message, Delivery.Status.ARCHIVED
-    return message
-
-
-def _upsert(tenant: Tenant, fields: dict) -> Message:
-    existing = Message.objects.select_for_update().filter(tenant=tenant, merge_key=fields["merge_key"]).first()
-    if existing is None:
-        try:
-            with transaction.atomic():
-                return Message.objects.create(tenant=tenant, **fields)
-        except UniqueViolation:
-            # Another worker created it since our read: merge into theirs.
-            existing = Message.objects.select_for_update().get(tenant=tenant, merge_key=fields["merge_key"])
-    _merge_into(existing, fields)
-    return existing
 
 
 def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
@@ -215,17 +128,18 @@ def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
 
 
 class BatchConflict(Exception):
-    """Another worker created one of the batch's messages meanwhile: go one by one."""
+    """A batch met concurrent merges twice running: the caller goes one by one."""
 
 
 def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
-    """Archive verified, parsed reports together: objects stored in parallel,
-    every Message created or merged in one transaction.  Same result as
-    `archive_delivery` on each in turn; returns how many were archived.
+    """Archive verified, parsed reports (one or many) into their Messages;
+    returns how many were archived.  Objects are stored in parallel, then
+    every Message created or merged and every report linked in one transaction.
 
-    Raises BatchConflict when a concurrent worker created one of the
-    messages first (nothing of the batch is recorded then; the caller
-    archives them one by one, which merges correctly).
+    A report already linked changes nothing.  When another worker created
+    one of the messages since the batch read them (the unique (tenant,
+    merge_key) constraint), the transaction runs once more and merges into
+    theirs; a second conflict raises BatchConflict (nothing recorded).
     """
     prepared = []
     for delivery, parsed in items:
@@ -241,13 +155,22 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
     if not prepared:
         return 0
     try:
-        with transaction.atomic():
-            return _record_batch(prepared)
+        return _record_batch(prepared)
+    except UniqueViolation:
+        pass  # the other worker's message is committed now: this run merges into it
+    try:
+        return _record_batch(prepared)
     except UniqueViolation as exc:
         raise BatchConflict(str(exc)) from exc
 
 
 def _record_batch(prepared: list[tuple[Delivery, ParsedReport, dict]]) -> int:
+    """Create or merge the batch's Messages and link its reports, in one transaction."""
+    with transaction.atomic():
+        return _create_or_merge(prepared)
+
+
+def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict]]) -> int:
     ids = [delivery.pk for delivery, _, _ in prepared]
     unlinked = set(
         Delivery.objects.select_for_update().filter(pk__in=ids, message__isnull=True).values_list("pk", flat=True)
@@ -275,31 +198,16 @@ def _record_batch(prepared: list[tuple[Delivery, ParsedReport, dict]]) -> int:
         links.append((delivery, key))
     Message.objects.bulk_create(new.values())
     messages = {**existing, **new}
-    now = timezone.now()
-    rows = []
     for delivery, key in links:
-        delivery.message, delivery.status, delivery.error = messages[key], Delivery.Status.ARCHIVED, ""
-        delivery.verified_at = delivery.verified_at or now
-        rows.append(
-            (delivery.message.pk, delivery.status, delivery.verified_at, delivery.originator_org,
-             delivery.originator_mismatch, delivery.pk)
-        )  # fmt: skip
-    # One prepared statement for every row: bulk_update's CASE expressions
-    # cost more to build than the whole rest of the batch.
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {Delivery._meta.db_table} SET message_id = %s, status = %s, error = '', verified_at = %s, "  # noqa: S608
-            "originator_org = %s, originator_mismatch = %s WHERE id = %s",
-            rows,
-        )
-    return len(rows)
+        delivery.message = messages[key]
+    ingest_delivery.mark_archived([delivery for delivery, _ in links])
+    return len(links)
 
 
-def index_message(message: Message) -> bool:
-    """Put one message's current version into the search backend; False if it was already there."""
-    if message.index_status == Message.IndexStatus.INDEXED:
-        return False
-    return bool(index_messages([message]))
+def index_messages_of(deliveries: list[Delivery]) -> int:
+    """Index the messages of these archived reports that are not indexed yet, here and now."""
+    waiting = Message.objects.select_related("tenant").filter(pk__in={d.message_id for d in deliveries})
+    return index_messages(list(waiting.exclude(index_status=Message.IndexStatus.INDEXED).order_by("pk")))
 
 
 def index_pending(limit: int = 500) -> int:
@@ -401,17 +309,6 @@ def mark_indexed(messages: list[Message], versions: list[int]) -> None:
         Message.objects.filter(pk=message.pk, version=version).update(
             index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
         )
-
-
-def requeue_failures(deliveries) -> list[int]:
-    """Put failed reports back in line: parse failures to `received`, failed
-    verifications to `stored` (the store may have been repaired)."""
-    ids = [d.pk for d in deliveries]
-    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PARSE_FAILED).update(
-        status=Delivery.Status.RECEIVED, error=""
-    )
-    Delivery.objects.filter(pk__in=ids, status=Delivery.Status.FAILED).update(status=Delivery.Status.STORED, error="")
-    return ids
 
 
 # --- audit log and API tokens -----------------------------------------------

@@ -68,10 +68,11 @@ def main() -> None:
         django.setup()
 
         from archive.journal import parse_report
+        from archive.tasks import index_pending, process_deliveries
+        from ingest.delivery import PUBLISH_CHUNK
         from ingest.directory import Route
         from ingest.models import Delivery
-        from ingest.record import PUBLISH_CHUNK, Envelope, Job, commit_batch, flush_paths
-        from ingest.tasks import index_pending, process_deliveries
+        from ingest.record import Envelope, Job, commit_batch, flush_paths
         from tenants.actions import create_tenant
         from tenants.models import User
 

@@ -215,7 +215,7 @@ def release_validation_mail(domain, *, now_only: bool = True) -> int:
 
 
 def _release(tenant: Tenant, domain_name: str, now_only: bool) -> int:
-    from ingest.record import enqueue
+    from ingest.delivery import enqueue
 
     waiting = HeldMessage.objects.filter(
         kind=HeldMessage.Kind.VALIDATION, released_at__isnull=True, sender_domain=domain_name.lower()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from archive import rawmime
 from infra.text import storable_text
-from ingest.models import Delivery
 
 
 def originator_org(raw: bytes) -> str:
@@ -21,11 +20,8 @@ def originator_org(raw: bytes) -> str:
     return storable_text(value.decode("ascii", "replace")).strip().lower()
 
 
-def check_originator(delivery: Delivery, raw: bytes) -> bool:
-    """Set the report's organization, and whether it is flagged, on the delivery
-    (saved by whatever records the delivery's outcome); True when flagged."""
-    found = originator_org(raw)[:253]
-    known = (delivery.tenant.m365_organization or "").strip().lower()
-    delivery.originator_org = found
-    delivery.originator_mismatch = bool(known and found and found != known)
-    return delivery.originator_mismatch
+def is_foreign(found: str, known: str | None) -> bool:
+    """Whether a report's organization `found` is not the tenant's `known` one
+    (False while either is unknown: nothing to compare)."""
+    known = (known or "").strip().lower()
+    return bool(known and found and found != known)

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
 from ingest import held, pack
+from ingest.delivery import PUBLISH_CHUNK, enqueue, sweep_at_start
 from ingest.directory import Route
 from ingest.models import Delivery
 
@@ -269,7 +270,6 @@ def insert_deliveries(rows: list[dict]) -> list[int]:
     return ids
 
 
-PUBLISH_CHUNK = 200
 PUBLISH_DELAY = 0.2  # seconds a recorded delivery may wait for its chunk to fill
 CHECKPOINT_INTERVAL = 1.0  # seconds between the committer's SQLite WAL checkpoints
 WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept when the WAL starts over (PRAGMA journal_size_limit)
@@ -278,46 +278,6 @@ WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept when the WAL starts over (PR
 # Python work).  A batch that fails, e.g. on a connection the server closed,
 # makes the next batch check at once.
 CONNECTION_CHECK_INTERVAL = 1.0
-
-
-def enqueue(delivery_ids: list[int]) -> bool:
-    """Publish processing tasks, one per chunk of ids, and mark the deliveries
-    enqueued once published; on broker trouble leave them for the sweep."""
-    from ingest.tasks import process_deliveries, process_delivery
-
-    if not delivery_ids:
-        return True
-    published: list[int] = []
-    try:
-        if len(delivery_ids) == 1:
-            process_delivery.apply_async((delivery_ids[0],), retry=False)
-            published = delivery_ids
-        else:
-            for start in range(0, len(delivery_ids), PUBLISH_CHUNK):
-                chunk = delivery_ids[start : start + PUBLISH_CHUNK]
-                process_deliveries.apply_async((chunk,), retry=False)
-                published += chunk
-    except Exception:
-        log.warning(
-            "broker unavailable; %d deliveries left for the sweep",
-            len(delivery_ids) - len(published),
-            exc_info=True,
-        )
-    mark_enqueued(published)
-    return len(published) == len(delivery_ids)
-
-
-def mark_enqueued(delivery_ids: list[int]) -> None:
-    """Note that these deliveries' tasks are published: the sweep leaves them
-    alone for ARCHIVA_REQUEUE_AFTER.  One UPDATE per published chunk, off the
-    commit path (the publisher's thread)."""
-    if not delivery_ids:
-        return
-    try:
-        Delivery.objects.filter(pk__in=delivery_ids).update(enqueued_at=timezone.now())
-    except Exception:
-        # Published all the same: the sweep publishes them once more (harmless).
-        log.warning("could not mark %d deliveries enqueued", len(delivery_ids), exc_info=True)
 
 
 def flush_paths() -> list[Path]:
@@ -685,6 +645,4 @@ class GroupCommitter:
     def _sweep_at_start() -> None:
         """Publish what a committer that died (kill -9, a crash) recorded but
         never published, now rather than at the first sweep of the beat."""
-        from ingest.tasks import sweep_at_start
-
         sweep_at_start("committer")

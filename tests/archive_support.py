@@ -2,8 +2,8 @@
 
 `deliver` stores the bytes and records a Delivery with the ingest's own
 committer step (`ingest.record.commit_batch`); `archive` then
-runs the worker's `process` on it (verify, parse, merge, index) in this
-process.  The search backend is the embedded default, under DATA_DIR.
+runs the worker's one processing path on it (`archive.processing`: verify,
+parse, merge, index) in this process.  The search backend is the embedded default, under DATA_DIR.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import hashlib
 
 import pytest
 
+from archive.processing import process_deliveries
 from ingest.directory import Route
 from ingest.models import Delivery
 from ingest.record import Envelope, Job, commit_batch, flush_paths
-from ingest.tasks import process
 from tenants.models import Tenant
 from tests.smtp_support import corpus_dir
 
@@ -38,6 +38,15 @@ def deliver(tenant: Tenant, raw: bytes) -> Delivery:
     [(_, error)], [pk] = commit_batch([Job(0, envelope, raw, sha256, len(raw))], flush_paths())
     assert error is None, error
     return Delivery.objects.get(pk=pk)
+
+
+def process(delivery_id: int, index: bool = True) -> str:
+    """Run the worker's processing on one delivery (a batch of one); the status
+    it ends in.  Our own trouble (storage, search) raises, as a test wants to see it."""
+    result = process_deliveries([delivery_id], index=index)
+    if delivery_id in result.troubled:
+        raise result.troubled[delivery_id]
+    return result.status[delivery_id]
 
 
 def archive(tenant: Tenant, raw: bytes, index: bool = True) -> Delivery:

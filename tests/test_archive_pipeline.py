@@ -1,7 +1,7 @@
 """From a stored journal report to a searchable Message: the worker's pipeline.
 
 Reports are stored and recorded with the ingest's own functions, then the
-worker's `process` runs on them (verify, parse, merge, index) against the
+worker's processing (`archive.processing`, through its task) runs on them (verify, parse, merge, index) against the
 real store, PostgreSQL and the embedded search backend.
 """
 
@@ -17,9 +17,10 @@ from django.db import connection
 
 from archive import actions
 from archive.models import Message
+from archive.tasks import index_pending, process_deliveries
 from infra.storage import get_store
+from ingest.delivery import stranded_deliveries
 from ingest.models import Delivery
-from ingest.tasks import index_pending, process, process_delivery, stranded_deliveries
 from search.backends.base import SearchBackend
 from tests.archive_support import (
     archive,
@@ -28,6 +29,7 @@ from tests.archive_support import (
     corpus,
     corpus_names,
     deliver,
+    process,
     report,
     search_ids,
 )
@@ -40,7 +42,7 @@ scheduled: list[bool] = []
 def _no_broker(monkeypatch):
     """Tasks run here in-process: asking for a batch indexing run is only recorded."""
     scheduled.clear()
-    monkeypatch.setattr("ingest.tasks.schedule_indexing", lambda: scheduled.append(True))
+    monkeypatch.setattr("archive.tasks.schedule_indexing", lambda: scheduled.append(True))
 
 
 def message_of(delivery: Delivery) -> Message:
@@ -118,7 +120,7 @@ def test_the_same_report_twice_changes_nothing(org, outsider, backend):
     delivery = archive(org.tenant, corpus("01-simple.eml"))
     message = message_of(delivery)
     assert process(delivery.pk) == Delivery.Status.ARCHIVED
-    assert process_delivery.apply(args=(delivery.pk,)).get() == Delivery.Status.ARCHIVED
+    assert process_deliveries.apply(args=([delivery.pk],)).get() == 0  # archived already
     # The same bytes delivered again (Exchange retrying after a lost reply).
     again = archive(org.tenant, corpus("01-simple.eml"))
     assert again.message_id == message.pk
@@ -197,7 +199,7 @@ def test_when_search_is_down_the_message_is_kept_and_indexed_once_it_is_back(org
     monkeypatch.setattr(SearchBackend, "index", down)
     delivery = deliver(org.tenant, corpus("01-simple.eml"))
     # The worker archives it and asks for a batch indexing run...
-    assert process_delivery.run(delivery.pk) == Delivery.Status.ARCHIVED
+    assert process_deliveries.run([delivery.pk]) == 1
     assert scheduled
     message = message_of(delivery)
     assert message.index_status == Message.IndexStatus.PENDING
@@ -227,9 +229,9 @@ def test_when_storage_fails_the_delivery_is_retried_and_the_sweep_leaves_it_alon
 
     monkeypatch.setattr(FolderStore, "iter_bytes", failing)
     retried = []
-    monkeypatch.setattr(process_delivery, "retry", lambda **kw: retried.append(kw) or RuntimeError("retry"))
+    monkeypatch.setattr(process_deliveries, "retry", lambda **kw: retried.append(kw) or RuntimeError("retry"))
     with pytest.raises(RuntimeError, match="retry"):
-        process_delivery.run(delivery.pk)
+        process_deliveries.run([delivery.pk])
     assert isinstance(retried[0]["exc"], StorageError)
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.STORED and delivery.enqueued_at is not None
@@ -310,8 +312,8 @@ def test_two_workers_merging_reports_of_one_message_at_once_end_with_one_message
 
 def test_a_batch_task_archives_each_delivery_and_retries_only_the_troubled_one(org, monkeypatch):
     """The ingest publishes one task per commit batch; one delivery's trouble holds up no other."""
+    from archive import tasks
     from infra.storage import FolderStore, StorageError
-    from ingest import tasks
 
     first, second = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("03-attachments.eml"))
     real_read, retried = FolderStore.read_verified, []
@@ -322,18 +324,17 @@ def test_a_batch_task_archives_each_delivery_and_retries_only_the_troubled_one(o
         return real_read(self, bucket, key, sha256, *span)
 
     monkeypatch.setattr(FolderStore, "read_verified", flaky)
-    monkeypatch.setattr(tasks.process_delivery, "apply_async", lambda args, **kw: retried.append(args))
+    monkeypatch.setattr("ingest.delivery.publish", lambda task, args=(), countdown=None: retried.append((task, args)))
     assert tasks.process_deliveries.run([first.pk, second.pk]) == 1
-    assert retried == [(first.pk,)]
+    assert retried == [("archive.tasks.process_deliveries", ([first.pk],))]
     first.refresh_from_db()
     second.refresh_from_db()
     assert first.status == Delivery.Status.STORED and second.status == Delivery.Status.ARCHIVED
+    assert first.enqueued_at is not None  # when its retry is due: the sweep leaves it alone
 
 
 def test_a_batch_archives_the_corpus_exactly_as_one_by_one(org, outsider):
     """Batch and one-by-one give the same messages: 09-a/b merged, every report linked."""
-    from ingest.tasks import process_deliveries
-
     fabrikam = outsider.memberships.get().tenant
     batch = [deliver(org.tenant, corpus(name)) for name in corpus_names()]
     single = [deliver(fabrikam, corpus(name)) for name in corpus_names()]
@@ -357,28 +358,27 @@ def test_a_batch_archives_the_corpus_exactly_as_one_by_one(org, outsider):
     assert dict(Message.objects.filter(tenant=org.tenant).values_list("pk", "version")) == versions
 
 
-def test_a_batch_that_meets_a_concurrent_merge_goes_one_by_one(org, monkeypatch):
+def test_a_batch_that_meets_a_concurrent_merge_runs_its_transaction_again(org, monkeypatch):
     from django.db import IntegrityError as UniqueViolation
 
-    from ingest.tasks import process_deliveries
-
     deliveries = [deliver(org.tenant, corpus(name)) for name in ("09-duplicate-a.eml", "09-duplicate-b.eml")]
-    calls = []
+    real_bulk_create, calls = type(Message.objects).bulk_create, []
 
-    def collide(self, objs, *args, **kwargs):
+    def other_worker_first(self, objs, *args, **kwargs):
+        """The first insert meets a message another worker committed meanwhile."""
         calls.append(len(objs))
-        raise UniqueViolation("duplicate key value violates unique constraint")
+        if len(calls) == 1:
+            raise UniqueViolation("duplicate key value violates unique constraint")
+        return real_bulk_create(self, objs, *args, **kwargs)
 
-    monkeypatch.setattr(type(Message.objects), "bulk_create", collide)
+    monkeypatch.setattr(type(Message.objects), "bulk_create", other_worker_first)
     assert process_deliveries.run([d.pk for d in deliveries]) == 2
-    assert calls == [1]  # the batch tried once, then each report went on its own
+    assert calls == [1, 1]  # the batch's transaction ran once more
     message = Message.objects.get(tenant=org.tenant)
     assert message.deliveries.count() == 2
 
 
 def test_a_tampered_report_in_a_batch_fails_alone(org, settings):
-    from ingest.tasks import process_deliveries
-
     bad, good = deliver(org.tenant, corpus("01-simple.eml")), deliver(org.tenant, corpus("08-on-behalf-of.eml"))
     path = settings.DATA_DIR / "buckets" / org.tenant.bucket / bad.storage_key
     path.chmod(0o600)

@@ -20,8 +20,7 @@ import pytest
 from django.urls import NoReverseMatch, reverse
 
 from ingest.models import Delivery
-from ingest.tasks import process
-from tests.archive_support import report
+from tests.archive_support import process, report
 from tests.browser_support import new_page
 from tests.conftest import PASSWORD
 from tests.smtp_support import send

@@ -18,11 +18,10 @@ from ingest.models import Delivery
 from ingest.policy import RateLimiter
 from ingest.server import IngestServer, policy_from_settings
 from ingest.stats import untenanted_rejections
-from ingest.tasks import process
 from ingest.tls import server_context
 from regions.current import current_region
 from tenants.actions import create_tenant, rotate_journal_token
-from tests.archive_support import corpus
+from tests.archive_support import corpus, process
 from tests.conftest import make_user
 from tests.smtp_support import connect, journal_address
 

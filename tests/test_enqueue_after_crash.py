@@ -25,9 +25,9 @@ import redis
 from django.utils import timezone
 
 from archive.models import Message
+from ingest.delivery import stranded_deliveries, sweep
 from ingest.models import Delivery
-from ingest.tasks import process, stranded_deliveries, sweep
-from tests.archive_support import deliver
+from tests.archive_support import deliver, process
 from tests.smtp_support import journal_address, send
 from tests.test_ingest_process import MESSAGE, ROOT, committer_of, ingest_process, process_env  # noqa: F401 (fixture)
 
@@ -99,7 +99,7 @@ def published_delivery_ids(client: redis.Redis) -> set[int]:
     found: set[int] = set()
     for raw in client.lrange("celery", 0, -1):
         message = json.loads(raw)
-        if not message["headers"]["task"].startswith("ingest.tasks.process_deliver"):
+        if message["headers"]["task"] != "archive.tasks.process_deliveries":
             continue
         args = json.loads(base64.b64decode(message["body"]))[0]
         found.update(args[0] if isinstance(args[0], list) else args)
@@ -168,8 +168,7 @@ def test_a_message_acknowledged_before_a_kill_9_of_the_committer_is_published_by
 
 def test_a_message_whose_publish_failed_is_published_by_the_next_sweep(org, settings, redis_broker, monkeypatch):
     """Not after the requeue window: after the sweep's grace only."""
-    from ingest import tasks
-    from ingest.record import enqueue
+    from ingest import delivery
 
     settings.ARCHIVA_SWEEP_GRACE = 0
     row = deliver(org.tenant, MESSAGE)
@@ -179,8 +178,8 @@ def test_a_message_whose_publish_failed_is_published_by_the_next_sweep(org, sett
         raise ConnectionRefusedError("broker down")
 
     with monkeypatch.context() as patched:
-        patched.setattr(tasks.process_delivery, "apply_async", broker_down)
-        assert enqueue([row.pk]) is False
+        patched.setattr(delivery, "publish", broker_down)
+        assert delivery.enqueue([row.pk]) is False
     row.refresh_from_db()
     assert row.enqueued_at is None
     assert list(stranded_deliveries()) == [row]
@@ -190,7 +189,8 @@ def test_a_message_whose_publish_failed_is_published_by_the_next_sweep(org, sett
 
 
 def test_indexing_that_could_not_be_scheduled_is_scheduled_by_the_next_sweep(org, settings, monkeypatch):
-    from ingest import tasks
+    from archive import tasks
+    from ingest import delivery
 
     settings.ARCHIVA_SWEEP_GRACE = 0
     row = deliver(org.tenant, MESSAGE)
@@ -201,15 +201,15 @@ def test_indexing_that_could_not_be_scheduled_is_scheduled_by_the_next_sweep(org
         raise ConnectionRefusedError("broker down")
 
     monkeypatch.setattr(tasks, "_next_schedule", 0.0)
-    monkeypatch.setattr(tasks.index_pending, "apply_async", broker_down)
-    assert tasks.process_delivery.run(row.pk) == Delivery.Status.ARCHIVED  # asks for indexing: refused
+    monkeypatch.setattr(delivery, "publish", broker_down)
+    assert tasks.process_deliveries.run([row.pk]) == 1  # asks for indexing: refused
     row.refresh_from_db()
     assert Message.objects.get(pk=row.message_id).index_status == Message.IndexStatus.PENDING
     assert list(stranded_deliveries()) == [row]
 
-    monkeypatch.setattr(tasks.index_pending, "apply_async", lambda *a, **kw: asked.append("index"))
+    monkeypatch.setattr(delivery, "publish", lambda task, *a, **kw: asked.append(task))
     assert sweep() == 1
-    assert asked == ["index"]
+    assert asked == ["archive.tasks.index_pending"]
     row.refresh_from_db()
     assert row.enqueued_at is not None and not stranded_deliveries().exists()
     process(row.pk)  # indexes it here

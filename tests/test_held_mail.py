@@ -21,11 +21,10 @@ from django.utils import timezone
 from ingest.held import HeldMessage, deliver_held, held_bucket, tend
 from ingest.models import Delivery
 from ingest.stats import RejectionCount
-from ingest.tasks import process
 from regions.current import current_region
 from tenants.actions import add_domain, verify_domain
 from tenants.models import Membership
-from tests.archive_support import backend_fixture, corpus, search_ids  # noqa: F401 (the `backend` fixture)
+from tests.archive_support import backend_fixture, corpus, process, search_ids  # noqa: F401 (the `backend` fixture)
 from tests.smtp_support import journal_address, send, stored_objects
 
 VALIDATION_SENDER = "admin@contoso.com"
@@ -221,7 +220,7 @@ def test_held_mail_is_tended_on_the_beat_schedule():
 
     app.finalize()
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
-    assert "ingest.held.tend_held_mail" in scheduled and "ingest.tasks.sweep_stranded" in scheduled
+    assert "ingest.held.tend_held_mail" in scheduled and "archive.tasks.sweep_stranded" in scheduled
     assert "ingest.held.tend_held_mail" in app.tasks
 
 

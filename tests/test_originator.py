@@ -51,8 +51,8 @@ def test_a_report_from_another_organization_is_archived_and_flagged(org, client)
 @pytest.mark.parametrize("path", ["one report", "a batch"])
 def test_a_report_from_another_organization_is_flagged_even_when_it_cannot_be_parsed(org, monkeypatch, path):
     from archive import documents
-    from ingest.tasks import process, process_deliveries
-    from tests.archive_support import deliver
+    from archive.tasks import process_deliveries
+    from tests.archive_support import deliver, process
 
     set_m365_organization(org.tenant, "contoso.onmicrosoft.com")
     delivery = deliver(org.tenant, foreign(corpus("01-simple.eml")))

@@ -7,8 +7,9 @@ import importlib
 
 from django.apps import apps
 
+from archive import tasks
 from archive.models import Message
-from ingest import tasks
+from ingest import delivery as lifecycle
 from tests.archive_support import archive, backend_fixture, corpus, search_ids  # noqa: F401
 
 upgrade = importlib.import_module("archive.migrations.0004_reindex_for_hidden_recipients")
@@ -24,6 +25,6 @@ def test_after_the_schema_upgrade_the_sweep_fills_the_new_index_by_itself(org, b
     message.refresh_from_db()
     assert message.index_status == Message.IndexStatus.PENDING
 
-    assert tasks.sweep(grace=0) == 1  # publishes one indexing run for the archived report
+    assert lifecycle.sweep(grace=0) == 1  # publishes one indexing run for the archived report
     tasks.index_pending.run()  # what the worker does with it
     assert search_ids(backend, org.tenant, "") == [message.pk]

@@ -12,8 +12,8 @@ import pytest
 
 from archive import actions
 from archive.models import Message
+from archive.tasks import process_deliveries
 from ingest.models import Delivery
-from ingest.tasks import process_deliveries
 from tests import search_support
 from tests.archive_support import deliver, search_ids
 from tests.data_gen import wrap_as_journal
@@ -30,7 +30,7 @@ NUL = "\x00"
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch):
     """Tasks run in-process here; asking for a batch indexing run is only recorded."""
-    monkeypatch.setattr("ingest.tasks.schedule_indexing", lambda: None)
+    monkeypatch.setattr("archive.tasks.schedule_indexing", lambda: None)
 
 
 def nul_report() -> bytes:

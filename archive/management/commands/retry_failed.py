@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from archive import actions
+from archive.processing import Processed, process_deliveries
+from ingest import delivery as lifecycle
 from ingest.models import Delivery
-from ingest.record import enqueue
-from ingest.tasks import _retryable, process
 from tenants import access
 
 
@@ -36,18 +35,22 @@ class Command(BaseCommand):
         if not failed:
             self.stdout.write("Nothing to retry.")
             return
-        actions.requeue_failures(failed)
+        lifecycle.requeue_failures(failed)
+        ids = [delivery.pk for delivery in failed]
+        result = Processed()
+        for start in range(0, len(ids), lifecycle.PUBLISH_CHUNK):  # a worker's batch at a time
+            chunk = process_deliveries(ids[start : start + lifecycle.PUBLISH_CHUNK], index=True)
+            result.status.update(chunk.status)
+            result.troubled.update(chunk.troubled)
         outcomes: dict[str, int] = {}
-        handed_over = []
         for delivery in failed:
-            try:
-                outcome = process(delivery.pk)
-            except _retryable() as exc:
-                self.stderr.write(f"{delivery.queue_id}: {exc}; left to the workers")
-                handed_over.append(delivery.pk)
+            if delivery.pk in result.troubled:
+                self.stderr.write(f"{delivery.queue_id}: {result.troubled[delivery.pk]}; left to the workers")
                 outcome = "handed to the workers"
+            else:
+                outcome = result.status[delivery.pk]
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        if handed_over:
-            enqueue(handed_over)
+        if result.troubled:
+            lifecycle.enqueue(list(result.troubled))
         summary = ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items()))
         self.stdout.write(f"Retried {len(failed)} reports: {summary}.")
