@@ -3,7 +3,9 @@
 Tenant and region come from the journal token; this is a second opinion.
 A report from another organization is still archived (refusing could lose
 a customer's mail after a tenant migration), but it is flagged on System
-Status so an admin can see a leaked token being used.
+Status so an admin can see a leaked token being used.  Pure functions of
+the report's bytes; `ingest.delivery.note_originator` sets the result on
+the Delivery.
 """
 
 from __future__ import annotations

@@ -20,7 +20,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import InterfaceError, OperationalError, close_old_connections, connections, transaction
+from django.db import (
+    InterfaceError,
+    NotSupportedError,
+    OperationalError,
+    close_old_connections,
+    connections,
+    transaction,
+)
 from django.utils import timezone
 
 from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
@@ -142,7 +149,9 @@ class _InsertPlan:
         ]
         self.table = connection.ops.quote_name(Delivery._meta.db_table)
         self.names = ", ".join(connection.ops.quote_name(column.column) for column in self.columns)
-        self.row_sql = "(" + ", ".join(["%s"] * len(self.columns)) + ")"
+        # The driver's own placeholder: statements go past Django's cursor wrapper.
+        placeholder = "?" if connection.Database.paramstyle == "qmark" else "%s"
+        self.row_sql = "(" + ", ".join([placeholder] * len(self.columns)) + ")"
         self.pk = connection.ops.quote_name(Delivery._meta.pk.column)
         # The most rows one statement carries: the backend's parameter limit
         # (asked with a huge row count, which backends without one return),
@@ -150,9 +159,7 @@ class _InsertPlan:
         self.max_rows = max(
             1, min(MAX_ROWS_PER_STATEMENT, connection.ops.bulk_batch_size(self.columns, range(1 << 20)))
         )
-        # The driver's own placeholder, for statements sent past Django's cursor wrapper.
-        self.placeholder = "?" if connection.Database.paramstyle == "qmark" else "%s"
-        self._sql: dict[tuple[int, bool], str] = {}
+        self._sql: dict[int, str] = {}
         # (column, type, value) -> the value prepared by its field: recipients,
         # peer addresses and a batch's timestamps repeat from row to row.
         self._prepared: dict[tuple, object] = {}
@@ -163,16 +170,13 @@ class _InsertPlan:
             return _PER_ROW
         return column.get_db_prep_save(column.get_default(), self.connection)
 
-    def sql(self, rows: int, raw: bool = False) -> str:
-        """The INSERT for this many rows, for Django's cursor or (raw) the driver's."""
-        key = (rows, raw)
-        if key not in self._sql:
+    def sql(self, rows: int) -> str:
+        """The INSERT for this many rows, for the driver's cursor."""
+        if rows not in self._sql:
             # Names come from the model, quoted by the backend; every value is a parameter.
             values = ", ".join([self.row_sql] * rows)
-            if raw:
-                values = values.replace("%s", self.placeholder)
-            self._sql[key] = f"INSERT INTO {self.table} ({self.names}) VALUES {values} RETURNING {self.pk}"  # noqa: S608
-        return self._sql[key]
+            self._sql[rows] = f"INSERT INTO {self.table} ({self.names}) VALUES {values} RETURNING {self.pk}"  # noqa: S608
+        return self._sql[rows]
 
     def _prepare(self, attname: str, column, value):
         """column.get_db_prep_save(value), remembered for values that repeat."""
@@ -206,13 +210,13 @@ class _InsertPlan:
             prepared.append(tuple(params))
         return prepared
 
-    def insert(self, cursor, rows: list[dict], raw: bool) -> list[int]:
-        """Insert the rows with `cursor` (Django's, or with `raw` the driver's); their ids."""
+    def insert(self, cursor, rows: list[dict]) -> list[int]:
+        """Insert the rows with the driver's `cursor`; their ids."""
         prepared = self.params(rows)
         ids: list[int] = []
         for start in range(0, len(prepared), self.max_rows):
             chunk = prepared[start : start + self.max_rows]
-            cursor.execute(self.sql(len(chunk), raw), [param for params in chunk for param in params])
+            cursor.execute(self.sql(len(chunk)), [param for params in chunk for param in params])
             ids.extend(row[0] for row in cursor.fetchall())
         return ids
 
@@ -225,49 +229,56 @@ _plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
 def insert_deliveries(rows: list[dict]) -> list[int]:
     """Insert Delivery rows given as column values, in one transaction; their ids (in no particular order).
 
-    The committer's hot path: `bulk_create` spends ~80 µs a row on model
-    instances and generic per-object work; this prepares each value with its
-    field's own database preparation (values that repeat, such as the
-    recipients, the peer and the batch's timestamps, once; a plain str, int
-    or bool for a text, integer or boolean column as it is, which is what
-    that preparation returns for them) and sends one INSERT ... RETURNING per
-    chunk, its SQL made once per number of rows.  Every concrete field is
-    written, from the row or its default, so a field added to the model is
-    covered.  Without RETURNING it falls back to bulk_create.
+    The committer's hot path, so the one INSERT path is hand-written rather
+    than `bulk_create` (~80 µs a row on model instances and generic
+    per-object work): each value is prepared with its field's own database
+    preparation (values that repeat, such as the recipients, the peer and
+    the batch's timestamps, once; a plain str, int or bool for a text,
+    integer or boolean column as it is, which is what that preparation
+    returns for them), and one INSERT ... RETURNING goes per chunk, its SQL
+    made once per number of rows.  Every concrete field is written, from the
+    row or its default, so a field added to the model is covered.
 
-    Outside a transaction (the committer) the statements go to the driver's
-    own cursor between BEGIN and COMMIT, inside Django's error wrapper (so a
-    failed connection is noticed and replaced): Django's `atomic()` and
-    cursor wrappers took half the committer's Python time, more than the
-    INSERT itself.  Inside one (a test, a script) it is a savepoint of
-    `atomic()`.
+    The statements go to the driver's own cursor, inside Django's error
+    wrapper (so a failed connection is noticed and replaced): Django's
+    `atomic()` and cursor wrappers took half the committer's Python time,
+    more than the INSERT itself.  Outside a transaction (the committer) they
+    run between BEGIN and COMMIT; inside one (held mail, a test, a script),
+    in a savepoint of `atomic()`, so a refused row leaves the caller's
+    transaction usable.
     """
     connection = delivery_connection()
     if not connection.features.can_return_rows_from_bulk_insert:
-        with transaction.atomic(using=connection.alias):
-            return [row.pk for row in Delivery.objects.bulk_create([Delivery(**values) for values in rows])]
+        raise NotSupportedError("recording deliveries needs INSERT ... RETURNING (SQLite 3.35+ or PostgreSQL)")
     plan = _plans.get(id(connection))
     if plan is None or plan.connection is not connection:
         plan = _plans[id(connection)] = _InsertPlan(connection)
     if connection.in_atomic_block or not connection.get_autocommit():
-        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            return plan.insert(cursor, rows, raw=False)
+        with transaction.atomic(using=connection.alias), _driver_cursor(connection) as cursor:
+            return plan.insert(cursor, rows)
+    with _driver_cursor(connection) as cursor:
+        # As Django begins one: SQLite's configured mode (IMMEDIATE here), else plain.
+        cursor.execute(f"BEGIN {getattr(connection, 'transaction_mode', None) or ''}".rstrip())
+        try:
+            ids = plan.insert(cursor, rows)
+            cursor.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cursor.execute("ROLLBACK")
+            raise
+    return ids
+
+
+@contextlib.contextmanager
+def _driver_cursor(connection):
+    """A cursor of the database driver's connection, its errors wrapped as Django's."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
         cursor = connection.connection.cursor()
         try:
-            # As Django begins one: SQLite's configured mode (IMMEDIATE here), else plain.
-            cursor.execute(f"BEGIN {getattr(connection, 'transaction_mode', None) or ''}".rstrip())
-            try:
-                ids = plan.insert(cursor, rows, raw=True)
-                cursor.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    cursor.execute("ROLLBACK")
-                raise
+            yield cursor
         finally:
             cursor.close()
-    return ids
 
 
 PUBLISH_DELAY = 0.2  # seconds a recorded delivery may wait for its chunk to fill
