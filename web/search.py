@@ -9,10 +9,9 @@ writes the search to the audit log.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 
 from allauth.account.decorators import verified_email_required
+from django.core.paginator import Page, Paginator
 from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
@@ -31,37 +30,17 @@ PAGE_SIZE = 50
 MAX_PAGE = 200
 
 
-@dataclass
-class SearchPage:
-    """One page of results, shaped like Django's Page for the pager template."""
+class SearchPage(Page[Message]):
+    """One page of hits: Django's Page over the backend's count; the backend already cut it (offset/limit)."""
 
-    query: str
-    number: int
-    count: int
-    messages: list[Message]
-
-    @property
-    def paginator(self):
-        return self
+    def __init__(self, messages: list[Message], number: int, count: int) -> None:
+        # The paginator only counts: a range has a length without a list. Deep pages stop at MAX_PAGE.
+        super().__init__(messages, number, Paginator(range(min(count, MAX_PAGE * PAGE_SIZE)), PAGE_SIZE))
+        self.count = count
 
     @property
-    def num_pages(self) -> int:
-        return max(1, min(MAX_PAGE, math.ceil(self.count / PAGE_SIZE)))
-
-    def has_previous(self) -> bool:
-        return self.number > 1
-
-    def has_next(self) -> bool:
-        return self.number < self.num_pages
-
-    def has_other_pages(self) -> bool:
-        return self.has_previous() or self.has_next()
-
-    def previous_page_number(self) -> int:
-        return self.number - 1
-
-    def next_page_number(self) -> int:
-        return self.number + 1
+    def messages(self) -> list[Message]:
+        return list(self.object_list)
 
 
 def page_number(value: str | None) -> int:
@@ -80,7 +59,7 @@ def run_search(request, membership: Membership, query: str, number: int) -> Sear
     )
     messages = access.messages_for(membership, list(hits.ids))
     audit(request, membership, AuditEvent.Action.SEARCH, query=query, page=number, count=hits.count)
-    return SearchPage(query=query, number=number, count=hits.count, messages=messages)
+    return SearchPage(messages, number, hits.count)
 
 
 @require_GET
