@@ -23,8 +23,8 @@ def cheap_records() -> None:
     prints: the caller's file and line (a walk up the stack) and the
     multiprocessing process name.  The logging HOWTO's "Optimization"
     section documents these switches.  For the ingest, which makes a record
-    for every accepted message (48 -> 21 µs a line, with the filter's single
-    formatting and the plain formatter's cached time); other processes keep
+    for every accepted message (with the filter's single formatting and the
+    plain formatter's cached time, half the cost of a line); other processes keep
     the caller for their tracebacks and test output."""
     logging._srcfile = None
     logging.logMultiprocessing = False
@@ -86,8 +86,8 @@ class BufferedStreamHandler(logging.StreamHandler):
     """Standard error, written in blocks when it is not a terminal.
 
     A busy ingest logs a line for every accepted message; a write(2) for
-    each line to a log file took ~20 % of an ingest process's throughput
-    (bench: 1,257 -> 1,605 msg/s without them).  Here WARNING and above are
+    each line to a log file took a fifth of an ingest process's throughput
+    (bench/README.md).  Here WARNING and above are
     written at once, lower levels at least every `interval` seconds and at
     exit; a process killed with -9 may lose its last `interval` of INFO
     lines (what was accepted is recorded in the database, not in the log).

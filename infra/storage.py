@@ -207,9 +207,9 @@ class FolderStore(BlobStore):
 
     def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         """The bucket's folder and the 512 folders of `raw_key` and `pack_key`,
-        made now (about 25 ms): a new tenant's first few hundred commit batches
-        would otherwise each create one, a mkdir and a larger flush (≈0.5 ms)
-        that the senders wait for."""
+        made now: a new tenant's first few hundred commit batches would
+        otherwise each create one, a mkdir and a larger flush that the
+        senders wait for."""
         folder = self._bucket(bucket)
         try:
             folder.mkdir(parents=True, exist_ok=True)

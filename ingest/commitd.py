@@ -3,8 +3,7 @@
 The event loop of an ingest process parses SMTP for hundreds of sessions;
 storing, recording and flushing are Python work too, and in the same process
 they would take the interpreter lock from the loop in every system call
-(measured: the committer's stages and the sessions' replies all ran 3-5 ×
-slower than alone).  So each ingest process starts its own committer
+and slow both down several times (bench/README.md).  So each ingest process starts its own committer
 process (`python -m ingest.committer_process FD`), connected by a private
 socketpair:
 
@@ -19,6 +18,12 @@ A session's 250 still waits for its own message to be stored and recorded;
 if the committer goes away, the messages in flight are answered 451 and a
 new committer is started.  Tests that run the ingest in a thread use the same
 socket protocol with the committer in a thread (`in_thread=True`).
+
+The frames are multiprocessing.connection's wire format (a 4-byte big-endian
+length, then the pickle), written by hand because its `Connection` blocks on
+every send and reads one message per two recv calls, while the committer
+serves every ingest process from one thread with non-blocking sends and
+1 MB reads, and the ingest's end is an asyncio Protocol.
 """
 
 from __future__ import annotations
@@ -41,15 +46,12 @@ from pathlib import Path
 
 from ingest import metrics
 from ingest.record import Envelope, GroupCommitter, Job
+from ingest.tuning import LISTEN_POLL, MAX_BATCH_BYTES, RECEIVE_SIZE, RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
-RESTART_DELAY = 1.0
-RECEIVE_SIZE = 1 << 20
-LISTEN_POLL = 1.0  # seconds between checks of stop_listening
-MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
 
 
 class CommitFailed(Exception):
@@ -378,9 +380,7 @@ def yield_to_sessions(increment: int) -> None:
     The sessions' event loop answers every command of every session and is
     what a sender waits on; the committer works in batches, and a batch that
     starts a little later carries more messages for the same flush and
-    transaction.  Measured (bench/ab.py, smtp-source, 20 sessions, 2 cores;
-    nice 5 against 0): 2-5 % less CPU a message, the rate the same within
-    the noise (1.00-1.02 ×).  The kernel keeps a niced process running on an
+    transaction (figures in bench/README.md).  The kernel keeps a niced process running on an
     otherwise idle CPU, and under contention gives it a share (nice 5 beside
     one nice-0 process: about a quarter of the CPU), so it is never starved:
     a committer that falls behind takes larger batches and catches up."""

@@ -24,19 +24,14 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-log = logging.getLogger(__name__)
+from ingest.tuning import FULL_RELOAD_EVERY, NEGATIVE_MAX, NEGATIVE_TTL, WATERMARK_OVERLAP
 
-FULL_RELOAD_EVERY = 60.0
-# Rows committed slightly out of order with their updated_at stamps are
-# still caught by overlapping the incremental window.
-WATERMARK_OVERLAP = timedelta(seconds=30)
-NEGATIVE_TTL = 5.0  # seconds a token the database did not have is answered 550 without asking again
-NEGATIVE_MAX = 10_000  # tokens remembered as missing; beyond that the memory starts over
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

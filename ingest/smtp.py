@@ -5,9 +5,9 @@ directory, keep DATA in memory (a spool file when large), hand it to the committ
 (durable in each tenant's bucket, then recorded) and only then answer 250.
 
 Why not aiosmtpd's SMTP class: it reads every command and every DATA line
-through a StreamReader coroutine, which caps one process at about 0.15 ×
-what the protocol allows on these machines even with a handler that does
-nothing.  This protocol parses commands from the receive buffer in the
+through a StreamReader coroutine, which caps one process at a small fraction
+of what the protocol allows even with a handler that does nothing (figures in
+bench/README.md, "Why the ingest is built this way").  This protocol parses commands from the receive buffer in the
 transport's callback, writes replies without a drain per line, and feeds
 DATA in whole chunks to `DataParser`; only the steps that wait (commit,
 STARTTLS, a DNS check) leave the callback.  Replies and limits follow
@@ -32,21 +32,26 @@ from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
+from ingest.tuning import (
+    ACCEPTED_LOG_DELAY,
+    DATA_MIN_RATE,
+    HOLD_BURST,
+    HOLD_RATE,
+    LINE_LIMIT,
+    LOOKUP_BURST,
+    LOOKUP_RATE,
+    MAX_BAD_COMMANDS,
+    MAX_JUNK_COMMANDS,
+    PAUSE_BUFFER,
+)
 from tenants.tokens import parse_local_part
 
 log = logging.getLogger(__name__)
 
-# RFC 5321 4.5.3.1.4 sets 512 octets as the least a server must take for a
-# command line; SMTPUTF8 addresses and parameters make real ones longer.
-LINE_LIMIT = 4096
-# Pipelined input held while a step waits; beyond it the socket is paused.
-PAUSE_BUFFER = 256 * 1024
-MAX_BAD_COMMANDS = 20
 # Commands that lead to no message, allowed between two messages (as Postfix's
 # smtpd_junk_command_limit): the per-line deadline alone would let a sender
 # that trickles "NOOP" a byte a second keep its session forever.
 JUNK_COMMANDS = {"NOOP", "RSET", "VRFY", "HELP", "EXPN", "HELO", "EHLO"}  # and refused RCPTs
-MAX_JUNK_COMMANDS = 100
 
 # RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
 MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
@@ -62,10 +67,6 @@ SOURCE_ROUTE_RE = re.compile(r"@[^@,:]+(?:,@[^@,:]+)*:")
 # and a NUL in an address got as far as the committer's batch (issue 16).
 # One search per command line, never per byte of DATA.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# A DATA must end within the timeout plus its bytes at this rate: a 150 MB
-# report is given 300 s + 5 h, as slow as a 64 kbit/s line, while a sender
-# that trickles a byte a second is closed after the timeout.
-DATA_MIN_RATE = 8 * 1024  # bytes per second
 
 REPLY_TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_UNKNOWN = "550 5.1.1 No such journal recipient"
@@ -93,13 +94,6 @@ REPLY_NEED_MAIL = "503 5.5.1 Error: need MAIL command"
 REPLY_NEED_RCPT = "503 5.5.1 Error: need RCPT command"
 REPLY_UNRECOGNIZED = "500 5.5.2 Error: command not recognized"
 REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
-
-
-LOOKUP_RATE = 0.2  # database lookups of unknown tokens per second and peer, after…
-LOOKUP_BURST = 20  # …a burst of this many
-HOLD_RATE = 0.1  # messages per second and peer for the holding area (postmaster, unclaimed validation mail), after…
-HOLD_BURST = 50  # …a burst of this many: neither is ever more than a trickle
-ACCEPTED_LOG_DELAY = 0.2  # seconds an accepted message's log line may wait for its burst
 
 
 def without_source_route(address: str) -> str | None:
@@ -139,12 +133,10 @@ class AcceptedLog:
 
     A line per accepted message is what an operator greps for the queue id
     a sender was given.  Made one at a time between the sessions' callbacks,
-    a line cost the ingest 22 µs of CPU in place (6 µs in a tight loop, where
-    the logging code stays in the CPU's caches): a tenth of its throughput
-    (bench/smtp.py load: 3,830 msgs/s with the lines, 4,270 without).  So
+    the lines cost a tenth of the ingest's throughput (bench/README.md), so
     each accepted message is noted here and the lines are written every
-    ACCEPTED_LOG_DELAY seconds in one burst (measured: about half the cost),
-    each with the time of its acceptance.  A graceful stop writes what is
+    ACCEPTED_LOG_DELAY seconds in one burst, each with the time of its
+    acceptance.  A graceful stop writes what is
     noted (`flush`); a process killed with -9 loses at most that many
     seconds of lines, as the buffered log handler does: what was accepted is
     recorded in the database, not in the log.
@@ -167,7 +159,7 @@ class AcceptedLog:
             return
         # One record made the usual way (record factory, thread, process);
         # each line is a copy of it with its own arguments and times:
-        # LogRecord.__init__ was a quarter of a line's cost (24.7 -> 18.7 µs).
+        # LogRecord.__init__ was a quarter of a line's cost.
         template = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, self.MESSAGE, (), None)
         fields, kind = template.__dict__, type(template)
         made, relative = template.created, template.relativeCreated

@@ -1,21 +1,18 @@
 """The embedded default: Tantivy (tantivy-py), one index folder per tenant
 under `DATA_DIR/index/v3/`, no server.
 
-Why Tantivy and not SQLite FTS5, measured on this 2-core machine with the
-synthetic tenant of bench/search.py (figures in the commit):
+Why Tantivy and not SQLite FTS5 (the measurements, with the synthetic
+tenant of bench/search.py, are in bench/README.md):
 
 * Every archive search is "newest first, with a total count". Tantivy
   collects the top k by a columnar timestamp while it counts, so even a word
-  found in half of all mail stays in tens of milliseconds at 1,000,000
-  messages. FTS5 has to materialise every match, join it to the date column
-  and sort: a prototype needed 267 ms (p50) for such a word at only 200,000
-  messages, growing linearly (~1.3 s at 1M); a 2% word 31 ms, a phrase 40 ms.
+  found in half of all mail stays fast at a million messages. FTS5 has to
+  materialise every match, join it to the date column and sort, growing
+  linearly with the matches.
 * Phrases, per-field search, boolean trees and date ranges are native query
   objects built straight from our AST; no query string is ever assembled
   from user input.
-* Indexing is not the reason: FTS5 loaded ~2,000 messages/s, this backend
-  ~700 in batches of 500 including the version check and merges. Both are
-  well above the 200/s one worker needs.
+* Indexing is not the reason: both load well above what one worker needs.
 
 What it costs, and how this module deals with it:
 
@@ -23,9 +20,9 @@ What it costs, and how this module deals with it:
   worker child). A writer lives for one batch, under an exclusive fcntl lock
   (`writer.lock`) waited for at most `lock_timeout` seconds; after that,
   SearchUnavailable tells the task to retry with backoff.
-* A commit fsyncs (~0.1-0.2 s here): one message per index() call caps a
-  writer at a few messages/s, so callers index in batches.
-* Readers reload the segment list before every search (~0.1 ms), so a commit
+* A commit fsyncs: one message per index() call caps a writer at a few
+  messages/s, so callers index in batches.
+* Readers reload the segment list before every search (cheap), so a commit
   by another process is visible at once.
 * A folder per tenant: a search never walks another tenant's postings (the
   folder *is* the tenant filter, checked against the scoped query's
@@ -135,7 +132,7 @@ class _TenantIndex:
         self.index.config_reader(reload_policy="Manual")
 
     def searcher(self) -> tantivy.Searcher:
-        # Another process may have committed: pick up its segments first (~0.1 ms).
+        # Another process may have committed: pick up its segments first.
         self.index.reload()
         return self.index.searcher()
 

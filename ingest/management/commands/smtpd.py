@@ -13,8 +13,9 @@ from django.db import connections
 
 from infra.logs import cheap_records
 from infra.runtime import settle_heap
-from ingest.commitd import RESTART_DELAY, SharedCommitter
+from ingest.commitd import SharedCommitter
 from ingest.server import IngestServer, new_event_loop
+from ingest.tuning import RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,11 @@ class Command(BaseCommand):
         The committer is restarted if it dies (the ingest processes answer
         451 meanwhile and reconnect); it ends by itself once every ingest
         process has finished and closed its connection.
+
+        Our own loop because nothing standard fits: multiprocessing's Pool
+        and Process restart nothing and cannot wait on the committer beside
+        the workers, gunicorn's arbiter serves WSGI apps only, and a process
+        manager (systemd, honcho) would give each process its own committer.
         """
         connections.close_all()  # never share a database connection across fork
         shared = SharedCommitter()
