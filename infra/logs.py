@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from typing import TextIO
 
 TOKEN_RE = re.compile(r"(journal-\d{6})[0-9A-Za-z]{57}")
 
@@ -43,7 +44,7 @@ class PlainFormatter(logging.Formatter):
     stack another formatter cached on the record included); the time's
     seconds are formatted once per second, not once per line."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self._stamp = (-1, "")  # (second, its text): read and replaced whole, never half of each
 
@@ -62,7 +63,7 @@ class PlainFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, for log shippers (ARCHIVA_LOG_FORMAT=json); the whole line redacted."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         import json
@@ -82,7 +83,7 @@ class JSONFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False))
 
 
-class BufferedStreamHandler(logging.StreamHandler):
+class BufferedStreamHandler(logging.StreamHandler[TextIO]):
     """Standard error, written in blocks when it is not a terminal.
 
     A busy ingest logs a line for every accepted message; a write(2) for

@@ -43,9 +43,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from ingest import metrics
-from ingest.record import Envelope, GroupCommitter, Job
+from ingest.record import Envelope, GroupCommitter, Job, Outcome
 from ingest.tuning import LISTEN_POLL, MAX_BATCH_BYTES, RECEIVE_SIZE, RESTART_DELAY
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,20 @@ HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A committer's reply to one request: (request id, queue id, sha256, None) or (request id, None, None, error).
+Reply = tuple[int, str | None, str | None, str | None]
+
+
 class CommitFailed(Exception):
     """The committer could not make a message durable (storage, database, or itself)."""
 
 
-def frame(obj) -> bytes:
+def frame(obj: object) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(data)) + data
 
 
-def unframe(buf: bytearray) -> list:
+def unframe(buf: bytearray) -> list[Any]:
     """Take every complete frame off the front of buf (one deletion at the end:
     deleting each frame from the front would move the rest every time)."""
     items = []
@@ -121,7 +126,7 @@ class CommitService:
         self.selector.register(sock, selectors.EVENT_READ, connection)
         self._send(connection, [])  # ready: the ingest starts listening only now
 
-    def _send(self, connection: _Connection, replies: list) -> None:
+    def _send(self, connection: _Connection, replies: list[Reply]) -> None:
         """Send a frame of replies, or as much as the socket takes now; the
         rest waits in the connection's outbox for the selector.  An ingest
         process that stops reading (wedged, or stopped) must not hold up the
@@ -193,9 +198,9 @@ class CommitService:
             if self.listener is not None:
                 self.listener.close()
 
-    def _answer(self, owner: dict[int, _Connection], outcomes: list) -> None:
+    def _answer(self, owner: dict[int, _Connection], outcomes: list[Outcome]) -> None:
         """Each connection gets one frame with its replies (outcomes come in no particular order)."""
-        replies: dict[_Connection, list] = {}
+        replies: dict[_Connection, list[Reply]] = {}
         for job, error in outcomes:
             replies.setdefault(owner[id(job)], []).append(
                 (job.request_id, job.queue_id, job.sha256, None)
@@ -206,6 +211,7 @@ class CommitService:
             self._send(connection, answers)
 
     def _accept(self) -> None:
+        assert self.listener is not None  # the selector reports only a registered listener
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -223,6 +229,7 @@ class CommitService:
             self._close_listener()  # every ingest process of the host has gone: the work is done
 
     def _close_listener(self) -> None:
+        assert self.listener is not None  # callers check
         self.selector.unregister(self.listener)
         self.listener.close()
         self.listener = None
@@ -239,16 +246,19 @@ class CommitterClient(asyncio.Protocol):
         self.in_thread = in_thread
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}  # its loop's commit-queue gauge: kept, never replaced
+        self._pending: dict[
+            int, asyncio.Future[tuple[str, str]]
+        ] = {}  # its loop's commit-queue gauge: kept, never replaced
         counts.commit_queue = self._pending  # served at /metrics as this loop's commit queue
         self._buf = bytearray()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future | None = None
+        # Set by start(): nothing uses them before.
+        self._loop: asyncio.AbstractEventLoop
+        self._ready: asyncio.Future[None]
 
     async def start(self, timeout: float = 120) -> None:
         """Start the committer (or connect to the shared one) and wait until it is ready to take messages."""
@@ -259,6 +269,7 @@ class CommitterClient(asyncio.Protocol):
         await asyncio.wait_for(asyncio.shield(self._ready), timeout)
 
     def _connect_shared(self, timeout: float) -> socket.socket:
+        assert self.address is not None  # the caller checks
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -281,7 +292,9 @@ class CommitterClient(asyncio.Protocol):
             log.info("committer process %d started", self._process.pid)
         return ours
 
-    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int) -> asyncio.Future:
+    def submit(
+        self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int
+    ) -> asyncio.Future[tuple[str, str]]:
         """Hand a message over; sha256 None for bytes, which the committer hashes."""
         future = self._loop.create_future()
         if self._transport is None:
@@ -302,7 +315,7 @@ class CommitterClient(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream connection's transport, not BaseTransport
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -365,7 +378,7 @@ class CommitterClient(asyncio.Protocol):
             await self._loop.run_in_executor(None, self._thread.join, timeout)
 
 
-def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen:
+def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen[bytes]:
     """Start `python -m ingest.committer_process [--listen] FD`, handing it socket `fd`."""
     return subprocess.Popen(
         [sys.executable, "-m", "ingest.committer_process", *(["--listen"] if listening else []), str(fd)],
@@ -424,12 +437,12 @@ class SharedCommitter:
     batches half the size.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.address = f"\0archiva-committer-{os.getpid()}-{secrets.token_hex(8)}"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.address)
         self.listener.listen(64)
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> int:
         self.process = spawn_committer(self.listener.fileno(), listening=True)
@@ -439,6 +452,7 @@ class SharedCommitter:
     def exited(self, status: int) -> None:
         """The parent reaped the committer (os.wait): Popen must not wait for it again,
         or it could reap a later child that got the same pid."""
+        assert self.process is not None  # started
         self.process.returncode = os.waitstatus_to_exitcode(status)
 
     def stop(self) -> None:

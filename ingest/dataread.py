@@ -17,9 +17,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ingest.tuning import DOT_PROBES, FAR_DOT, MEMORY_LIMIT, SMALL, THICK_WINDOW
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,7 @@ class DataSink:
         self.size = 0
         self.overflow = False
         self.error: OSError | None = None
-        self.digest = None  # of a spooled message, from the spill on
+        self.digest: HASH | None = None  # of a spooled message, from the spill on
         self.path: Path | None = None  # the spool file, once spilled
         self._chunks: list[bytes] = []
         self._out: BinaryIO | None = None
@@ -109,6 +112,7 @@ class DataSink:
             self._spill()
             if self._out is None:
                 return
+        assert self.digest is not None  # made with the spool file
         self.digest.update(data)
         try:
             self._out.write(data)
@@ -121,13 +125,14 @@ class DataSink:
             try:
                 fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
             except FileNotFoundError:  # first spill, or the folder was removed: make it once
+                assert self.spool_dir is not None  # write() spills only with one
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
             self.path = Path(name)
             self._out = os.fdopen(fd, "wb")
-            self.digest = hashlib.sha256()
+            self.digest = digest = hashlib.sha256()
             for chunk in self._chunks:
-                self.digest.update(chunk)
+                digest.update(chunk)
                 self._out.write(chunk)
             self._chunks = []
         except OSError as exc:

@@ -163,7 +163,8 @@ class IngestServer:
         self.service.accepted_log.flush()
         self.directory.stop()
         self._stopping.set()
-        await self.committer.close()
+        if self.committer is not None:  # set by start(), which made _server
+            await self.committer.close()
         await loop.run_in_executor(None, self._housekeeping.join, 10)
         self._stopped.set()
 
@@ -200,7 +201,7 @@ class IngestServer:
     def start_in_thread(self) -> IngestServer:
         ready = threading.Event()
 
-        def run():
+        def run() -> None:
             loop = new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop

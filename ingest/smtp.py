@@ -27,7 +27,7 @@ from pathlib import Path
 from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
-from ingest.directory import DirectoryUnavailable, TokenDirectory
+from ingest.directory import DirectoryUnavailable, Route, TokenDirectory
 from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
@@ -96,6 +96,11 @@ REPLY_UNRECOGNIZED = "500 5.5.2 Error: command not recognized"
 REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
 
 
+# (reply, route, rejection reason; "" for none); `Router.route`'s reply None asks for `route_fresh`.
+Routed = tuple[str, Route | None, str]
+Routing = tuple[str | None, Route | None, str]
+
+
 def without_source_route(address: str) -> str | None:
     """The mailbox of a path, without its source route; None for a malformed route."""
     if not address.startswith("@"):
@@ -144,8 +149,8 @@ class AcceptedLog:
 
     MESSAGE = "accepted %s size=%d sha256=%s tenants=%s rcpts=%d"
 
-    def __init__(self):
-        self._noted: list[tuple] = []
+    def __init__(self) -> None:
+        self._noted: list[tuple[float, str, int, str, list[int], int]] = []
 
     def add(self, queue_id: str, size: int, sha256: str, tenants: list[int], recipients: int) -> None:
         # Tenant ids, not recipients: a journal address carries its tenant's secret token.
@@ -273,7 +278,7 @@ class Router:
         self.postmaster = held_route(HELD_POSTMASTER, policy.region)
         self.unclaimed_validation = held_route(HELD_VALIDATION, policy.region)
 
-    def route(self, address: str, mail_from: str = "", peer: str | None = None):
+    def route(self, address: str, mail_from: str = "", peer: str | None = None) -> Routing:
         """(reply, route, rejection reason): cheap format checks first, then the cached lookup.
 
         Tenant and region come from the token (or, for the connector's
@@ -318,26 +323,28 @@ class Router:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         return self._admit(route, peer)
 
-    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None):
+    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None) -> Routed:
         """`route` for what the cache did not know, asking the database (blocking: run it in a thread).
 
         A journal token issued since the cache's last refresh is found; the
         validation address goes to the tenant that verified the sender's
         domain, or, if none has, to the holding area (ingest.held)."""
         local = address.rpartition("@")[0]
+        route: Route | None
         try:
             if local.lower() == self.policy.validation_local_part:
                 sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
                 route = self.directory.fetch_domain(sender_domain) or self.unclaimed_validation
             else:
-                route = self.directory.fetch(parse_local_part(local))
+                token = parse_local_part(local)
+                route = self.directory.fetch(token) if token is not None else None
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         if route is None:
             return REPLY_UNKNOWN, None, "unknown_recipient"
         return self._admit(route, peer)
 
-    def _admit(self, route, peer: str | None):
+    def _admit(self, route: Route, peer: str | None) -> Routed:
         # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
@@ -425,7 +432,7 @@ class SMTPSession(asyncio.Protocol):
 
     # --- transport callbacks ------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream server's transport, not BaseTransport
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
@@ -569,7 +576,7 @@ class SMTPSession(asyncio.Protocol):
         future = asyncio.ensure_future(step)
         future.add_done_callback(self._step_done)
 
-    def _step_done(self, future: asyncio.Future) -> None:
+    def _step_done(self, future: asyncio.Future[str | None]) -> None:
         self._busy = False
         self._restart_line()
         try:
@@ -599,6 +606,7 @@ class SMTPSession(asyncio.Protocol):
             return
         timeout = self.service.timeout
         if self._data is not None:
+            assert self._sink is not None  # the sink lives as long as the parser
             size = min(self._sink.size, self.policy.max_size)
             late = now >= self._data_started + timeout + size / DATA_MIN_RATE
         elif self._buf or self._discarding:
@@ -653,10 +661,12 @@ class SMTPSession(asyncio.Protocol):
             # RFC 3207 5: anything pipelined after STARTTLS is discarded, and
             # the socket is held until the handshake takes it over.
             self._buf.clear()
+            assert self.transport is not None  # a command came from it
             self.transport.pause_reading()
             self._wait(self._start_tls())
 
     async def _start_tls(self) -> None:
+        assert self.transport is not None and self.service.tls_context is not None  # smtp_STARTTLS checked
         try:
             transport = await self._loop.start_tls(
                 self.transport,
@@ -776,10 +786,12 @@ class SMTPSession(asyncio.Protocol):
 
     async def _rcpt_after_lookup(self, address: str) -> None:
         router = self.service.router
-        routed = await self._loop.run_in_executor(None, router.route_fresh, address, self.mail_from, self.peer)
+        mail_from = self.mail_from
+        assert mail_from is not None  # smtp_RCPT checked; input waits for this step
+        routed = await self._loop.run_in_executor(None, router.route_fresh, address, mail_from, self.peer)
         self._rcpt_routed(address, *routed)
 
-    def _rcpt_routed(self, address: str, reply: str, route, reason: str) -> None:
+    def _rcpt_routed(self, address: str, reply: str, route: Route | None, reason: str) -> None:
         if route is not None:
             if len(self.rcpt_tos) >= self.policy.max_recipients:
                 reply, reason = REPLY_TOO_MANY_RCPT, "too_many_recipients"
@@ -792,6 +804,7 @@ class SMTPSession(asyncio.Protocol):
             if self._junk():
                 return
         else:
+            assert self.envelope is not None and route is not None  # MAIL started it; no reason: routed
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
         self.service.counts.reply("RCPT", reply)
@@ -860,6 +873,7 @@ class SMTPSession(asyncio.Protocol):
     # --- DATA -------------------------------------------------------------------
 
     def _feed(self, chunk: bytes) -> None:
+        assert self._data is not None  # called only in DATA
         leftover = self._data.feed(chunk)
         if leftover is None:
             return
@@ -868,6 +882,7 @@ class SMTPSession(asyncio.Protocol):
         self._line_started = self._last_activity
         self._data = None
         sink, self._sink = self._sink, None
+        assert sink is not None and self.envelope is not None and self.service.committer is not None  # DATA began
         message = sink.finish()
         if message is None:
             self._end_data(self._refusal_after_data(sink))
@@ -888,7 +903,7 @@ class SMTPSession(asyncio.Protocol):
             self.policy.reject("spool_full", tenant_id)
         return REPLY_SPOOL_FULL
 
-    def _committed(self, future: asyncio.Future, sink: DataSink, started: float) -> None:
+    def _committed(self, future: asyncio.Future[tuple[str, str]], sink: DataSink, started: float) -> None:
         self._busy = False
         self._restart_line()
         error = future.exception()

@@ -245,6 +245,7 @@ def process(delivery_id: int, index: bool = True) -> str:
         if actions.archive_delivery(delivery, parsed) is None:
             return Delivery.Status.PARSE_FAILED
     if delivery.status == Delivery.Status.ARCHIVED and index:
+        assert delivery.message is not None  # archived: its message exists
         delivery.message.refresh_from_db()
         actions.index_message(delivery.message)
     return delivery.status
@@ -279,12 +280,12 @@ def stranded_deliveries(now=None, grace: float | None = None):
     from archive.models import Message
 
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
+    window = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
     unfinished = Q(status__in=[Delivery.Status.STORED, Delivery.Status.RECEIVED]) | Q(
         status=Delivery.Status.ARCHIVED, message__index_status=Message.IndexStatus.PENDING
     )
     return Delivery.objects.filter(unfinished).filter(
-        Q(enqueued_at__isnull=True, received_at__lt=now - grace) | Q(enqueued_at__lt=now - requeue_after())
+        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=now - requeue_after())
     )
 
 

@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import tantivy
 from tantivy import Occur, Query
@@ -180,9 +181,10 @@ class EmbeddedBackend(SearchBackend):
     # --- writing ------------------------------------------------------------------
 
     @contextmanager
-    def _writer(self, tenant_id: int):
+    def _writer(self, tenant_id: int) -> Iterator[tuple[_TenantIndex, tantivy.IndexWriter]]:
         """The only IndexWriter on a tenant's folder, across threads and processes."""
         tenant = self._tenant(tenant_id, create=True)
+        assert tenant is not None  # create=True opens one
         with _file_lock(tenant.path / "writer.lock", self.lock_timeout):
             try:
                 writer = tenant.index.writer(heap_size=self.writer_heap, num_threads=1)
@@ -268,13 +270,15 @@ class EmbeddedBackend(SearchBackend):
         rows.sort(reverse=True)
         return Hits(result.count, [doc_id for _, doc_id in rows[offset:window]])
 
-    def _rows(self, searcher: tantivy.Searcher, hits) -> list[tuple[int, int]]:
+    def _rows(self, searcher: tantivy.Searcher, hits: list[tuple[int, Any]]) -> list[tuple[int, int]]:
         if not hits:
             return []
         ids = searcher.fast_field_values("id", [address for _, address in hits])
         return [(ts, doc_id) for (ts, _), doc_id in zip(hits, ids, strict=True)]
 
-    def _complete_ties(self, searcher, translated: Query, rows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _complete_ties(
+        self, searcher: tantivy.Searcher, translated: Query, rows: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
         """Tantivy orders by one field; messages with the page's oldest
         timestamp may have been cut arbitrarily. Fetch all of them so the
         id tiebreak is exact."""
@@ -392,7 +396,7 @@ def _warn_if_upgraded(root: Path) -> None:
 
 
 @contextmanager
-def _file_lock(path: Path, timeout: float):
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive flock, waited for at most `timeout` seconds."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
