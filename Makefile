@@ -22,8 +22,8 @@ MANAGE    := $(BIN)/honcho run -- $(PY) manage.py
 
 help:
 	@echo "make run      create .venv, migrate, collect static files, run web + smtpd + worker (Ctrl-C stops all)"
-	@echo "make test     create .venv with dev tools, run ruff and the whole pytest suite (artifacts in $(ARTIFACTS)/)"
-	@echo "make lint     ruff check and ruff format --check"
+	@echo "make test     create .venv with dev tools, run ruff, mypy and the whole pytest suite (artifacts in $(ARTIFACTS)/)"
+	@echo "make lint     ruff check, ruff format --check and mypy"
 	@echo "make fmt      ruff format and ruff check --fix"
 	@echo "make migrate  apply database migrations"
 	@echo "make bench    run bench/*.py"
@@ -71,15 +71,18 @@ test: $(DEV_STAMP)
 	@status=0; \
 	echo "== ruff check"; \
 	$(BIN)/ruff check --output-format=concise . 2>&1 | tee $(ARTIFACTS)/ruff.txt || status=1; \
+	echo "== mypy"; \
+	$(BIN)/mypy 2>&1 | tee $(ARTIFACTS)/mypy.txt || status=1; \
 	echo "== pytest"; \
 	ARCHIVA_TEST_ARTIFACTS=$(ARTIFACTS) $(BIN)/pytest --junitxml=$(ARTIFACTS)/junit.xml -o junit_suite_name=archiva --durations=15 \
 		$(PYTEST_ARGS) 2>&1 | tee $(ARTIFACTS)/pytest.log || status=1; \
-	echo "Artifacts: $(ARTIFACTS)/ (junit.xml, pytest.log, ruff.txt, screenshots/)"; \
+	echo "Artifacts: $(ARTIFACTS)/ (junit.xml, pytest.log, ruff.txt, mypy.txt, screenshots/)"; \
 	exit $$status
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 fmt: $(DEV_STAMP)
 	$(BIN)/ruff format .
@@ -95,5 +98,5 @@ bench: $(DEV_STAMP)
 	[ $$found = 1 ] || echo "No benchmarks in bench/."
 
 clean:
-	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(ARTIFACTS) .pytest_cache .ruff_cache .mypy_cache .hypothesis
 	find . -path ./var -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

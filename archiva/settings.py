@@ -117,7 +117,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "archiva.sqlite3",
+            "NAME": str(DATA_DIR / "archiva.sqlite3"),
             # WAL lets the web app, the ingest and the worker share the file;
             # IMMEDIATE transactions avoid "database is locked" on upgrade.
             "OPTIONS": {

@@ -120,6 +120,7 @@ class Extractor:
                     problems.append("MIME structure nested too deeply: inner parts not read")
                     continue
                 children = part.get_payload()
+                assert isinstance(children, list)  # a multipart's payload is its parts
                 stack.extend((child, level + 1) for child in reversed(children) if isinstance(child, Message))
                 continue
             self.parts_seen += 1
@@ -159,7 +160,9 @@ class Extractor:
 
     def _nested(self, part: Message, name: str, depth: int) -> Attachment:
         children = part.get_payload()
-        inner = children[0] if children and isinstance(children[0], Message) else Message()
+        inner = (
+            children[0] if isinstance(children, list) and children and isinstance(children[0], Message) else Message()
+        )
         cte = str(part.get("content-transfer-encoding", "")).strip().lower()
         if cte in ("base64", "quoted-printable"):  # not allowed for message/rfc822, sent all the same
             body = part_payload(inner, self.limits.max_attachment_bytes)[0] or b""

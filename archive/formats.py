@@ -31,7 +31,8 @@ class _Text:
     """Collects text up to a cap; `full` tells the caller to stop reading."""
 
     def __init__(self, cap: int) -> None:
-        self.cap, self.size, self.parts = cap, 0, []
+        self.cap, self.size = cap, 0
+        self.parts: list[str] = []
 
     def add(self, text: str) -> None:
         if text and self.size < self.cap:

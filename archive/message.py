@@ -144,7 +144,7 @@ def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
     """
     # The stored, still-encoded text: get_payload() without decode would
     # decode 8-bit content with the charset label and can raise.
-    encoded = part._payload  # noqa: SLF001
+    encoded = part._payload  # type: ignore[attr-defined]  # noqa: SLF001 - typeshed leaves the stdlib's own out
     if not isinstance(encoded, str):
         return b"", 0
     # Decoding never grows a payload beyond this (base64 shrinks it by a
@@ -167,7 +167,7 @@ def part_payload(part: Message, max_bytes: int) -> tuple[bytes | None, int]:
 def part_payload_head(part: Message, max_bytes: int) -> bytes:
     """About the first `max_bytes` of a part's payload, transfer encoding undone,
     without decoding the rest: the start of a body too large to read whole."""
-    encoded = part._payload  # noqa: SLF001 - see part_payload
+    encoded = part._payload  # type: ignore[attr-defined]  # noqa: SLF001 - see part_payload
     if not isinstance(encoded, str):
         return b""
     cte = str(part.get("content-transfer-encoding", "")).strip().lower().encode()

@@ -151,9 +151,9 @@ def parse_headers(head: bytes) -> list[tuple[str, bytes]]:
     fields: list[tuple[str, bytes]] = []
     for line in re.split(rb"\r?\n", head[:MAX_HEADER_BLOCK]):
         if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
+            last, value = fields[-1]
             if len(value) < MAX_HEADER_VALUE:
-                fields[-1] = (name, value + b" " + line.strip())
+                fields[-1] = (last, value + b" " + line.strip())
             continue
         name, colon, value = line.partition(b":")
         if colon and name and b" " not in name.strip():

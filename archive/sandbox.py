@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from archive.limits import DEFAULT_LIMITS, Skip
 
@@ -152,12 +152,13 @@ class Sandbox:
         proc.wait()
         for stream in (proc.stdin, proc.stdout):
             try:
-                stream.close()
+                if stream is not None:  # always pipes here
+                    stream.close()
             except OSError:
                 pass
 
 
-def _read_exact(stream: BinaryIO, size: int, deadline: float) -> bytes:
+def _read_exact(stream: IO[bytes], size: int, deadline: float) -> bytes:
     fd = stream.fileno()
     chunks: list[bytes] = []
     remaining = size

@@ -8,6 +8,7 @@ import re
 import sys
 import threading
 import time
+from typing import TextIO
 
 TOKEN_RE = re.compile(r"(journal-\d{6})[0-9A-Za-z]{57}")
 
@@ -23,8 +24,8 @@ def cheap_records() -> None:
     prints: the caller's file and line (a walk up the stack) and the
     multiprocessing process name.  The logging HOWTO's "Optimization"
     section documents these switches.  For the ingest, which makes a record
-    for every accepted message (48 -> 21 µs a line, with the filter's single
-    formatting and the plain formatter's cached time); other processes keep
+    for every accepted message (with the filter's single formatting and the
+    plain formatter's cached time, half the cost of a line); other processes keep
     the caller for their tracebacks and test output."""
     logging._srcfile = None
     logging.logMultiprocessing = False
@@ -43,7 +44,7 @@ class PlainFormatter(logging.Formatter):
     stack another formatter cached on the record included); the time's
     seconds are formatted once per second, not once per line."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
         self._stamp = (-1, "")  # (second, its text): read and replaced whole, never half of each
 
@@ -62,7 +63,7 @@ class PlainFormatter(logging.Formatter):
 class JSONFormatter(logging.Formatter):
     """One JSON object per line, for log shippers (ARCHIVA_LOG_FORMAT=json); the whole line redacted."""
 
-    converter = time.gmtime
+    converter = staticmethod(time.gmtime)
 
     def format(self, record: logging.LogRecord) -> str:
         import json
@@ -82,12 +83,12 @@ class JSONFormatter(logging.Formatter):
         return redact(json.dumps(entry, ensure_ascii=False))
 
 
-class BufferedStreamHandler(logging.StreamHandler):
+class BufferedStreamHandler(logging.StreamHandler[TextIO]):
     """Standard error, written in blocks when it is not a terminal.
 
     A busy ingest logs a line for every accepted message; a write(2) for
-    each line to a log file took ~20 % of an ingest process's throughput
-    (bench: 1,257 -> 1,605 msg/s without them).  Here WARNING and above are
+    each line to a log file took a fifth of an ingest process's throughput
+    (bench/README.md).  Here WARNING and above are
     written at once, lower levels at least every `interval` seconds and at
     exit; a process killed with -9 may lose its last `interval` of INFO
     lines (what was accepted is recorded in the database, not in the log).

@@ -16,9 +16,9 @@ def settle_heap() -> None:
     hundreds of thousands of objects that live as long as the process) out of
     the collector's reach (gc.freeze), and collect young objects less often.
 
-    Measured (bench/smtp.py load, interleaved A/B, 3 rounds): 3,600 -> 3,720
-    msgs/s and 2.5 % less CPU a message.  Cycles are still collected, just
-    later; the benchmark's 100,000-message soak shows the memory flat.
+    A few per cent more messages a second for less CPU (bench/README.md).
+    Cycles are still collected, just later; the benchmark's soak shows the
+    memory flat.
     """
     gc.collect()
     gc.freeze()

@@ -16,10 +16,12 @@ import hashlib
 import os
 import random
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -28,6 +30,7 @@ CHUNK = 1024 * 1024
 # (bucket, key, the object's bytes or a file holding them, their sha256); the
 # sha256 may be None for bytes named otherwise (a pack, see `pack_key`)
 Item = tuple[str, str, "bytes | Path", "str | None"]
+_T = TypeVar("_T")
 
 
 class StorageError(Exception):
@@ -82,7 +85,9 @@ class BlobStore:
         """
         raise NotImplementedError
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: Sequence[Item], *, consume: bool = False, durable: bool = True
+    ) -> list[Exception | None]:
         """Store several (bucket, key, bytes or file, sha256) objects at once;
         all durable when it returns.  One result per item, None where stored,
         so one tenant's missing bucket does not fail the others'.  With
@@ -95,7 +100,7 @@ class BlobStore:
         upload's checksum)."""
         raise NotImplementedError
 
-    def put_many(self, items: list[tuple[str, str, bytes, str]]) -> None:
+    def put_many(self, items: Sequence[Item]) -> None:
         """`put_objects` for callers that need all or nothing: the first error is raised."""
         for error in self.put_objects(items):
             if error is not None:
@@ -149,7 +154,7 @@ def _holds(target: str, payload: bytes | Path) -> bool:
     return size == (len(payload) if isinstance(payload, bytes) else payload.stat().st_size)
 
 
-def _load_syncfs():
+def _load_syncfs() -> Callable[[int], int] | None:
     """Linux's syncfs(2), which flushes one filesystem; None elsewhere."""
     try:
         return ctypes.CDLL(None, use_errno=True).syncfs
@@ -160,7 +165,7 @@ def _load_syncfs():
 _syncfs = _load_syncfs()
 
 
-def sync_filesystems(paths) -> None:
+def sync_filesystems(paths: Iterable[Path]) -> None:
     """Flush the filesystems holding these folders, each once (`syncfs`).
 
     Where syncfs is missing there is nothing to do: stores then flush every
@@ -207,9 +212,9 @@ class FolderStore(BlobStore):
 
     def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         """The bucket's folder and the 512 folders of `raw_key` and `pack_key`,
-        made now (about 25 ms): a new tenant's first few hundred commit batches
-        would otherwise each create one, a mkdir and a larger flush (≈0.5 ms)
-        that the senders wait for."""
+        made now: a new tenant's first few hundred commit batches would
+        otherwise each create one, a mkdir and a larger flush that the
+        senders wait for."""
         folder = self._bucket(bucket)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -231,7 +236,9 @@ class FolderStore(BlobStore):
         if error is not None:
             raise error
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: Sequence[Item], *, consume: bool = False, durable: bool = True
+    ) -> list[Exception | None]:
         """Group commit: two `syncfs` for the whole batch instead of two fsyncs per object.
 
         Each new object is first a read-only temporary next to its target
@@ -305,7 +312,7 @@ class FolderStore(BlobStore):
             os.close(fd)
         return tmp
 
-    def _in_folder(self, bucket: str, target: str, call, *args):
+    def _in_folder(self, bucket: str, target: str, call: Callable[..., _T], *args: Any) -> _T:
         """call(*args), creating target's folder first if it is missing (never a missing bucket)."""
         try:
             return call(*args)
@@ -315,7 +322,9 @@ class FolderStore(BlobStore):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             return call(*args)
 
-    def _place_all(self, items, staged: dict[str, tuple[int, str]], results: list, durable: bool) -> None:
+    def _place_all(
+        self, items: Sequence[Item], staged: dict[str, tuple[int, str]], results: list[Exception | None], durable: bool
+    ) -> None:
         if durable:
             try:
                 self._sync(Path(tmp) for _, tmp in staged.values())  # the bytes
@@ -337,7 +346,7 @@ class FolderStore(BlobStore):
                 for n in placed:
                     results[n] = StorageError(f"cannot flush {len(placed)} objects: {exc}")
 
-    def _sync(self, paths) -> None:
+    def _sync(self, paths: Iterable[Path]) -> None:
         """Flush the filesystem that holds the buckets (each path where syncfs is missing)."""
         if _syncfs is not None:
             sync_filesystems([self.root])
@@ -411,7 +420,7 @@ class S3Store(BlobStore):
         )
         self.region = region
 
-    def _errors(self):
+    def _errors(self) -> tuple[type[Exception], ...]:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -419,7 +428,7 @@ class S3Store(BlobStore):
 
     def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         try:
-            kwargs = {"Bucket": bucket}
+            kwargs: dict[str, Any] = {"Bucket": bucket}
             if self.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
             try:
@@ -461,13 +470,16 @@ class S3Store(BlobStore):
         except self._errors() as exc:
             raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
 
-    def put_objects(self, items: list[Item], *, consume: bool = False, durable: bool = True) -> list[Exception | None]:
+    def put_objects(
+        self, items: Sequence[Item], *, consume: bool = False, durable: bool = True
+    ) -> list[Exception | None]:
         """Parallel PUTs; each completed PUT is durable, whatever `durable` says."""
 
-        def put(item) -> Exception | None:
+        def put(item: Item) -> Exception | None:
             bucket, key, payload, sha256 = item
             try:
                 if sha256 is None:  # bytes named otherwise (a pack): the upload is checked all the same
+                    assert not isinstance(payload, Path)  # a spooled file always comes with its hash
                     sha256 = hashlib.sha256(payload).hexdigest()
                 if isinstance(payload, Path):
                     self.put_file(bucket, key, payload, sha256)
@@ -541,6 +553,6 @@ def get_store() -> BlobStore:
     return FolderStore(settings.DATA_DIR / "buckets")
 
 
-def bucket_name_for(tenant_public_id) -> str:
+def bucket_name_for(tenant_public_id: uuid.UUID) -> str:
     prefix = settings.ARCHIVA_S3_BUCKET_PREFIX if settings.ARCHIVA_STORAGE == "s3" else "tenant-"
     return f"{prefix}{tenant_public_id.hex}"[:63]

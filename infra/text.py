@@ -11,6 +11,8 @@ bucket.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def storable_text(text: str) -> str:
     """`text` without NUL characters, and with any lone surrogate replaced (U+FFFD)."""
@@ -25,7 +27,7 @@ def storable_text(text: str) -> str:
     return text
 
 
-def storable(value):
+def storable(value: Any) -> Any:
     """`value` with every string in it (in lists, tuples and dicts too) made storable."""
     if isinstance(value, str):
         return storable_text(value)

@@ -3,8 +3,7 @@
 The event loop of an ingest process parses SMTP for hundreds of sessions;
 storing, recording and flushing are Python work too, and in the same process
 they would take the interpreter lock from the loop in every system call
-(measured: the committer's stages and the sessions' replies all ran 3-5 ×
-slower than alone).  So each ingest process starts its own committer
+and slow both down several times (bench/README.md).  So each ingest process starts its own committer
 process (`python -m ingest.committer_process FD`), connected by a private
 socketpair:
 
@@ -19,6 +18,12 @@ A session's 250 still waits for its own message to be stored and recorded;
 if the committer goes away, the messages in flight are answered 451 and a
 new committer is started.  Tests that run the ingest in a thread use the same
 socket protocol with the committer in a thread (`in_thread=True`).
+
+The frames are multiprocessing.connection's wire format (a 4-byte big-endian
+length, then the pickle), written by hand because its `Connection` blocks on
+every send and reads one message per two recv calls, while the committer
+serves every ingest process from one thread with non-blocking sends and
+1 MB reads, and the ingest's end is an asyncio Protocol.
 """
 
 from __future__ import annotations
@@ -38,30 +43,32 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from ingest import metrics
-from ingest.record import Envelope, GroupCommitter, Job
+from ingest.record import Envelope, GroupCommitter, Job, Outcome
+from ingest.tuning import LISTEN_POLL, MAX_BATCH_BYTES, RECEIVE_SIZE, RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
-RESTART_DELAY = 1.0
-RECEIVE_SIZE = 1 << 20
-LISTEN_POLL = 1.0  # seconds between checks of stop_listening
-MAX_BATCH_BYTES = 16 << 20  # then commit what is there before receiving more
+
+
+# A committer's reply to one request: (request id, queue id, sha256, None) or (request id, None, None, error).
+Reply = tuple[int, str | None, str | None, str | None]
 
 
 class CommitFailed(Exception):
     """The committer could not make a message durable (storage, database, or itself)."""
 
 
-def frame(obj) -> bytes:
+def frame(obj: object) -> bytes:
     data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return HEADER.pack(len(data)) + data
 
 
-def unframe(buf: bytearray) -> list:
+def unframe(buf: bytearray) -> list[Any]:
     """Take every complete frame off the front of buf (one deletion at the end:
     deleting each frame from the front would move the rest every time)."""
     items = []
@@ -119,7 +126,7 @@ class CommitService:
         self.selector.register(sock, selectors.EVENT_READ, connection)
         self._send(connection, [])  # ready: the ingest starts listening only now
 
-    def _send(self, connection: _Connection, replies: list) -> None:
+    def _send(self, connection: _Connection, replies: list[Reply]) -> None:
         """Send a frame of replies, or as much as the socket takes now; the
         rest waits in the connection's outbox for the selector.  An ingest
         process that stops reading (wedged, or stopped) must not hold up the
@@ -191,9 +198,9 @@ class CommitService:
             if self.listener is not None:
                 self.listener.close()
 
-    def _answer(self, owner: dict[int, _Connection], outcomes: list) -> None:
+    def _answer(self, owner: dict[int, _Connection], outcomes: list[Outcome]) -> None:
         """Each connection gets one frame with its replies (outcomes come in no particular order)."""
-        replies: dict[_Connection, list] = {}
+        replies: dict[_Connection, list[Reply]] = {}
         for job, error in outcomes:
             replies.setdefault(owner[id(job)], []).append(
                 (job.request_id, job.queue_id, job.sha256, None)
@@ -204,6 +211,7 @@ class CommitService:
             self._send(connection, answers)
 
     def _accept(self) -> None:
+        assert self.listener is not None  # the selector reports only a registered listener
         try:
             sock, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError):
@@ -221,6 +229,7 @@ class CommitService:
             self._close_listener()  # every ingest process of the host has gone: the work is done
 
     def _close_listener(self) -> None:
+        assert self.listener is not None  # callers check
         self.selector.unregister(self.listener)
         self.listener.close()
         self.listener = None
@@ -237,16 +246,19 @@ class CommitterClient(asyncio.Protocol):
         self.in_thread = in_thread
         self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}  # its loop's commit-queue gauge: kept, never replaced
+        self._pending: dict[
+            int, asyncio.Future[tuple[str, str]]
+        ] = {}  # its loop's commit-queue gauge: kept, never replaced
         counts.commit_queue = self._pending  # served at /metrics as this loop's commit queue
         self._buf = bytearray()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
-        self._process: subprocess.Popen | None = None
+        self._process: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready: asyncio.Future | None = None
+        # Set by start(): nothing uses them before.
+        self._loop: asyncio.AbstractEventLoop
+        self._ready: asyncio.Future[None]
 
     async def start(self, timeout: float = 120) -> None:
         """Start the committer (or connect to the shared one) and wait until it is ready to take messages."""
@@ -257,6 +269,7 @@ class CommitterClient(asyncio.Protocol):
         await asyncio.wait_for(asyncio.shield(self._ready), timeout)
 
     def _connect_shared(self, timeout: float) -> socket.socket:
+        assert self.address is not None  # the caller checks
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -279,7 +292,9 @@ class CommitterClient(asyncio.Protocol):
             log.info("committer process %d started", self._process.pid)
         return ours
 
-    def submit(self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int) -> asyncio.Future:
+    def submit(
+        self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int
+    ) -> asyncio.Future[tuple[str, str]]:
         """Hand a message over; sha256 None for bytes, which the committer hashes."""
         future = self._loop.create_future()
         if self._transport is None:
@@ -300,7 +315,7 @@ class CommitterClient(asyncio.Protocol):
 
     # --- asyncio.Protocol -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream connection's transport, not BaseTransport
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
@@ -363,7 +378,7 @@ class CommitterClient(asyncio.Protocol):
             await self._loop.run_in_executor(None, self._thread.join, timeout)
 
 
-def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen:
+def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen[bytes]:
     """Start `python -m ingest.committer_process [--listen] FD`, handing it socket `fd`."""
     return subprocess.Popen(
         [sys.executable, "-m", "ingest.committer_process", *(["--listen"] if listening else []), str(fd)],
@@ -378,9 +393,7 @@ def yield_to_sessions(increment: int) -> None:
     The sessions' event loop answers every command of every session and is
     what a sender waits on; the committer works in batches, and a batch that
     starts a little later carries more messages for the same flush and
-    transaction.  Measured (bench/ab.py, smtp-source, 20 sessions, 2 cores;
-    nice 5 against 0): 2-5 % less CPU a message, the rate the same within
-    the noise (1.00-1.02 ×).  The kernel keeps a niced process running on an
+    transaction (figures in bench/README.md).  The kernel keeps a niced process running on an
     otherwise idle CPU, and under contention gives it a share (nice 5 beside
     one nice-0 process: about a quarter of the CPU), so it is never starved:
     a committer that falls behind takes larger batches and catches up."""
@@ -424,12 +437,12 @@ class SharedCommitter:
     batches half the size.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.address = f"\0archiva-committer-{os.getpid()}-{secrets.token_hex(8)}"
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(self.address)
         self.listener.listen(64)
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> int:
         self.process = spawn_committer(self.listener.fileno(), listening=True)
@@ -439,6 +452,7 @@ class SharedCommitter:
     def exited(self, status: int) -> None:
         """The parent reaped the committer (os.wait): Popen must not wait for it again,
         or it could reap a later child that got the same pid."""
+        assert self.process is not None  # started
         self.process.returncode = os.waitstatus_to_exitcode(status)
 
     def stop(self) -> None:

@@ -17,39 +17,33 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+from ingest.tuning import DOT_PROBES, FAR_DOT, MEMORY_LIMIT, SMALL, THICK_WINDOW
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
 
 log = logging.getLogger(__name__)
 
 END_MARK = b"\r\n."
-# find_mark: dots (not at a line start) within FAR_DOT bytes of each other
-# that make a region "thick with dots", and the first stretch of such a
-# region left to bytes.find (doubled at each thick region in a row).
-DOT_PROBES = 6
-FAR_DOT = 1024
-THICK_WINDOW = 8 * 1024
-# Fewer bytes than this are left to bytes.find at once: there it costs a
-# few µs, about what the probes would.
-SMALL = 4096
 
 
 def find_mark(buf: bytes, pos: int) -> int:
     """`buf.find(END_MARK, pos)`, found faster where dots are rare.
 
     bytes.find steps through the buffer a few bytes at a time for a
-    three-byte pattern: ~19 µs for 20 KB of mail, a tenth of a message's
-    Python time in the event loop.  A single byte is found with memchr,
-    ~0.5 µs for the same 20 KB, and most of a journal report's bytes hold
-    no dot at all (base64 attachments; the benchmark's bodies).  So this
+    three-byte pattern, a tenth of a message's Python time in the event
+    loop; a single byte is found with memchr, forty times faster, and most
+    of a journal report's bytes hold no dot at all (base64 attachments; the
+    benchmark's bodies).  So this
     looks for dots and checks the two bytes before each.  Where dots come
     thick (headers, prose, HTML), DOT_PROBES of them in a row within
     FAR_DOT bytes of each other, bytes.find takes the next THICK_WINDOW
     bytes (twice as many each time until a far dot), never a probe per dot.
-    Below SMALL bytes bytes.find runs alone (the corpus's journal reports,
-    1-2.5 KB, thick with dots, took 2 µs with it and 6 µs with probes).
-    Measured, 3,000 calls each: 20 KB of the benchmark's lines 18.8 -> 3.8
-    µs; 85 KB of Received headers and a base64 attachment 83 -> 15 µs; the
-    price, 20 KB of prose or HTML, 20 -> 30 µs.
+    Below SMALL bytes bytes.find runs alone (short reports are thick with
+    dots).  The figures, and the price on prose and HTML, are in
+    bench/README.md.
     """
     if len(buf) - pos < SMALL:
         return buf.find(END_MARK, pos)
@@ -74,9 +68,6 @@ def find_mark(buf: bytes, pos: int) -> int:
             pos, probes, window = stop, DOT_PROBES, window * 2
 
 
-MEMORY_LIMIT = 256 * 1024
-
-
 class DataSink:
     """Where a message's bytes go, with their size (and, once spooled, their hash).
 
@@ -88,8 +79,7 @@ class DataSink:
 
     A message held in memory is not hashed here: the committer hashes it
     (`CommitService`), off the event loop, where SHA-256 was a sixth of the
-    loop's CPU (57 µs per 20 KB on CPUs without SHA instructions; measured,
-    bench/ab.py: 1.058 × the rate).  A spooled message is hashed as it is
+    loop's CPU on CPUs without SHA instructions (bench/README.md).  A spooled message is hashed as it is
     written, so that nobody reads its file again for it.
     """
 
@@ -100,7 +90,7 @@ class DataSink:
         self.size = 0
         self.overflow = False
         self.error: OSError | None = None
-        self.digest = None  # of a spooled message, from the spill on
+        self.digest: HASH | None = None  # of a spooled message, from the spill on
         self.path: Path | None = None  # the spool file, once spilled
         self._chunks: list[bytes] = []
         self._out: BinaryIO | None = None
@@ -122,6 +112,7 @@ class DataSink:
             self._spill()
             if self._out is None:
                 return
+        assert self.digest is not None  # made with the spool file
         self.digest.update(data)
         try:
             self._out.write(data)
@@ -134,13 +125,14 @@ class DataSink:
             try:
                 fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
             except FileNotFoundError:  # first spill, or the folder was removed: make it once
+                assert self.spool_dir is not None  # write() spills only with one
                 self.spool_dir.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(dir=self.spool_dir, prefix="in-", suffix=".eml")
             self.path = Path(name)
             self._out = os.fdopen(fd, "wb")
-            self.digest = hashlib.sha256()
+            self.digest = digest = hashlib.sha256()
             for chunk in self._chunks:
-                self.digest.update(chunk)
+                digest.update(chunk)
                 self._out.write(chunk)
             self._chunks = []
         except OSError as exc:

@@ -26,19 +26,18 @@ from infra.storage import IntegrityError
 from infra.text import storable_text
 from ingest.models import Delivery
 from ingest.originator import is_foreign, originator_org
+from ingest.tuning import PUBLISH_CHUNK
 
 log = logging.getLogger(__name__)
 
 PROCESS_TASK = "archive.tasks.process_deliveries"
 INDEX_TASK = "archive.tasks.index_pending"
-PUBLISH_CHUNK = 200  # delivery ids per processing task
 UNFINISHED = (Delivery.Status.STORED, Delivery.Status.RECEIVED)
 
 
-def _index_pending() -> str:
-    """A Message's "waiting to be indexed" status, from the model the Delivery points at
-    (the archive's, which the ingest does not import)."""
-    return Delivery._meta.get_field("message").related_model.IndexStatus.PENDING
+# archive.models.Message.IndexStatus.PENDING: the ingest does not import the archive
+# (tests/test_pipeline_names.py checks that the two agree).
+INDEX_PENDING = "pending"
 
 
 # --- publishing ----------------------------------------------------------------
@@ -116,7 +115,7 @@ def _mark_indexing_unscheduled() -> None:
     enqueued, so the next sweep schedules their indexing."""
     try:
         Delivery.objects.filter(
-            status=Delivery.Status.ARCHIVED, message__index_status=_index_pending(), enqueued_at__isnull=False
+            status=Delivery.Status.ARCHIVED, message__index_status=INDEX_PENDING, enqueued_at__isnull=False
         ).update(enqueued_at=None)
     except Exception:
         log.warning("could not mark messages for the sweep; the requeue window covers them", exc_info=True)
@@ -197,7 +196,7 @@ def mark_archived(deliveries: list[Delivery]) -> None:
         delivery.status, delivery.error = Delivery.Status.ARCHIVED, ""
         delivery.verified_at = delivery.verified_at or now
         rows.append(
-            (delivery.message.pk, delivery.status, delivery.verified_at, delivery.originator_org,
+            (delivery.message_id, delivery.status, delivery.verified_at, delivery.originator_org,
              delivery.originator_mismatch, delivery.pk)
         )  # fmt: skip
     # One prepared statement for every row: bulk_update's CASE expressions
@@ -237,10 +236,10 @@ def stranded_deliveries(now=None, grace: float | None = None):
     overdue) are taken again.
     """
     now = now or timezone.now()
-    grace = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
-    unfinished = Q(status__in=UNFINISHED) | Q(status=Delivery.Status.ARCHIVED, message__index_status=_index_pending())
+    window = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
+    unfinished = Q(status__in=UNFINISHED) | Q(status=Delivery.Status.ARCHIVED, message__index_status=INDEX_PENDING)
     return Delivery.objects.filter(unfinished).filter(
-        Q(enqueued_at__isnull=True, received_at__lt=now - grace) | Q(enqueued_at__lt=now - requeue_after())
+        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=now - requeue_after())
     )
 
 

@@ -24,19 +24,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 from django.db import close_old_connections, connections
 from django.utils import timezone
 
-log = logging.getLogger(__name__)
+from ingest.tuning import FULL_RELOAD_EVERY, NEGATIVE_MAX, NEGATIVE_TTL, WATERMARK_OVERLAP
 
-FULL_RELOAD_EVERY = 60.0
-# Rows committed slightly out of order with their updated_at stamps are
-# still caught by overlapping the incremental window.
-WATERMARK_OVERLAP = timedelta(seconds=30)
-NEGATIVE_TTL = 5.0  # seconds a token the database did not have is answered 550 without asking again
-NEGATIVE_MAX = 10_000  # tokens remembered as missing; beyond that the memory starts over
+if TYPE_CHECKING:
+    from tenants.models import Tenant
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class Route:
         return self.expires_at is None or self.expires_at > timezone.now()
 
 
-def _route(tenant, expires_at: datetime | None = None) -> Route:
+def _route(tenant: Tenant, expires_at: datetime | None = None) -> Route:
     return Route(tenant.id, tenant.bucket, tenant.region, expires_at)
 
 
@@ -158,6 +157,7 @@ class TokenDirectory:
             "token", "expires_at", "updated_at", "tenant__id", "tenant__bucket", "tenant__region"
         )
         if not full:
+            assert self._watermark is not None  # set by the first, full, load
             tokens = tokens.filter(updated_at__gte=self._watermark - WATERMARK_OVERLAP)
         fresh = {row.token: _route(row.tenant, row.expires_at) for row in tokens}
         # Verified domains are few: read them all every time, so a removed or

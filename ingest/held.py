@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models, transaction
@@ -35,6 +37,10 @@ from django.utils import timezone
 from infra.storage import StorageError, get_store, raw_key
 from ingest.directory import Route
 from tenants.models import Tenant
+
+if TYPE_CHECKING:
+    from ingest.record import Envelope
+    from tenants.models import Domain
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +133,7 @@ def _delete_object(key: str) -> None:
     get_store().delete(held_bucket(), key)
 
 
-def delete_unreferenced(keys) -> None:
+def delete_unreferenced(keys: Iterable[str]) -> None:
     """Delete the objects no held message waits on any more (a pack holds a batch's held mail)."""
     keys = set(keys)
     waiting = set(
@@ -143,7 +149,9 @@ def delete_unreferenced(keys) -> None:
 # --- recording (the committer) ---------------------------------------------------
 
 
-def held_rows(envelope, queue_id: str, sha256: str, size: int, placement: dict, now) -> list[HeldMessage]:
+def held_rows(
+    envelope: Envelope, queue_id: str, sha256: str, size: int, placement: dict[int, tuple[str, int]], now: datetime
+) -> list[HeldMessage]:
     """A message's HeldMessage rows (none for plain journal mail): `placement` as for its Deliveries."""
     rows = []
     for route, recipients in envelope.routes.values():
@@ -195,7 +203,7 @@ def _publish(ids: list[int]) -> None:
 # --- connector validation mail -------------------------------------------------
 
 
-def release_validation_mail(domain, *, now_only: bool = True) -> int:
+def release_validation_mail(domain: Domain, *, now_only: bool = True) -> int:
     """Move the validation mail held for this verified domain into its tenant's archive.
 
     Called by `tenants.actions.verify_domain`; never raises (the periodic
@@ -262,7 +270,7 @@ def _move_into(message: HeldMessage, tenant: Tenant) -> int | None:
     return delivery.pk if created else None
 
 
-def arrivals_for(domain_names) -> list[tuple[str, object]]:
+def arrivals_for(domain_names: Iterable[str]) -> list[tuple[str, datetime]]:
     """(sender domain, latest arrival) of held validation mail from these domains.
 
     Only the domain and the time: the mail itself stays unseen until a
@@ -282,7 +290,7 @@ def arrivals_for(domain_names) -> list[tuple[str, object]]:
 # --- the periodic task -------------------------------------------------------------
 
 
-def tend(now=None) -> dict[str, int]:
+def tend(now: datetime | None = None) -> dict[str, int]:
     """Deliver postmaster mail left behind, release validation mail of verified
     domains, delete what was held longer than HOLD_DAYS.  Idempotent."""
     from regions.current import current_region
@@ -304,7 +312,7 @@ def tend(now=None) -> dict[str, int]:
     return {"delivered": delivered, "released": released, "purged": purge(now)}
 
 
-def purge(now=None) -> int:
+def purge(now: datetime | None = None) -> int:
     """Delete held mail older than HOLD_DAYS (its objects first, then its rows)."""
     cutoff = (now or timezone.now()) - timedelta(days=HOLD_DAYS)
     old = HeldMessage.objects.filter(received_at__lt=cutoff)

@@ -6,10 +6,10 @@ import bisect
 import collections
 import logging
 import threading
-from collections.abc import Sized
+from collections.abc import Iterator, Sized
 
 from prometheus_client import REGISTRY, Counter, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def loop_counts(sessions: Sized = ()) -> LoopCounts:
 class LoopCollector:
     """Serves the sum of every LoopCounts under the ingest's metric names."""
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         with _loops_lock:
             loops = list(_loops)
         replies: collections.Counter[tuple[str, str]] = collections.Counter()

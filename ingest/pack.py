@@ -11,8 +11,7 @@ headers, each of which carries its message's SHA-256 (a hash tree of one
 level, as git names a tree by its entries' hashes).  The name still follows
 from every byte of the pack, and changes with any of them, but the
 committer need not hash the messages a second time: SHA-256 of the whole
-pack was a sixth of the committer's CPU (57 µs per 20 KB here: no SHA
-instructions on these CPUs).  `name_of` checks a pack against its name
+pack was a sixth of the committer's CPU on CPUs without SHA instructions.  `name_of` checks a pack against its name
 without the database.
 
 The layout is text headers around the raw bytes, so a pack can be read and

@@ -110,6 +110,7 @@ class FCrDNS:
         known = self.cached(ip)
         if known is not None:
             return known
+        assert ip is not None  # cached() answers for no address
         result = self._lookup(ip)
         if len(self._cache) > 100_000:
             self._cache.clear()

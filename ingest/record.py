@@ -32,9 +32,17 @@ from django.utils import timezone
 
 from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
 from ingest import held, pack
-from ingest.delivery import PUBLISH_CHUNK, enqueue, sweep_at_start
+from ingest.delivery import enqueue, sweep_at_start
 from ingest.directory import Route
 from ingest.models import Delivery
+from ingest.tuning import (
+    CHECKPOINT_INTERVAL,
+    CONNECTION_CHECK_INTERVAL,
+    MAX_ROWS_PER_STATEMENT,
+    PUBLISH_CHUNK,
+    PUBLISH_DELAY,
+    WAL_SIZE_LIMIT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +230,6 @@ class _InsertPlan:
 
 
 _PER_ROW = object()
-MAX_ROWS_PER_STATEMENT = 100
 _plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
 
 
@@ -281,16 +288,6 @@ def _driver_cursor(connection):
             cursor.close()
 
 
-PUBLISH_DELAY = 0.2  # seconds a recorded delivery may wait for its chunk to fill
-CHECKPOINT_INTERVAL = 1.0  # seconds between the committer's SQLite WAL checkpoints
-WAL_SIZE_LIMIT = 64 << 20  # bytes of WAL file kept when the WAL starts over (PRAGMA journal_size_limit)
-# Seconds between checks of the database connection (Django's
-# close_old_connections, ~50 µs: once per batch it was a tenth of a batch's
-# Python work).  A batch that fails, e.g. on a connection the server closed,
-# makes the next batch check at once.
-CONNECTION_CHECK_INTERVAL = 1.0
-
-
 def flush_paths() -> list[Path]:
     """Folders whose filesystems hold what a batch must make durable: the
     folder store's buckets and an SQLite database (PostgreSQL and S3 are
@@ -316,7 +313,7 @@ class Job:
     request_id: int
     envelope: Envelope
     message: bytes | Path  # the bytes, or a spool file the committer removes
-    sha256: str | None
+    sha256: str  # given as None for bytes in memory: __post_init__ hashes them
     size: int
     queue_id: str = field(default_factory=new_queue_id)
     # tenant id -> (key of the object holding the bytes, their offset): set when stored
@@ -450,7 +447,7 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
             else:
                 packs.setdefault(route.bucket, []).append((job, tenant_id))
     for bucket, members in packs.items():
-        built = pack.build((job.queue_id, job.sha256, job.message) for job, _ in members)
+        built = pack.build((job.queue_id, job.sha256, job.message) for job, _ in members)  # type: ignore[misc]  # packs hold bytes only (above)
         # No SHA-256 of the whole pack: it is named by its index (ingest.pack).
         items.append((bucket, pack_key(built.name), built.data, None))
         owners.append(
@@ -527,7 +524,7 @@ class GroupCommitter:
     (bench/ab.py, 5 rounds: 0.99 ×, CPU 0.99 ×).
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._flush_paths = flush_paths()
         self._recorded: collections.deque[int] = collections.deque()  # ids not yet published
         self._recorded_waiting = threading.Event()  # set: the publisher has ids to take

@@ -24,6 +24,7 @@ from ingest.directory import TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.smtp import Policy, Service, SMTPSession
 from ingest.tls import ensure_self_signed, server_context
+from ingest.tuning import STALE_SPOOL_AGE
 from regions.current import current_region, foreign_journal_domains
 
 log = logging.getLogger(__name__)
@@ -62,9 +63,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     except ImportError:  # not on this platform: the standard loop serves too, slower
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
-
-
-STALE_SPOOL_AGE = 3600.0
 
 
 def clean_spool(spool_dir: Path, max_age: float = STALE_SPOOL_AGE) -> int:
@@ -165,7 +163,8 @@ class IngestServer:
         self.service.accepted_log.flush()
         self.directory.stop()
         self._stopping.set()
-        await self.committer.close()
+        if self.committer is not None:  # set by start(), which made _server
+            await self.committer.close()
         await loop.run_in_executor(None, self._housekeeping.join, 10)
         self._stopped.set()
 
@@ -202,7 +201,7 @@ class IngestServer:
     def start_in_thread(self) -> IngestServer:
         ready = threading.Event()
 
-        def run():
+        def run() -> None:
             loop = new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop

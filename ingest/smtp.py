@@ -5,9 +5,9 @@ directory, keep DATA in memory (a spool file when large), hand it to the committ
 (durable in each tenant's bucket, then recorded) and only then answer 250.
 
 Why not aiosmtpd's SMTP class: it reads every command and every DATA line
-through a StreamReader coroutine, which caps one process at about 0.15 ×
-what the protocol allows on these machines even with a handler that does
-nothing.  This protocol parses commands from the receive buffer in the
+through a StreamReader coroutine, which caps one process at a small fraction
+of what the protocol allows even with a handler that does nothing (figures in
+bench/README.md, "Why the ingest is built this way").  This protocol parses commands from the receive buffer in the
 transport's callback, writes replies without a drain per line, and feeds
 DATA in whole chunks to `DataParser`; only the steps that wait (commit,
 STARTTLS, a DNS check) leave the callback.  Replies and limits follow
@@ -27,26 +27,31 @@ from pathlib import Path
 from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
-from ingest.directory import DirectoryUnavailable, TokenDirectory
+from ingest.directory import DirectoryUnavailable, Route, TokenDirectory
 from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
+from ingest.tuning import (
+    ACCEPTED_LOG_DELAY,
+    DATA_MIN_RATE,
+    HOLD_BURST,
+    HOLD_RATE,
+    LINE_LIMIT,
+    LOOKUP_BURST,
+    LOOKUP_RATE,
+    MAX_BAD_COMMANDS,
+    MAX_JUNK_COMMANDS,
+    PAUSE_BUFFER,
+)
 from tenants.tokens import parse_local_part
 
 log = logging.getLogger(__name__)
 
-# RFC 5321 4.5.3.1.4 sets 512 octets as the least a server must take for a
-# command line; SMTPUTF8 addresses and parameters make real ones longer.
-LINE_LIMIT = 4096
-# Pipelined input held while a step waits; beyond it the socket is paused.
-PAUSE_BUFFER = 256 * 1024
-MAX_BAD_COMMANDS = 20
 # Commands that lead to no message, allowed between two messages (as Postfix's
 # smtpd_junk_command_limit): the per-line deadline alone would let a sender
 # that trickles "NOOP" a byte a second keep its session forever.
 JUNK_COMMANDS = {"NOOP", "RSET", "VRFY", "HELP", "EXPN", "HELO", "EHLO"}  # and refused RCPTs
-MAX_JUNK_COMMANDS = 100
 
 # RFC 5321 4.1.2: "FROM:" Reverse-path, always in angle brackets.
 MAIL_ARG_RE = re.compile(r"FROM:\s*<([^<>\s]*)>(?:\s+(.*))?", re.IGNORECASE)
@@ -62,10 +67,6 @@ SOURCE_ROUTE_RE = re.compile(r"@[^@,:]+(?:,@[^@,:]+)*:")
 # and a NUL in an address got as far as the committer's batch (issue 16).
 # One search per command line, never per byte of DATA.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-# A DATA must end within the timeout plus its bytes at this rate: a 150 MB
-# report is given 300 s + 5 h, as slow as a 64 kbit/s line, while a sender
-# that trickles a byte a second is closed after the timeout.
-DATA_MIN_RATE = 8 * 1024  # bytes per second
 
 REPLY_TLS_REQUIRED = "530 5.7.0 Must issue a STARTTLS command first"
 REPLY_UNKNOWN = "550 5.1.1 No such journal recipient"
@@ -95,11 +96,9 @@ REPLY_UNRECOGNIZED = "500 5.5.2 Error: command not recognized"
 REPLY_LINE_TOO_LONG = "500 5.5.2 Error: line too long"
 
 
-LOOKUP_RATE = 0.2  # database lookups of unknown tokens per second and peer, after…
-LOOKUP_BURST = 20  # …a burst of this many
-HOLD_RATE = 0.1  # messages per second and peer for the holding area (postmaster, unclaimed validation mail), after…
-HOLD_BURST = 50  # …a burst of this many: neither is ever more than a trickle
-ACCEPTED_LOG_DELAY = 0.2  # seconds an accepted message's log line may wait for its burst
+# (reply, route, rejection reason; "" for none); `Router.route`'s reply None asks for `route_fresh`.
+Routed = tuple[str, Route | None, str]
+Routing = tuple[str | None, Route | None, str]
 
 
 def without_source_route(address: str) -> str | None:
@@ -139,12 +138,10 @@ class AcceptedLog:
 
     A line per accepted message is what an operator greps for the queue id
     a sender was given.  Made one at a time between the sessions' callbacks,
-    a line cost the ingest 22 µs of CPU in place (6 µs in a tight loop, where
-    the logging code stays in the CPU's caches): a tenth of its throughput
-    (bench/smtp.py load: 3,830 msgs/s with the lines, 4,270 without).  So
+    the lines cost a tenth of the ingest's throughput (bench/README.md), so
     each accepted message is noted here and the lines are written every
-    ACCEPTED_LOG_DELAY seconds in one burst (measured: about half the cost),
-    each with the time of its acceptance.  A graceful stop writes what is
+    ACCEPTED_LOG_DELAY seconds in one burst, each with the time of its
+    acceptance.  A graceful stop writes what is
     noted (`flush`); a process killed with -9 loses at most that many
     seconds of lines, as the buffered log handler does: what was accepted is
     recorded in the database, not in the log.
@@ -152,8 +149,8 @@ class AcceptedLog:
 
     MESSAGE = "accepted %s size=%d sha256=%s tenants=%s rcpts=%d"
 
-    def __init__(self):
-        self._noted: list[tuple] = []
+    def __init__(self) -> None:
+        self._noted: list[tuple[float, str, int, str, list[int], int]] = []
 
     def add(self, queue_id: str, size: int, sha256: str, tenants: list[int], recipients: int) -> None:
         # Tenant ids, not recipients: a journal address carries its tenant's secret token.
@@ -167,7 +164,7 @@ class AcceptedLog:
             return
         # One record made the usual way (record factory, thread, process);
         # each line is a copy of it with its own arguments and times:
-        # LogRecord.__init__ was a quarter of a line's cost (24.7 -> 18.7 µs).
+        # LogRecord.__init__ was a quarter of a line's cost.
         template = log.makeRecord(log.name, logging.INFO, "(unknown file)", 0, self.MESSAGE, (), None)
         fields, kind = template.__dict__, type(template)
         made, relative = template.created, template.relativeCreated
@@ -281,7 +278,7 @@ class Router:
         self.postmaster = held_route(HELD_POSTMASTER, policy.region)
         self.unclaimed_validation = held_route(HELD_VALIDATION, policy.region)
 
-    def route(self, address: str, mail_from: str = "", peer: str | None = None):
+    def route(self, address: str, mail_from: str = "", peer: str | None = None) -> Routing:
         """(reply, route, rejection reason): cheap format checks first, then the cached lookup.
 
         Tenant and region come from the token (or, for the connector's
@@ -326,26 +323,28 @@ class Router:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         return self._admit(route, peer)
 
-    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None):
+    def route_fresh(self, address: str, mail_from: str = "", peer: str | None = None) -> Routed:
         """`route` for what the cache did not know, asking the database (blocking: run it in a thread).
 
         A journal token issued since the cache's last refresh is found; the
         validation address goes to the tenant that verified the sender's
         domain, or, if none has, to the holding area (ingest.held)."""
         local = address.rpartition("@")[0]
+        route: Route | None
         try:
             if local.lower() == self.policy.validation_local_part:
                 sender_domain = mail_from.rpartition("@")[2].lower().rstrip(".")
                 route = self.directory.fetch_domain(sender_domain) or self.unclaimed_validation
             else:
-                route = self.directory.fetch(parse_local_part(local))
+                token = parse_local_part(local)
+                route = self.directory.fetch(token) if token is not None else None
         except DirectoryUnavailable:
             return "451 4.3.0 Directory not ready, try again later", None, "directory_unavailable"
         if route is None:
             return REPLY_UNKNOWN, None, "unknown_recipient"
         return self._admit(route, peer)
 
-    def _admit(self, route, peer: str | None):
+    def _admit(self, route: Route, peer: str | None) -> Routed:
         # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
@@ -433,7 +432,7 @@ class SMTPSession(asyncio.Protocol):
 
     # --- transport callbacks ------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a stream server's transport, not BaseTransport
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
@@ -577,7 +576,7 @@ class SMTPSession(asyncio.Protocol):
         future = asyncio.ensure_future(step)
         future.add_done_callback(self._step_done)
 
-    def _step_done(self, future: asyncio.Future) -> None:
+    def _step_done(self, future: asyncio.Future[str | None]) -> None:
         self._busy = False
         self._restart_line()
         try:
@@ -607,6 +606,7 @@ class SMTPSession(asyncio.Protocol):
             return
         timeout = self.service.timeout
         if self._data is not None:
+            assert self._sink is not None  # the sink lives as long as the parser
             size = min(self._sink.size, self.policy.max_size)
             late = now >= self._data_started + timeout + size / DATA_MIN_RATE
         elif self._buf or self._discarding:
@@ -661,10 +661,12 @@ class SMTPSession(asyncio.Protocol):
             # RFC 3207 5: anything pipelined after STARTTLS is discarded, and
             # the socket is held until the handshake takes it over.
             self._buf.clear()
+            assert self.transport is not None  # a command came from it
             self.transport.pause_reading()
             self._wait(self._start_tls())
 
     async def _start_tls(self) -> None:
+        assert self.transport is not None and self.service.tls_context is not None  # smtp_STARTTLS checked
         try:
             transport = await self._loop.start_tls(
                 self.transport,
@@ -784,10 +786,12 @@ class SMTPSession(asyncio.Protocol):
 
     async def _rcpt_after_lookup(self, address: str) -> None:
         router = self.service.router
-        routed = await self._loop.run_in_executor(None, router.route_fresh, address, self.mail_from, self.peer)
+        mail_from = self.mail_from
+        assert mail_from is not None  # smtp_RCPT checked; input waits for this step
+        routed = await self._loop.run_in_executor(None, router.route_fresh, address, mail_from, self.peer)
         self._rcpt_routed(address, *routed)
 
-    def _rcpt_routed(self, address: str, reply: str, route, reason: str) -> None:
+    def _rcpt_routed(self, address: str, reply: str, route: Route | None, reason: str) -> None:
         if route is not None:
             if len(self.rcpt_tos) >= self.policy.max_recipients:
                 reply, reason = REPLY_TOO_MANY_RCPT, "too_many_recipients"
@@ -800,6 +804,7 @@ class SMTPSession(asyncio.Protocol):
             if self._junk():
                 return
         else:
+            assert self.envelope is not None and route is not None  # MAIL started it; no reason: routed
             self.rcpt_tos.append(address)
             self.envelope.add_recipient(route, address)
         self.service.counts.reply("RCPT", reply)
@@ -868,6 +873,7 @@ class SMTPSession(asyncio.Protocol):
     # --- DATA -------------------------------------------------------------------
 
     def _feed(self, chunk: bytes) -> None:
+        assert self._data is not None  # called only in DATA
         leftover = self._data.feed(chunk)
         if leftover is None:
             return
@@ -876,6 +882,7 @@ class SMTPSession(asyncio.Protocol):
         self._line_started = self._last_activity
         self._data = None
         sink, self._sink = self._sink, None
+        assert sink is not None and self.envelope is not None and self.service.committer is not None  # DATA began
         message = sink.finish()
         if message is None:
             self._end_data(self._refusal_after_data(sink))
@@ -896,7 +903,7 @@ class SMTPSession(asyncio.Protocol):
             self.policy.reject("spool_full", tenant_id)
         return REPLY_SPOOL_FULL
 
-    def _committed(self, future: asyncio.Future, sink: DataSink, started: float) -> None:
+    def _committed(self, future: asyncio.Future[tuple[str, str]], sink: DataSink, started: float) -> None:
         self._busy = False
         self._restart_line()
         error = future.exception()

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from datetime import datetime
 
 from django.db import models, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Q, Sum
 from django.utils import timezone
 
 from tenants.models import Tenant
@@ -45,7 +46,7 @@ class RejectionCount(models.Model):
 class RejectionCounter:
     """In-memory counts, flushed to RejectionCount rows by `flush()`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[int | None, str]] = Counter()
 
@@ -62,9 +63,8 @@ class RejectionCounter:
         try:
             with transaction.atomic():
                 for (tenant_id, reason), n in counts.items():
-                    updated = RejectionCount.objects.filter(tenant_id=tenant_id, hour=hour, reason=reason).update(
-                        count=F("count") + n
-                    )
+                    row = Q(tenant__isnull=True) if tenant_id is None else Q(tenant_id=tenant_id)
+                    updated = RejectionCount.objects.filter(row, hour=hour, reason=reason).update(count=F("count") + n)
                     if not updated:
                         RejectionCount.objects.create(tenant_id=tenant_id, hour=hour, reason=reason, count=n)
         except Exception:
@@ -74,7 +74,7 @@ class RejectionCounter:
                 self._counts.update(counts)
 
 
-def untenanted_rejections(since) -> dict[str, int]:
+def untenanted_rejections(since: datetime) -> dict[str, int]:
     """Refusals that named no tenant since then, by reason: for operators only, never a tenant's page."""
     rows = (
         RejectionCount.objects.filter(tenant__isnull=True, hour__gte=since.replace(minute=0, second=0, microsecond=0))

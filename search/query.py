@@ -39,6 +39,7 @@ yields several tokens as a phrase.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -168,7 +169,7 @@ def exact_address(field: str | None, value: str) -> str | None:
     return candidate if _EXACT_ADDRESS.match(candidate) else None
 
 
-def walk(node: Node):
+def walk(node: Node) -> Iterator[Node]:
     """Every node of the tree, depth first."""
     yield node
     if isinstance(node, Not):
@@ -408,7 +409,7 @@ class _Parser:
             raise QueryError(f"{token.kind} at position {token.pos + 1} needs a term on both sides.")
         return self.term(token, field)
 
-    def nested(self, parse):
+    def nested(self, parse: Callable[[], Node | None]) -> Node | None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
             raise QueryError(f"The query nests deeper than {MAX_DEPTH} levels.")

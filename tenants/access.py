@@ -7,6 +7,7 @@ They take the user (or the tenant) and answer 404 alike for "missing" and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from django.db.models import Case, IntegerField, QuerySet, Sum, Value, When
@@ -286,7 +287,7 @@ def domain(tenant: Tenant, domain_id) -> Domain:
         raise Http404("no such domain") from None
 
 
-def failed_deliveries(tenant: Tenant | None, statuses: list[str]) -> QuerySet[Delivery]:
+def failed_deliveries(tenant: Tenant | None, statuses: Sequence[str]) -> QuerySet[Delivery]:
     """Reports that failed (parse or verification), of one tenant or all: for operators' commands."""
     found = Delivery.objects.select_related("tenant").filter(status__in=statuses)
     return (found.filter(tenant=tenant) if tenant is not None else found).order_by("received_at", "id")

@@ -10,7 +10,7 @@ from django.utils.html import format_html, format_html_join
 from regions.current import current_region
 from tenants.models import Membership, Role
 
-ROLE_HELP = {
+ROLE_HELP: dict[str, str] = {
     Role.OWNER: "everything, including managing owners",
     Role.ADMIN: "everything in the archive, the team and domains",
     Role.AUDITOR: "searches and reads all mail, changes nothing",

@@ -7,6 +7,7 @@ directly from views or tasks (tests/test_access_layer.py enforces it).
 from __future__ import annotations
 
 import uuid
+from typing import ClassVar
 
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
@@ -37,13 +38,13 @@ class UserManager(BaseUserManager):
 class User(AbstractUser):
     """A person; signs in with an email address, not a user name."""
 
-    username = None
+    username = None  # type: ignore[assignment]  # no user name: people sign in with their email address
     email = models.EmailField("email address", unique=True)
 
     USERNAME_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
-    objects = UserManager()
+    objects: ClassVar[UserManager] = UserManager()  # type: ignore[assignment]  # ours makes users by email
 
 
 class Tenant(models.Model):

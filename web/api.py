@@ -9,15 +9,30 @@ session), and acts in the token's tenant.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
+from typing import TYPE_CHECKING, Concatenate, ParamSpec
 
 from allauth.account.utils import has_verified_email
-from django.http import Http404, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from tenants import access
 from tenants.models import Membership, User
 from web.status import as_json, tenant_status
+
+if TYPE_CHECKING:
+    from archive.models import ApiToken
+
+P = ParamSpec("P")
+
+
+class ApiRequest(HttpRequest):
+    """A request as `api_user` leaves it: for a Bearer token, the membership it acts as and the token."""
+
+    api_membership: Membership
+    api_token: ApiToken
 
 
 def api_error(message: str, status: int) -> JsonResponse:
@@ -27,16 +42,16 @@ def api_error(message: str, status: int) -> JsonResponse:
     return response
 
 
-def bearer_secret(request) -> str | None:
+def bearer_secret(request: HttpRequest) -> str | None:
     """The token of an `Authorization: Bearer …` header; "" when the header is malformed."""
-    header = request.META.get("HTTP_AUTHORIZATION", "")
+    header: str = request.META.get("HTTP_AUTHORIZATION", "")
     scheme, _, value = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
     return value.strip()
 
 
-def api_user(request) -> User | None:
+def api_user(request: ApiRequest) -> User | None:
     """The user this request acts for, or None when it is not authenticated.
 
     For a Bearer token it also sets `request.api_membership` and
@@ -51,24 +66,27 @@ def api_user(request) -> User | None:
         from archive.actions import touch_api_token
 
         touch_api_token(request.api_token)
-        return request.api_membership.user
+        member: User = request.api_membership.user
+        return member
     user = request.user
     if user.is_authenticated and has_verified_email(user):
         return user
     return None
 
 
-def api_membership(request, user: User) -> Membership:
+def api_membership(request: HttpRequest, user: User) -> Membership:
     """The membership an API request acts in: the token's, or the session user's."""
     membership = getattr(request, "api_membership", None)
     return membership if membership is not None else access.membership_for(user)
 
 
-def api_view(view):
+def api_view(
+    view: Callable[Concatenate[ApiRequest, User, P], HttpResponseBase],
+) -> Callable[Concatenate[ApiRequest, P], HttpResponseBase]:
     """401 JSON without credentials; 404 JSON for anything not the caller's."""
 
     @wraps(view)
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: ApiRequest, /, *args: P.args, **kwargs: P.kwargs) -> HttpResponseBase:
         user = api_user(request)
         if user is None:
             return api_error("authentication required", 401)
@@ -82,6 +100,6 @@ def api_view(view):
 
 @require_GET
 @api_view
-def status(request, user):
+def status(request: HttpRequest, user: User) -> HttpResponse:
     membership = api_membership(request, user)
     return JsonResponse(as_json(tenant_status(membership.tenant, journal=membership.is_admin)))

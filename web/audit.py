@@ -3,21 +3,25 @@ the page where a tenant's admins read it (`/audit/`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from allauth.account.decorators import verified_email_required
 from django.conf import settings
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from archive.actions import record_event
 from tenants import access
 from tenants.models import Membership
+from web.roles import SignedInRequest
 
 PAGE_SIZE = 50
 
 
-def client_ip(request) -> str | None:
+def client_ip(request: HttpRequest) -> str | None:
     """The caller's address; behind our proxy (ARCHIVA_BEHIND_PROXY), the address the proxy saw."""
     if settings.ARCHIVA_BEHIND_PROXY:
         forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
@@ -27,7 +31,7 @@ def client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR") or None
 
 
-def audit(request, membership: Membership, action: str, **detail) -> None:
+def audit(request: HttpRequest, membership: Membership, action: str, **detail: Any) -> None:
     """Record what this request did, by whom, from where, and through which API token."""
     record_event(membership, action, detail, ip=client_ip(request), token=getattr(request, "api_token", None))
 
@@ -46,7 +50,7 @@ def require_auditor(membership: Membership) -> None:
 
 @require_GET
 @verified_email_required
-def audit_log(request):
+def audit_log(request: SignedInRequest) -> HttpResponse:
     """The tenant's audit log, for its admins and auditors (reading it is not itself an event)."""
     membership = access.membership_for(request.user)
     require_auditor(membership)

@@ -9,16 +9,20 @@ its limits, a malformed command) belong to nobody's archive: only operators
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from django.http import HttpResponse
 from django.shortcuts import render
 from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from ingest.stats import untenanted_rejections
+from tenants.models import Membership, Tenant, User
 from web import stats
-from web.roles import member_required
+from web.roles import SignedInRequest, member_required
 from web.status import counters
-from web.svgchart import Series, bar_chart, hbar_chart
+from web.svgchart import BarChart, HBarChart, Series, bar_chart, hbar_chart
 
 REASONS = {
     # Labels for the ingest's reason codes (ingest/smtp.py); others show as they are.
@@ -59,7 +63,7 @@ def _summary(buckets: list[stats.Bucket], period: str) -> str:
     return f"{received:,} received and {archived:,} archived {period}."
 
 
-def traffic_charts(buckets_hourly, buckets_daily):
+def traffic_charts(buckets_hourly: list[stats.Bucket], buckets_daily: list[stats.Bucket]) -> tuple[BarChart, BarChart]:
     hourly = bar_chart(
         id="chart-hourly",
         title="Messages per hour, last 48 hours (UTC)",
@@ -91,7 +95,7 @@ def traffic_charts(buckets_hourly, buckets_daily):
     return hourly, daily
 
 
-def storage_chart(tenant, buckets_daily):
+def storage_chart(tenant: Tenant, buckets_daily: list[stats.Bucket]) -> BarChart:
     total = stats.stored_before(tenant, buckets_daily[0].start)
     added = sum(b.stored for b in buckets_daily)
     running = []
@@ -114,7 +118,7 @@ def storage_chart(tenant, buckets_daily):
 
 @require_GET
 @member_required
-def charts(request, membership):
+def charts(request: SignedInRequest, membership: Membership) -> HttpResponse:
     tenant = membership.tenant
     now = timezone.now()
     buckets_hourly = stats.hourly(tenant, now)
@@ -152,7 +156,7 @@ def charts(request, membership):
     return render(request, "web/charts.html", context)
 
 
-def _untenanted_chart(user, since):
+def _untenanted_chart(user: User, since: datetime) -> HBarChart | None:
     """Operators only: refusals of the whole region that named no tenant (see the module docstring)."""
     if not user.is_staff:
         return None

@@ -1,14 +1,17 @@
+from typing import Any
+
 from django.conf import settings
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.utils.functional import SimpleLazyObject
 
 from regions.current import current_region
 from tenants import access
+from tenants.models import Membership
 
 OUTBOX_BACKEND = "web.mail.OutboxBackend"
 
 
-def _membership_or_none(request):
+def _membership_or_none(request: HttpRequest) -> Membership | None:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None
@@ -18,7 +21,7 @@ def _membership_or_none(request):
         return None
 
 
-def site(request):
+def site(request: HttpRequest) -> dict[str, Any]:
     """What every page may show: the region this deployment serves, and the
     visitor's membership (looked up only if a template asks; a view's own
     `membership` takes precedence)."""

@@ -10,10 +10,13 @@ replaces a policy a view has set.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import wraps
+from typing import Any
 
 from django.conf import settings
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from infra.env import ConfigError
 
@@ -21,6 +24,8 @@ HEADER = "Content-Security-Policy"
 DIRECTIVE_RE = re.compile(r"[a-z][a-z-]*")
 # Characters that would end a directive or the header.
 BAD_SOURCE_RE = re.compile(r"[;,\s]")
+
+View = Callable[..., HttpResponseBase]
 
 
 def parse_extra(value: str) -> dict[str, list[str]]:
@@ -65,12 +70,12 @@ def policy_with(**directives: list[str]) -> str:
     return render(policy)
 
 
-def csp_override(**directives: list[str]):
+def csp_override(**directives: list[str]) -> Callable[[View], View]:
     """View decorator: this view's responses get the default policy with `directives` replaced."""
 
-    def decorator(view):
+    def decorator(view: View) -> View:
         @wraps(view)
-        def wrapper(request, *args, **kwargs):
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             response = view(request, *args, **kwargs)
             response[HEADER] = policy_with(**directives)
             return response
@@ -81,12 +86,12 @@ def csp_override(**directives: list[str]):
 
 
 class ContentSecurityPolicyMiddleware:
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         self.get_response = get_response
         # Computed once: a malformed ARCHIVA_CSP_EXTRA stops the app at start.
         self.header = render(default_policy())
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         if HEADER not in response:
             response[HEADER] = self.header

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -17,6 +18,7 @@ from regions.current import current_region
 from tenants import access, actions
 from tenants.actions import ActionRefused
 from tenants.forms import DomainForm
+from tenants.models import Membership
 from web.audit import client_ip
 from web.roles import admin_required
 
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @require_http_methods(["GET", "POST"])
 @admin_required
-def domains(request, membership):
+def domains(request: HttpRequest, membership: Membership) -> HttpResponse:
     form = DomainForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -46,7 +48,7 @@ def domains(request, membership):
 
 @require_POST
 @admin_required
-def verify(request, membership, domain_id):
+def verify(request: HttpRequest, membership: Membership, domain_id: int) -> HttpResponse:
     domain = access.domain(membership.tenant, domain_id)
     try:
         actions.verify_domain(domain, actor=membership, ip=client_ip(request))
@@ -62,7 +64,7 @@ def verify(request, membership, domain_id):
 
 @require_POST
 @admin_required
-def remove(request, membership, domain_id):
+def remove(request: HttpRequest, membership: Membership, domain_id: int) -> HttpResponse:
     domain = access.domain(membership.tenant, domain_id)
     actions.remove_domain(membership, domain, ip=client_ip(request))
     messages.success(request, f"{domain.name} removed.")

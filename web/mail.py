@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.mail import EmailMessage
 from django.core.mail.backends.base import BaseEmailBackend
 from django.utils import timezone
 
@@ -30,14 +32,14 @@ def rebased(url: str) -> str:
 class OutboxBackend(BaseEmailBackend):
     """Writes each message to `$ARCHIVA_DATA_DIR/outbox/<time>-<id>.eml`."""
 
-    def send_messages(self, email_messages):
+    def send_messages(self, email_messages: Sequence[EmailMessage]) -> int:
         outbox = settings.ARCHIVA_OUTBOX_DIR
         outbox.mkdir(parents=True, exist_ok=True)
         sent = 0
         for message in email_messages:
             name = f"{timezone.now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.eml"
             tmp = outbox / f".{name}"
-            tmp.write_bytes(message.message().as_bytes(linesep="\r\n"))
+            tmp.write_bytes(message.message().as_bytes(linesep="\r\n"))  # type: ignore[call-arg]  # Django 5.2's SafeMIME takes linesep; the stubs are Django 6's
             os.replace(tmp, outbox / name)
             sent += 1
         return sent

@@ -9,8 +9,11 @@ checked against their SHA-256 on every read.
 
 from __future__ import annotations
 
+from typing import Any
+
 from allauth.account.decorators import verified_email_required
-from django.http import Http404, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
@@ -19,14 +22,16 @@ from django.views.decorators.http import require_GET
 from archive import actions, documents, mime
 from archive.models import AuditEvent, Message
 from tenants import access
+from tenants.models import User
 from web import present
 from web.api import api_membership, api_view
 from web.audit import audit
 from web.csp import csp_override
+from web.roles import SignedInRequest
 from web.sanitize import frame_document, sanitize
 
 
-def _body(raw: bytes) -> dict:
+def _body(raw: bytes) -> dict[str, Any]:
     """The body to show: sanitized HTML for the sandboxed frame, else plain
     text; and why it could not be shown in full, when it could not."""
     body = documents.body_for_display(raw)
@@ -37,10 +42,11 @@ def _body(raw: bytes) -> dict:
     return {"html_frame": None, "blocked": 0, "text": body.body_text, **note}
 
 
-def _attachments(message: Message, raw: bytes) -> list[dict]:
+def _attachments(message: Message, raw: bytes) -> list[dict[str, Any]]:
     """The list kept when the message was archived; worked out (and kept) for an older message."""
     if message.attachment_list is not None:
-        return message.attachment_list
+        kept: list[dict[str, Any]] = message.attachment_list
+        return kept
     return actions.remember_attachment_list(message, raw)
 
 
@@ -51,7 +57,7 @@ def _attachments(message: Message, raw: bytes) -> list[dict]:
 # operator added: the srcdoc frame inherits it, so a remote image that
 # slipped through sanitizing still does not load.
 @csp_override(img_src=["'self'", "data:"], frame_src=["'self'"], connect_src=["'none'"])
-def message_view(request, message_id: int):
+def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
     membership = access.membership_for(request.user)
     message = access.message_for(membership, message_id)
     raw = documents.read_readable(message)
@@ -77,7 +83,7 @@ def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
 
 @require_GET
 @verified_email_required
-def attachment(request, message_id: int, number: int):
+def attachment(request: SignedInRequest, message_id: int, number: int) -> HttpResponseBase:
     membership = access.membership_for(request.user)
     message = access.message_for(membership, message_id)
     parts = mime.attachments(documents.read_readable(message))
@@ -91,7 +97,7 @@ def attachment(request, message_id: int, number: int):
 
 @require_GET
 @api_view
-def original_eml(request, user, message_id: int):
+def original_eml(request: HttpRequest, user: User, message_id: int) -> HttpResponseBase:
     """The original message as Exchange delivered it (not the journal wrapper)."""
     membership = api_membership(request, user)
     message = access.message_for(membership, message_id)

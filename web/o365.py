@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 
-from django.http import HttpResponse, HttpResponseBadRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 
 @csrf_exempt  # Microsoft Graph posts here; there is no session to forge
 @require_POST
-def webhook(request):
+def webhook(request: HttpRequest) -> HttpResponse:
     token = request.GET.get("validationToken")
     if token is not None:
         return HttpResponse(token, content_type="text/plain; charset=utf-8")

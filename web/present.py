@@ -9,6 +9,7 @@ archive must not reveal more than the mailbox it stands in for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from archive.models import Message
 
@@ -18,7 +19,7 @@ class Recipients:
     to: list[str]
     cc: list[str]
     bcc: list[str]
-    envelope: list[dict]
+    envelope: list[dict[str, Any]]
 
 
 def _sent_by(message: Message, addresses: list[str]) -> bool:
@@ -50,7 +51,7 @@ def recipients_for(message: Message, addresses: list[str] | None) -> Recipients:
     return Recipients(to=union(message.to, "to"), cc=union(message.cc, "cc"), bcc=bcc, envelope=envelope)
 
 
-def _visible_entry(recipient: dict, shown: set[str]) -> dict:
+def _visible_entry(recipient: dict[str, Any], shown: set[str]) -> dict[str, Any]:
     """An envelope entry without the group or forwarder it names when that one is hidden too."""
     return {
         **recipient,
@@ -59,14 +60,14 @@ def _visible_entry(recipient: dict, shown: set[str]) -> dict:
     }
 
 
-def attachment_list(message: Message) -> list[dict]:
+def attachment_list(message: Message) -> list[dict[str, Any]]:
     return [
         {"name": a.get("name", ""), "content_type": a.get("content_type", ""), "size": a.get("size", 0)}
         for a in message.attachments
     ]
 
 
-def as_json(message: Message, addresses: list[str] | None) -> dict:
+def as_json(message: Message, addresses: list[str] | None) -> dict[str, Any]:
     """One result of `/api/v1/messages` (keys are a contract: see DESIGN.md)."""
     recipients = recipients_for(message, addresses)
     return {

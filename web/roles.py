@@ -8,33 +8,49 @@ would tell that they exist.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import wraps
+from typing import Concatenate, ParamSpec
 
 from allauth.account.decorators import verified_email_required
 from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 from tenants import access
+from tenants.models import Membership, User
+
+P = ParamSpec("P")
+MemberView = Callable[Concatenate["SignedInRequest", Membership, P], HttpResponseBase]
+View = Callable[Concatenate[HttpRequest, P], HttpResponseBase]
 
 
-def member_required(view):
+class SignedInRequest(HttpRequest):
+    """A request past login_required or verified_email_required: its user is signed in (for the type checker)."""
+
+    user: User
+
+
+def member_required(view: MemberView[P]) -> View[P]:
     """Signed in with a verified address and a member: calls view(request, membership, ...)."""
 
     @wraps(view)
-    @verified_email_required
-    def wrapper(request, *args, **kwargs):
+    def wrapper(request: SignedInRequest, /, *args: P.args, **kwargs: P.kwargs) -> HttpResponseBase:
         return view(request, access.membership_for(request.user), *args, **kwargs)
 
-    return wrapper
+    checked: View[P] = verified_email_required(wrapper)
+    return checked
 
 
-def admin_required(view):
+def admin_required(view: MemberView[P]) -> View[P]:
     """As `member_required`, and the member is an owner or admin (else 403)."""
 
     @wraps(view)
-    @member_required
-    def wrapper(request, membership, *args, **kwargs):
+    def wrapper(
+        request: SignedInRequest, membership: Membership, /, *args: P.args, **kwargs: P.kwargs
+    ) -> HttpResponseBase:
         if not membership.is_admin:
             raise PermissionDenied("admins only")
         return view(request, membership, *args, **kwargs)
 
-    return wrapper
+    return member_required(wrapper)

@@ -9,20 +9,21 @@ writes the search to the audit log.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+from typing import Any
 
 from allauth.account.decorators import verified_email_required
-from django.http import JsonResponse
+from django.core.paginator import Page, Paginator
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from archive.models import AuditEvent, Message
 from tenants import access
-from tenants.models import Membership
+from tenants.models import Membership, User
 from web import present
 from web.api import api_error, api_membership, api_view
 from web.audit import audit
+from web.roles import SignedInRequest
 
 log = logging.getLogger(__name__)
 
@@ -31,37 +32,17 @@ PAGE_SIZE = 50
 MAX_PAGE = 200
 
 
-@dataclass
-class SearchPage:
-    """One page of results, shaped like Django's Page for the pager template."""
+class SearchPage(Page[Any]):  # Any: its paginator counts a range, its objects are Messages
+    """One page of hits: Django's Page over the backend's count; the backend already cut it (offset/limit)."""
 
-    query: str
-    number: int
-    count: int
-    messages: list[Message]
-
-    @property
-    def paginator(self):
-        return self
+    def __init__(self, messages: list[Message], number: int, count: int) -> None:
+        # The paginator only counts: a range has a length without a list. Deep pages stop at MAX_PAGE.
+        super().__init__(messages, number, Paginator(range(min(count, MAX_PAGE * PAGE_SIZE)), PAGE_SIZE))
+        self.total = count  # every hit in scope (Page.count is Sequence.count)
 
     @property
-    def num_pages(self) -> int:
-        return max(1, min(MAX_PAGE, math.ceil(self.count / PAGE_SIZE)))
-
-    def has_previous(self) -> bool:
-        return self.number > 1
-
-    def has_next(self) -> bool:
-        return self.number < self.num_pages
-
-    def has_other_pages(self) -> bool:
-        return self.has_previous() or self.has_next()
-
-    def previous_page_number(self) -> int:
-        return self.number - 1
-
-    def next_page_number(self) -> int:
-        return self.number + 1
+    def messages(self) -> list[Message]:
+        return list(self.object_list)
 
 
 def page_number(value: str | None) -> int:
@@ -71,7 +52,7 @@ def page_number(value: str | None) -> int:
         return 1
 
 
-def run_search(request, membership: Membership, query: str, number: int) -> SearchPage:
+def run_search(request: HttpRequest, membership: Membership, query: str, number: int) -> SearchPage:
     """Raises QueryError for a malformed query and SearchUnavailable when the backend is down."""
     from search import get_backend
 
@@ -80,12 +61,12 @@ def run_search(request, membership: Membership, query: str, number: int) -> Sear
     )
     messages = access.messages_for(membership, list(hits.ids))
     audit(request, membership, AuditEvent.Action.SEARCH, query=query, page=number, count=hits.count)
-    return SearchPage(query=query, number=number, count=hits.count, messages=messages)
+    return SearchPage(messages, number, hits.count)
 
 
 @require_GET
 @verified_email_required
-def search_page(request):
+def search_page(request: SignedInRequest) -> HttpResponse:
     from search.backends.base import SearchUnavailable
     from search.query import QueryError
 
@@ -105,7 +86,7 @@ def search_page(request):
 
 @require_GET
 @api_view
-def api_messages(request, user):
+def api_messages(request: HttpRequest, user: User) -> HttpResponse:
     from search.backends.base import SearchUnavailable
     from search.query import QueryError
 
@@ -117,4 +98,4 @@ def api_messages(request, user):
     except SearchUnavailable:
         return api_error("search is unavailable, retry later", 503)
     addresses = access.mail_addresses(membership)
-    return JsonResponse({"count": page.count, "results": [present.as_json(m, addresses) for m in page.messages]})
+    return JsonResponse({"count": page.total, "results": [present.as_json(m, addresses) for m in page.messages]})

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import Aggregate, Count, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
+from django.db.models.functions.datetime import TruncBase
 
 from tenants import access
 from tenants.models import Tenant
@@ -27,7 +29,9 @@ class Bucket:
     stored: int  # bytes of the deliveries received in this bucket
 
 
-def _per_bucket(queryset: QuerySet, field: str, trunc, since: datetime, value=None) -> dict[datetime, int]:
+def _per_bucket(
+    queryset: QuerySet[Any], field: str, trunc: type[TruncBase], since: datetime, value: Aggregate | None = None
+) -> dict[datetime, int]:
     rows = (
         queryset.filter(**{f"{field}__gte": since})
         .annotate(bucket=trunc(field, tzinfo=UTC))
@@ -38,7 +42,7 @@ def _per_bucket(queryset: QuerySet, field: str, trunc, since: datetime, value=No
     return {row["bucket"]: row["n"] or 0 for row in rows}
 
 
-def _series(tenant: Tenant, starts: list[datetime], trunc) -> list[Bucket]:
+def _series(tenant: Tenant, starts: list[datetime], trunc: type[TruncBase]) -> list[Bucket]:
     since = starts[0]
     deliveries = access.deliveries(tenant)
     received = _per_bucket(deliveries, "received_at", trunc, since)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db.models import Count, Max, Q, Sum
 
@@ -118,7 +119,7 @@ def counters(tenant: Tenant) -> Counters:
         unindexed=Count("id", filter=Q(index_status=Message.IndexStatus.PENDING)),
         index_failed=Count("id", filter=Q(index_status=Message.IndexStatus.FAILED)),
     )
-    failures = ()
+    failures: tuple[Failure, ...] = ()
     if totals["parse_failed"]:
         failures = tuple(
             Failure(d.queue_id, d.received_at, d.error) for d in access.parse_failures(tenant)[:MAX_FAILURES_SHOWN]
@@ -155,7 +156,7 @@ def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
     )
 
 
-def as_json(status: TenantStatus) -> dict:
+def as_json(status: TenantStatus) -> dict[str, Any]:
     """The `/api/v1/status` document (keys are a contract: see DESIGN.md)."""
     c = status.counters
     document = {
@@ -175,7 +176,8 @@ def as_json(status: TenantStatus) -> dict:
         "m365_organization": status.tenant.m365_organization or None,
         "originator_mismatches": c.originator_mismatches,
         "journal_recipients_in_grace": [
-            {"address": a.address, "expires_at": a.expires_at.isoformat()} for a in status.in_grace
+            {"address": a.address, "expires_at": a.expires_at.isoformat() if a.expires_at else None}
+            for a in status.in_grace
         ],
     }
     if status.recipient is None:

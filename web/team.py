@@ -7,12 +7,15 @@ the owner rules live in `tenants.actions` whoever calls them.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.contrib import messages
-from django.core.mail import send_mail
-from django.http import Http404
+from django.core.mail import (
+    send_mail,
+)
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -31,7 +34,7 @@ from web.views import landing_page
 log = logging.getLogger(__name__)
 
 
-def send_invitation(request, invitation: Invitation, secret: str) -> bool:
+def send_invitation(request: HttpRequest, invitation: Invitation, secret: str) -> bool:
     """Mail the link; False (and logged) when the mail could not be handed over."""
     context = {
         "invitation": invitation,
@@ -49,7 +52,7 @@ def send_invitation(request, invitation: Invitation, secret: str) -> bool:
     return True
 
 
-def _invite(request, membership: Membership, email: str, role: str) -> None:
+def _invite(request: HttpRequest, membership: Membership, email: str, role: str) -> None:
     invitation, secret = actions.invite_member(membership, email, role, ip=client_ip(request))
     if send_invitation(request, invitation, secret):
         messages.success(request, f"Invitation sent to {invitation.email}.")
@@ -57,7 +60,7 @@ def _invite(request, membership: Membership, email: str, role: str) -> None:
         messages.error(request, f"The invitation mail to {invitation.email} could not be sent. Try “Resend” later.")
 
 
-def _member_rows(membership: Membership) -> list[dict]:
+def _member_rows(membership: Membership) -> list[dict[str, Any]]:
     rows = []
     for member in access.members(membership.tenant):
         aliases = {alias.address for alias in member.aliases.all()}
@@ -73,7 +76,9 @@ def _member_rows(membership: Membership) -> list[dict]:
     return rows
 
 
-def _team_page(request, membership: Membership, invite_form: InviteForm, status: int = 200):
+def _team_page(
+    request: HttpRequest, membership: Membership, invite_form: InviteForm, status: int = 200
+) -> HttpResponse:
     context = {
         "membership": membership,
         "rows": _member_rows(membership),
@@ -87,7 +92,7 @@ def _team_page(request, membership: Membership, invite_form: InviteForm, status:
 
 @require_http_methods(["GET", "POST"])
 @admin_required
-def team(request, membership):
+def team(request: HttpRequest, membership: Membership) -> HttpResponse:
     form = InviteForm(request.POST or None, actor=membership)
     if request.method == "POST" and form.is_valid():
         try:
@@ -101,7 +106,7 @@ def team(request, membership):
 
 @require_POST
 @admin_required
-def resend_invitation(request, membership, invitation_id):
+def resend_invitation(request: HttpRequest, membership: Membership, invitation_id: int) -> HttpResponse:
     old = access.invitation(membership.tenant, invitation_id)
     try:
         _invite(request, membership, old.email, old.role)
@@ -112,7 +117,7 @@ def resend_invitation(request, membership, invitation_id):
 
 @require_POST
 @admin_required
-def revoke_invitation(request, membership, invitation_id):
+def revoke_invitation(request: HttpRequest, membership: Membership, invitation_id: int) -> HttpResponse:
     invitation = access.invitation(membership.tenant, invitation_id)
     actions.revoke_invitation(membership, invitation, ip=client_ip(request))
     messages.success(request, f"The invitation of {invitation.email} was revoked.")
@@ -121,7 +126,7 @@ def revoke_invitation(request, membership, invitation_id):
 
 @require_POST
 @admin_required
-def change_role(request, membership, membership_id):
+def change_role(request: HttpRequest, membership: Membership, membership_id: int) -> HttpResponse:
     target = access.member(membership.tenant, membership_id)
     form = RoleForm(request.POST)
     if not form.is_valid():
@@ -138,7 +143,7 @@ def change_role(request, membership, membership_id):
 
 @require_POST
 @admin_required
-def remove_member(request, membership, membership_id):
+def remove_member(request: HttpRequest, membership: Membership, membership_id: int) -> HttpResponse:
     target = access.member(membership.tenant, membership_id)
     try:
         actions.remove_member(membership, target, ip=client_ip(request))
@@ -151,11 +156,11 @@ def remove_member(request, membership, membership_id):
 
 @require_POST
 @admin_required
-def add_alias(request, membership, membership_id):
+def add_alias(request: HttpRequest, membership: Membership, membership_id: int) -> HttpResponse:
     target = access.member(membership.tenant, membership_id)
     form = AliasForm(request.POST)
     if not form.is_valid():
-        messages.error(request, f"Alias for {target.user.email}: {' '.join(form.errors['address'])}")
+        messages.error(request, f"Alias for {target.user.email}: {' '.join(map(str, form.errors['address']))}")
         return redirect("team")
     try:
         alias = actions.add_alias(membership, target, form.cleaned_data["address"], ip=client_ip(request))
@@ -168,7 +173,7 @@ def add_alias(request, membership, membership_id):
 
 @require_POST
 @admin_required
-def remove_alias(request, membership, alias_id):
+def remove_alias(request: HttpRequest, membership: Membership, alias_id: int) -> HttpResponse:
     alias = access.alias(membership.tenant, alias_id)
     actions.remove_alias(membership, alias, ip=client_ip(request))
     messages.success(request, f"Alias {alias.address} removed.")
@@ -178,7 +183,7 @@ def remove_alias(request, membership, alias_id):
 # --- joining -------------------------------------------------------------------
 
 
-def _join_context(request, invitation: Invitation, secret: str) -> dict:
+def _join_context(request: HttpRequest, invitation: Invitation, secret: str) -> dict[str, Any]:
     user = request.user
     context = {"invitation": invitation, "role": Role(invitation.role).label, "secret": secret}
     if user.is_authenticated:
@@ -191,7 +196,7 @@ def _join_context(request, invitation: Invitation, secret: str) -> dict:
 
 
 @require_http_methods(["GET", "POST"])
-def join(request, secret):
+def join(request: HttpRequest, secret: str) -> HttpResponse:
     """The link of an invitation: sign up, or sign in and accept."""
     try:
         invitation = access.invitation_by_token(secret)

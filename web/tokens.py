@@ -10,6 +10,7 @@ from __future__ import annotations
 from allauth.account.decorators import verified_email_required
 from django import forms
 from django.contrib import messages
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
@@ -17,6 +18,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from archive.actions import create_api_token, revoke_api_token
 from tenants import access
 from web.audit import client_ip, require_admin
+from web.roles import SignedInRequest
 
 
 class TokenForm(forms.Form):
@@ -28,7 +30,7 @@ class TokenForm(forms.Form):
 @never_cache
 @require_http_methods(["GET", "POST"])
 @verified_email_required
-def tokens(request):
+def tokens(request: SignedInRequest) -> HttpResponse:
     membership = access.membership_for(request.user)
     require_admin(membership)
     form = TokenForm(request.POST or None)
@@ -48,7 +50,7 @@ def tokens(request):
 
 @require_POST
 @verified_email_required
-def revoke(request, token_id: int):
+def revoke(request: SignedInRequest, token_id: int) -> HttpResponse:
     membership = access.membership_for(request.user)
     require_admin(membership)
     token = access.api_token(membership.tenant, token_id)

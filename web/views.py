@@ -5,20 +5,21 @@ from __future__ import annotations
 from allauth.account.decorators import verified_email_required
 from django.contrib import messages
 from django.core.exceptions import ValidationError
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
 from tenants.forms import normalize_domain
+from tenants.models import Membership, User
 from web.audit import client_ip
-from web.roles import admin_required
+from web.roles import SignedInRequest, admin_required
 from web.setup import setup_checks
 from web.status import tenant_status
 
 
-def landing_page(user) -> str:
+def landing_page(user: User) -> str:
     """Where a signed-in person starts: owners and admins on System Status
     (the journal address, the setup guide), everyone else on search."""
     try:
@@ -28,7 +29,7 @@ def landing_page(user) -> str:
 
 
 @require_GET
-def home(request):
+def home(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect(landing_page(request.user))
     return render(request, "web/home.html")
@@ -36,7 +37,7 @@ def home(request):
 
 @require_GET
 @verified_email_required
-def status(request):
+def status(request: SignedInRequest) -> HttpResponse:
     membership = access.membership_for(request.user)
     # The journal address, its rotation and the setup guide: owners and admins only.
     status = tenant_status(membership.tenant, journal=membership.is_admin)
@@ -51,7 +52,7 @@ def status(request):
 
 @require_POST
 @admin_required
-def rotate_token(request, membership):
+def rotate_token(request: HttpRequest, membership: Membership) -> HttpResponse:
     """A new journal address; the old one keeps working for the grace period."""
     rotate_journal_token(membership.tenant, actor=membership, ip=client_ip(request))
     messages.success(
@@ -64,7 +65,7 @@ def rotate_token(request, membership):
 
 @require_POST
 @admin_required
-def set_organization(request, membership):
+def set_organization(request: HttpRequest, membership: Membership) -> HttpResponse:
     """The Microsoft 365 organization expected in reports' X-OriginatorOrg."""
     value = request.POST.get("m365_organization", "")
     try:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from infra.text import storable
 from search.document import HIDDEN_CAPABLE, SearchDocument
@@ -62,9 +63,10 @@ class Scope:
     """
 
     tenant_id: int
-    addresses: tuple[str, ...] | None = None
+    # A list or tuple; stored as a sorted tuple of lowercase addresses.
+    addresses: Sequence[str] | None = None
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         _check_tenant(self.tenant_id)
         if self.addresses is not None:
             if isinstance(self.addresses, str):
@@ -86,13 +88,13 @@ class ScopedQuery:
     tenant_id: int
     root: Node
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         first = self.root.children[0] if isinstance(self.root, And) else self.root
         if first != TenantIs(self.tenant_id):
             raise ValueError("a ScopedQuery must start with its tenant filter")
 
 
-def _check_tenant(tenant_id) -> None:
+def _check_tenant(tenant_id: object) -> None:
     if isinstance(tenant_id, bool) or not isinstance(tenant_id, int) or tenant_id <= 0:
         raise ValueError(f"tenant_id must be a positive int, got {tenant_id!r}")
 
@@ -100,7 +102,7 @@ def _check_tenant(tenant_id) -> None:
 def _scoped(tenant_id: int, *filters: Node) -> ScopedQuery:
     """THE tenant filter: every read, count and delete goes through here."""
     _check_tenant(tenant_id)
-    parts = [TenantIs(tenant_id)]
+    parts: list[Node] = [TenantIs(tenant_id)]
     for node in filters:
         parts.extend(node.children if isinstance(node, And) else (node,))
     parts = [p for p in parts if not isinstance(p, MatchAll)]
@@ -119,7 +121,8 @@ def scope_query(scope: Scope, query: str | Node) -> ScopedQuery | None:
         return _scoped(scope.tenant_id, ast)
     if not scope.addresses:
         return None
-    return _scoped(scope.tenant_id, ParticipantIn(scope.addresses), without_hidden(ast, scope.addresses))
+    addresses = tuple(scope.addresses)  # already one (__post_init__): the same object, for the type
+    return _scoped(scope.tenant_id, ParticipantIn(addresses), without_hidden(ast, addresses))
 
 
 def without_hidden(node: Node, addresses: tuple[str, ...]) -> Node:
@@ -220,7 +223,7 @@ class SearchBackend(abc.ABC):
     name = "abstract"
     _FINAL = ("index", "delete", "delete_tenant", "search", "scan", "count")
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         overridden = [name for name in cls._FINAL if name in cls.__dict__]
         if overridden:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Literal
 
 import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
@@ -133,7 +135,7 @@ class ElasticsearchBackend(SearchBackend):
 
     # --- index lifecycle ----------------------------------------------------------
 
-    def template(self) -> dict:
+    def template(self) -> dict[str, Any]:
         return {
             "index_patterns": [f"{self.alias}-*"],
             "template": {
@@ -158,7 +160,7 @@ class ElasticsearchBackend(SearchBackend):
                 self._move_alias()
         self._ready = True
 
-    def _create_index(self, **options) -> None:
+    def _create_index(self, **options: Any) -> None:
         """Create this version's index; another process (web, worker, ingest) starting too may have just done so."""
         try:
             self.es.indices.create(index=self.concrete, **options)
@@ -201,6 +203,7 @@ class ElasticsearchBackend(SearchBackend):
                 raise_on_exception=True,
                 refresh=self.refresh_policy,
             )
+        assert isinstance(errors, list)  # stats_only is off: the failed items
         failures = [e for e in errors if _item_status(e) != 409]  # 409: a newer version is indexed
         if failures:
             statuses = {_item_status(e) for e in failures}
@@ -209,7 +212,7 @@ class ElasticsearchBackend(SearchBackend):
                 raise SearchUnavailable(message)
             raise SearchError(message)
 
-    def _action(self, doc: SearchDocument) -> dict:
+    def _action(self, doc: SearchDocument) -> dict[str, Any]:
         addresses = {field: getattr(doc, attribute) for field, attribute in ADDRESS_FIELDS.items()}
         for name, (shown, hidden) in split_hidden(doc).items():
             addresses[name], addresses[hidden_field(name)] = shown, hidden
@@ -307,7 +310,7 @@ class ElasticsearchBackend(SearchBackend):
 
     # --- AST -> query DSL ---------------------------------------------------------
 
-    def translate(self, node: Node) -> dict:
+    def translate(self, node: Node) -> dict[str, Any]:
         if isinstance(node, MatchAll):
             return {"match_all": {}}
         if isinstance(node, TenantIs):
@@ -334,7 +337,7 @@ class ElasticsearchBackend(SearchBackend):
         if isinstance(node, And):
             positive = [self.translate(c) for c in node.children if not isinstance(c, Not)]
             negative = [self.translate(c.child) for c in node.children if isinstance(c, Not)]
-            clause: dict = {"filter": positive}
+            clause: dict[str, Any] = {"filter": positive}
             if negative:
                 clause["must_not"] = negative
             return {"bool": clause}
@@ -342,7 +345,7 @@ class ElasticsearchBackend(SearchBackend):
             return {"bool": {"should": [self.translate(c) for c in node.children], "minimum_should_match": 1}}
         raise TypeError(f"unknown query node {node!r}")
 
-    def _text(self, node: Text) -> dict:
+    def _text(self, node: Text) -> dict[str, Any]:
         targets = FIELD_TARGETS[node.field]
         if node.hidden:
             targets += tuple(hidden_field(t) for t in targets if t in HIDDEN_CAPABLE)
@@ -358,19 +361,22 @@ class ElasticsearchBackend(SearchBackend):
         return {"bool": {"should": queries, "minimum_should_match": 1}}
 
 
-def _item_status(item: dict) -> int | None:
+def _item_status(item: dict[str, dict[str, Any]]) -> int | None:
     for result in item.values():
-        return result.get("status")
+        status: int | None = result.get("status")
+        return status
     return None
 
 
 class _translated_errors:
     """Turn the client's connection and server errors into SearchUnavailable."""
 
-    def __enter__(self):
+    def __enter__(self) -> _translated_errors:
         return self
 
-    def __exit__(self, kind, error, traceback):
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         if error is None:
             return False
         if isinstance(error, elastic_transport.TransportError):

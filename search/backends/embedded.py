@@ -1,21 +1,18 @@
 """The embedded default: Tantivy (tantivy-py), one index folder per tenant
 under `DATA_DIR/index/v3/`, no server.
 
-Why Tantivy and not SQLite FTS5, measured on this 2-core machine with the
-synthetic tenant of bench/search.py (figures in the commit):
+Why Tantivy and not SQLite FTS5 (the measurements, with the synthetic
+tenant of bench/search.py, are in bench/README.md):
 
 * Every archive search is "newest first, with a total count". Tantivy
   collects the top k by a columnar timestamp while it counts, so even a word
-  found in half of all mail stays in tens of milliseconds at 1,000,000
-  messages. FTS5 has to materialise every match, join it to the date column
-  and sort: a prototype needed 267 ms (p50) for such a word at only 200,000
-  messages, growing linearly (~1.3 s at 1M); a 2% word 31 ms, a phrase 40 ms.
+  found in half of all mail stays fast at a million messages. FTS5 has to
+  materialise every match, join it to the date column and sort, growing
+  linearly with the matches.
 * Phrases, per-field search, boolean trees and date ranges are native query
   objects built straight from our AST; no query string is ever assembled
   from user input.
-* Indexing is not the reason: FTS5 loaded ~2,000 messages/s, this backend
-  ~700 in batches of 500 including the version check and merges. Both are
-  well above the 200/s one worker needs.
+* Indexing is not the reason: both load well above what one worker needs.
 
 What it costs, and how this module deals with it:
 
@@ -23,9 +20,9 @@ What it costs, and how this module deals with it:
   worker child). A writer lives for one batch, under an exclusive fcntl lock
   (`writer.lock`) waited for at most `lock_timeout` seconds; after that,
   SearchUnavailable tells the task to retry with backoff.
-* A commit fsyncs (~0.1-0.2 s here): one message per index() call caps a
-  writer at a few messages/s, so callers index in batches.
-* Readers reload the segment list before every search (~0.1 ms), so a commit
+* A commit fsyncs: one message per index() call caps a writer at a few
+  messages/s, so callers index in batches.
+* Readers reload the segment list before every search (cheap), so a commit
   by another process is visible at once.
 * A folder per tenant: a search never walks another tenant's postings (the
   folder *is* the tenant filter, checked against the scoped query's
@@ -47,6 +44,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import tantivy
 from tantivy import Occur, Query
@@ -135,7 +133,7 @@ class _TenantIndex:
         self.index.config_reader(reload_policy="Manual")
 
     def searcher(self) -> tantivy.Searcher:
-        # Another process may have committed: pick up its segments first (~0.1 ms).
+        # Another process may have committed: pick up its segments first.
         self.index.reload()
         return self.index.searcher()
 
@@ -183,9 +181,10 @@ class EmbeddedBackend(SearchBackend):
     # --- writing ------------------------------------------------------------------
 
     @contextmanager
-    def _writer(self, tenant_id: int):
+    def _writer(self, tenant_id: int) -> Iterator[tuple[_TenantIndex, tantivy.IndexWriter]]:
         """The only IndexWriter on a tenant's folder, across threads and processes."""
         tenant = self._tenant(tenant_id, create=True)
+        assert tenant is not None  # create=True opens one
         with _file_lock(tenant.path / "writer.lock", self.lock_timeout):
             try:
                 writer = tenant.index.writer(heap_size=self.writer_heap, num_threads=1)
@@ -271,13 +270,15 @@ class EmbeddedBackend(SearchBackend):
         rows.sort(reverse=True)
         return Hits(result.count, [doc_id for _, doc_id in rows[offset:window]])
 
-    def _rows(self, searcher: tantivy.Searcher, hits) -> list[tuple[int, int]]:
+    def _rows(self, searcher: tantivy.Searcher, hits: list[tuple[int, Any]]) -> list[tuple[int, int]]:
         if not hits:
             return []
         ids = searcher.fast_field_values("id", [address for _, address in hits])
         return [(ts, doc_id) for (ts, _), doc_id in zip(hits, ids, strict=True)]
 
-    def _complete_ties(self, searcher, translated: Query, rows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    def _complete_ties(
+        self, searcher: tantivy.Searcher, translated: Query, rows: list[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
         """Tantivy orders by one field; messages with the page's oldest
         timestamp may have been cut arbitrarily. Fetch all of them so the
         id tiebreak is exact."""
@@ -395,7 +396,7 @@ def _warn_if_upgraded(root: Path) -> None:
 
 
 @contextmanager
-def _file_lock(path: Path, timeout: float):
+def _file_lock(path: Path, timeout: float) -> Iterator[None]:
     """An exclusive flock, waited for at most `timeout` seconds."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

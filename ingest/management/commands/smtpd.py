@@ -6,15 +6,18 @@ import os
 import signal
 import sys
 import time
+from types import FrameType
+from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from infra.logs import cheap_records
 from infra.runtime import settle_heap
-from ingest.commitd import RESTART_DELAY, SharedCommitter
+from ingest.commitd import SharedCommitter
 from ingest.server import IngestServer, new_event_loop
+from ingest.tuning import RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ def serve(host: str, port: int, reuse_port: bool, index: int = 0, committer_addr
 class Command(BaseCommand):
     help = "Run the SMTP ingest (journal reports over SMTP+STARTTLS)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default=settings.ARCHIVA_SMTP_HOST)
         parser.add_argument("--port", type=int, default=settings.ARCHIVA_SMTP_PORT)
         parser.add_argument(
@@ -43,7 +46,7 @@ class Command(BaseCommand):
             help="ingest processes sharing the port (SO_REUSEPORT); default ARCHIVA_SMTP_PROCESSES",
         )
 
-    def handle(self, *args, host, port, processes, **options):
+    def handle(self, *args: Any, host: str, port: int, processes: int, **options: Any) -> None:
         cheap_records()  # a log line for every accepted message: no caller lookup for each
         if not 0 < port <= 65535:
             raise CommandError(f"--port {port} is not a TCP port")
@@ -64,6 +67,11 @@ class Command(BaseCommand):
         The committer is restarted if it dies (the ingest processes answer
         451 meanwhile and reconnect); it ends by itself once every ingest
         process has finished and closed its connection.
+
+        Our own loop because nothing standard fits: multiprocessing's Pool
+        and Process restart nothing and cannot wait on the committer beside
+        the workers, gunicorn's arbiter serves WSGI apps only, and a process
+        manager (systemd, honcho) would give each process its own committer.
         """
         connections.close_all()  # never share a database connection across fork
         shared = SharedCommitter()
@@ -89,7 +97,7 @@ class Command(BaseCommand):
 
         stopping = False
 
-        def forward(signum, frame):
+        def forward(signum: int, frame: FrameType | None) -> None:
             nonlocal stopping
             stopping = True
             for child in children:
