@@ -20,6 +20,11 @@ def make_user(email: str) -> User:
     return create_user(email, PASSWORD)
 
 
+def membership_of(user: User) -> Membership:
+    """The user's membership (an account belongs to one organization)."""
+    return Membership.objects.select_related("tenant", "user").get(user=user)
+
+
 def add_member(tenant: Tenant, email: str, role: str) -> User:
     """A member the way people join: invited by the owner, then accepting."""
     owner = Membership.objects.select_related("tenant", "user").filter(tenant=tenant, role=Role.OWNER).first()
@@ -27,6 +32,20 @@ def add_member(tenant: Tenant, email: str, role: str) -> User:
     user = make_user(email)
     accept_invitation(invitation, user)
     return user
+
+
+def create_tenant_in(region: str, name: str, owner: User) -> Tenant:
+    """A tenant as another region's deployment creates it (the tests share one database)."""
+    from django.test import override_settings
+
+    from regions.current import current_region
+
+    with override_settings(ARCHIVA_REGION=region):
+        current_region.cache_clear()
+        try:
+            return create_tenant(name, owner)
+        finally:
+            current_region.cache_clear()  # recomputed from the restored settings
 
 
 @dataclass

@@ -206,6 +206,7 @@ def test_signing_up_from_an_invitation_with_another_address_is_refused(client, o
 def test_a_plain_sign_up_still_creates_its_own_tenant_after_an_expired_invitation(client, org, outbox):
     invitation, secret = invite_member(membership(org.owner), "frank@contoso.com", Role.USER)
     client.get(reverse("team-join", args=[secret]))
+    # Time-shift: a week passes (invite_member takes no clock), so the link has expired.
     Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     assert 'name="organization"' in client.get(reverse("account_signup")).content.decode()
     response = sign_up(client, "frank@contoso.com", organization="Frank's Shop")
@@ -253,6 +254,7 @@ def test_signed_in_with_another_address_the_invitation_cannot_be_accepted(client
 
 def test_an_expired_or_unknown_link_says_so(client, org):
     invitation, secret = invite_member(membership(org.owner), "frank@contoso.com", Role.USER)
+    # Time-shift: a week passes (invite_member takes no clock), so the link has expired.
     Invitation.objects.filter(pk=invitation.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     for link in (reverse("team-join", args=[secret]), reverse("team-join", args=["made-up"])):
         response = client.get(link)
@@ -321,7 +323,7 @@ def test_a_removed_member_loses_access_but_keeps_the_account(client, org):
 
 
 def test_the_team_page_lists_members_roles_and_searchable_addresses(client, org):
-    Alias.objects.create(tenant=org.tenant, membership=membership(org.user), address="sales@contoso.com")
+    add_alias(membership(org.owner), membership(org.user), "sales@contoso.com")
     client.force_login(org.owner)
     html = client.get(reverse("team")).content.decode()
     members = re.search(r'<ul class="members" id="members">(.*?)</section>', html, re.S).group(1)
@@ -363,11 +365,22 @@ def test_a_malformed_alias_is_refused_with_the_reason(client, org):
     assert not Alias.objects.exists()
 
 
-def test_addresses_for_counts_only_verified_addresses_and_aliases_lower_cased(org):
+def add_email_address(client, outbox, user, address: str, confirm: bool) -> None:
+    """Add an address on allauth's e-mail page as its owner does; confirm it by the mailed link."""
+    client.force_login(user)
+    sent = len(mails(outbox))
+    assert client.post(reverse("account_email"), {"email": address, "action_add": ""}).status_code == 302
+    if confirm:
+        body = mails(outbox)[sent].get_body(preferencelist=("plain",)).get_content()
+        key = re.search(r"/accounts/confirm-email/([^/\s]+)/", body).group(1)
+        assert client.post(reverse("account_confirm_email", args=[key])).status_code == 302
+
+
+def test_addresses_for_counts_only_verified_addresses_and_aliases_lower_cased(client, org, outbox):
     erin = membership(org.user)
-    EmailAddress.objects.create(user=org.user, email="erin.unverified@contoso.com", verified=False)
-    EmailAddress.objects.create(user=org.user, email="Erin.Private@Example.NET", verified=True)
-    Alias.objects.create(tenant=org.tenant, membership=erin, address="shared@contoso.com")
+    add_email_address(client, outbox, org.user, "erin.unverified@contoso.com", confirm=False)
+    add_email_address(client, outbox, org.user, "Erin.Private@Example.NET", confirm=True)
+    add_alias(membership(org.owner), erin, "Shared@Contoso.com")
     assert addresses_for(erin) == ["erin.private@example.net", "erin@contoso.com", "shared@contoso.com"]
     assert addresses_for(membership(org.auditor)) == ["dave@contoso.com"]
 
@@ -377,7 +390,7 @@ def test_addresses_for_counts_only_verified_addresses_and_aliases_lower_cased(or
 
 def team_posts(org):
     erin = membership(org.user)
-    alias = Alias.objects.create(tenant=org.tenant, membership=erin, address="sales@contoso.com")
+    alias = add_alias(membership(org.owner), erin, "sales@contoso.com")
     invitation, _ = invite_member(membership(org.owner), "frank@contoso.com", Role.USER)
     return [
         (reverse("team"), {"email": "x@contoso.com", "role": "user"}),
