@@ -165,5 +165,5 @@ def test_the_outsider_reads_only_his_own_tenants_admin_actions(client, org, outs
 
 def test_a_deleted_actor_is_still_named(client, org):
     post_as(client, org.admin, reverse("rotate-token"))
-    org.admin.delete()
+    org.admin.delete()  # by an operator (Django's admin): no product action deletes an account
     assert "bob@contoso.com" in audit_rows(client, org.auditor)
