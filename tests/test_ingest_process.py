@@ -204,16 +204,11 @@ def test_a_real_worker_verifies_archives_and_indexes_what_the_ingest_stored(
         server.stop_thread()
 
 
-def test_the_worker_flags_a_stored_object_that_does_not_match_its_hash(org, settings):
-    from tests.archive_support import deliver
+def test_the_worker_flags_a_stored_object_that_does_not_match_its_hash(org):
+    from tests.archive_support import damage, deliver
 
     row = deliver(org.tenant, MESSAGE)
-    # A damaged object (bit rot, a slip by hand): no action makes one, so its bytes are changed in place.
-    stored = settings.DATA_DIR / "buckets" / org.tenant.bucket / row.storage_key
-    stored.chmod(0o600)
-    with stored.open("r+b") as packed:
-        packed.seek(row.storage_offset)
-        packed.write(MESSAGE[:-10] + b"tampered\r\n")  # same length, other bytes
+    damage(row)  # same length, other bytes
     assert process_delivery.apply(args=(row.pk,)).get() == Delivery.Status.FAILED
     row.refresh_from_db()
     assert row.status == Delivery.Status.FAILED and "do not match" in row.error
