@@ -281,3 +281,21 @@ def set_m365_organization(
     with transaction.atomic():
         tenant.save(update_fields=["m365_organization"])
         _audit(actor, Action.SETTING_CHANGED, "m365_organization", ip, old=old, new=tenant.m365_organization)
+
+
+# --- accounts ----------------------------------------------------------------
+
+
+def create_user(email: str, password: str | None, *, verified: bool = True) -> User:
+    """An account as allauth's sign-up leaves it: the user and its primary address.
+
+    `verified` is whether the address was confirmed (by the mailed link, or
+    by opening an invitation sent to it).  Used where an account is made
+    outside the sign-up form: commands, and the tests' fixtures.
+    """
+    from allauth.account.models import EmailAddress
+
+    with transaction.atomic():
+        user = User.objects.create_user(email=email, password=password)
+        EmailAddress.objects.create(user=user, email=user.email, verified=verified, primary=True)
+    return user

@@ -28,13 +28,15 @@ def corpus_names() -> list[str]:
     return sorted(path.name for path in corpus_dir().glob("*.eml"))
 
 
-def deliver(tenant: Tenant, raw: bytes) -> Delivery:
+def deliver(tenant: Tenant, raw: bytes, rcpt: list[str] | None = None) -> Delivery:
     """Store and record one received message for `tenant`, as the ingest does (not enqueued)."""
     sha256 = hashlib.sha256(raw).hexdigest()
     envelope = Envelope(
         mail_from="journal@contoso.com", peer_ip="127.0.0.1", helo="test", tls_version="", tls_cipher=""
     )
-    envelope.add_recipient(Route(tenant.pk, tenant.bucket, tenant.region, None), f"journal-x@{tenant.region}.test")
+    route = Route(tenant.pk, tenant.bucket, tenant.region, None)
+    for address in rcpt or [f"journal-x@{tenant.region}.test"]:
+        envelope.add_recipient(route, address)
     [(_, error)], [pk] = commit_batch([Job(0, envelope, raw, sha256, len(raw))], flush_paths())
     assert error is None, error
     return Delivery.objects.get(pk=pk)
@@ -55,6 +57,45 @@ def archive(tenant: Tenant, raw: bytes, index: bool = True) -> Delivery:
     process(delivery.pk, index=index)
     delivery.refresh_from_db()
     return delivery
+
+
+def received_at(delivery: Delivery, when) -> Delivery:
+    """Time-shift: the delivery arrived at `when` (the ingest stamps the time now; it takes no clock)."""
+    Delivery.objects.filter(pk=delivery.pk).update(received_at=when)
+    delivery.received_at = when
+    return delivery
+
+
+def damage(delivery: Delivery) -> None:
+    """Change the stored bytes in place, same length (bit rot, a slip by hand): no action does this."""
+    from django.conf import settings
+
+    stored = settings.DATA_DIR / "buckets" / delivery.tenant.bucket / delivery.storage_key
+    stored.chmod(0o600)
+    with stored.open("r+b") as packed:
+        packed.seek(delivery.storage_offset + delivery.size - 10)
+        packed.write(b"tampered\r\n")
+
+
+def fail_verification(delivery: Delivery) -> Delivery:
+    """A delivery whose stored bytes the worker found damaged: `failed`."""
+    damage(delivery)
+    process(delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == Delivery.Status.FAILED, delivery.error
+    return delivery
+
+
+def padded_report(message_id: str, size: int) -> bytes:
+    """A journal report of exactly `size` bytes (some 800 at least): its body is padded with lines of x."""
+    recipients = [("To", "erin@contoso.com")]
+    missing = size - len(report(message_id, "Padded", recipients, body=""))
+    if missing < 0:
+        raise ValueError(f"a journal report needs more than {size} bytes")
+    line = "x" * 76 + "\r\n"
+    raw = report(message_id, "Padded", recipients, body=line * (missing // len(line)) + "x" * (missing % len(line)))
+    assert len(raw) == size
+    return raw
 
 
 def archive_corpus(tenant: Tenant) -> dict[str, Delivery]:

@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass
 
 import pytest
-from allauth.account.models import EmailAddress
 
-from tenants.actions import create_tenant
+from tenants.actions import accept_invitation, create_tenant, create_user, invite_member
 from tenants.models import Membership, Role, Tenant, User
 from tests.servers import free_port, missing, port_open
 
@@ -17,15 +16,36 @@ PASSWORD = "correct horse battery staple 42"
 
 
 def make_user(email: str) -> User:
-    user = User.objects.create_user(email=email, password=PASSWORD)
-    EmailAddress.objects.create(user=user, email=email, verified=True, primary=True)
-    return user
+    """An account with a verified address, as the sign-up leaves it."""
+    return create_user(email, PASSWORD)
+
+
+def membership_of(user: User) -> Membership:
+    """The user's membership (an account belongs to one organization)."""
+    return Membership.objects.select_related("tenant", "user").get(user=user)
 
 
 def add_member(tenant: Tenant, email: str, role: str) -> User:
+    """A member the way people join: invited by the owner, then accepting."""
+    owner = Membership.objects.select_related("tenant", "user").filter(tenant=tenant, role=Role.OWNER).first()
+    invitation, _ = invite_member(owner, email, role)
     user = make_user(email)
-    Membership.objects.create(tenant=tenant, user=user, role=role)
+    accept_invitation(invitation, user)
     return user
+
+
+def create_tenant_in(region: str, name: str, owner: User) -> Tenant:
+    """A tenant as another region's deployment creates it (the tests share one database)."""
+    from django.test import override_settings
+
+    from regions.current import current_region
+
+    with override_settings(ARCHIVA_REGION=region):
+        current_region.cache_clear()
+        try:
+            return create_tenant(name, owner)
+        finally:
+            current_region.cache_clear()  # recomputed from the restored settings
 
 
 @dataclass

@@ -115,3 +115,12 @@ def dns_server(dns_server_session, settings) -> DNSServer:
     settings.ARCHIVA_DNS_TIMEOUT = 1.0
     yield dns_server_session
     dns_server_session.reset()
+
+
+def verified_domain(dns_server: DNSServer, actor, name: str):
+    """`name` claimed by `actor`'s tenant and verified by its TXT record, as an admin does it."""
+    from tenants.actions import add_domain, verify_domain
+
+    domain = add_domain(actor, name)
+    dns_server.add_txt(domain.txt_name, domain.txt_value)
+    return verify_domain(domain, actor)

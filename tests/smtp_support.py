@@ -107,3 +107,23 @@ def stored_objects(folder: Path) -> list[Path]:
         for path in folder.rglob(f"{top}/*/*")
         if path.is_file() and not path.name.startswith(".tmp-")
     ]
+
+
+def count_rejections(tenant: Tenant | None, reason: str, count: int, hour=None) -> None:
+    """Refusals counted the way the ingest counts them (in memory, then flushed to the hour's row).
+
+    `hour` moves them to an earlier hour: a time-shift (the counter takes no
+    clock).  Shift the older ones first, as later counts of the same reason
+    add to the current hour's row.
+    """
+    from django.utils import timezone
+
+    from ingest.stats import RejectionCount, RejectionCounter
+
+    counter = RejectionCounter()
+    for _ in range(count):
+        counter.add(tenant.pk if tenant else None, reason)
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    counter.flush()
+    if hour is not None and hour < now:
+        RejectionCount.objects.filter(tenant=tenant, reason=reason, hour__gte=now).update(hour=hour)

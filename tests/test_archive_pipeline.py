@@ -222,7 +222,7 @@ def test_when_storage_fails_the_delivery_is_retried_and_the_sweep_leaves_it_alon
 
     settings.ARCHIVA_SWEEP_GRACE = 0
     delivery = deliver(org.tenant, corpus("01-simple.eml"))
-    Delivery.objects.filter(pk=delivery.pk).update(enqueued_at=None)
+    assert delivery.enqueued_at is None  # committed, its task not published (as after a kill)
 
     def failing(self, *args):
         raise StorageError("disk on fire")
@@ -244,13 +244,12 @@ def test_the_sweep_finds_reports_not_yet_archived_or_indexed(org, outsider, sett
     from django.utils import timezone
 
     settings.ARCHIVA_SWEEP_GRACE = 0
+    # None of them has a task published (as after a kill): the committer's publish never ran.
     waiting = deliver(org.tenant, corpus("01-simple.eml"))
-    Delivery.objects.filter(pk=waiting.pk).update(enqueued_at=None)
-    unindexed = archive(org.tenant, corpus("08-on-behalf-of.eml"))
-    Message.objects.filter(pk=unindexed.message_id).update(index_status=Message.IndexStatus.PENDING)
-    Delivery.objects.filter(pk=unindexed.pk).update(enqueued_at=None)
+    unindexed = archive(org.tenant, corpus("08-on-behalf-of.eml"), index=False)
     done = archive(org.tenant, corpus("06-exchange2003.eml"))
-    Delivery.objects.filter(pk=done.pk).update(enqueued_at=None)
+    assert unindexed.message.index_status == Message.IndexStatus.PENDING
+    assert waiting.enqueued_at is None and unindexed.enqueued_at is None and done.enqueued_at is None
     stranded = set(stranded_deliveries(timezone.now()).values_list("pk", flat=True))
     assert {waiting.pk, unindexed.pk} <= stranded and done.pk not in stranded
 

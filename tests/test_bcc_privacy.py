@@ -16,10 +16,10 @@ from django.db import transaction
 from django.test import override_settings
 from django.urls import reverse
 
-from tenants.models import Alias
+from tenants.actions import add_alias
 from tests import search_support
 from tests.archive_support import archive, corpus
-from tests.conftest import make_org, make_outsider
+from tests.conftest import make_org, make_outsider, membership_of
 from tests.search_support import Corpus, at
 
 engine = search_support.engine
@@ -166,8 +166,7 @@ def test_the_api_results_show_a_plain_user_the_headers_and_herself_only(client, 
 
 def test_a_plain_user_who_sent_the_message_finds_its_bcc(client, world, db):
     org, _, message_id = world
-    erin = org.user.memberships.get(tenant=org.tenant)
-    Alias.objects.create(tenant=org.tenant, membership=erin, address="alice@contoso.com")
+    add_alias(membership_of(org.owner), membership_of(org.user), "alice@contoso.com")
     data = api_search(client, org.user, "bcc:dave")
     assert [r["id"] for r in data["results"]] == [message_id]
     assert data["results"][0]["bcc"] == ["dave@contoso.com"]

@@ -11,8 +11,11 @@ from django.urls import reverse
 from django.utils import timezone
 
 from archive.models import Message
-from ingest.models import Delivery, RejectionCount
+from ingest.models import Delivery
+from tests import archive_support
+from tests.archive_support import padded_report, process
 from tests.conftest import make_user
+from tests.smtp_support import count_rejections
 from web import stats
 from web.svgchart import Series, bar_chart, nice_scale
 
@@ -22,32 +25,23 @@ NOW = datetime(2026, 3, 14, 15, 30, tzinfo=UTC)
 BAR_RE = re.compile(r'<rect class="chart__bar chart__bar--(\w+)"[^>]*data-value="(\d+)"><title>([^<]+)</title>')
 
 
-def deliver(tenant, received_at, size=1000, status=Delivery.Status.RECEIVED, rcpt=("journal@x",)):
+def deliver(tenant, when, size=1000, status=Delivery.Status.STORED):
+    """A report received at `when` (time-shifted), `size` bytes: a journal report when that fits, else filler."""
     n = Delivery.objects.count()
-    return Delivery.objects.create(
-        tenant=tenant,
-        queue_id=f"Q{n}",
-        sha256=f"{n:064d}",
-        size=size,
-        storage_key=f"raw/{n}",
-        status=status,
-        received_at=received_at,
-        rcpt_to=list(rcpt),
-    )
+    raw = padded_report(f"chart-{n}@test", size) if size >= 1000 else b"x" * size
+    delivery = archive_support.received_at(archive_support.deliver(tenant, raw), when)
+    if status == Delivery.Status.FAILED:
+        archive_support.fail_verification(delivery)
+    return delivery
 
 
-def archived(tenant, created_at, index_status=Message.IndexStatus.INDEXED):
-    n = Message.objects.count()
-    return Message.objects.create(
-        tenant=tenant,
-        merge_key=f"mid:{n}@test",
-        date=created_at,
-        size=100,
-        original_sha256="0" * 64,
-        original_key=f"original/{n}",
-        created_at=created_at,
-        index_status=index_status,
-    )
+def archived(delivery, created_at, index=True):
+    """The worker archives the delivery; its message made at `created_at` (time-shifted)."""
+    process(delivery.pk, index=index)
+    delivery.refresh_from_db()
+    # The worker stamps the time now and takes no clock.
+    Message.objects.filter(pk=delivery.message_id).update(created_at=created_at)
+    return delivery
 
 
 def fabrikam(outsider):
@@ -70,13 +64,13 @@ def table(html: str, chart_id: str) -> dict[str, list[str]]:
 
 
 def test_hourly_buckets_count_received_and_archived_per_hour_for_48_hours(org, outsider):
-    deliver(org.tenant, NOW.replace(minute=5))
+    first = deliver(org.tenant, NOW.replace(minute=5))
     deliver(org.tenant, NOW.replace(minute=29))
     deliver(org.tenant, NOW - timedelta(hours=2))
     deliver(org.tenant, NOW - timedelta(hours=47, minutes=30))  # 12 Mar 16:00, the oldest bucket
     deliver(org.tenant, NOW - timedelta(hours=48))  # 12 Mar 15:30: too old
     deliver(fabrikam(outsider), NOW)  # another tenant's
-    archived(org.tenant, NOW.replace(minute=10))
+    archived(first, NOW.replace(minute=10))
 
     buckets = stats.hourly(org.tenant, NOW)
     assert len(buckets) == 48
@@ -90,10 +84,10 @@ def test_hourly_buckets_count_received_and_archived_per_hour_for_48_hours(org, o
 
 def test_daily_buckets_cover_30_days_including_today(org):
     deliver(org.tenant, NOW, size=10)
-    deliver(org.tenant, NOW - timedelta(days=1), size=20)
+    yesterdays = deliver(org.tenant, NOW - timedelta(days=1))
     deliver(org.tenant, NOW - timedelta(days=29, hours=15), size=40)  # 13 Feb 00:30
     deliver(org.tenant, NOW - timedelta(days=30), size=80)  # before the window
-    archived(org.tenant, NOW - timedelta(days=1))
+    archived(yesterdays, NOW - timedelta(days=1))
     buckets = stats.daily(org.tenant, NOW)
     assert len(buckets) == 30
     assert buckets[0].start == datetime(2026, 2, 13, tzinfo=UTC)
@@ -116,9 +110,9 @@ def test_every_member_sees_the_charts_of_their_tenant(client, org, role):
 
 def test_a_delivery_this_hour_shows_as_a_bar_a_number_and_a_table_row(client, org):
     now = timezone.now()
+    first = deliver(org.tenant, now)
     deliver(org.tenant, now)
-    deliver(org.tenant, now)
-    archived(org.tenant, now)
+    archived(first, now)
     client.force_login(org.owner)
     html = chart_html(client)
 
@@ -160,7 +154,7 @@ def test_backlog_shows_what_waits_for_the_worker_and_the_index(client, org):
     deliver(org.tenant, now, status=Delivery.Status.STORED)
     deliver(org.tenant, now, status=Delivery.Status.STORED)
     deliver(org.tenant, now, status=Delivery.Status.FAILED)
-    archived(org.tenant, now, index_status=Message.IndexStatus.PENDING)
+    archived(deliver(org.tenant, now), now, index=False)  # archived, not yet indexed
     client.force_login(org.auditor)
     backlog = table(chart_html(client), "chart-backlog")
     assert backlog["Awaiting verification"] == ["2"]
@@ -174,16 +168,16 @@ def test_rejections_come_from_the_ingests_statistics_and_only_the_tenants_own(cl
 
     hour = timezone.now().replace(minute=0, second=0, microsecond=0)
     old = hour - timedelta(days=40)  # before the chart's 30 days
-    for tenant, reason, count, when in [
+    for tenant, reason, count, when in [  # oldest first (see count_rejections)
+        (org.tenant, "too_large", 99, old),
+        (org.tenant, "too_large", 5, hour - timedelta(hours=1)),
         (org.tenant, "rate_limited", 3, hour),
         (org.tenant, "too_large", 12, hour),
-        (org.tenant, "too_large", 5, hour - timedelta(hours=1)),
         (org.tenant, "something_new", 1, hour),
-        (org.tenant, "too_large", 99, old),
         (fabrikam(outsider), "too_large", 1000, hour),
         (fabrikam(outsider), "sender_not_allowed", 7, hour),
     ]:
-        RejectionCount.objects.create(tenant=tenant, reason=reason, count=count, hour=when)
+        count_rejections(tenant, reason, count, when)
     html = chart_html(client)
     rows = table(html, "chart-rejections")
     assert list(rows) == ["Over the size limit", "Over the rate limit (Exchange retries)", "something_new"]

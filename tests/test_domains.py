@@ -16,7 +16,7 @@ from django.urls import reverse
 
 from infra.dns import LookupFailed, parse_resolver, txt_records
 from infra.env import ConfigError
-from tenants.actions import add_domain, verify_domain
+from tenants.actions import add_domain, remove_domain, verify_domain
 from tenants.models import Domain, Membership
 
 pytestmark = pytest.mark.django_db
@@ -173,7 +173,7 @@ def test_a_domain_verified_by_one_tenant_cannot_be_verified_by_another(client, o
     theirs.refresh_from_db()
     assert theirs.verified_at is None
     # …and a new claim is refused up front.
-    theirs.delete()
+    remove_domain(membership(outsider), theirs)
     assert "contoso.com is verified by another organization" in add(client, "contoso.com").content.decode()
     assert not Domain.objects.filter(tenant=theirs.tenant).exists()
 

@@ -20,12 +20,12 @@ from django.utils import timezone
 
 from ingest.held import HeldMessage, deliver_held, held_bucket, tend
 from ingest.models import Delivery
-from ingest.stats import RejectionCount
 from regions.current import current_region
 from tenants.actions import add_domain, verify_domain
 from tenants.models import Membership
 from tests.archive_support import backend_fixture, corpus, process, search_ids  # noqa: F401 (the `backend` fixture)
-from tests.smtp_support import journal_address, send, stored_objects
+from tests.dns_support import verified_domain
+from tests.smtp_support import count_rejections, journal_address, send, stored_objects
 
 VALIDATION_SENDER = "admin@contoso.com"
 
@@ -168,13 +168,13 @@ def test_validation_mail_without_a_sender_is_still_refused(ingest, tls_files):
 
 
 def test_operators_see_refusals_that_named_no_tenant_and_tenant_admins_never_do(client, org, outsider):
-    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
-    RejectionCount.objects.create(tenant=None, hour=hour, reason="unknown_recipient", count=7)
-    RejectionCount.objects.create(tenant=outsider.memberships.get().tenant, hour=hour, reason="too_large", count=5)
+    count_rejections(None, "unknown_recipient", 7)
+    count_rejections(outsider.memberships.get().tenant, "too_large", 5)
     client.force_login(org.owner)
     html = client.get(reverse("status-charts")).content.decode()
     assert "chart-untenanted-rejections" not in html and "Unknown journal address" not in html
     assert "Over the size limit" not in html  # Charlie's refusals are never Contoso's
+    # Operators are made staff by hand (Django's shell or admin): no product action does it.
     org.admin.is_staff = True
     org.admin.save(update_fields=["is_staff"])
     client.force_login(org.admin)
@@ -225,13 +225,12 @@ def test_held_mail_is_tended_on_the_beat_schedule():
 
 
 def test_validation_mail_right_after_verification_goes_to_the_tenant_not_on_hold(
-    transactional_db, tls_files, org, outsider
+    transactional_db, tls_files, org, outsider, dns_server
 ):
     """The ingest's cache of verified domains lags by seconds; the database decides before mail is held."""
     from ingest.directory import TokenDirectory
     from ingest.server import IngestServer
     from ingest.tls import server_context
-    from tenants.models import Domain
 
     server = IngestServer(
         "127.0.0.1",
@@ -240,7 +239,7 @@ def test_validation_mail_right_after_verification_goes_to_the_tenant_not_on_hold
         directory=TokenDirectory(refresh_interval=3600),
     ).start_in_thread()
     try:
-        Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
+        verified_domain(dns_server, Membership.objects.get(user=org.owner), "contoso.com")
         code, reply = send(
             server,
             tls_files,

@@ -75,11 +75,10 @@ def manage(env: dict[str, str], *args: str) -> str:
 
 
 CREATE_TENANT = """
-from tenants.models import User
-from tenants.actions import create_tenant
+from tenants.actions import create_tenant, create_user
 from tenants.access import current_token
 from regions.current import current_region
-user = User.objects.create_user(email="owner@faults.example", password="x")
+user = create_user("owner@faults.example", "x")
 tenant = create_tenant("Faults Inc", user)
 print(f"journal-{current_token(tenant).token}@{current_region().journal_domain}")
 """

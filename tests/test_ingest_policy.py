@@ -20,7 +20,9 @@ from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList
 from ingest.stats import RejectionCount, untenanted_rejections
 from regions.current import current_region
 from tenants.access import rejections_by_reason
-from tenants.models import Domain, Tenant
+from tenants.actions import add_domain, remove_domain
+from tests.conftest import create_tenant_in, make_user, membership_of
+from tests.dns_support import verified_domain
 from tests.servers import free_port
 from tests.smtp_support import connect, journal_address, start_ingest
 
@@ -49,8 +51,10 @@ def test_a_sender_outside_the_allow_list_is_refused_with_5_7_1(server_factory, t
     assert refused.value.smtp_code == 554 and refused.value.smtp_error.startswith(b"5.7.1")
 
 
-def test_a_sender_inside_the_allow_list_is_served(server_factory, tls_files, org):
-    SenderNetwork.objects.create(cidr="127.0.0.0/8")
+def test_a_sender_inside_the_allow_list_is_served(server_factory, tls_files, org, tmp_path):
+    networks = tmp_path / "nets.txt"
+    networks.write_text("127.0.0.0/8\n")
+    call_command("update_sender_networks", str(networks), stdout=io.StringIO())
     allowlist = SenderAllowList(enabled=True)
     allowlist.reload()
     server = server_factory(allowlist=allowlist)
@@ -141,9 +145,11 @@ def test_a_full_spool_answers_4xx_after_reading_all_of_data(server_factory, tls_
     assert Delivery.objects.count() == 1
 
 
-def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_domain(server_factory, tls_files, org):
-    Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
-    Domain.objects.create(tenant=org.tenant, name="unverified.example", txt_token="u")
+def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_domain(
+    server_factory, tls_files, org, dns_server
+):
+    verified_domain(dns_server, membership_of(org.owner), "contoso.com")
+    add_domain(membership_of(org.owner), "unverified.example")
     server = server_factory()
     server.directory.refresh()
     validation = current_region().validation_address
@@ -162,41 +168,38 @@ def test_connector_validation_mail_lands_in_the_tenant_of_the_verified_sender_do
 
 
 def test_domain_changes_are_seen_incrementally_and_another_regions_domain_is_refused(
-    server_factory, tls_files, org, outsider
+    server_factory, tls_files, org, outsider, dns_server
 ):
     server = server_factory()
     server.directory.refresh()  # the first, full load
     validation = current_region().validation_address
+    alice = membership_of(org.owner)
 
     def rcpt_code(sender: str) -> tuple[int, bytes]:
         with connect(server, tls_files) as client:
             client.mail(sender)
             return client.rcpt(validation)
 
-    contoso = Domain.objects.create(tenant=org.tenant, name="contoso.com", txt_token="t", verified_at=timezone.now())
+    # Fabrikam claims the name too (before Contoso verifies it: after, the claim is refused).
+    add_domain(membership_of(outsider), "contoso.com")
+    contoso = verified_domain(dns_server, alice, "contoso.com")
     server.directory.refresh()  # incremental: picks up the newly verified domain
     assert rcpt_code("admin@contoso.com")[0] == 250
     # Another tenant's pending claim on the same name does not hide Contoso's route.
-    fabrikam = Tenant.objects.get(memberships__user=outsider)
-    Domain.objects.create(tenant=fabrikam, name="contoso.com", txt_token="p")
-    server.directory.refresh()
     assert server.directory.lookup_domain("contoso.com").tenant_id == org.tenant.pk
-    contoso.verified_at = None
-    contoso.save()
-    server.directory.refresh()  # incremental: forgets it again (its mail would be held, not routed)
+    remove_domain(alice, contoso)
+    server.directory.refresh()  # incremental: a removed domain is forgotten (its mail would be held, not routed)
     assert server.directory.lookup_domain("contoso.com") is None
-    contoso.verified_at = timezone.now()
-    contoso.save()
+    dns_server.reset()
+    verified_domain(dns_server, alice, "contoso.com")  # claimed and verified again
     server.directory.refresh()
     assert rcpt_code("admin@contoso.com")[0] == 250
-    contoso.delete()  # a removed domain (its row is gone) is forgotten at the next refresh too
-    server.directory.refresh()
-    assert server.directory.lookup_domain("contoso.com") is None
     # A domain verified by a tenant of another region never routes mail here.
-    Tenant.objects.filter(pk=fabrikam.pk).update(region="eu")
-    Domain.objects.create(tenant=fabrikam, name="fabrikam.com", txt_token="f", verified_at=timezone.now())
+    owner = make_user("owner@northwind.example")
+    create_tenant_in("eu", "Northwind", owner)
+    verified_domain(dns_server, membership_of(owner), "northwind.com")
     server.directory.refresh()
-    code, reply = rcpt_code("admin@fabrikam.com")
+    code, reply = rcpt_code("admin@northwind.com")
     assert code == 550 and reply.startswith(b"5.7.1") and b"another region" in reply
 
 

@@ -205,21 +205,11 @@ def test_a_real_worker_verifies_archives_and_indexes_what_the_ingest_stored(
         server.stop_thread()
 
 
-def test_the_worker_flags_a_stored_object_that_does_not_match_its_hash(org, settings):
-    from infra.storage import raw_key
+def test_the_worker_flags_a_stored_object_that_does_not_match_its_hash(org):
+    from tests.archive_support import damage, deliver
 
-    path = settings.DATA_DIR / "spool-test.eml"
-    path.write_bytes(MESSAGE)
-    import hashlib
-
-    digest = hashlib.sha256(MESSAGE).hexdigest()
-    get_store().put_file(org.tenant.bucket, raw_key(digest), path, digest)
-    stored = settings.DATA_DIR / "buckets" / org.tenant.bucket / raw_key(digest)
-    stored.chmod(0o600)
-    stored.write_bytes(MESSAGE[:-10] + b"tampered\r\n")  # same length, other bytes
-    row = Delivery.objects.create(
-        tenant=org.tenant, queue_id="Q1", sha256=digest, size=len(MESSAGE), storage_key=raw_key(digest)
-    )
+    row = deliver(org.tenant, MESSAGE)
+    damage(row)  # same length, other bytes
     assert process_deliveries.apply(args=([row.pk],)).get() == 0
     row.refresh_from_db()
     assert row.status == Delivery.Status.FAILED and "do not match" in row.error
@@ -374,9 +364,8 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
 EMBEDDED_SETUP = """
 from regions.current import current_region
 from tenants.access import current_token
-from tenants.actions import create_tenant
-from tenants.models import User
-tenant = create_tenant("Embedded Inc", User.objects.create_user("owner@embedded.example", None))
+from tenants.actions import create_tenant, create_user
+tenant = create_tenant("Embedded Inc", create_user("owner@embedded.example", None))
 print("ADDRESS", f"journal-{current_token(tenant).token}@{current_region().journal_domain}")
 """
 

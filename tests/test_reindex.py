@@ -8,7 +8,15 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from archive.models import Message
-from tests.archive_support import archive, archive_corpus, backend_fixture, report, search_ids  # noqa: F401
+from tests.archive_support import (  # noqa: F401
+    archive,
+    archive_corpus,
+    backend_fixture,
+    corpus,
+    corpus_names,
+    report,
+    search_ids,
+)
 
 
 def test_reindex_rebuilds_a_lost_index_from_the_bucket(org, outsider, backend):
@@ -34,8 +42,9 @@ def test_reindex_rebuilds_a_lost_index_from_the_bucket(org, outsider, backend):
 
 
 def test_reindex_by_name_marks_every_message_indexed(org, outsider, backend):
-    archive_corpus(org.tenant)
-    Message.objects.filter(tenant=org.tenant).update(index_status=Message.IndexStatus.PENDING)
+    for name in corpus_names():  # archived, none indexed yet
+        archive(org.tenant, corpus(name), index=False)
+    assert Message.objects.filter(tenant=org.tenant, index_status=Message.IndexStatus.PENDING).count() > 3
     call_command("reindex", "--tenant", "Contoso", "--batch", "3", stdout=io.StringIO())
     assert not Message.objects.filter(tenant=org.tenant, index_status=Message.IndexStatus.PENDING).exists()
 
@@ -48,6 +57,7 @@ def test_reindex_of_an_unknown_tenant_says_so(org, outsider):
 def test_reindex_reports_a_message_whose_object_is_missing_and_goes_on(org, outsider, backend, client):
     archive_corpus(org.tenant)
     broken = Message.objects.filter(tenant=org.tenant).order_by("id").first()
+    # A damaged row (its text object lost): no action makes one.
     Message.objects.filter(pk=broken.pk).update(text_key="text/00/00/missing.json")
     backend.delete_tenant(org.tenant.pk)
     err = io.StringIO()
@@ -68,6 +78,7 @@ def test_reindex_reparse_extracts_the_text_again_from_the_originals(org, outside
     """After a parser fix: the text objects are written anew from the stored originals."""
     archive_corpus(org.tenant)
     message = Message.objects.get(tenant=org.tenant, subject="Invoice 4471")
+    # As a message archived before its text was extracted (no action unsets it).
     Message.objects.filter(pk=message.pk).update(text_key="", text_sha256="")
     backend.delete_tenant(org.tenant.pk)
     call_command("reindex", "--tenant", "Contoso", "--reparse", "--clean", stdout=io.StringIO())

@@ -4,14 +4,16 @@ over real sockets against a real ingest."""
 
 from __future__ import annotations
 
+import io
 import smtplib
 import socket
 import time
 
 import pytest
+from django.core.management import call_command
 
 from ingest.models import Delivery
-from ingest.policy import SenderAllowList, SenderNetwork
+from ingest.policy import SenderAllowList
 from tests.smtp_support import connect, journal_address, start_ingest
 
 MESSAGE = b"From: a@contoso.com\r\nSubject: hardening\r\n\r\nbody\r\n"
@@ -144,8 +146,10 @@ def test_one_peer_at_its_session_cap_gets_421_470_while_another_peer_is_served(s
     assert Delivery.objects.count() == 1
 
 
-def test_a_network_outside_the_allow_list_is_refused_at_connect(server_factory, tls_files, org):
-    SenderNetwork.objects.create(cidr=f"{OTHER_PEER}/32")
+def test_a_network_outside_the_allow_list_is_refused_at_connect(server_factory, tls_files, org, tmp_path):
+    networks = tmp_path / "nets.txt"
+    networks.write_text(f"{OTHER_PEER}/32\n")
+    call_command("update_sender_networks", str(networks), stdout=io.StringIO())
     allowlist = SenderAllowList(enabled=True)
     allowlist.reload()
     server = server_factory(allowlist=allowlist)

@@ -9,10 +9,11 @@ import pytest
 from django.templatetags.static import static
 from django.urls import reverse
 
-from archive.models import Message
 from ingest.models import Delivery
 from tenants.actions import rotate_journal_token
 from tenants.models import JournalToken
+from tests import archive_support
+from tests.archive_support import padded_report, process
 from tests.conftest import make_user
 
 
@@ -26,28 +27,14 @@ def journal_recipient(html: str) -> str:
 
 
 def deliver(tenant, queue_id, size, status=Delivery.Status.ARCHIVED, received_at=None):
-    """A delivery row; an archived one gets its own Message (one original per report)."""
-    message = None
+    """A report of `size` bytes received (at `received_at`, time-shifted) and taken as far as `status`."""
+    delivery = archive_support.deliver(tenant, padded_report(f"{queue_id}@contoso.com", size))
+    archive_support.received_at(delivery, received_at or datetime.now(UTC))
     if status == Delivery.Status.ARCHIVED:
-        message = Message.objects.create(
-            tenant=tenant,
-            merge_key=f"mid:{queue_id}@contoso.com",
-            date=received_at or datetime.now(UTC),
-            size=size,
-            original_sha256=queue_id.ljust(64, "1"),
-            original_key=f"raw/{queue_id}-original",
-            index_status=Message.IndexStatus.INDEXED,
-        )
-    return Delivery.objects.create(
-        tenant=tenant,
-        queue_id=queue_id,
-        sha256=queue_id.ljust(64, "0"),
-        size=size,
-        storage_key=f"raw/{queue_id}",
-        status=status,
-        received_at=received_at or datetime.now(UTC),
-        message=message,
-    )
+        process(delivery.pk)
+    elif status == Delivery.Status.FAILED:
+        archive_support.fail_verification(delivery)
+    return delivery
 
 
 @pytest.fixture
@@ -59,7 +46,7 @@ def contoso_mail(org, outsider):
     deliver(org.tenant, "a3", 48_576, status=Delivery.Status.STORED, received_at=last)
     deliver(org.tenant, "a4", 1_024, status=Delivery.Status.FAILED, received_at=last - timedelta(hours=1))
     fabrikam = outsider.memberships.get().tenant
-    deliver(fabrikam, "f1", 999_999_999, received_at=last + timedelta(days=30))
+    deliver(fabrikam, "f1", 2_999_999, received_at=last + timedelta(days=30))
     return last
 
 
@@ -144,6 +131,7 @@ def test_rotated_tokens_are_listed_with_their_expiry_until_they_lapse(client, or
     assert old in grace
     assert "<time datetime=" in grace
 
+    # Time-shift: the grace period passes (rotate_journal_token takes no clock).
     JournalToken.objects.filter(tenant=org.tenant, expires_at__isnull=False).update(
         expires_at=datetime.now(UTC) - timedelta(seconds=1)
     )
@@ -189,7 +177,7 @@ def test_outsider_gets_only_his_own_numbers_from_the_api(client, org, outsider, 
     assert data["journal_recipient"] == address_of(outsider.memberships.get().tenant)
     assert data["journal_recipient"] != address_of(org.tenant)
     assert data["messages_archived"] == 1
-    assert data["bytes_stored"] == 999_999_999
+    assert data["bytes_stored"] == 2_999_999
 
 
 # --- layout ---------------------------------------------------------------

@@ -13,8 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ingest.models import Delivery
-from tenants.actions import add_domain
+from tenants.actions import add_domain, verify_domain
 from tenants.models import JournalToken, Membership
+from tests import archive_support
 from tests.smtp_support import journal_address, send
 
 pytestmark = pytest.mark.django_db
@@ -31,16 +32,9 @@ def recipient(html: str) -> str:
 
 
 def deliver(tenant, rcpt: list[str], when=None):
-    n = Delivery.objects.count()
-    return Delivery.objects.create(
-        tenant=tenant,
-        queue_id=f"S{n}",
-        sha256=f"{n:064d}",
-        size=10,
-        storage_key=f"raw/{n}",
-        rcpt_to=rcpt,
-        received_at=when or timezone.now(),
-    )
+    """A message to `rcpt` stored and recorded as the ingest does, received at `when` (time-shifted)."""
+    delivery = archive_support.deliver(tenant, CORPUS_MESSAGE, rcpt)
+    return archive_support.received_at(delivery, when or timezone.now())
 
 
 # --- rotation -----------------------------------------------------------------------------
@@ -132,14 +126,14 @@ def test_a_new_tenant_has_every_check_open(client, org):
     assert found["journal"] == "open: Last journal report received none yet"
 
 
-def test_checks_turn_done_as_mail_arrives_and_the_domain_is_verified(client, org):
+def test_checks_turn_done_as_mail_arrives_and_the_domain_is_verified(client, org, dns_server):
     owner = Membership.objects.get(user=org.owner)
     pending = add_domain(owner, "contoso.com")
     client.force_login(org.admin)
     assert "(1 waiting for its DNS record)" in checks(client)["domain"]
 
-    pending.verified_at = timezone.now()
-    pending.save()
+    dns_server.add_txt(pending.txt_name, pending.txt_value)
+    verify_domain(pending, owner)
     deliver(org.tenant, ["Archive@Archive.archiva.com"], timezone.now() - timedelta(hours=2))
     deliver(org.tenant, [journal_address(org.tenant)], timezone.now() - timedelta(minutes=5))
     found = checks(client)
