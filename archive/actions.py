@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from archive import documents
 from archive.models import ApiToken, AuditEvent, Message
-from archive.parsed import ParsedReport
+from archive.parser.parsed import ParsedReport
 from archive.tokens import display_prefix, hash_token, new_secret
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
@@ -206,7 +206,7 @@ def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
 def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
     """The attachment list of a message archived before it was kept
     (`Message.attachment_list` None), worked out from its readable bytes and kept."""
-    from archive import mime
+    from archive.parser import mime
 
     found = storable(mime.attachment_list(readable))
     Message.objects.filter(pk=message.pk, attachment_list__isnull=True).update(attachment_list=found)

@@ -46,7 +46,7 @@ class Message(models.Model):
     size = models.BigIntegerField()  # of the original
     has_attachments = models.BooleanField(default=False)
     attachments = models.JSONField(default=list)  # [{"name", "content_type", "size", "skipped"}]
-    # The attachments as the message page lists and serves them (`archive.mime`),
+    # The attachments as the message page lists and serves them (`archive.parser.mime`),
     # worked out when archived so a page with thousands opens without parsing:
     # [{"n": download number, "name", "content_type", "size"}].  None for a
     # message archived before this was kept: computed (and kept) on its first view.

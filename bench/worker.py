@@ -67,7 +67,7 @@ def main() -> None:
 
         django.setup()
 
-        from archive.journal import parse_report
+        from archive.parser.journal import parse_report
         from ingest.directory import Route
         from ingest.models import Delivery
         from ingest.record import PUBLISH_CHUNK, Envelope, Job, commit_batch, flush_paths

@@ -8,7 +8,7 @@ Status so an admin can see a leaked token being used.
 
 from __future__ import annotations
 
-from archive import rawmime
+from archive.parser import rawmime
 from infra.text import storable_text
 from ingest.models import Delivery
 

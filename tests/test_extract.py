@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from archive import extract
-from archive.extract import sniff
-from archive.htmltext import html_to_text
-from archive.journal import parse_report
-from archive.limits import Limits
-from archive.rawmime import decode_text, multipart_depth, split_multipart
-from archive.sandbox import Sandbox, SandboxError
+from archive.parser import extract
+from archive.parser.extract import sniff
+from archive.parser.htmltext import html_to_text
+from archive.parser.journal import parse_report
+from archive.parser.limits import Limits
+from archive.parser.rawmime import decode_text, multipart_depth, split_multipart
+from archive.parser.sandbox import Sandbox, SandboxError
 from tests import data_gen
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"

@@ -16,8 +16,9 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from archive import actions, documents, mime
+from archive import actions, documents
 from archive.models import AuditEvent, Message
+from archive.parser import mime
 from tenants import access
 from web import present
 from web.api import api_membership, api_view
