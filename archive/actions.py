@@ -15,13 +15,12 @@ from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from archive import documents
-from archive.models import ApiToken, AuditEvent, Message
+from archive.models import Message
 from archive.parser.parsed import ParsedReport
-from archive.tokens import display_prefix, hash_token, new_secret
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
 from ingest.models import Delivery
-from tenants.models import Membership, Tenant
+from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
@@ -412,70 +411,3 @@ def requeue_failures(deliveries) -> list[int]:
     )
     Delivery.objects.filter(pk__in=ids, status=Delivery.Status.FAILED).update(status=Delivery.Status.STORED, error="")
     return ids
-
-
-# --- audit log and API tokens -----------------------------------------------
-
-
-def record_event(
-    membership: Membership,
-    action: str,
-    detail: dict | None = None,
-    *,
-    ip: str | None = None,
-    token: ApiToken | None = None,
-    target: str = "",
-) -> AuditEvent:
-    """Write one audit log entry: every search, view, download and export, and
-    every admin action, by `membership`'s user (through `token` for an API
-    call) from `ip`, done to `target`."""
-    return AuditEvent.objects.create(
-        tenant_id=membership.tenant_id,
-        user_id=membership.user_id,
-        actor_email=membership.user.email if membership.user_id else "",
-        token=token,
-        action=action,
-        target=target[:400],
-        detail=detail or {},
-        ip=ip,
-    )
-
-
-def create_api_token(membership: Membership, name: str, ip: str | None = None) -> tuple[ApiToken, str]:
-    """A new token acting as `membership`'s user; returns it with the secret, shown once."""
-    secret = new_secret()
-    with transaction.atomic():
-        token = ApiToken.objects.create(
-            tenant_id=membership.tenant_id,
-            created_by_id=membership.user_id,
-            name=name.strip()[:100] or "API token",
-            token_hash=hash_token(secret),
-            prefix=display_prefix(secret),
-        )
-        detail = {"token": token.pk, "name": token.name}
-        record_event(membership, AuditEvent.Action.TOKEN_CREATED, detail, ip=ip, target=token.name)
-    return token, secret
-
-
-def revoke_api_token(membership: Membership, token: ApiToken, ip: str | None = None) -> bool:
-    """Revoke a token of the member's tenant; False when it was already revoked."""
-    with transaction.atomic():
-        revoked = ApiToken.objects.filter(pk=token.pk, tenant_id=membership.tenant_id, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
-        if revoked:
-            record_event(
-                membership,
-                AuditEvent.Action.TOKEN_REVOKED,
-                {"token": token.pk, "name": token.name},
-                ip=ip,
-                target=token.name,
-            )
-    return bool(revoked)
-
-
-def touch_api_token(token: ApiToken, every_seconds: int = 60) -> None:
-    """Note when a token was last used, at most once a minute (no write per request)."""
-    now = timezone.now()
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= every_seconds:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

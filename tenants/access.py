@@ -12,9 +12,9 @@ from datetime import datetime
 from django.db.models import Case, IntegerField, QuerySet, Sum, Value, When
 from django.http import Http404
 
-from archive.models import ApiToken, AuditEvent, Message
+from archive.models import Message
 from ingest.models import Delivery, RejectionCount
-from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.models import Alias, ApiToken, AuditEvent, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
 
 
 def membership_for(user: User) -> Membership:
@@ -176,7 +176,7 @@ def membership_for_api_token(secret: str) -> tuple[Membership, ApiToken] | None:
     """Who a Bearer token acts for: its creator, in the token's tenant, with the
     creator's current role.  None for an unknown or revoked token, or when the
     creator is no longer a member."""
-    from archive.tokens import hash_token
+    from tenants.api_tokens import hash_token
 
     token = ApiToken.objects.select_related("tenant").filter(token_hash=hash_token(secret)).first()
     if token is None or not token.is_active:

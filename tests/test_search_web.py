@@ -16,9 +16,10 @@ from django.db import transaction
 from django.test import override_settings
 from django.urls import reverse
 
-from archive.actions import create_api_token, index_pending
-from archive.models import ApiToken, AuditEvent, Message
-from tenants.models import Membership, Role
+from archive.actions import index_pending
+from archive.models import Message
+from tenants.api_tokens import create_api_token
+from tenants.models import ApiToken, AuditEvent, Membership, Role
 from tests.archive_support import archive, archive_corpus, corpus, report
 from tests.conftest import make_org, make_outsider
 

@@ -16,6 +16,7 @@ from django.http import Http404, JsonResponse
 from django.views.decorators.http import require_GET
 
 from tenants import access
+from tenants.api_tokens import touch_api_token
 from tenants.models import Membership, User
 from web.status import as_json, tenant_status
 
@@ -48,8 +49,6 @@ def api_user(request) -> User | None:
         if found is None:
             return None
         request.api_membership, request.api_token = found
-        from archive.actions import touch_api_token
-
         touch_api_token(request.api_token)
         return request.api_membership.user
     user = request.user

@@ -10,8 +10,8 @@ from django.core.paginator import Paginator
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from archive.actions import record_event
 from tenants import access
+from tenants.audit import record_event
 from tenants.models import Membership
 
 PAGE_SIZE = 50

@@ -17,9 +17,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from archive import actions, documents
-from archive.models import AuditEvent, Message
+from archive.models import Message
 from archive.parser import mime
 from tenants import access
+from tenants.models import AuditEvent
 from web import present
 from web.api import api_membership, api_view
 from web.audit import audit

@@ -17,9 +17,9 @@ from django.http import JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from archive.models import AuditEvent, Message
+from archive.models import Message
 from tenants import access
-from tenants.models import Membership
+from tenants.models import AuditEvent, Membership
 from web import present
 from web.api import api_error, api_membership, api_view
 from web.audit import audit
