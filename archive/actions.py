@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from archive import documents
 from archive.models import Message
-from archive.parser.journal import parse_report
+from archive.parser import journal
 from archive.parser.parsed import ParsedReport
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
@@ -48,7 +48,7 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
         raw = delivery.read_report()
     check_originator(delivery, raw)
     try:
-        return parse_report(raw)
+        return journal.parse_report(raw)
     except Exception as exc:
         raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
 
