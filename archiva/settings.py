@@ -249,8 +249,8 @@ ACCOUNT_UNIQUE_EMAIL = True
 # addresses; the owner of a taken address gets a mail instead.
 ACCOUNT_PREVENT_ENUMERATION = True
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
-ACCOUNT_SIGNUP_FORM_CLASS = "tenants.forms.SignupForm"
-ACCOUNT_ADAPTER = "tenants.adapter.AccountAdapter"
+ACCOUNT_SIGNUP_FORM_CLASS = "web.forms.SignupForm"
+ACCOUNT_ADAPTER = "web.adapter.AccountAdapter"
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if SITE_ROOT.startswith("https") else "http"

@@ -16,14 +16,13 @@ from django.db import OperationalError, transaction
 from django.utils import timezone
 
 from archive import documents
-from archive.models import ApiToken, AuditEvent, Message
-from archive.parsed import ParsedReport
-from archive.tokens import display_prefix, hash_token, new_secret
+from archive.models import Message
+from archive.parser import journal
+from archive.parser.parsed import ParsedReport
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
 from ingest import delivery as ingest_delivery
 from ingest.models import Delivery
-from tenants.models import Membership
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,7 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
         raw = delivery.read_report()
     ingest_delivery.note_originator(delivery, raw)
     try:
-        return documents._parse(raw)
+        return journal.parse_report(raw)
     except Exception as exc:
         raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
 
@@ -119,7 +118,7 @@ def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
 def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
     """The attachment list of a message archived before it was kept
     (`Message.attachment_list` None), worked out from its readable bytes and kept."""
-    from archive import mime
+    from archive.parser import mime
 
     found = storable(mime.attachment_list(readable))
     Message.objects.filter(pk=message.pk, attachment_list__isnull=True).update(attachment_list=found)
@@ -309,70 +308,3 @@ def mark_indexed(messages: list[Message], versions: list[int]) -> None:
         Message.objects.filter(pk=message.pk, version=version).update(
             index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
         )
-
-
-# --- audit log and API tokens -----------------------------------------------
-
-
-def record_event(
-    membership: Membership,
-    action: str,
-    detail: dict | None = None,
-    *,
-    ip: str | None = None,
-    token: ApiToken | None = None,
-    target: str = "",
-) -> AuditEvent:
-    """Write one audit log entry: every search, view, download and export, and
-    every admin action, by `membership`'s user (through `token` for an API
-    call) from `ip`, done to `target`."""
-    return AuditEvent.objects.create(
-        tenant_id=membership.tenant_id,
-        user_id=membership.user_id,
-        actor_email=membership.user.email if membership.user_id else "",
-        token=token,
-        action=action,
-        target=target[:400],
-        detail=detail or {},
-        ip=ip,
-    )
-
-
-def create_api_token(membership: Membership, name: str, ip: str | None = None) -> tuple[ApiToken, str]:
-    """A new token acting as `membership`'s user; returns it with the secret, shown once."""
-    secret = new_secret()
-    with transaction.atomic():
-        token = ApiToken.objects.create(
-            tenant_id=membership.tenant_id,
-            created_by_id=membership.user_id,
-            name=name.strip()[:100] or "API token",
-            token_hash=hash_token(secret),
-            prefix=display_prefix(secret),
-        )
-        detail = {"token": token.pk, "name": token.name}
-        record_event(membership, AuditEvent.Action.TOKEN_CREATED, detail, ip=ip, target=token.name)
-    return token, secret
-
-
-def revoke_api_token(membership: Membership, token: ApiToken, ip: str | None = None) -> bool:
-    """Revoke a token of the member's tenant; False when it was already revoked."""
-    with transaction.atomic():
-        revoked = ApiToken.objects.filter(pk=token.pk, tenant_id=membership.tenant_id, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
-        if revoked:
-            record_event(
-                membership,
-                AuditEvent.Action.TOKEN_REVOKED,
-                {"token": token.pk, "name": token.name},
-                ip=ip,
-                target=token.name,
-            )
-    return bool(revoked)
-
-
-def touch_api_token(token: ApiToken, every_seconds: int = 60) -> None:
-    """Note when a token was last used, at most once a minute (no write per request)."""
-    now = timezone.now()
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= every_seconds:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import getaddresses
 
-from archive import mime
 from archive.models import Message
-from archive.parsed import Attachment, EnvelopeRecipient, ParsedReport
+from archive.parser import mime
+from archive.parser.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
 from infra.text import storable
 from search.document import SearchDocument
@@ -146,7 +146,7 @@ def _content(parsed: ParsedReport) -> Content:
 
 
 def _parse(raw: bytes) -> ParsedReport:
-    from archive.journal import parse_report
+    from archive.parser.journal import parse_report
 
     return parse_report(raw)
 
@@ -167,8 +167,8 @@ def body_for_display(raw: bytes):
     """The body of a stored (decrypted) original for the message page, and
     why it could not be read in full (`body_note`): the body parts only,
     attachments neither decoded nor read (their list is on the Message)."""
-    from archive.extract import Extractor
-    from archive.message import parse_message
+    from archive.parser.extract import Extractor
+    from archive.parser.message import parse_message
 
     msg, _problems = parse_message(raw)
     return Extractor(bodies_only=True).message(msg)

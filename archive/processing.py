@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from django.db import OperationalError
 
 from archive import actions
-from archive.parsed import ParsedReport
+from archive.parser.parsed import ParsedReport
 from infra.storage import StorageError
 from ingest import delivery as lifecycle
 from ingest.models import Delivery

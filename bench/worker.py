@@ -67,7 +67,7 @@ def main() -> None:
 
         django.setup()
 
-        from archive.journal import parse_report
+        from archive.parser.journal import parse_report
         from archive.tasks import index_pending, process_deliveries
         from ingest.delivery import PUBLISH_CHUNK
         from ingest.directory import Route

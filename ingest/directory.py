@@ -73,6 +73,11 @@ class TokenDirectory:
         self._thread: threading.Thread | None = None
         self._missing: dict[str, float] = {}  # token -> until when it is known to be missing (monotonic)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first full load is done (before it, lookups raise DirectoryUnavailable)."""
+        return self._loaded
+
     def lookup(self, token: str) -> Route | None:
         if not self._loaded:
             raise DirectoryUnavailable("token directory not loaded yet")

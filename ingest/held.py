@@ -206,8 +206,9 @@ def _publish(ids: list[int]) -> None:
 def release_validation_mail(domain: Domain, *, now_only: bool = True) -> int:
     """Move the validation mail held for this verified domain into its tenant's archive.
 
-    Called by `tenants.actions.verify_domain`; never raises (the periodic
-    task tries again).  Each message becomes a Delivery of the tenant (its
+    Called when `tenants.actions.verify_domain` announces the domain
+    (`on_domain_verified`); never raises (the periodic task tries
+    again).  Each message becomes a Delivery of the tenant (its
     bytes stored in the tenant's bucket) that the worker archives and
     indexes like any other; the held copy is then deleted.  Returns how
     many were moved.  With `now_only`, at most RELEASE_NOW_COUNT messages
@@ -220,6 +221,11 @@ def release_validation_mail(domain: Domain, *, now_only: bool = True) -> int:
     except Exception:
         log.warning("could not release held validation mail of %s; the periodic task will", domain.name, exc_info=True)
         return 0
+
+
+def on_domain_verified(sender: object, domain: Domain, **kwargs: object) -> None:
+    """Receiver of `tenants.signals.domain_verified` (connected in `ingest.apps`)."""
+    release_validation_mail(domain)
 
 
 def _release(tenant: Tenant, domain_name: str, now_only: bool) -> int:

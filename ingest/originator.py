@@ -10,7 +10,7 @@ the Delivery.
 
 from __future__ import annotations
 
-from archive import rawmime
+from archive.parser import rawmime
 from infra.text import storable_text
 
 

@@ -139,7 +139,7 @@ class IngestServer:
         self._housekeeping.start()
         # Accept only once the directory has loaded, or RCPT would answer 451.
         for _ in range(600):
-            if self.directory._loaded:
+            if self.directory.loaded:
                 break
             await asyncio.sleep(0.05)
         self._server = await self._loop.create_server(

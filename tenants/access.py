@@ -3,19 +3,21 @@
 Views and tasks reach tenant-owned rows only through these functions.
 They take the user (or the tenant) and answer 404 alike for "missing" and
 "belongs to another tenant", so nothing leaks the existence of others' data.
+This module needs only tenants' own models; messages, deliveries and the
+search scope are in `archive.access`, which builds on it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+import uuid
 
-from django.db.models import Case, IntegerField, QuerySet, Sum, Value, When
+from django.db.models import Case, IntegerField, QuerySet, Value, When
 from django.http import Http404
+from django.utils import timezone
 
-from archive.models import ApiToken, AuditEvent, Message
-from ingest.models import Delivery, RejectionCount
-from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.api_tokens import hash_token
+from tenants.models import Alias, ApiToken, AuditEvent, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.tokens import hash_secret
 
 
 def membership_for(user: User) -> Membership:
@@ -36,45 +38,10 @@ def current_token(tenant: Tenant) -> JournalToken:
 
 
 def tokens_in_grace(tenant: Tenant) -> QuerySet[JournalToken]:
-    from django.utils import timezone
-
     return JournalToken.objects.filter(tenant=tenant, expires_at__gt=timezone.now()).order_by("-created_at")
 
 
-def deliveries(tenant: Tenant) -> QuerySet[Delivery]:
-    return Delivery.objects.filter(tenant=tenant)
-
-
-def foreign_originators(tenant: Tenant) -> QuerySet:
-    """Organizations (X-OriginatorOrg) of flagged reports, by name."""
-    return (
-        deliveries(tenant)
-        .filter(originator_mismatch=True)
-        .values_list("originator_org", flat=True)
-        .order_by("originator_org")
-        .distinct()
-    )
-
-
-def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
-    """How many deliveries to this tenant the ingest refused since then, by reason."""
-    rows = (
-        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
-        .values("reason")
-        .annotate(total=Sum("count"))
-        .order_by("-total")
-    )
-    return {row["reason"]: row["total"] for row in rows}
-
-
-def delivery(tenant: Tenant, delivery_id: int) -> Delivery:
-    try:
-        return Delivery.objects.get(tenant=tenant, pk=delivery_id)
-    except (Delivery.DoesNotExist, ValueError, TypeError):
-        raise Http404("no such delivery") from None
-
-
-# --- the archive -----------------------------------------------------------
+# --- members, the audit log, API tokens -------------------------------------
 
 
 def membership_in(user: User, tenant: Tenant) -> Membership:
@@ -93,61 +60,8 @@ def mail_addresses(membership: Membership) -> list[str] | None:
     return addresses_for(membership)
 
 
-def search_scope(membership: Membership):
-    """The one place a search gets its tenant filter and, for a plain user, their addresses.
-
-    An empty address list (a user with no verified address) matches nothing.
-    """
-    from search.backends.base import Scope
-
-    return Scope(tenant_id=membership.tenant_id, addresses=mail_addresses(membership))
-
-
-def may_read(addresses: list[str] | None, message: Message) -> bool:
-    if addresses is None:
-        return True
-    return not set(addresses).isdisjoint(message.participants)
-
-
-def messages(tenant: Tenant) -> QuerySet[Message]:
-    """All archived messages of a tenant (for counts and maintenance, not for people)."""
-    return Message.objects.filter(tenant=tenant)
-
-
-def message_for(membership: Membership, message_id) -> Message:
-    """The message if this member may read it: admins and auditors any of the
-    tenant's, a plain user only one they sent or received.  404 alike for
-    missing, another tenant's, and not yours."""
-    try:
-        message = Message.objects.get(tenant_id=membership.tenant_id, pk=int(message_id))
-    except (Message.DoesNotExist, ValueError, TypeError):
-        raise Http404("no such message") from None
-    if not may_read(mail_addresses(membership), message):
-        raise Http404("no such message")
-    return message
-
-
-def messages_for(membership: Membership, ids: list[int]) -> list[Message]:
-    """The readable messages among `ids` (search hits), in the order given."""
-    addresses = mail_addresses(membership)
-    found = Message.objects.filter(tenant_id=membership.tenant_id, pk__in=ids)
-    by_id = {m.pk: m for m in found if may_read(addresses, m)}
-    return [by_id[i] for i in ids if i in by_id]
-
-
-def deliveries_of(message: Message) -> QuerySet[Delivery]:
-    """The journal reports that carried this message (evidence)."""
-    return Delivery.objects.filter(tenant_id=message.tenant_id, message=message).order_by("received_at", "id")
-
-
-def parse_failures(tenant: Tenant) -> QuerySet[Delivery]:
-    return Delivery.objects.filter(tenant=tenant, status=Delivery.Status.PARSE_FAILED).order_by("-received_at")
-
-
 def tenant_by_reference(reference: str) -> Tenant:
     """A tenant by public id or exact name, for operators' commands; LookupError if none or ambiguous."""
-    import uuid
-
     try:
         return Tenant.objects.get(public_id=uuid.UUID(reference))
     except (ValueError, Tenant.DoesNotExist):
@@ -177,8 +91,6 @@ def membership_for_api_token(secret: str) -> tuple[Membership, ApiToken] | None:
     """Who a Bearer token acts for: its creator, in the token's tenant, with the
     creator's current role.  None for an unknown or revoked token, or when the
     creator is no longer a member."""
-    from archive.tokens import hash_token
-
     token = ApiToken.objects.select_related("tenant").filter(token_hash=hash_token(secret)).first()
     if token is None or not token.is_active:
         return None
@@ -240,8 +152,6 @@ def addresses_for(membership: Membership) -> list[str]:
 
 
 def pending_invitations(tenant: Tenant) -> QuerySet[Invitation]:
-    from django.utils import timezone
-
     return (
         Invitation.objects.filter(tenant=tenant, accepted_at__isnull=True, expires_at__gt=timezone.now())
         .select_related("invited_by")
@@ -261,8 +171,6 @@ def invitation_by_token(token: str) -> Invitation:
 
     The tenant comes from this lookup only (like a journal token).
     """
-    from tenants.tokens import hash_secret
-
     found = Invitation.objects.select_related("tenant", "invited_by").filter(token_hash=hash_secret(token)).first()
     if found is None or not found.is_pending():
         raise Http404("no such invitation")
@@ -285,9 +193,3 @@ def domain(tenant: Tenant, domain_id) -> Domain:
         return Domain.objects.get(tenant=tenant, pk=int(domain_id))
     except (Domain.DoesNotExist, ValueError, TypeError):
         raise Http404("no such domain") from None
-
-
-def failed_deliveries(tenant: Tenant | None, statuses: Sequence[str]) -> QuerySet[Delivery]:
-    """Reports that failed (parse or verification), of one tenant or all: for operators' commands."""
-    found = Delivery.objects.select_related("tenant").filter(status__in=statuses)
-    return (found.filter(tenant=tenant) if tenant is not None else found).order_by("received_at", "id")

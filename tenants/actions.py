@@ -9,12 +9,12 @@ from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from archive.models import AuditEvent
 from infra.dns import txt_records
 from infra.storage import bucket_name_for, get_store
-from ingest.held import release_validation_mail
 from regions.current import current_region
-from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.audit import record_event
+from tenants.models import Alias, AuditEvent, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
+from tenants.signals import domain_verified
 from tenants.tokens import hash_secret, new_link_secret, new_token, new_txt_token
 
 DEFAULT_ROTATION_GRACE = timedelta(days=7)
@@ -27,8 +27,6 @@ def _audit(actor: Membership | None, action: str, target: str, ip: str | None, *
     `ip` is the request's (views pass `web.audit.client_ip`); an action with
     no actor (a command, a task) is not a person's and is not logged here.
     """
-    from archive.actions import record_event
-
     if actor is not None:
         record_event(actor, action, detail, ip=ip, target=target)
 
@@ -262,7 +260,7 @@ def verify_domain(domain: Domain, actor: Membership | None = None, ip: str | Non
         raise ActionRefused(
             f"{domain.name} is verified by another organization. Contact support if it is yours."
         ) from None
-    release_validation_mail(domain)  # the connector's validation mail held until now
+    domain_verified.send(sender=Domain, domain=domain)  # ingest releases the validation mail held until now
     return domain
 
 

@@ -1,4 +1,4 @@
-"""Tenants, their members and their journal tokens.
+"""Tenants, their members, their journal and API tokens, and the audit log.
 
 Tenant-owned rows are reached through `tenants.access`, never queried
 directly from views or tasks (tests/test_access_layer.py enforces it).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import ClassVar
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser, BaseUserManager
 from django.db import models
 from django.utils import timezone
@@ -201,3 +202,75 @@ class Domain(models.Model):
     @property
     def txt_value(self) -> str:
         return f"{self.TXT_VALUE_PREFIX}{self.txt_token}"
+
+
+class AuditEvent(models.Model):
+    """Who searched, read, downloaded or exported what, and every admin action:
+    the actor (`user`, and `token` for an API call), what it was done to
+    (`target`), from where (`ip`) and when.  Read by the tenant's admins and auditors."""
+
+    class Action(models.TextChoices):
+        SEARCH = "search", "search"
+        VIEW = "view", "view"
+        DOWNLOAD = "download", "download"
+        EXPORT = "export", "export"
+        TOKEN_CREATED = "token-created", "API token created"
+        TOKEN_REVOKED = "token-revoked", "API token revoked"
+        # Admin actions (tenants.actions).
+        INVITATION_SENT = "invitation-sent", "invitation sent"
+        INVITATION_REVOKED = "invitation-revoked", "invitation revoked"
+        INVITATION_ACCEPTED = "invitation-accepted", "invitation accepted"
+        ROLE_CHANGED = "role-changed", "role changed"
+        MEMBER_REMOVED = "member-removed", "member removed"
+        ALIAS_ADDED = "alias-added", "alias added"
+        ALIAS_REMOVED = "alias-removed", "alias removed"
+        DOMAIN_ADDED = "domain-added", "domain added"
+        DOMAIN_VERIFIED = "domain-verified", "domain verified"
+        DOMAIN_REMOVED = "domain-removed", "domain removed"
+        JOURNAL_TOKEN_ROTATED = "journal-token-rotated", "journal address rotated"
+        SETTING_CHANGED = "setting-changed", "organization setting changed"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    # Kept as written, so the log still names someone whose account was deleted.
+    actor_email = models.CharField(max_length=320, blank=True)
+    token = models.ForeignKey("ApiToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    target = models.CharField(max_length=400, blank=True)  # "erin@contoso.com", "contoso.com", …
+    detail = models.JSONField(default=dict)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "archive_auditevent"  # made by the archive app, moved here without copying
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="audit_tenant_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.user_id} in {self.tenant_id}"
+
+
+class ApiToken(models.Model):
+    """A Bearer token for `/api/v1/`; acts as the member who created it.
+
+    Only the SHA-256 of the token is kept (the token has 256 random bits, so
+    a fast hash is enough); the token itself is shown once, at creation.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="api_tokens")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    token_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12)  # the first characters, to recognize a token
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "archive_apitoken"  # made by the archive app, moved here without copying
+
+    def __str__(self) -> str:
+        return f"API token {self.prefix}… of tenant {self.tenant_id}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None

@@ -143,7 +143,8 @@ def encrypted_pdf(text: str, password: str = "s3cret") -> bytes:
     return out.getvalue()
 
 
-def _zip(members: dict[str, bytes | str]) -> bytes:
+def zip_of(members: dict[str, bytes | str]) -> bytes:
+    """A zip archive (deflated) of these members: the container of Office and ODF files."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
         for name, data in members.items():
@@ -157,7 +158,7 @@ _CT = "http://schemas.openxmlformats.org/package/2006/content-types"
 
 def docx(paragraphs: list[str]) -> bytes:
     body = "".join(f"<w:p><w:r><w:t>{p}</w:t></w:r></w:p>" for p in paragraphs)
-    return _zip(
+    return zip_of(
         {
             "[Content_Types].xml": f'<?xml version="1.0"?><Types xmlns="{_CT}"/>',
             "word/document.xml": f'<?xml version="1.0"?><w:document {_W}><w:body>{body}</w:body></w:document>',
@@ -166,7 +167,7 @@ def docx(paragraphs: list[str]) -> bytes:
 
 
 def docx_with_document_xml(document_xml: bytes) -> bytes:
-    return _zip({"[Content_Types].xml": "<Types/>", "word/document.xml": document_xml})
+    return zip_of({"[Content_Types].xml": "<Types/>", "word/document.xml": document_xml})
 
 
 def xlsx(rows: list[list[str | int]]) -> bytes:
@@ -184,7 +185,7 @@ def xlsx(rows: list[list[str | int]]) -> bytes:
                 cells.append(f"<c><v>{value}</v></c>")
         cells_xml.append(f'<row r="{r}">{"".join(cells)}</row>')
     sst = "".join(f"<si><t>{s}</t></si>" for s in shared)
-    return _zip(
+    return zip_of(
         {
             "[Content_Types].xml": "<Types/>",
             "xl/workbook.xml": f'<workbook {ns}><sheets><sheet name="Sheet1" sheetId="1"/></sheets></workbook>',

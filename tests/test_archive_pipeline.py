@@ -157,7 +157,7 @@ def test_the_same_message_in_two_tenants_is_two_messages(org, outsider, backend)
 def test_a_report_that_breaks_the_parser_is_kept_shown_and_retried_after_a_fix(
     org, outsider, backend, monkeypatch, client
 ):
-    from archive import journal
+    from archive.parser import journal
 
     real = journal.parse_report
 

@@ -10,9 +10,8 @@ import re
 import pytest
 from django.urls import reverse
 
-from archive.models import AuditEvent
 from tenants.actions import add_domain, invite_member
-from tenants.models import Alias, Domain, Invitation, JournalToken, Membership, Role
+from tenants.models import Alias, AuditEvent, Domain, Invitation, JournalToken, Membership, Role
 from tests.conftest import make_user
 
 Action = AuditEvent.Action

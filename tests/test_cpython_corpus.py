@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from archive.journal import parse_report
+from archive.parser.journal import parse_report
 from tests.data_gen import wrap_as_journal
 
 DATA = Path(sysconfig.get_paths()["stdlib"]) / "test" / "test_email" / "data"

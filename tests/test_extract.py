@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from archive import extract
-from archive.extract import sniff
-from archive.htmltext import html_to_text
-from archive.journal import parse_report
-from archive.limits import Limits
-from archive.rawmime import decode_text, multipart_depth, split_multipart
-from archive.sandbox import Sandbox, SandboxError
+from archive.parser import extract
+from archive.parser.extract import sniff
+from archive.parser.htmltext import html_to_text
+from archive.parser.journal import parse_report
+from archive.parser.limits import Limits
+from archive.parser.rawmime import decode_text, multipart_depth, split_multipart
+from archive.parser.sandbox import Sandbox, SandboxError
 from tests import data_gen
 
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -96,7 +96,7 @@ def test_html_attachment_is_converted():
 
 
 def test_generic_zip_lists_member_names():
-    attachment = one("bundle.zip", "application/zip", data_gen._zip({"contract-2026.pdf": b"x", "notes.txt": b"y"}))
+    attachment = one("bundle.zip", "application/zip", data_gen.zip_of({"contract-2026.pdf": b"x", "notes.txt": b"y"}))
     assert attachment.text == "contract-2026.pdf\nnotes.txt"
 
 
@@ -219,13 +219,13 @@ def test_extracted_text_is_capped():
         (
             "bad.xlsx",
             XLSX,
-            data_gen._zip({"xl/workbook.xml": "<workbook", "xl/worksheets/sheet1.xml": "<<"}),
+            data_gen.zip_of({"xl/workbook.xml": "<workbook", "xl/worksheets/sheet1.xml": "<<"}),
             "corrupt",
         ),
         (
             "bad.odt",
             ODT,
-            data_gen._zip({"mimetype": "application/vnd.oasis.opendocument.text", "content.xml": "<a><b>"}),
+            data_gen.zip_of({"mimetype": "application/vnd.oasis.opendocument.text", "content.xml": "<a><b>"}),
             "corrupt",
         ),
         ("secret.pdf", "application/pdf", data_gen.encrypted_pdf("hidden words"), "encrypted"),
@@ -398,7 +398,7 @@ def test_a_huge_body_is_cut_to_the_cap_not_dropped():
 
 
 def test_pptx_slide_text():
-    pptx = data_gen._zip(
+    pptx = data_gen.zip_of(
         {
             "ppt/presentation.xml": '<p:presentation xmlns:p="urn:p"/>',
             "ppt/slides/slide2.xml": _slide("Second slide"),

@@ -14,12 +14,12 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from archive.access import rejections_by_reason
 from ingest.dataread import MEMORY_LIMIT
 from ingest.models import Delivery
 from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork, parse_networks
 from ingest.stats import RejectionCount, untenanted_rejections
 from regions.current import current_region
-from tenants.access import rejections_by_reason
 from tenants.actions import add_domain, remove_domain
 from tests.conftest import create_tenant_in, make_user, membership_of
 from tests.dns_support import verified_domain

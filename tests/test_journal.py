@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from archive import journal
-from archive.journal import parse_envelope, parse_report
-from archive.parsed import EnvelopeRecipient, ParsedReport
+from archive.parser import journal
+from archive.parser.journal import parse_envelope, parse_report
+from archive.parser.parsed import EnvelopeRecipient, ParsedReport
 from tests import data_gen
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import base64
 
-from archive import extract, mime
 from archive.models import Message
+from archive.parser import extract, mime
 from tests.archive_support import archive, backend_fixture, search_ids  # noqa: F401 (the `backend` fixture)
 from tests.data_gen import wrap_as_journal
 

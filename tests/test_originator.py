@@ -50,17 +50,17 @@ def test_a_report_from_another_organization_is_archived_and_flagged(org, client)
 
 @pytest.mark.parametrize("path", ["one report", "a batch"])
 def test_a_report_from_another_organization_is_flagged_even_when_it_cannot_be_parsed(org, monkeypatch, path):
-    from archive import documents
+    from archive.parser import journal
     from archive.tasks import process_deliveries
     from tests.archive_support import deliver, process
 
     set_m365_organization(org.tenant, "contoso.onmicrosoft.com")
     delivery = deliver(org.tenant, foreign(corpus("01-simple.eml")))
 
-    def broken(raw):
+    def broken(raw, **kwargs):
         raise ValueError("parser bug")
 
-    monkeypatch.setattr(documents, "_parse", broken)
+    monkeypatch.setattr(journal, "parse_report", broken)
     process(delivery.pk) if path == "one report" else process_deliveries.run([delivery.pk])
     delivery.refresh_from_db()
     assert delivery.status == Delivery.Status.PARSE_FAILED

@@ -14,9 +14,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from archive.journal import parse_envelope, parse_report
-from archive.parsed import ParsedReport
-from archive.rawmime import decode_header_value, split_multipart
+from archive.parser.journal import parse_envelope, parse_report
+from archive.parser.parsed import ParsedReport
+from archive.parser.rawmime import decode_header_value, split_multipart
 from tests.data_gen import wrap_as_journal
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"

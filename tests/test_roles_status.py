@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from archive.actions import create_api_token
 from tenants.actions import rotate_journal_token
+from tenants.api_tokens import create_api_token
 from tenants.models import JournalToken, Membership
 from tests.conftest import PASSWORD
 

@@ -16,10 +16,11 @@ from django.db import transaction
 from django.test import override_settings
 from django.urls import reverse
 
-from archive.actions import create_api_token, index_pending
-from archive.models import ApiToken, AuditEvent, Message
+from archive.actions import index_pending
+from archive.models import Message
 from tenants.actions import add_alias, change_role
-from tenants.models import Membership, Role
+from tenants.api_tokens import create_api_token
+from tenants.models import ApiToken, AuditEvent, Membership, Role
 from tests.archive_support import archive, archive_corpus, corpus, report
 from tests.conftest import make_org, make_outsider, membership_of
 

@@ -19,11 +19,12 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.http import require_GET
 
 from tenants import access
+from tenants.api_tokens import touch_api_token
 from tenants.models import Membership, User
 from web.status import as_json, tenant_status
 
 if TYPE_CHECKING:
-    from archive.models import ApiToken
+    from tenants.models import ApiToken
 
 P = ParamSpec("P")
 
@@ -63,8 +64,6 @@ def api_user(request: ApiRequest) -> User | None:
         if found is None:
             return None
         request.api_membership, request.api_token = found
-        from archive.actions import touch_api_token
-
         touch_api_token(request.api_token)
         member: User = request.api_membership.user
         return member

@@ -13,8 +13,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from archive.actions import record_event
 from tenants import access
+from tenants.audit import record_event
 from tenants.models import Membership
 from web.roles import SignedInRequest
 

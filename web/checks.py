@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
 from django.db import connection
+from kombu import Connection
 
 from infra.storage import get_store
 
@@ -47,11 +48,14 @@ def check_storage() -> None:
 
 
 def check_broker() -> None:
-    from archiva.celery import app
-
-    # The broker named by Django settings, read on every check (the app's
-    # own configuration is loaded once and cached).
-    with app.connection_for_write(url=settings.CELERY_BROKER_URL) as conn:
+    # The broker named by Django settings, read on every check (the app's own
+    # configuration is loaded once and cached), through kombu with the options
+    # the Celery app takes from them: the app (archiva.celery) is above web.
+    with Connection(  # type: ignore[no-untyped-call]  # kombu's Connection has no annotations
+        settings.CELERY_BROKER_URL,
+        transport_options=settings.CELERY_BROKER_TRANSPORT_OPTIONS,
+        connect_timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT,
+    ) as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, timeout=TIMEOUT)
 
 

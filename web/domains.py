@@ -17,9 +17,9 @@ from infra.dns import LookupFailed
 from regions.current import current_region
 from tenants import access, actions
 from tenants.actions import ActionRefused
-from tenants.forms import DomainForm
 from tenants.models import Membership
 from web.audit import client_ip
+from web.forms import DomainForm
 from web.roles import admin_required
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """One archived message: the page (`/messages/<id>/`), its attachments
 (`/messages/<id>/attachments/<n>`) and the original (`/api/v1/messages/<id>.eml`).
 
-Messages come from `tenants.access.message_for` (404 alike for missing,
+Messages come from `archive.access.message_for` (404 alike for missing,
 another tenant's, and a plain user's not-theirs); every view and download
 is written to the audit log.  Bytes are read from the tenant's bucket and
 checked against their SHA-256 on every read.
@@ -19,10 +19,12 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from archive import actions, documents, mime
-from archive.models import AuditEvent, Message
+from archive import access as archive_access
+from archive import actions, documents
+from archive.models import Message
+from archive.parser import mime
 from tenants import access
-from tenants.models import User
+from tenants.models import AuditEvent, User
 from web import present
 from web.api import api_membership, api_view
 from web.audit import audit
@@ -59,14 +61,14 @@ def _attachments(message: Message, raw: bytes) -> list[dict[str, Any]]:
 @csp_override(img_src=["'self'", "data:"], frame_src=["'self'"], connect_src=["'none'"])
 def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
     membership = access.membership_for(request.user)
-    message = access.message_for(membership, message_id)
+    message = archive_access.message_for(membership, message_id)
     raw = documents.read_readable(message)
     ctx = {
         "membership": membership,
         "message": message,
         "recipients": present.recipients_for(message, access.mail_addresses(membership)),
         "attachments": _attachments(message, raw),
-        "reports": access.deliveries_of(message) if membership.sees_all_mail else None,
+        "reports": archive_access.deliveries_of(message) if membership.sees_all_mail else None,
         **_body(raw),
     }
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
@@ -85,7 +87,7 @@ def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
 @verified_email_required
 def attachment(request: SignedInRequest, message_id: int, number: int) -> HttpResponseBase:
     membership = access.membership_for(request.user)
-    message = access.message_for(membership, message_id)
+    message = archive_access.message_for(membership, message_id)
     parts = mime.attachments(documents.read_readable(message))
     if not 1 <= number <= len(parts):
         raise Http404("no such attachment")
@@ -100,7 +102,7 @@ def attachment(request: SignedInRequest, message_id: int, number: int) -> HttpRe
 def original_eml(request: HttpRequest, user: User, message_id: int) -> HttpResponseBase:
     """The original message as Exchange delivered it (not the journal wrapper)."""
     membership = api_membership(request, user)
-    message = access.message_for(membership, message_id)
+    message = archive_access.message_for(membership, message_id)
     data = documents.read_original(message)
     audit(request, membership, AuditEvent.Action.DOWNLOAD, message=message.pk, format="eml")
     return _download(data, f"message-{message.pk}.eml", "message/rfc822")

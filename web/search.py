@@ -1,6 +1,6 @@
 """Search: the page (`/search/`) and the API (`/api/v1/messages?q=…&page=…`).
 
-Both run `run_search`, which takes the scope from `tenants.access` (the
+Both run `run_search`, which takes the scope from `archive.access` (the
 tenant, and a plain user's addresses), asks the backend for one page of
 ids newest first, reads those messages back through the access layer and
 writes the search to the audit log.
@@ -17,9 +17,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from archive.models import AuditEvent, Message
+from archive import access as archive_access
+from archive.models import Message
 from tenants import access
-from tenants.models import Membership, User
+from tenants.models import AuditEvent, Membership, User
 from web import present
 from web.api import api_error, api_membership, api_view
 from web.audit import audit
@@ -57,9 +58,9 @@ def run_search(request: HttpRequest, membership: Membership, query: str, number:
     from search import get_backend
 
     hits = get_backend().search(
-        access.search_scope(membership), query, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE
+        archive_access.search_scope(membership), query, offset=(number - 1) * PAGE_SIZE, limit=PAGE_SIZE
     )
-    messages = access.messages_for(membership, list(hits.ids))
+    messages = archive_access.messages_for(membership, list(hits.ids))
     audit(request, membership, AuditEvent.Action.SEARCH, query=query, page=number, count=hits.count)
     return SearchPage(messages, number, hits.count)
 

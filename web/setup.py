@@ -12,6 +12,7 @@ from datetime import datetime
 
 from django.db.models import Max
 
+from archive import access as archive_access
 from regions.registry import Region
 from tenants import access
 from tenants.models import Tenant
@@ -30,7 +31,7 @@ class SetupChecks:
 
 
 def setup_checks(tenant: Tenant, region: Region) -> SetupChecks:
-    deliveries = access.deliveries(tenant)
+    deliveries = archive_access.deliveries(tenant)
     # rcpt_to is a JSON list; icontains works on it in PostgreSQL and SQLite alike.
     validation = deliveries.filter(rcpt_to__icontains=region.validation_address)
     journal = deliveries.exclude(rcpt_to__icontains=region.validation_address)

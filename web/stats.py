@@ -1,6 +1,6 @@
 """Numbers over time for the Status charts, aggregated in the database.
 
-Every query starts from a `tenants.access` function, so it is scoped to
+Every query starts from an `archive.access` function, so it is scoped to
 one tenant; buckets are hours or days in UTC, with empty ones filled in.
 """
 
@@ -14,7 +14,7 @@ from django.db.models import Aggregate, Count, QuerySet, Sum
 from django.db.models.functions import TruncDay, TruncHour
 from django.db.models.functions.datetime import TruncBase
 
-from tenants import access
+from archive import access as archive_access
 from tenants.models import Tenant
 
 HOURS = 48
@@ -44,10 +44,10 @@ def _per_bucket(
 
 def _series(tenant: Tenant, starts: list[datetime], trunc: type[TruncBase]) -> list[Bucket]:
     since = starts[0]
-    deliveries = access.deliveries(tenant)
+    deliveries = archive_access.deliveries(tenant)
     received = _per_bucket(deliveries, "received_at", trunc, since)
     stored = _per_bucket(deliveries, "received_at", trunc, since, Sum("size"))
-    archived = _per_bucket(access.messages(tenant), "created_at", trunc, since)
+    archived = _per_bucket(archive_access.messages(tenant), "created_at", trunc, since)
     return [Bucket(s, received.get(s, 0), archived.get(s, 0), stored.get(s, 0)) for s in starts]
 
 
@@ -67,9 +67,9 @@ def daily(tenant: Tenant, now: datetime, days: int = DAYS) -> list[Bucket]:
 
 def stored_before(tenant: Tenant, moment: datetime) -> int:
     """Bytes received before `moment`: the start of a cumulative storage line."""
-    return access.deliveries(tenant).filter(received_at__lt=moment).aggregate(total=Sum("size"))["total"] or 0
+    return archive_access.deliveries(tenant).filter(received_at__lt=moment).aggregate(total=Sum("size"))["total"] or 0
 
 
 def rejections(tenant: Tenant, since: datetime) -> dict[str, int]:
     """Rejected deliveries by reason, from the ingest's own statistics."""
-    return access.rejections_by_reason(tenant, since)
+    return archive_access.rejections_by_reason(tenant, since)

@@ -1,6 +1,6 @@
 """What the System Status page and API report about a tenant.
 
-Tenant data comes only through `tenants.access`; this module shapes it for
+Tenant data comes only through `tenants.access` and `archive.access`; this module shapes it for
 people (the page) and programs (the JSON API) alike.
 """
 
@@ -12,6 +12,7 @@ from typing import Any
 
 from django.db.models import Count, Max, Q, Sum
 
+from archive import access as archive_access
 from archive.models import Message
 from ingest import held
 from ingest.models import Delivery
@@ -94,7 +95,7 @@ class IndexFailure:
 
 def index_failures(tenant: Tenant) -> tuple[IndexFailure, ...]:
     """The most recent messages that could not be made searchable, with why."""
-    failed = access.messages(tenant).filter(index_status=Message.IndexStatus.FAILED).order_by("-id")
+    failed = archive_access.messages(tenant).filter(index_status=Message.IndexStatus.FAILED).order_by("-id")
     return tuple(IndexFailure(m.pk, m.subject, m.index_error) for m in failed[:MAX_FAILURES_SHOWN])
 
 
@@ -105,7 +106,7 @@ def journal_address(token: JournalToken, region: Region) -> JournalAddress:
 
 def counters(tenant: Tenant) -> Counters:
     """The delivery counters in one query, the message counters in another."""
-    totals = access.deliveries(tenant).aggregate(
+    totals = archive_access.deliveries(tenant).aggregate(
         last=Max("received_at"),
         size=Sum("size"),
         pending=Count("id", filter=Q(status=Delivery.Status.STORED)),
@@ -114,7 +115,7 @@ def counters(tenant: Tenant) -> Counters:
         parse_failed=Count("id", filter=Q(status=Delivery.Status.PARSE_FAILED)),
         mismatches=Count("id", filter=Q(originator_mismatch=True)),
     )
-    messages = access.messages(tenant).aggregate(
+    messages = archive_access.messages(tenant).aggregate(
         count=Count("id"),
         unindexed=Count("id", filter=Q(index_status=Message.IndexStatus.PENDING)),
         index_failed=Count("id", filter=Q(index_status=Message.IndexStatus.FAILED)),
@@ -122,11 +123,12 @@ def counters(tenant: Tenant) -> Counters:
     failures: tuple[Failure, ...] = ()
     if totals["parse_failed"]:
         failures = tuple(
-            Failure(d.queue_id, d.received_at, d.error) for d in access.parse_failures(tenant)[:MAX_FAILURES_SHOWN]
+            Failure(d.queue_id, d.received_at, d.error)
+            for d in archive_access.parse_failures(tenant)[:MAX_FAILURES_SHOWN]
         )
     foreign: tuple[str, ...] = ()
     if totals["mismatches"]:
-        foreign = tuple(access.foreign_originators(tenant)[:10])
+        foreign = tuple(archive_access.foreign_originators(tenant)[:10])
     return Counters(
         originator_mismatches=totals["mismatches"],
         foreign_organizations=foreign,

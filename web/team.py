@@ -23,10 +23,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from tenants import access, actions
 from tenants.actions import ActionRefused
-from tenants.adapter import remember_invitation
-from tenants.forms import AliasForm, InviteForm, RoleForm, role_choices
 from tenants.models import Invitation, Membership, Role
+from web.adapter import remember_invitation
 from web.audit import client_ip
+from web.forms import AliasForm, InviteForm, RoleForm, role_choices
 from web.mail import site_url
 from web.roles import admin_required
 from web.views import landing_page

@@ -15,8 +15,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from archive.actions import create_api_token, revoke_api_token
 from tenants import access
+from tenants.api_tokens import create_api_token, revoke_api_token
 from web.audit import client_ip, require_admin
 from web.roles import SignedInRequest
 

@@ -11,9 +11,9 @@ from django.views.decorators.http import require_GET, require_POST
 
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
-from tenants.forms import normalize_domain
 from tenants.models import Membership, User
 from web.audit import client_ip
+from web.forms import normalize_domain
 from web.roles import SignedInRequest, admin_required
 from web.setup import setup_checks
 from web.status import tenant_status

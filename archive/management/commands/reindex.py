@@ -13,6 +13,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from archive import access as archive_access
 from archive import actions
 from archive.models import Message
 from tenants import access
@@ -55,7 +56,7 @@ class Command(BaseCommand):
             tenant_row = access.tenant_by_reference(tenant)
         except LookupError as exc:
             raise CommandError(str(exc)) from None
-        messages = access.messages(tenant_row).select_related("tenant").order_by("id")
+        messages = archive_access.messages(tenant_row).select_related("tenant").order_by("id")
         if clean:
             get_backend().delete_tenant(tenant_row.pk)
         progress = Progress(self.stdout, messages.count(), f"Reindexing {tenant_row.name}")
@@ -69,7 +70,7 @@ class Command(BaseCommand):
         progress.finish()
         self.stdout.write(f"Indexed {indexed} of {done} messages of {tenant_row.name}.")
         if indexed < done:
-            failed = access.messages(tenant_row).filter(index_status=Message.IndexStatus.FAILED)
+            failed = archive_access.messages(tenant_row).filter(index_status=Message.IndexStatus.FAILED)
             for message in failed.only("pk", "index_error")[:100]:
                 self.stderr.write(f"message {message.pk}: {message.index_error}")
             raise CommandError(f"{done - indexed} messages could not be read from the bucket")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from archive import access as archive_access
 from archive.processing import Processed, process_deliveries
 from ingest import delivery as lifecycle
 from ingest.models import Delivery
@@ -31,7 +32,7 @@ class Command(BaseCommand):
         except LookupError as exc:
             raise CommandError(str(exc)) from None
         statuses = [Delivery.Status.PARSE_FAILED] + ([Delivery.Status.FAILED] if verification else [])
-        failed = list(access.failed_deliveries(tenant_row, statuses))
+        failed = list(archive_access.failed_deliveries(tenant_row, statuses))
         if not failed:
             self.stdout.write("Nothing to retry.")
             return

@@ -1,6 +1,6 @@
 """Reading attachments out of a stored original, for download.
 
-The parser (`archive.journal`) extracts text and metadata; downloads need
+The parser (`archive.parser.journal`) extracts text and metadata; downloads need
 the bytes, which it does not keep.  The message view lists and the
 download serves the same list, built here, so the numbers always agree.
 """
@@ -12,8 +12,8 @@ import email.policy
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from archive.message import MAX_MULTIPART_DEPTH
-from archive.rawmime import content_type, header, multipart_depth, parse_headers, split_head_body
+from archive.parser.message import MAX_MULTIPART_DEPTH
+from archive.parser.rawmime import content_type, header, multipart_depth, parse_headers, split_head_body
 
 # Nested messages are walked this deep; deeper ones are offered whole.
 MAX_DEPTH = 8

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from archive.limits import Skip
-from archive.rawmime import decode_text
+from archive.parser.limits import Skip
+from archive.parser.rawmime import decode_text
 
 TNEF_MAGIC = b"\x78\x9f\x3e\x22"
 

@@ -14,7 +14,7 @@ from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 
-from archive.rawmime import (
+from archive.parser.rawmime import (
     MAX_HEADER_VALUE,
     decode_header_value,
     decode_text,

@@ -15,11 +15,11 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from archive.extract import Extractor
-from archive.limits import DEFAULT_LIMITS, Limits
-from archive.message import addresses, header_text, message_id, parse_date, parse_message, raw_header
-from archive.parsed import EnvelopeRecipient, ParsedReport
-from archive.rawmime import (
+from archive.parser.extract import Extractor
+from archive.parser.limits import DEFAULT_LIMITS, Limits
+from archive.parser.message import addresses, header_text, message_id, parse_date, parse_message, raw_header
+from archive.parser.parsed import EnvelopeRecipient, ParsedReport
+from archive.parser.rawmime import (
     content_type,
     decode_header_value,
     decode_text,
@@ -29,7 +29,7 @@ from archive.rawmime import (
     split_head_body,
     split_multipart,
 )
-from archive.sandbox import Sandbox
+from archive.parser.sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """What unwrapping a stored journal report yields (the parser's contract).
 
-`archive.journal.parse_report(raw: bytes) -> ParsedReport` never raises on
+`archive.parser.journal.parse_report(raw: bytes) -> ParsedReport` never raises on
 bad input: problems go into `ParsedReport.problems` and whatever could be
 read is returned; the raw bytes stay in the bucket regardless.
 """

@@ -1,7 +1,7 @@
 """Run risky extractors (PDF, Office, RTF, TNEF) in a child process with limits.
 
 A hostile attachment may make a parser spin, allocate without end or crash;
-the worker must survive all three.  The child runs `python -m archive.sandbox`
+the worker must survive all three.  The child runs `python -m archive.parser.sandbox`
 (a subprocess, not multiprocessing: Celery's prefork workers are daemonic and
 may not fork multiprocessing children) under RLIMIT_AS and RLIMIT_CPU, and the
 parent kills it when a job passes its wall-clock timeout.  One child serves
@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from archive.limits import DEFAULT_LIMITS, Skip
+from archive.parser.limits import DEFAULT_LIMITS, Skip
 
 log = logging.getLogger(__name__)
 
 _LENGTH = struct.Struct(">Q")
 STARTUP_TIMEOUT = 60.0  # a cold interpreter importing pypdf on a loaded machine
-_ROOT = Path(__file__).resolve().parents[1]
+_ROOT = Path(__file__).resolve().parents[2]
 
 
 class SandboxError(Exception):
@@ -94,7 +94,7 @@ class Sandbox:
             self.close()
         if self._proc is None:
             self._proc = subprocess.Popen(
-                [sys.executable, "-B", "-m", "archive.sandbox", str(self.memory_bytes)],
+                [sys.executable, "-B", "-m", "archive.parser.sandbox", str(self.memory_bytes)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
@@ -234,7 +234,14 @@ def _child_main(memory_bytes: int) -> None:
             return
 
 
-_PRELOAD = ("archive.formats", "archive.tnef", "pypdf", "striprtf.striprtf", "tnefparse.tnef", "compressed_rtf")
+_PRELOAD = (
+    "archive.parser.formats",
+    "archive.parser.tnef",
+    "pypdf",
+    "striprtf.striprtf",
+    "tnefparse.tnef",
+    "compressed_rtf",
+)
 
 
 def _limit_cpu(resource: Any, timeout: float) -> None:

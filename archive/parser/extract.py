@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass, field
 from email.message import Message
 
-from archive.formats import OLE_MAGIC, sniff_ole_encrypted
-from archive.htmltext import html_to_text
-from archive.limits import DEFAULT_LIMITS, Limits
-from archive.message import (
+from archive.parser.formats import OLE_MAGIC, sniff_ole_encrypted
+from archive.parser.htmltext import html_to_text
+from archive.parser.limits import DEFAULT_LIMITS, Limits
+from archive.parser.message import (
     header_text,
     parse_message,
     part_charset,
@@ -25,10 +25,10 @@ from archive.message import (
     part_payload_head,
     raw_header,
 )
-from archive.parsed import Attachment
-from archive.rawmime import decode_text, decode_transfer, loose_text, to_bytes
-from archive.sandbox import Sandbox, SandboxError, shared_sandbox
-from archive.tnef import TNEF_MAGIC
+from archive.parser.parsed import Attachment
+from archive.parser.rawmime import decode_text, decode_transfer, loose_text, to_bytes
+from archive.parser.sandbox import Sandbox, SandboxError, shared_sandbox
+from archive.parser.tnef import TNEF_MAGIC
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _TEXT_EXTENSIONS = {".txt", ".csv", ".tsv", ".log", ".md", ".json", ".xml", ".ics", ".vcf", ".eml.txt"}
@@ -191,7 +191,7 @@ class Extractor:
             content.attachments.append(Attachment(name, "application/ms-tnef", size, skipped=reason))
             return
         try:
-            decoded = self._run("archive.tnef:decode_tnef", data)
+            decoded = self._run("archive.parser.tnef:decode_tnef", data)
         except SandboxError as exc:
             content.attachments.append(Attachment(name, "application/ms-tnef", size, skipped=str(exc)))
             return
@@ -254,9 +254,9 @@ class Extractor:
 
 
 _RISKY = {
-    "pdf": "archive.formats:extract_pdf",
-    "zip": "archive.formats:extract_zip",
-    "rtf": "archive.formats:extract_rtf",
+    "pdf": "archive.parser.formats:extract_pdf",
+    "zip": "archive.parser.formats:extract_zip",
+    "rtf": "archive.parser.formats:extract_rtf",
 }
 
 

@@ -1,4 +1,4 @@
-"""Forms of the tenant portal: sign-up's own field, the team, domains."""
+"""Forms of the portal: sign-up's own field, the team, domains."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ class SignupForm(forms.Form):
 
     The tenant itself is created by `AccountAdapter.save_user`, in the same
     transaction as the user, so `signup` has nothing left to do.  With an
-    invitation in the session (see `tenants.adapter`) the form joins the
+    invitation in the session (see `web.adapter`) the form joins the
     inviting tenant instead: no organization field, and the address must
     be the invited one.
     """
@@ -40,7 +40,7 @@ class SignupForm(forms.Form):
         super().__init__(*args, **kwargs)
         from allauth.core import context
 
-        from tenants.adapter import invitation_in_session
+        from web.adapter import invitation_in_session
 
         self.invitation = invitation_in_session(context.request) if context.request else None
         if self.invitation is not None:

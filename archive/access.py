@@ -1,0 +1,110 @@
+"""The one way into the archive's tenant-owned rows: messages and the
+deliveries (journal reports) that carried them, and a member's search scope.
+
+Like `tenants.access`, these take the tenant or the member and answer 404
+alike for "missing" and "belongs to another tenant"; a plain user sees only
+the mail they sent or received (`tenants.access.mail_addresses`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.db.models import QuerySet, Sum
+from django.http import Http404
+
+from archive.models import Message
+from ingest.models import Delivery, RejectionCount
+from search.backends.base import Scope
+from tenants.access import mail_addresses
+from tenants.models import Membership, Tenant
+
+
+def messages(tenant: Tenant) -> QuerySet[Message]:
+    """All archived messages of a tenant (for counts and maintenance, not for people)."""
+    return Message.objects.filter(tenant=tenant)
+
+
+def message_for(membership: Membership, message_id) -> Message:
+    """The message if this member may read it: admins and auditors any of the
+    tenant's, a plain user only one they sent or received.  404 alike for
+    missing, another tenant's, and not yours."""
+    try:
+        message = Message.objects.get(tenant_id=membership.tenant_id, pk=int(message_id))
+    except (Message.DoesNotExist, ValueError, TypeError):
+        raise Http404("no such message") from None
+    if not may_read(mail_addresses(membership), message):
+        raise Http404("no such message")
+    return message
+
+
+def messages_for(membership: Membership, ids: list[int]) -> list[Message]:
+    """The readable messages among `ids` (search hits), in the order given."""
+    addresses = mail_addresses(membership)
+    found = Message.objects.filter(tenant_id=membership.tenant_id, pk__in=ids)
+    by_id = {m.pk: m for m in found if may_read(addresses, m)}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def may_read(addresses: list[str] | None, message: Message) -> bool:
+    """Whether a member scoped to `addresses` (None: all the tenant's mail) may read the message."""
+    if addresses is None:
+        return True
+    return not set(addresses).isdisjoint(message.participants)
+
+
+def search_scope(membership: Membership):
+    """The one place a search gets its tenant filter and, for a plain user, their addresses.
+
+    An empty address list (a user with no verified address) matches nothing.
+    """
+    return Scope(tenant_id=membership.tenant_id, addresses=mail_addresses(membership))
+
+
+def deliveries(tenant: Tenant) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(tenant=tenant)
+
+
+def delivery(tenant: Tenant, delivery_id: int) -> Delivery:
+    try:
+        return Delivery.objects.get(tenant=tenant, pk=delivery_id)
+    except (Delivery.DoesNotExist, ValueError, TypeError):
+        raise Http404("no such delivery") from None
+
+
+def deliveries_of(message: Message) -> QuerySet[Delivery]:
+    """The journal reports that carried this message (evidence)."""
+    return Delivery.objects.filter(tenant_id=message.tenant_id, message=message).order_by("received_at", "id")
+
+
+def parse_failures(tenant: Tenant) -> QuerySet[Delivery]:
+    return Delivery.objects.filter(tenant=tenant, status=Delivery.Status.PARSE_FAILED).order_by("-received_at")
+
+
+def failed_deliveries(tenant: Tenant | None, statuses: Sequence[str]) -> QuerySet[Delivery]:
+    """Reports that failed (parse or verification), of one tenant or all: for operators' commands."""
+    found = Delivery.objects.select_related("tenant").filter(status__in=statuses)
+    return (found.filter(tenant=tenant) if tenant is not None else found).order_by("received_at", "id")
+
+
+def foreign_originators(tenant: Tenant) -> QuerySet:
+    """Organizations (X-OriginatorOrg) of flagged reports, by name."""
+    return (
+        deliveries(tenant)
+        .filter(originator_mismatch=True)
+        .values_list("originator_org", flat=True)
+        .order_by("originator_org")
+        .distinct()
+    )
+
+
+def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
+    """How many deliveries to this tenant the ingest refused since then, by reason."""
+    rows = (
+        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
+        .values("reason")
+        .annotate(total=Sum("count"))
+        .order_by("-total")
+    )
+    return {row["reason"]: row["total"] for row in rows}
