@@ -14,19 +14,20 @@ The ingest never imports the archive: tasks are published by name.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 
 from celery import current_app
 from django.conf import settings
 from django.db import OperationalError, connection
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from infra.storage import IntegrityError
 from infra.text import storable_text
 from ingest.models import Delivery
 from ingest.originator import is_foreign, originator_org
-from ingest.tuning import PUBLISH_CHUNK
+from ingest.tuning import PUBLISH_CHUNK as PUBLISH_CHUNK  # re-exported: archive's retry_failed uses it
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ INDEX_PENDING = "pending"
 # --- publishing ----------------------------------------------------------------
 
 
-def publish(task: str, args: tuple = (), countdown: float | None = None) -> None:
+def publish(task: str, args: tuple[object, ...] = (), countdown: float | None = None) -> None:
     """Publish a task by name; raises on broker trouble (never retries: the sweep does)."""
     current_app.send_task(task, args=args, countdown=countdown, retry=False)
 
@@ -209,7 +210,7 @@ def mark_archived(deliveries: list[Delivery]) -> None:
         )
 
 
-def requeue_failures(deliveries) -> list[int]:
+def requeue_failures(deliveries: Iterable[Delivery]) -> list[int]:
     """Put failed reports back in line: parse failures to `received`, failed
     verifications to `stored` (the store may have been repaired)."""
     ids = [d.pk for d in deliveries]
@@ -227,7 +228,7 @@ def requeue_after() -> timedelta:
     return timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
 
 
-def stranded_deliveries(now=None, grace: float | None = None):
+def stranded_deliveries(now: datetime | None = None, grace: float | None = None) -> QuerySet[Delivery]:
     """Deliveries not yet archived and indexed that no worker has (recently) been given.
 
     Those never published are taken once `grace` seconds old (default

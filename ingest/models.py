@@ -75,6 +75,6 @@ class Delivery(models.Model):
 
 
 # Models of the ingest's policy and statistics live beside their logic.
-from ingest.held import HeldMessage  # noqa: E402,F401
-from ingest.policy import SenderNetwork  # noqa: E402,F401
-from ingest.stats import RejectionCount  # noqa: E402,F401
+from ingest.held import HeldMessage as HeldMessage  # noqa: E402
+from ingest.policy import SenderNetwork as SenderNetwork  # noqa: E402
+from ingest.stats import RejectionCount as RejectionCount  # noqa: E402

