@@ -26,7 +26,7 @@ def messages(tenant: Tenant) -> QuerySet[Message]:
     return Message.objects.filter(tenant=tenant)
 
 
-def message_for(membership: Membership, message_id) -> Message:
+def message_for(membership: Membership, message_id: int | str) -> Message:
     """The message if this member may read it: admins and auditors any of the
     tenant's, a plain user only one they sent or received.  404 alike for
     missing, another tenant's, and not yours."""
@@ -54,7 +54,7 @@ def may_read(addresses: list[str] | None, message: Message) -> bool:
     return not set(addresses).isdisjoint(message.participants)
 
 
-def search_scope(membership: Membership):
+def search_scope(membership: Membership) -> Scope:
     """The one place a search gets its tenant filter and, for a plain user, their addresses.
 
     An empty address list (a user with no verified address) matches nothing.
@@ -88,7 +88,7 @@ def failed_deliveries(tenant: Tenant | None, statuses: Sequence[str]) -> QuerySe
     return (found.filter(tenant=tenant) if tenant is not None else found).order_by("received_at", "id")
 
 
-def foreign_originators(tenant: Tenant) -> QuerySet:
+def foreign_originators(tenant: Tenant) -> QuerySet[Delivery, str]:
     """Organizations (X-OriginatorOrg) of flagged reports, by name."""
     return (
         deliveries(tenant)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError as UniqueViolation
 from django.db import OperationalError, transaction
@@ -23,6 +25,9 @@ from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
 from ingest import delivery as ingest_delivery
 from ingest.models import Delivery
+
+if TYPE_CHECKING:
+    from search.document import SearchDocument
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
         raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
 
 
-def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | None:
+def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict[str, Any] | None:
     """The Message columns of a parsed report; None (recorded as a parse failure) when they cannot be built."""
     try:
         return documents.message_fields(parsed, delivery.received_at)
@@ -61,10 +66,10 @@ def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict | N
         return None
 
 
-def _object_fields(bucket: str, parsed: ParsedReport, objects: list) -> dict:
+def _object_fields(bucket: str, parsed: ParsedReport, objects: list[tuple[str, str, bytes, str]]) -> dict[str, str]:
     """The Message's object columns for a parsed report; the objects to store go into `objects`."""
 
-    def add(data: bytes, key_for=raw_key) -> tuple[str, str]:
+    def add(data: bytes, key_for: Callable[[str], str] = raw_key) -> tuple[str, str]:
         sha = hashlib.sha256(data).hexdigest()
         objects.append((bucket, key_for(sha), data, sha))
         return sha, key_for(sha)
@@ -87,7 +92,7 @@ def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
     return sha, documents.text_key(sha)
 
 
-def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
+def _merge_into(message: Message, fields: dict[str, Any], save: bool = True) -> None:
     """Add a report's recipients; bump the version only if something changed."""
     changed = []
     recipients = documents.union_recipients(message.envelope_recipients, fields["envelope_recipients"])
@@ -115,12 +120,12 @@ def _merge_into(message: Message, fields: dict, save: bool = True) -> None:
             message.save(update_fields=[*set(changed), "participants", "version", "index_status"])
 
 
-def remember_attachment_list(message: Message, readable: bytes) -> list[dict]:
+def remember_attachment_list(message: Message, readable: bytes) -> list[dict[str, Any]]:
     """The attachment list of a message archived before it was kept
     (`Message.attachment_list` None), worked out from its readable bytes and kept."""
     from archive.parser import mime
 
-    found = storable(mime.attachment_list(readable))
+    found: list[dict[str, Any]] = storable(mime.attachment_list(readable))
     Message.objects.filter(pk=message.pk, attachment_list__isnull=True).update(attachment_list=found)
     message.attachment_list = found
     return found
@@ -163,13 +168,13 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
         raise BatchConflict(str(exc)) from exc
 
 
-def _record_batch(prepared: list[tuple[Delivery, ParsedReport, dict]]) -> int:
+def _record_batch(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]]]) -> int:
     """Create or merge the batch's Messages and link its reports, in one transaction."""
     with transaction.atomic():
         return _create_or_merge(prepared)
 
 
-def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict]]) -> int:
+def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]]]) -> int:
     ids = [delivery.pk for delivery, _, _ in prepared]
     unlinked = set(
         Delivery.objects.select_for_update().filter(pk__in=ids, message__isnull=True).values_list("pk", flat=True)
@@ -257,7 +262,7 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
     return len(indexed)
 
 
-def _index_built(built: list) -> list:
+def _index_built(built: list[tuple[Message, SearchDocument]]) -> list[tuple[Message, SearchDocument]]:
     """Send the documents in one request; when the backend refuses it (not
     because it is down), one by one, so one bad document fails alone."""
     from search import get_backend
@@ -289,7 +294,7 @@ def _mark_index_failed(message: Message, exc: Exception) -> None:
     )
 
 
-def _document(message: Message, reparse: bool):
+def _document(message: Message, reparse: bool) -> SearchDocument:
     if not reparse:
         return documents.build_document(message)
     content = documents.load_content(message)

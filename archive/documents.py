@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import getaddresses
+from typing import TYPE_CHECKING, Any
 
 from archive.models import Message
 from archive.parser import mime
@@ -19,6 +20,9 @@ from archive.parser.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
 from infra.text import storable
 from search.document import SearchDocument
+
+if TYPE_CHECKING:
+    from archive.parser.extract import Content as ExtractedContent
 
 # Postgres indexes keys up to ~2.7 kB; a longer Message-ID is keyed by its hash.
 MAX_MERGE_KEY = 280
@@ -39,7 +43,7 @@ def original_sha256(parsed: ParsedReport) -> str:
     return hashlib.sha256(parsed.original).hexdigest()
 
 
-def envelope_dicts(recipients: list[EnvelopeRecipient]) -> list[dict]:
+def envelope_dicts(recipients: list[EnvelopeRecipient]) -> list[dict[str, Any]]:
     return [
         {"address": r.address.lower(), "kind": r.kind, "expanded": r.expanded, "forwarded": r.forwarded}
         for r in recipients
@@ -47,7 +51,7 @@ def envelope_dicts(recipients: list[EnvelopeRecipient]) -> list[dict]:
     ]
 
 
-def union_recipients(current: list[dict], new: list[dict]) -> list[dict]:
+def union_recipients(current: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Recipients of every report, each once, in the order first seen."""
     seen = {_recipient_key(r) for r in current}
     merged = list(current)
@@ -58,7 +62,7 @@ def union_recipients(current: list[dict], new: list[dict]) -> list[dict]:
     return merged
 
 
-def _recipient_key(recipient: dict) -> tuple:
+def _recipient_key(recipient: dict[str, Any]) -> tuple[Any, ...]:
     return (recipient.get("address"), recipient.get("kind"), recipient.get("expanded"), recipient.get("forwarded"))
 
 
@@ -85,19 +89,19 @@ def participants(message: Message) -> list[str]:
     return sorted({a.strip().lower() for a in found if a and "@" in a})
 
 
-def attachment_dicts(attachments: list[Attachment]) -> list[dict]:
+def attachment_dicts(attachments: list[Attachment]) -> list[dict[str, Any]]:
     return [
         {"name": a.filename, "content_type": a.content_type, "size": a.size, "skipped": a.skipped} for a in attachments
     ]
 
 
-def message_fields(parsed: ParsedReport, received_at: datetime) -> dict:
+def message_fields(parsed: ParsedReport, received_at: datetime) -> dict[str, Any]:
     """The Message columns a freshly parsed report gives (before storing).
 
     Every text is storable (`infra.text`): a NUL a sender put in a subject,
     an address or a name must not fail the batch it is archived in.
     """
-    fields = {
+    fields: dict[str, Any] = {
         "merge_key": merge_key(parsed),
         "message_id": (parsed.message_id or "").strip().strip("<>"),
         "subject": parsed.subject or "",
@@ -163,7 +167,7 @@ def read_readable(message: Message) -> bytes:
     return read_original(message)
 
 
-def body_for_display(raw: bytes):
+def body_for_display(raw: bytes) -> ExtractedContent:
     """The body of a stored (decrypted) original for the message page, and
     why it could not be read in full (`body_note`): the body parts only,
     attachments neither decoded nor read (their list is on the Message)."""

@@ -11,12 +11,16 @@ import logging
 import random
 import threading
 import time
+from typing import TYPE_CHECKING, NoReturn
 
 from celery import shared_task
 
 from archive import actions, processing
 from ingest import delivery as lifecycle
 from ingest.models import Delivery
+
+if TYPE_CHECKING:
+    from celery import Task
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def backoff(retries: int) -> int:
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
-def process_deliveries(self, delivery_ids: list[int]) -> int:
+def process_deliveries(self: Task, delivery_ids: list[int]) -> int:
     """Verify and archive deliveries (one, or the ingest's publishing chunk),
     then have their messages indexed in the next batch; returns how many were archived.
 
@@ -57,7 +61,7 @@ def process_deliveries(self, delivery_ids: list[int]) -> int:
 
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
-def index_pending(self) -> int:
+def index_pending(self: Task) -> int:
     """Index every message waiting to be indexed, in batches (one commit each)."""
     deadline = time.monotonic() + INDEX_TIME_BUDGET
     total = 0
@@ -76,7 +80,7 @@ def sweep_stranded(at_start: bool = False) -> int:
     return lifecycle.sweep_at_start("worker") if at_start else lifecycle.sweep()
 
 
-def _retry_later(task, exc: Exception, delivery_ids: list[int] | None = None):
+def _retry_later(task: Task, exc: Exception, delivery_ids: list[int] | None = None) -> NoReturn:
     log.warning("%s: %s; retrying", f"deliveries {delivery_ids}" if delivery_ids else task.name, exc)
     countdown = backoff(task.request.retries)
     if delivery_ids:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import mimetypes
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import Message
+from typing import Any
 
 from archive.parser.formats import OLE_MAGIC, sniff_ole_encrypted
 from archive.parser.htmltext import html_to_text
@@ -109,7 +111,7 @@ class Extractor:
             f"shown as plain text found in the raw message: up to {cap:,} characters, which are also what search finds."
         )
 
-    def _leaves(self, msg: Message, problems: list[str]):
+    def _leaves(self, msg: Message, problems: list[str]) -> Iterator[tuple[Message, str]]:
         """(part, "body" | "tnef" | "attachment") in document order, without recursion."""
         stack = [(msg, 0)]
         while stack:
@@ -207,7 +209,7 @@ class Extractor:
         for item in decoded["attachments"]:
             content.attachments.append(self._tnef_attachment(item, depth))
 
-    def _tnef_attachment(self, item: dict, depth: int) -> Attachment:
+    def _tnef_attachment(self, item: dict[str, Any], depth: int) -> Attachment:
         name = item["name"] or "attachment"
         ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if "text" in item or "skipped" in item:  # an embedded message, or over the size cap
@@ -246,11 +248,14 @@ class Extractor:
         msg, _problems = parse_message(data)
         return self._message_text(msg, depth + 1)
 
-    def _run(self, func: str, data: bytes) -> dict:
+    def _run(self, func: str, data: bytes) -> dict[str, Any]:
         left = self.deadline - time.monotonic()
         if left <= 0:
             raise SandboxError("timed out: the message's extraction time budget is spent")
-        return self.sandbox.run(func, data, self.limits.child_options(), min(self.limits.timeout, left))
+        result: dict[str, Any] = self.sandbox.run(
+            func, data, self.limits.child_options(), min(self.limits.timeout, left)
+        )
+        return result
 
 
 _RISKY = {

@@ -43,14 +43,14 @@ class _Text:
     def full(self) -> bool:
         return self.size >= self.cap
 
-    def result(self) -> dict:
+    def result(self) -> dict[str, Any]:
         return {"text": "".join(self.parts).strip()}
 
 
 # --- PDF -----------------------------------------------------------------------
 
 
-def extract_pdf(data: bytes, options: dict) -> dict:
+def extract_pdf(data: bytes, options: dict[str, Any]) -> dict[str, Any]:
     from pypdf.errors import PdfReadError
 
     try:
@@ -66,7 +66,7 @@ def extract_pdf(data: bytes, options: dict) -> dict:
         raise Skip(f"corrupt: {str(exc)[:200]}") from None
 
 
-def _pdf_text(data: bytes, options: dict) -> dict:
+def _pdf_text(data: bytes, options: dict[str, Any]) -> dict[str, Any]:
     from pypdf import PdfReader
     from pypdf.errors import FileNotDecryptedError
 
@@ -88,7 +88,7 @@ def _pdf_text(data: bytes, options: dict) -> dict:
 # --- zip containers --------------------------------------------------------------
 
 
-def extract_zip(data: bytes, options: dict) -> dict:
+def extract_zip(data: bytes, options: dict[str, Any]) -> dict[str, Any]:
     """DOCX, XLSX, PPTX or OpenDocument by what the zip holds; other zips give their member names."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -111,7 +111,7 @@ def extract_zip(data: bytes, options: dict) -> dict:
     return out.result()
 
 
-def _checked_names(archive: zipfile.ZipFile, options: dict) -> list[str]:
+def _checked_names(archive: zipfile.ZipFile, options: dict[str, Any]) -> list[str]:
     infos = archive.infolist()
     if len(infos) > options["max_zip_members"]:
         raise Skip(f"too large: zip with {len(infos)} members")
@@ -125,7 +125,7 @@ def _checked_names(archive: zipfile.ZipFile, options: dict) -> list[str]:
     return [info.filename for info in infos]
 
 
-def _read(archive: zipfile.ZipFile, name: str, options: dict) -> bytes:
+def _read(archive: zipfile.ZipFile, name: str, options: dict[str, Any]) -> bytes:
     """A member, inflating at most the cap: the declared size is not trusted."""
     cap = options["max_member_bytes"]
     try:
@@ -154,7 +154,7 @@ def _numbered(names: list[str], pattern: str) -> list[str]:
     return [name for _number, name in sorted(found)]
 
 
-def _docx(archive: zipfile.ZipFile, names: list[str], options: dict, out: _Text) -> None:
+def _docx(archive: zipfile.ZipFile, names: list[str], options: dict[str, Any], out: _Text) -> None:
     parts = ["word/document.xml", "word/footnotes.xml", "word/endnotes.xml"]
     parts += _numbered(names, r"word/header(\d+)\.xml") + _numbered(names, r"word/footer(\d+)\.xml")
     for part in parts:
@@ -173,7 +173,7 @@ def _word_text(paragraph: Any) -> str:
     return "".join(pieces)
 
 
-def _pptx(archive: zipfile.ZipFile, names: list[str], options: dict, out: _Text) -> None:
+def _pptx(archive: zipfile.ZipFile, names: list[str], options: dict[str, Any], out: _Text) -> None:
     for part in _numbered(names, r"ppt/slides/slide(\d+)\.xml"):
         _paragraphs(_read(archive, part, options), A + "p", _drawing_text, out)
 
@@ -191,7 +191,7 @@ def _paragraphs(xml: bytes, tag: str, text_of: Callable[[Any], str], out: _Text)
             return
 
 
-def _xlsx(archive: zipfile.ZipFile, names: list[str], options: dict, out: _Text) -> None:
+def _xlsx(archive: zipfile.ZipFile, names: list[str], options: dict[str, Any], out: _Text) -> None:
     shared = [
         "".join(node.text or "" for node in item.iter(S + "t"))
         for item in _elements(_read(archive, "xl/sharedStrings.xml", options) or b"<sst/>", {S + "si"})
@@ -225,7 +225,7 @@ def _cell_text(cell: Any, shared: list[str]) -> str:
 _ODF_SPECIAL = {TEXT + "tab": "\t", TEXT + "line-break": "\n"}
 
 
-def _odf(archive: zipfile.ZipFile, options: dict, out: _Text) -> None:
+def _odf(archive: zipfile.ZipFile, options: dict[str, Any], out: _Text) -> None:
     for block in _elements(_read(archive, "content.xml", options), {TEXT + "p", TEXT + "h"}):
         out.add(_odf_text(block) + "\n")
         if out.full:
@@ -263,11 +263,11 @@ def _int(value: str | None, default: int) -> int:
 # --- RTF -----------------------------------------------------------------------------
 
 
-def extract_rtf(data: bytes, options: dict) -> dict:
+def extract_rtf(data: bytes, options: dict[str, Any]) -> dict[str, Any]:
     from striprtf.striprtf import rtf_to_text
 
     out = _Text(options["max_text_chars"])
-    out.add(rtf_to_text(data.decode("latin-1"), errors="replace"))
+    out.add(rtf_to_text(data.decode("latin-1"), errors="replace"))  # type: ignore[no-untyped-call]  # striprtf has no annotations
     return out.result()
 
 

@@ -35,7 +35,7 @@ _TAG = re.compile(r"<(/?[A-Za-z][A-Za-z0-9:-]{0,40})")
 _ANY_TAG = re.compile(r"<[^<>]*>")
 
 
-def _tag_pattern(names: list[str]) -> re.Pattern:
+def _tag_pattern(names: list[str]) -> re.Pattern[str]:
     # Case-blind by character classes: a (?i) pattern loses the regex engine's literal-prefix scan.
     blind = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in name) for name in names)
     return re.compile("</?(?:" + "|".join(blind) + r")(?![A-Za-z0-9])[^<>]*>")

@@ -131,7 +131,7 @@ def _unwrap(report: ParsedReport, fields: list[tuple[str, bytes]], body: bytes) 
 def parse_envelope(text: str) -> Envelope:
     """Lines `Field: value`; recipients may carry `, Expanded: <group>` and `, Forwarded: <addr>`."""
     envelope = Envelope()
-    seen: set[tuple] = set()
+    seen: set[tuple[str, str, str | None, str | None]] = set()
     for line in _logical_lines(text):
         name, colon, value = line.partition(":")
         key = name.strip().lower()

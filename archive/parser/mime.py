@@ -10,7 +10,8 @@ from __future__ import annotations
 import email
 import email.policy
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import MIMEPart
+from typing import Any
 
 from archive.parser.message import MAX_MULTIPART_DEPTH
 from archive.parser.rawmime import content_type, header, multipart_depth, parse_headers, split_head_body
@@ -30,7 +31,7 @@ class Part:
         return len(self.payload)
 
 
-def _filename(part: EmailMessage, number: int) -> str:
+def _filename(part: MIMEPart, number: int) -> str:
     try:
         name = part.get_filename()
     except Exception:  # a broken RFC 2231 parameter must not hide the part
@@ -42,7 +43,7 @@ def _filename(part: EmailMessage, number: int) -> str:
     return f"attachment-{number}{extension}"
 
 
-def _payload(part: EmailMessage) -> bytes:
+def _payload(part: MIMEPart) -> bytes:
     if part.get_content_type() == "message/rfc822" or part.is_multipart():
         return part.as_bytes(policy=email.policy.default.clone(linesep="\r\n"))
     try:
@@ -52,7 +53,7 @@ def _payload(part: EmailMessage) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
-def _is_attachment(part: EmailMessage) -> bool:
+def _is_attachment(part: MIMEPart) -> bool:
     if part.get_content_disposition() == "attachment":
         return True
     # Text without an attachment disposition is the body; any other leaf
@@ -77,7 +78,7 @@ def attachments(raw: bytes) -> list[Part]:
     return found
 
 
-def attachment_list(raw: bytes) -> list[dict]:
+def attachment_list(raw: bytes) -> list[dict[str, Any]]:
     """What the message page lists of `attachments(raw)`: number (for the
     download URL), name, content type and size; kept on the Message."""
     return [
@@ -93,7 +94,7 @@ def _is_multipart(raw: bytes) -> bool:
     return ctype.startswith(("multipart/", "message/"))
 
 
-def _walk(part, found: list[Part], depth: int) -> None:
+def _walk(part: MIMEPart, found: list[Part], depth: int) -> None:
     if not part.is_multipart():
         if depth > 0 and _is_attachment(part):
             found.append(Part(_filename(part, len(found) + 1), part.get_content_type(), _payload(part)))

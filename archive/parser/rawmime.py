@@ -188,7 +188,7 @@ def content_type(value: bytes | None) -> tuple[str, dict[str, str]]:
     return ctype, params
 
 
-def _param_text(param: str | tuple) -> str:
+def _param_text(param: str | tuple[str | None, str | None, str]) -> str:
     if isinstance(param, tuple):  # RFC 2231: (charset, language, value)
         charset, _lang, value = param
         data = value.encode("latin-1", "replace") if isinstance(value, str) else bytes(value)

@@ -52,7 +52,7 @@ def _encode(value: Any) -> Any:
     return value
 
 
-def _decode_hook(obj: dict) -> Any:
+def _decode_hook(obj: dict[str, Any]) -> Any:
     if set(obj) == {"$b64"}:
         return base64.b64decode(obj["$b64"])
     return obj
@@ -64,7 +64,7 @@ class Sandbox:
     def __init__(self, memory_bytes: int = DEFAULT_LIMITS.memory_bytes, jobs_per_child: int = 200) -> None:
         self.memory_bytes = memory_bytes
         self.jobs_per_child = jobs_per_child
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._jobs = 0
         self._lock = threading.Lock()
 
@@ -74,7 +74,7 @@ class Sandbox:
                 self.close()  # the memory limit is set when a child starts
             self.memory_bytes, self.jobs_per_child = memory_bytes, jobs_per_child
 
-    def run(self, func: str, data: bytes, options: dict, timeout: float) -> Any:
+    def run(self, func: str, data: bytes, options: dict[str, Any], timeout: float) -> Any:
         """Call `module:function(data, options)` in the child; SandboxError when it gave no result."""
         with self._lock:
             for attempt in (1, 2):
@@ -89,7 +89,7 @@ class Sandbox:
                 return self._receive(proc, timeout)
         raise SandboxError("crashed")  # pragma: no cover - the loop returns or raises
 
-    def _child(self) -> subprocess.Popen:
+    def _child(self) -> subprocess.Popen[bytes]:
         if self._proc is not None and (self._proc.poll() is not None or self._jobs >= self.jobs_per_child):
             self.close()
         if self._proc is None:
@@ -106,7 +106,7 @@ class Sandbox:
         self._jobs += 1
         return self._proc
 
-    def _await_ready(self, proc: subprocess.Popen) -> None:
+    def _await_ready(self, proc: subprocess.Popen[bytes]) -> None:
         """The child imports the extractors before its first job, so that no job's timeout pays for it."""
         try:
             self._receive(proc, STARTUP_TIMEOUT)
@@ -114,14 +114,14 @@ class Sandbox:
             raise SandboxError(f"crashed: the extraction child did not start ({exc})") from None
 
     @staticmethod
-    def _send(proc: subprocess.Popen, head: dict, data: bytes) -> None:
+    def _send(proc: subprocess.Popen[bytes], head: dict[str, Any], data: bytes) -> None:
         assert proc.stdin is not None
         header = json.dumps(head).encode()
         proc.stdin.write(_LENGTH.pack(len(header)) + header + _LENGTH.pack(len(data)))
         proc.stdin.write(data)
         proc.stdin.flush()
 
-    def _receive(self, proc: subprocess.Popen, timeout: float) -> Any:
+    def _receive(self, proc: subprocess.Popen[bytes], timeout: float) -> Any:
         assert proc.stdout is not None
         deadline = time.monotonic() + timeout
         try:
@@ -253,7 +253,7 @@ def _limit_cpu(resource: Any, timeout: float) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
-def _run_job(request: dict, data: bytes) -> dict:
+def _run_job(request: dict[str, Any], data: bytes) -> dict[str, Any]:
     module, _, name = request["func"].partition(":")
     try:
         func = getattr(importlib.import_module(module), name)

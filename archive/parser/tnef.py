@@ -14,7 +14,7 @@ from archive.parser.rawmime import decode_text
 TNEF_MAGIC = b"\x78\x9f\x3e\x22"
 
 
-def decode_tnef(data: bytes, options: dict) -> dict:
+def decode_tnef(data: bytes, options: dict[str, Any]) -> dict[str, Any]:
     """{"body": text, "html": text or None, "attachments": [{"name", "data"}]}."""
     from tnefparse.tnef import TNEF
 
@@ -24,7 +24,7 @@ def decode_tnef(data: bytes, options: dict) -> dict:
     return _contents(tnef, options, depth=0)
 
 
-def _contents(tnef: Any, options: dict, depth: int) -> dict:
+def _contents(tnef: Any, options: dict[str, Any], depth: int) -> dict[str, Any]:
     cap = options["max_text_chars"]
     codepage = tnef.codepage or "cp1252"
     body = _text(tnef.body, codepage)
@@ -62,7 +62,8 @@ def _rtf_body(tnef: Any) -> str:
     rtf = tnef.rtfbody
     if not isinstance(rtf, bytes) or not rtf.lstrip().startswith(b"{\\rtf"):
         return ""
-    return rtf_to_text(rtf.decode("latin-1"), errors="replace")
+    text: str = rtf_to_text(rtf.decode("latin-1"), errors="replace")  # type: ignore[no-untyped-call]  # striprtf has no annotations
+    return text
 
 
 def _name(item: Any) -> str:

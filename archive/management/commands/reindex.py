@@ -10,8 +10,10 @@ stdout.  `--reparse` extracts the text again from the stored originals
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 
 from archive import access as archive_access
 from archive import actions
@@ -24,7 +26,7 @@ class Progress:
 
     WIDTH = 30
 
-    def __init__(self, out, total: int, label: str):
+    def __init__(self, out: OutputWrapper, total: int, label: str) -> None:
         self.out, self.total, self.label = out, total, label
         self.started = time.monotonic()
 
@@ -43,13 +45,13 @@ class Progress:
 class Command(BaseCommand):
     help = "Rebuild a tenant's search index from the messages stored in its bucket."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--tenant", required=True, help="the tenant's public id (UUID) or exact name")
         parser.add_argument("--batch", type=int, default=500, help="messages per bulk request (default 500)")
         parser.add_argument("--reparse", action="store_true", help="extract the text again from the originals")
         parser.add_argument("--clean", action="store_true", help="drop the tenant's index before rebuilding it")
 
-    def handle(self, *args, tenant: str, batch: int, reparse: bool, clean: bool, **options):
+    def handle(self, *args: Any, tenant: str, batch: int, reparse: bool, clean: bool, **options: Any) -> None:
         from search import get_backend
 
         try:
@@ -76,8 +78,8 @@ class Command(BaseCommand):
             raise CommandError(f"{done - indexed} messages could not be read from the bucket")
 
 
-def _chunks(iterable, size: int):
-    chunk = []
+def _chunks(iterable: Iterable[Message], size: int) -> Iterator[list[Message]]:
+    chunk: list[Message] = []
     for item in iterable:
         chunk.append(item)
         if len(chunk) == size:

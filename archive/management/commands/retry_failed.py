@@ -8,7 +8,9 @@ search) are handed to the workers, which retry with backoff.
 
 from __future__ import annotations
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from archive import access as archive_access
 from archive.processing import Processed, process_deliveries
@@ -20,13 +22,13 @@ from tenants import access
 class Command(BaseCommand):
     help = "Retry journal reports that could not be parsed (and, with --verification, verified)."
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--tenant", help="only this tenant (public id or exact name); default: all")
         parser.add_argument(
             "--verification", action="store_true", help="also re-verify reports whose stored bytes did not match"
         )
 
-    def handle(self, *args, tenant: str | None, verification: bool, **options):
+    def handle(self, *args: Any, tenant: str | None, verification: bool, **options: Any) -> None:
         try:
             tenant_row = access.tenant_by_reference(tenant) if tenant else None
         except LookupError as exc:
