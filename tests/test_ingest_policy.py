@@ -88,6 +88,12 @@ def test_update_sender_networks_replaces_the_list_and_names_a_bad_line(db, tmp_p
         call_command("update_sender_networks")
 
 
+def test_update_sender_networks_reads_the_list_from_standard_input(db, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("40.92.0.0/15\n"))
+    call_command("update_sender_networks", "-", stdout=io.StringIO())
+    assert list(SenderNetwork.objects.values_list("cidr", flat=True)) == ["40.92.0.0/15"]
+
+
 def test_parse_networks_accepts_host_bits_and_comments():
     assert [str(n) for n in parse_networks(["10.1.2.3/8 # x", "", "  # only a comment"])] == ["10.0.0.0/8"]
 

@@ -1,5 +1,6 @@
 """`manage.py update_sender_networks FILE`: replace the sender allow-list."""
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,7 @@ class Command(BaseCommand):
         else:
             assert file is not None  # given: checked above
             try:
-                # `-` raises AttributeError today (a bug, left for its own fix: this change only adds types).
-                text = self.stdin.read() if file == "-" else Path(file).read_text()  # type: ignore[attr-defined]  # BaseCommand has no stdin
+                text = sys.stdin.read() if file == "-" else Path(file).read_text()
             except OSError as exc:
                 raise CommandError(f"cannot read {file}: {exc}") from exc
             lines, source = text.splitlines(), file
