@@ -238,9 +238,8 @@ LIBRARY_USES = {
     ("archive/parser/message.py", "_payload"),  # email: the payload still encoded (see part_payload)
     ("archive/parser/tnef.py", "_name"),  # tnefparse: the short name when long_filename() fails
 }
-# Still in this branch because the module it comes from (ingest/tasks.py) is
-# being moved by another change of issue 17: the lead makes it public when
-# merging, then empties this.
+# Uses of another module's private names not fixed yet, as (file, name); empty
+# since issue 17, and `test_private_pending_exceptions_still_occur` keeps it so.
 PRIVATE_PENDING: set[tuple[str, str]] = set()
 
 
