@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from django.db.models import QuerySet, Sum
+from django.db.models import QuerySet
 from django.http import Http404
 
 from archive.models import Message
-from ingest.models import Delivery, RejectionCount
+from ingest.models import Delivery
+from ingest.stats import rejections_since
 from search.backends.base import Scope
 from tenants.access import mail_addresses
 from tenants.models import Membership, Tenant
@@ -101,10 +102,4 @@ def foreign_originators(tenant: Tenant) -> QuerySet[Delivery, str]:
 
 def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
     """How many deliveries to this tenant the ingest refused since then, by reason."""
-    rows = (
-        RejectionCount.objects.filter(tenant=tenant, hour__gte=since.replace(minute=0, second=0, microsecond=0))
-        .values("reason")
-        .annotate(total=Sum("count"))
-        .order_by("-total")
-    )
-    return {row["reason"]: row["total"] for row in rows}
+    return rejections_since(since, tenant)

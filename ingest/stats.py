@@ -74,12 +74,24 @@ class RejectionCounter:
                 self._counts.update(counts)
 
 
-def untenanted_rejections(since: datetime) -> dict[str, int]:
-    """Refusals that named no tenant since then, by reason: for operators only, never a tenant's page."""
+def rejections_since(since: datetime, tenant: Tenant | None = None) -> dict[str, int]:
+    """Refusals since then, by reason: those counted against `tenant`, or with
+    None those that named no tenant (for operators only, never a tenant's page).
+    Callers scope `tenant` (archive.access.rejections_by_reason)."""
+    counted = (
+        RejectionCount.objects.filter(tenant__isnull=True)
+        if tenant is None
+        else RejectionCount.objects.filter(tenant=tenant)
+    )
     rows = (
-        RejectionCount.objects.filter(tenant__isnull=True, hour__gte=since.replace(minute=0, second=0, microsecond=0))
+        counted.filter(hour__gte=since.replace(minute=0, second=0, microsecond=0))
         .values("reason")
         .annotate(total=Sum("count"))
         .order_by("-total")
     )
     return {row["reason"]: row["total"] for row in rows}
+
+
+def untenanted_rejections(since: datetime) -> dict[str, int]:
+    """Refusals that named no tenant since then, by reason: for operators only, never a tenant's page."""
+    return rejections_since(since)
