@@ -14,8 +14,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from urllib.parse import urlsplit
@@ -29,7 +27,7 @@ from ingest.delivery import stranded_deliveries, sweep
 from ingest.models import Delivery
 from tests.archive_support import deliver, process
 from tests.smtp_support import journal_address, send
-from tests.test_ingest_process import MESSAGE, ROOT, committer_of, ingest_process, process_env  # noqa: F401 (fixture)
+from tests.test_ingest_process import MESSAGE, committer_of, ingest_process, start_worker  # noqa: F401 (fixture)
 
 
 class BrokerProxy:
@@ -224,13 +222,7 @@ def test_a_starting_worker_processes_what_was_recorded_but_never_published_at_on
     only the worker's start-up sweep can hand it over."""
     row = deliver(org.tenant, MESSAGE)
     assert row.enqueued_at is None
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
-        cwd=ROOT,
-        env=process_env(settings, tls_files, CELERY_BROKER_URL=redis_broker),
-        stdout=(tmp_path / "worker.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(settings, tls_files, redis_broker, tmp_path / "worker.log")
     try:
         archived = wait_for(lambda: Delivery.objects.get(pk=row.pk).status == Delivery.Status.ARCHIVED, timeout=60)
         assert archived, (tmp_path / "worker.log").read_text()[-3000:]

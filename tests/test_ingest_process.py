@@ -43,6 +43,17 @@ def process_env(settings, tls_files, **extra) -> dict[str, str]:
     return env
 
 
+def start_worker(settings, tls_files, broker_url: str, log: Path) -> subprocess.Popen[bytes]:
+    """A real Celery worker (solo pool) on this test's database and data folder, its output in `log`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
+        cwd=ROOT,
+        env=process_env(settings, tls_files, CELERY_BROKER_URL=broker_url),
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 class IngestProcess:
     def __init__(self, env: dict[str, str], log: Path):
         self.port = free_port()
@@ -178,13 +189,7 @@ def test_a_real_worker_verifies_archives_and_indexes_what_the_ingest_stored(
     transactional_db, tls_files, org, settings, redis_broker, tmp_path
 ):
     server = start_ingest(tls_files)
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
-        cwd=ROOT,
-        env=process_env(settings, tls_files, CELERY_BROKER_URL=redis_broker),
-        stdout=(tmp_path / "worker.log").open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    worker = start_worker(settings, tls_files, redis_broker, tmp_path / "worker.log")
     try:
         code, reply = send(server, tls_files, [journal_address(org.tenant)], MESSAGE)
         assert code == 250
