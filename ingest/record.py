@@ -142,7 +142,7 @@ def delivery_values(
             "enqueued_at": None,
         }
         for route, recipients in envelope.routes.values()
-        if route.tenant_id > 0
+        if not held.is_held(route.tenant_id)
     ]
 
 
@@ -458,7 +458,7 @@ def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
     holds = False
     for job in batch:
         for tenant_id, (route, _) in job.envelope.routes.items():
-            holds = holds or tenant_id < 0
+            holds = holds or held.is_held(tenant_id)
             if isinstance(job.message, Path):
                 items.append((route.bucket, raw_key(job.sha256), job.message, job.sha256))
                 owners.append([(job, tenant_id, 0)])

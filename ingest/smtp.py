@@ -28,7 +28,7 @@ from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, Route, TokenDirectory
-from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route
+from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route, is_held
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
@@ -259,7 +259,7 @@ class Policy:
 
     def reject(self, reason: str, tenant_id: int | None = None) -> None:
         # Held mail (a negative id, see ingest.held) belongs to no tenant: counted with the untenanted.
-        self.rejections.add(tenant_id if tenant_id is None or tenant_id > 0 else None, reason)
+        self.rejections.add(None if tenant_id is None or is_held(tenant_id) else tenant_id, reason)
         metrics.REJECTED.labels(reason).inc()
 
 
@@ -348,7 +348,7 @@ class Router:
         # Whichever way the tenant was found, its mail stays in its region.
         if route.region != self.policy.region:
             return REPLY_OTHER_REGION, None, "other_region"
-        if route.tenant_id < 0 and not self.policy.hold_limiter.allow(peer):
+        if is_held(route.tenant_id) and not self.policy.hold_limiter.allow(peer):
             return REPLY_TOO_MANY_HELD, None, "held_limit"
         return REPLY_RCPT_OK, route, ""
 
