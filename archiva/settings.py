@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "tenants",
     "ingest",
     "archive",
+    "m365",
     "web",
 ]
 
