@@ -1,11 +1,11 @@
-"""The committer beside an ingest process: sessions hand messages over a socket.
+"""The host's committer: the ingest's sessions hand messages over a socket.
 
 The event loop of an ingest process parses SMTP for hundreds of sessions;
 storing, recording and flushing are Python work too, and in the same process
 they would take the interpreter lock from the loop in every system call
-and slow both down several times (bench/README.md).  So each ingest process starts its own committer
-process (`python -m ingest.committer_process FD`), connected by a private
-socketpair:
+and slow both down several times (bench/README.md).  So a host has one
+committer process (`python -m ingest.committer_process`), listening on an
+abstract Unix socket that every ingest process of the host connects to:
 
     session --(request: id, envelope as plain values, bytes or spool file, sha256, size)--> committer
     session <--(a batch of replies: id, queue id and sha256, or error)------ committer
@@ -15,9 +15,8 @@ hashes it as it makes the request's `Job`, off the ingest's event loop.
 
 The committer is a `GroupCommitter` (store, record, one flush per batch).
 A session's 250 still waits for its own message to be stored and recorded;
-if the committer goes away, the messages in flight are answered 451 and a
-new committer is started.  Tests that run the ingest in a thread use the same
-socket protocol with the committer in a thread (`in_thread=True`).
+if the committer goes away, the messages in flight are answered 451, the
+host starts a new one and the ingest processes reconnect (`CommitterHost`).
 
 The frames are multiprocessing.connection's wire format (a 4-byte big-endian
 length, then the pickle), written by hand because its `Connection` blocks on
@@ -45,9 +44,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from infra.runtime import die_with_parent
 from ingest import metrics
 from ingest.record import Envelope, GroupCommitter, Job, Outcome
-from ingest.tuning import LISTEN_POLL, MAX_BATCH_BYTES, RECEIVE_SIZE, RESTART_DELAY
+from ingest.tuning import LISTEN_POLL, MAX_BATCH_BYTES, RECEIVE_SIZE, RECONNECT_TIMEOUT, RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def unframe(buf: bytearray) -> list[Any]:
             (size,) = HEADER.unpack_from(view, start)
             if end - start < HEADER.size + size:
                 break
-            # Only our own processes are at either end of the private socketpair.
+            # Only our own processes are at either end: an abstract socket of this host's smtpd.
             items.append(pickle.loads(view[start + HEADER.size : start + HEADER.size + size]))  # noqa: S301
             start += HEADER.size + size
     del buf[:start]
@@ -102,9 +102,9 @@ class CommitService:
     One thread receives, stores, records, flushes and answers: a batch is
     every request that has arrived when the previous batch is answered, so a
     busy ingest gets large batches and an idle one a reply at once
-    (`GroupCommitter`).  It serves one ingest process over a socketpair, or
-    (with `listener`) every ingest process of a host that connects: one
-    batch, one flush for all of them.
+    (`GroupCommitter`).  It serves every ingest process of the host that
+    connects to `listener` (tests may hand it connected sockets): one batch,
+    one flush for all of them.
     """
 
     def __init__(self, *socks: socket.socket, listener: socket.socket | None = None):
@@ -240,11 +240,15 @@ def _describe(error: Exception) -> str:
 
 
 class CommitterClient(asyncio.Protocol):
-    """The ingest's side: `submit` returns a future of the queue id and the message's SHA-256."""
+    """The ingest's side: `submit` returns a future of the queue id and the message's SHA-256.
 
-    def __init__(self, *, counts: metrics.LoopCounts, in_thread: bool = False, address: str | None = None):
-        self.in_thread = in_thread
-        self.address = address  # a host's shared committer (see SharedCommitter), else one of our own
+    It connects to the host's committer at `address` (see `CommitterHost`)
+    and, if the connection ends, answers what was in flight 451 and connects
+    again: starting a new committer is the host's job, not the client's.
+    """
+
+    def __init__(self, address: str, *, counts: metrics.LoopCounts):
+        self.address = address
         self._ids = itertools.count(1)
         self._pending: dict[
             int, asyncio.Future[tuple[str, str]]
@@ -253,23 +257,15 @@ class CommitterClient(asyncio.Protocol):
         self._buf = bytearray()
         self._outgoing: list[bytes] = []
         self._transport: asyncio.Transport | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._thread: threading.Thread | None = None
         self._closing = False
         # Set by start(): nothing uses them before.
         self._loop: asyncio.AbstractEventLoop
         self._ready: asyncio.Future[None]
 
     async def start(self, timeout: float = 120) -> None:
-        """Start the committer (or connect to the shared one) and wait until it is ready to take messages."""
+        """Connect to the committer and wait until it is ready to take messages."""
         self._loop = asyncio.get_running_loop()
         self._ready = self._loop.create_future()
-        ours = self._connect_shared(timeout) if self.address is not None else self._start_own()
-        await self._loop.create_unix_connection(lambda: self, sock=ours)
-        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
-
-    def _connect_shared(self, timeout: float) -> socket.socket:
-        assert self.address is not None  # the caller checks
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(timeout)
@@ -278,19 +274,8 @@ class CommitterClient(asyncio.Protocol):
         except OSError:
             sock.close()
             raise
-        return sock
-
-    def _start_own(self) -> socket.socket:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        if self.in_thread:
-            service = CommitService(theirs)
-            self._thread = threading.Thread(target=service.run, name="ingest-committer", daemon=True)
-            self._thread.start()
-        else:
-            with theirs:
-                self._process = spawn_committer(theirs.fileno())
-            log.info("committer process %d started", self._process.pid)
-        return ours
+        await self._loop.create_unix_connection(lambda: self, sock=sock)
+        await asyncio.wait_for(asyncio.shield(self._ready), timeout)
 
     def submit(
         self, envelope: Envelope, message: bytes | Path, sha256: str | None, size: int
@@ -344,47 +329,35 @@ class CommitterClient(asyncio.Protocol):
                 future.set_exception(CommitFailed("the committer went away"))
         if not self._closing:
             log.error("the committer stopped; answering 451 until a new one is running")
-            self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
+            self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._reconnect()))
 
-    async def _restart(self) -> None:
+    async def _reconnect(self) -> None:
         if self._closing:
             return
-        if self._process is not None:
-            await self._loop.run_in_executor(None, self._process.wait)
         self._buf.clear()
         try:
-            await self.start()
+            await self.start(timeout=RECONNECT_TIMEOUT)
         except CommitFailed:
             pass  # it stopped again while starting: connection_lost has planned the next try
         except (OSError, TimeoutError):
-            log.exception("could not start a committer; trying again")
+            # No committer listening yet (the host restarts it after RESTART_DELAY): try again.
             if self._transport is not None:
                 self._transport.close()  # connection_lost plans the next try
             else:
-                self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._restart()))
+                self._loop.call_later(RESTART_DELAY, lambda: asyncio.ensure_future(self._reconnect()))
 
-    async def close(self, timeout: float = 60) -> None:
-        """Let the committer finish what it was given, then stop it."""
+    def close(self) -> None:
+        """Stop handing messages over: the committer commits and answers what it
+        was given, and ends once every ingest process it serves has gone."""
         self._closing = True
         if self._transport is not None:
-            self._transport.close()  # end of stream: the committer drains and exits
-        if self._process is not None:
-            try:
-                await self._loop.run_in_executor(None, self._process.wait, timeout)
-            except subprocess.TimeoutExpired:
-                log.error("the committer did not finish within %.0f s; killing it", timeout)
-                self._process.kill()
-        if self._thread is not None:
-            await self._loop.run_in_executor(None, self._thread.join, timeout)
+            self._transport.close()
 
 
-def spawn_committer(fd: int, *, listening: bool = False) -> subprocess.Popen[bytes]:
-    """Start `python -m ingest.committer_process [--listen] FD`, handing it socket `fd`."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "ingest.committer_process", *(["--listen"] if listening else []), str(fd)],
-        pass_fds=[fd],
-        cwd=ROOT,
-    )
+def spawn_committer(fd: int) -> subprocess.Popen[bytes]:
+    """Start `python -m ingest.committer_process FD PARENT`, handing it listening socket `fd`."""
+    command = [sys.executable, "-m", "ingest.committer_process", str(fd), str(os.getpid())]
+    return subprocess.Popen(command, pass_fds=[fd], cwd=ROOT)
 
 
 def yield_to_sessions(increment: int) -> None:
@@ -407,34 +380,33 @@ def yield_to_sessions(increment: int) -> None:
     log.debug("committer: running at niceness %d", niceness)
 
 
-def serve_fd(fd: int, *, listening: bool = False) -> None:
+def serve_fd(fd: int, parent: int) -> None:
     """The committer process's work (ingest/committer_process.py starts Django first):
-    one ingest process on socket `fd`, or every one that connects to listening socket `fd`."""
+    every ingest process that connects to listening socket `fd`, until `parent` says stop or dies."""
     # Stopping is the ingest's call: the committer ends when its sockets do,
     # after finishing what it was given, so Ctrl-C or SIGTERM to the process
     # group does not cut a batch short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    sock = socket.socket(fileno=fd)
-    if not listening:
-        CommitService(sock).run()
-        return
-    service = CommitService(listener=sock)
-    # The forking parent's word that every ingest process has ended.
+    service = CommitService(listener=socket.socket(fileno=fd))
+    # The host's word that every ingest process has ended (SIGUSR1), also sent
+    # by the kernel if the host dies first, so no committer outlives its ingest.
     signal.signal(signal.SIGUSR1, lambda signum, frame: service.stop_listening.set())
+    die_with_parent(signal.SIGUSR1, parent)
     service.run()
 
 
-class SharedCommitter:
-    """One committer process for all the ingest processes of a host (`manage.py smtpd --processes N`).
+class CommitterHost:
+    """The host's one committer, which every ingest process connects to.
 
-    The forking parent listens on an abstract Unix socket, starts the
-    committer on it, and starts a new one if it dies; each ingest process
-    connects with `CommitterClient(address=...)` and reconnects after a
-    committer's death (its messages in flight are answered 451).  One
-    committer makes one batch and one flush of all the processes' messages:
-    separate committers flushed the same filesystem each on their own, with
-    batches half the size.
+    There is one way to run it: a `CommitService` listening on an abstract
+    Unix socket.  `manage.py smtpd` runs it in a process of its own
+    (`start_process`), restarted by the forking parent if it dies, while
+    the ingest processes answer 451 and reconnect; the tests that run an
+    ingest in a thread run it in a thread (`start_thread`).  One committer
+    makes one batch and one flush of all the processes' messages: separate
+    committers flushed the same filesystem each on their own, with batches
+    half the size.
     """
 
     def __init__(self) -> None:
@@ -443,11 +415,19 @@ class SharedCommitter:
         self.listener.bind(self.address)
         self.listener.listen(64)
         self.process: subprocess.Popen[bytes] | None = None
+        self._service: CommitService | None = None
+        self._thread: threading.Thread | None = None
 
-    def start(self) -> int:
-        self.process = spawn_committer(self.listener.fileno(), listening=True)
-        log.info("shared committer process %d started", self.process.pid)
+    def start_process(self) -> int:
+        self.process = spawn_committer(self.listener.fileno())
+        log.info("committer process %d started", self.process.pid)
         return self.process.pid
+
+    def start_thread(self) -> None:
+        """Serve in a thread of this process (tests: the test database and settings are this process's)."""
+        self._service = CommitService(listener=socket.socket(fileno=os.dup(self.listener.fileno())))
+        self._thread = threading.Thread(target=self._service.run, name="ingest-committer", daemon=True)
+        self._thread.start()
 
     def exited(self, status: int) -> None:
         """The parent reaped the committer (os.wait): Popen must not wait for it again,
@@ -455,8 +435,11 @@ class SharedCommitter:
         assert self.process is not None  # started
         self.process.returncode = os.waitstatus_to_exitcode(status)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 60) -> None:
         """Every ingest process has ended: the committer finishes what it has and exits."""
+        if self._service is not None and self._thread is not None:
+            self._service.stop_listening.set()
+            self._thread.join(timeout)
         if self.process is not None and self.process.returncode is None:
             # os.kill, not Popen.send_signal: that polls, and a poll that reaps
             # the committer would leave the parent's os.wait() waiting for it.

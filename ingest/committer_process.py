@@ -1,8 +1,8 @@
-"""`python -m ingest.committer_process [--listen] FD`: an ingest committer (ingest/commitd.py).
+"""`python -m ingest.committer_process FD PARENT`: the host's ingest committer (ingest/commitd.py).
 
 Django is set up before anything imports a model.  FD, inherited, is the
-socket to the one ingest process this committer serves, or with --listen
-the socket every ingest process of the host connects to.
+socket every ingest process of the host connects to; PARENT is the pid of
+`manage.py smtpd`, which started it and restarts it if it dies.
 """
 
 import os
@@ -21,8 +21,8 @@ def main() -> None:
 
     yield_to_sessions(settings.ARCHIVA_COMMITTER_NICE)  # before its threads start: they inherit it
     settle_heap()
-    listening = sys.argv[1:2] == ["--listen"]
-    serve_fd(int(sys.argv[-1]), listening=listening)
+    fd, parent = (int(arg) for arg in sys.argv[1:3])
+    serve_fd(fd, parent)
 
 
 if __name__ == "__main__":

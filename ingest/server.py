@@ -19,7 +19,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from ingest.commitd import CommitterClient
+from ingest.commitd import CommitterClient, CommitterHost
 from ingest.directory import TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.smtp import Policy, Service, SMTPSession
@@ -98,7 +98,6 @@ class IngestServer:
         timeout: int | None = None,
         shutdown_grace: float = 30.0,
         reuse_port: bool = False,
-        commit_process: bool = False,
         committer_address: str | None = None,
     ):
         self.host, self.port = host, port
@@ -116,8 +115,9 @@ class IngestServer:
         )
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port
-        self.commit_process = commit_process  # the committer in a process of its own (manage.py smtpd)
-        self.committer_address = committer_address  # or the host's shared committer (smtpd --processes N)
+        # The host's committer (ingest.commitd.CommitterHost); start_in_thread hosts one if not given.
+        self.committer_address = committer_address
+        self._committer_host: CommitterHost | None = None
         self._server: asyncio.AbstractServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -130,9 +130,8 @@ class IngestServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         clean_spool(self.policy.spool_dir)
-        self.committer = self.service.committer = CommitterClient(
-            in_thread=not self.commit_process, address=self.committer_address, counts=self.service.counts
-        )
+        assert self.committer_address is not None, "an ingest needs its host's committer"
+        self.committer = self.service.committer = CommitterClient(self.committer_address, counts=self.service.counts)
         await self.committer.start()
         self.directory.start()
         self._housekeeping = threading.Thread(target=self._housekeep, name="ingest-housekeeping", daemon=True)
@@ -164,7 +163,7 @@ class IngestServer:
         self.directory.stop()
         self._stopping.set()
         if self.committer is not None:  # set by start(), which made _server
-            await self.committer.close()
+            self.committer.close()
         await loop.run_in_executor(None, self._housekeeping.join, 10)
         self._stopped.set()
 
@@ -199,6 +198,11 @@ class IngestServer:
 
     # --- in a background thread (tests) ---------------------------------
     def start_in_thread(self) -> IngestServer:
+        """The ingest in a thread of this process, its committer in another (tests)."""
+        if self.committer_address is None:
+            self._committer_host = CommitterHost()
+            self._committer_host.start_thread()
+            self.committer_address = self._committer_host.address
         ready = threading.Event()
 
         def run() -> None:
@@ -220,3 +224,6 @@ class IngestServer:
         if self._loop is not None and self._thread is not None:
             asyncio.run_coroutine_threadsafe(self.shutdown(), self._loop).result(timeout=60)
             self._thread.join(timeout=10)
+        if self._committer_host is not None:
+            self._committer_host.stop()  # it commits and answers what it was given first
+            self._committer_host.close()

@@ -52,7 +52,9 @@ MEMORY_LIMIT = 256 * 1024
 RESTART_DELAY = 1.0
 # Bytes of the committer's one receive buffer (reused: a fresh one per read would be mapped each time).
 RECEIVE_SIZE = 1 << 20
-# Seconds between the shared committer's checks that it should stop listening.
+# Seconds an ingest process waits for the committer to accept its reconnection.
+RECONNECT_TIMEOUT = 5.0
+# Seconds between the committer's checks that it should stop listening.
 LISTEN_POLL = 1.0
 # Bytes of requests received from one connection before what is there is committed.
 MAX_BATCH_BYTES = 16 << 20

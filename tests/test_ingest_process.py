@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -364,6 +365,54 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
     logged = process.log.read_text()
     assert all(f"accepted {row.queue_id} " in logged for row in rows)
     assert f"accepted {last[1].decode().split()[1]} " in logged
+
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone, not a zombie waiting to be reaped."""
+    try:
+        return b"\nState:\tZ" not in Path(f"/proc/{pid}/status").read_bytes()
+    except FileNotFoundError:
+        return False
+
+
+def test_one_ingest_process_runs_like_n_a_supervisor_an_ingest_and_the_committer(ingest_process, tls_files, org):
+    """`manage.py smtpd` has one way to run: the command supervises, the
+    ingest processes (one by default) and the committer are its children,
+    and kill -9 of the command leaves neither behind (the port is free again)."""
+    process = ingest_process()
+    parent = process.proc.pid
+    [ingest] = children_of(parent, b"smtpd")
+    committer = committer_of(parent)
+    assert not children_of(ingest, b"ingest.committer_process")
+    assert send(process, tls_files, [journal_address(org.tenant)], MESSAGE)[0] == 250
+
+    process.kill9()
+    deadline = time.monotonic() + 30
+    while (alive(ingest) or alive(committer)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(ingest) and not alive(committer)
+    with socket.socket() as probe:  # nobody listens on the port any more
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", process.port))
+
+
+def test_a_port_another_program_listens_on_is_a_clear_error(transactional_db, settings, tls_files, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "manage.py", "smtpd", "--port", str(port)],
+            cwd=ROOT,
+            env=process_env(settings, tls_files),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}:" in done.stderr
+    assert "Address already in use" in done.stderr
 
 
 EMBEDDED_SETUP = """

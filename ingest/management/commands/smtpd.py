@@ -4,6 +4,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -14,23 +15,36 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 
 from infra.logs import cheap_records
-from infra.runtime import settle_heap
-from ingest.commitd import SharedCommitter
+from infra.runtime import die_with_parent, settle_heap
+from ingest.commitd import CommitterHost
 from ingest.server import IngestServer, new_event_loop
 from ingest.tuning import RESTART_DELAY
 
 log = logging.getLogger(__name__)
 
 
-def serve(host: str, port: int, reuse_port: bool, index: int = 0, committer_address: str | None = None) -> None:
+def serve(host: str, port: int, index: int, committer_address: str) -> None:
+    """One ingest process (forked by the command): sessions on the shared port, messages to the host's committer."""
     from ingest.metrics import serve_metrics
 
     if settings.ARCHIVA_METRICS_PORT:
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
-    server = IngestServer(host, port, reuse_port=reuse_port, commit_process=True, committer_address=committer_address)
+    server = IngestServer(host, port, reuse_port=True, committer_address=committer_address)
     settle_heap()
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(server.serve_forever())
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise OSError if another program listens on host:port.
+
+    The ingest processes bind with SO_REUSEPORT, which would let them share
+    the port with an ingest already running; this probe binds without it.
+    """
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
 
 
 class Command(BaseCommand):
@@ -53,16 +67,18 @@ class Command(BaseCommand):
         if processes < 1:
             raise CommandError("--processes must be at least 1")
         try:
-            if processes == 1:
-                serve(host, port, reuse_port=False)
-            else:
-                self._run_processes(host, port, processes)
+            check_port(host, port)
         except OSError as exc:
             raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
+        self._run_processes(host, port, processes)
         self.stdout.write("SMTP ingest stopped")
 
     def _run_processes(self, host: str, port: int, processes: int) -> None:
-        """Fork N ingest processes on one port with one shared committer; SIGTERM/SIGINT stop them all.
+        """Fork N ingest processes on one port with one committer; SIGTERM/SIGINT stop them all.
+
+        One way to run whatever N is (1 by default): this process only
+        supervises, the ingest processes share the port (SO_REUSEPORT, the
+        kernel spreads connections over them) and the committer process.
 
         The committer is restarted if it dies (the ingest processes answer
         451 meanwhile and reconnect); it ends by itself once every ingest
@@ -74,8 +90,9 @@ class Command(BaseCommand):
         manager (systemd, honcho) would give each process its own committer.
         """
         connections.close_all()  # never share a database connection across fork
-        shared = SharedCommitter()
-        committer = shared.start()
+        shared = CommitterHost()
+        committer = shared.start_process()
+        supervisor = os.getpid()
         for handler in logging.getLogger().handlers:
             handler.flush()  # or each child would write the parent's buffered lines again
         children = []
@@ -84,8 +101,9 @@ class Command(BaseCommand):
             if pid == 0:
                 code = 0
                 try:
+                    die_with_parent(signal.SIGKILL, supervisor)  # killed with it, as one process would be
                     shared.listener.close()
-                    serve(host, port, reuse_port=True, index=index, committer_address=shared.address)
+                    serve(host, port, index, shared.address)
                 except BaseException:
                     code = 1
                     log.exception("ingest process %d failed", os.getpid())
@@ -116,9 +134,9 @@ class Command(BaseCommand):
                 shared.exited(status)
                 committer = 0
                 if running and not stopping:
-                    log.error("the shared committer exited (%s); starting a new one", status)
+                    log.error("the committer exited (%s); starting a new one", status)
                     time.sleep(RESTART_DELAY)
-                    committer = shared.start()
+                    committer = shared.start_process()
             elif pid in running:
                 running.discard(pid)
                 failed = failed or os.waitstatus_to_exitcode(status) != 0
