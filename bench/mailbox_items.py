@@ -122,7 +122,7 @@ def run(opts: argparse.Namespace) -> None:
     rng = random.Random(5)
     mails = [original(n, rng) for n in range(opts.items)]
     items = [
-        Item("mail", f"user{n % opts.mailboxes}@contoso.com", rng.choice(FOLDERS), f"AAMkAD{n:08d}", b"X-Copy: 1\r\n" + raw)
+        Item("mail", f"user{n % opts.mailboxes}@contoso.com", rng.choice(FOLDERS), f"AAMkAD{n:08d}", b"X: 1\r\n" + raw)
         for n, (_, raw) in enumerate(mails)
     ]
 
