@@ -81,7 +81,7 @@ def _fields_or_mark_failed(
     try:
         fields = documents.message_fields(parsed, delivery.received_at)
         if source is not None:
-            fields = documents.item_fields(fields, parsed, source.kind, source.mailbox)
+            fields = documents.item_fields(fields, parsed, source.kind, source.mailbox, source.received)
         return fields
     except Exception as exc:  # building the fields is parsing too
         ingest_delivery.mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])

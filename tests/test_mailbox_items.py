@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from django.urls import reverse
@@ -55,6 +56,9 @@ CONTACT = (
     b"ORG:Northwind Traders;Purchasing\r\nTITLE:Buyer\r\nEMAIL;TYPE=INTERNET:carl@northwind.example\r\n"
     b"TEL;TYPE=WORK:+1 555 0100\r\nEND:VCARD\r\n"
 )
+
+
+CARD_SAVED = datetime(2025, 11, 3, 8, 0, tzinfo=UTC)  # a contact has no date of its own: Graph's time
 
 
 def mail(message_id: str, subject: str, sender: str = "alice@contoso.com", to: str = "bob@fabrikam.com") -> bytes:
@@ -371,7 +375,7 @@ def test_events_and_contacts_are_archived_as_their_own_kinds_and_searchable(org,
         org.tenant,
         [
             Item("event", "alice@contoso.com", "Calendar", "EV-1", EVENT),
-            Item("contact", "alice@contoso.com", "Contacts", "CT-1", CONTACT),
+            Item("contact", "alice@contoso.com", "Contacts", "CT-1", CONTACT, received=CARD_SAVED),
             Item("mail", "alice@contoso.com", "Inbox", "ML-1", mail("budget@contoso.com", "Budget review minutes")),
         ],
     )[:2]
@@ -385,7 +389,7 @@ def test_events_and_contacts_are_archived_as_their_own_kinds_and_searchable(org,
     assert event.date.isoformat() == "2026-03-10T14:00:00+00:00"
     assert event.details["location"] == "Room 4, Building 2"
     assert event.details["end"] == "2026-03-10T15:00:00+00:00"
-    assert (contact.kind, contact.subject) == ("contact", "Carl Contractor")
+    assert (contact.kind, contact.subject, contact.date) == ("contact", "Carl Contractor", CARD_SAVED)
     assert contact.details["emails"] == ["carl@northwind.example"]
     assert contact.details["phones"] == [{"number": "+1 555 0100", "type": "work"}]
     assert contact.details["company"] == "Northwind Traders; Purchasing"
@@ -511,3 +515,38 @@ def test_the_message_page_lists_the_sources_each_role_may_see(client, org):
     page = client.get(url).content.decode()
     assert "erin@contoso.com: Inbox/Projects" in page
     assert "Sent Items" not in page and journal.queue_id not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_imports_storing_the_same_items_at_once_record_each_item_once(org):
+    """Two workers of a resumed import racing on one page of items: the unique
+    constraint settles it, and both get the queue ids that were recorded."""
+    import threading
+
+    from django.db import connection
+
+    raws = [mail(f"race-{n}@contoso.com", f"Race {n}") for n in range(40)]
+    barrier = threading.Barrier(3)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def store() -> None:
+        try:
+            items = [Item("mail", "alice@contoso.com", "Inbox", f"R-{n}", raw) for n, raw in enumerate(raws)]
+            barrier.wait()
+            results.append(store_items(org.tenant, items))
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=store) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results[0] == results[1] == results[2]
+    assert MessageSource.objects.filter(tenant=org.tenant).count() == 40
+    recorded = set(Delivery.objects.filter(tenant=org.tenant, source="mailbox").values_list("queue_id", flat=True))
+    assert recorded == set(results[0])
