@@ -550,3 +550,23 @@ def test_two_imports_storing_the_same_items_at_once_record_each_item_once(org):
     assert MessageSource.objects.filter(tenant=org.tenant).count() == 40
     recorded = set(Delivery.objects.filter(tenant=org.tenant, source="mailbox").values_list("queue_id", flat=True))
     assert recorded == set(results[0])
+
+
+@pytest.mark.django_db
+def test_the_search_page_shows_the_users_own_folder_tree_with_folder_searches(client, org, outsider):
+    archive_items(
+        org.tenant,
+        [
+            Item("mail", "erin@contoso.com", "Inbox/Sent Items", "N-1", mail("tree-1@contoso.com", "Tree one")),
+            Item("mail", "alice@contoso.com", "Board Papers", "N-2", mail("tree-2@contoso.com", "Tree two")),
+        ],
+    )
+    client.force_login(org.user)
+    page = client.get(reverse("search")).content.decode()
+    assert 'id="folder-tree"' in page and "erin@contoso.com" in page
+    assert "?q=folder%3A%22Inbox/Sent%20Items%22" in page
+    assert "Board Papers" not in page
+    found = client.get(reverse("search"), {"q": 'folder:"Inbox/Sent Items"'}).content.decode()
+    assert "Tree one" in found and "Tree two" not in found
+    client.force_login(outsider)
+    assert 'id="folder-tree"' not in client.get(reverse("search")).content.decode()
