@@ -570,3 +570,14 @@ def test_the_search_page_shows_the_users_own_folder_tree_with_folder_searches(cl
     assert "Tree one" in found and "Tree two" not in found
     client.force_login(outsider)
     assert 'id="folder-tree"' not in client.get(reverse("search")).content.decode()
+
+
+@pytest.mark.django_db
+def test_imported_items_do_not_pass_for_journal_reports_in_the_setup_checks(org):
+    from regions.current import current_region
+    from web.setup import setup_checks
+
+    store_items(org.tenant, [Item("mail", "alice@contoso.com", "Inbox", "J-1", mail("setup-1@contoso.com", "Old"))])
+    assert setup_checks(org.tenant, current_region()).last_journal_report is None
+    journal = archive(org.tenant, corpus("01-simple.eml"))
+    assert setup_checks(org.tenant, current_region()).last_journal_report == journal.received_at
