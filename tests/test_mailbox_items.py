@@ -103,7 +103,7 @@ def search_engine(request, settings):
     backend = get_backend()
     yield backend
     if request.param == "elasticsearch":
-        backend.drop_index()  # type: ignore[attr-defined]
+        backend.drop_index()  # type: ignore[attr-defined]  # the Elasticsearch backend's own, not the interface's
     reset_backend()
 
 
@@ -120,6 +120,7 @@ def test_stored_items_are_recorded_and_in_the_bucket_before_store_items_returns(
     assert delivery.sha256 == hashlib.sha256(raw).hexdigest()
     assert delivery.storage_key.startswith("pack/")  # packed like the ingest's small reports
     assert delivery.read_report() == raw  # read back from the bucket, hash checked
+    assert delivery.enqueued_at is not None  # published to the worker once committed (the broker: real Redis)
     source = MessageSource.objects.get(delivery=delivery)
     assert (source.mailbox, source.folder, source.graph_id, source.kind) == (
         "alice@contoso.com",
@@ -178,7 +179,7 @@ def test_a_large_item_goes_through_its_spool_file_which_is_consumed(org, tmp_pat
 def test_malformed_items_are_refused_with_a_reason_and_nothing_is_stored(org, tmp_path):
     raw = mail("bad-1@contoso.com", "Bad")
     with pytest.raises(ValueError, match="kind"):
-        Item("fax", "alice@contoso.com", "Inbox", "X", raw)  # type: ignore[arg-type]
+        Item("fax", "alice@contoso.com", "Inbox", "X", raw)  # type: ignore[arg-type]  # the wrong kind on purpose
     with pytest.raises(ValueError, match="primary SMTP address"):
         Item("mail", "not an address", "Inbox", "X", raw)
     with pytest.raises(ValueError, match="graph_id"):
