@@ -284,9 +284,8 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
     """
     from search.backends.base import SearchUnavailable
 
-    folders = mailbox_items.folders_of(
-        [m.pk for m in messages if m.mailboxes]
-    )  # one query for the batch's mailbox copies
+    # Where the batch's mailbox copies are filed, in one query.
+    folders = mailbox_items.folders_of([m.pk for m in messages if m.mailboxes])
     built = []
     for message in messages:
         try:
