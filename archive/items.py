@@ -178,6 +178,16 @@ def store_items(tenant: Tenant, items: list[Item]) -> list[str]:
     return [queue_ids[key] for key in keys]
 
 
+def stored_graph_ids(tenant: Tenant, mailbox: str, graph_ids: Iterable[str]) -> set[str]:
+    """Which of these item ids of the mailbox are archived already (any
+    version): a resumed import skips fetching their content again."""
+    wanted = {graph_id for graph_id in graph_ids if graph_id}
+    if not wanted:
+        return set()
+    found = MessageSource.objects.filter(tenant=tenant, mailbox=normalize_mailbox(mailbox), graph_id__in=wanted)
+    return set(found.values_list("graph_id", flat=True).distinct())
+
+
 def _job(tenant: Tenant, item: Item, sha256: str) -> record.Job:
     """The committer's job for one item: its tenant as the only route, no envelope."""
     envelope = record.Envelope(mail_from="", peer_ip=None, helo="", tls_version="", tls_cipher="")

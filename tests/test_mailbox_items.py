@@ -27,6 +27,7 @@ from archive.items import (
     record_deletion,
     record_folder_change,
     store_items,
+    stored_graph_ids,
 )
 from archive.models import Message, MessageSource
 from archive.parser.journal import parse_report
@@ -143,6 +144,8 @@ def test_storing_the_same_item_again_stores_nothing_new(org):
         ],
     )
     assert twice_in_a_batch == first * 2
+    assert stored_graph_ids(org.tenant, "ALICE@contoso.com", ["AAMkAD-2", "AAMkAD-new"]) == {"AAMkAD-2"}
+    assert stored_graph_ids(org.tenant, "erin@contoso.com", ["AAMkAD-2"]) == set()
     assert Delivery.objects.filter(tenant=org.tenant).count() == 1
     assert MessageSource.objects.filter(tenant=org.tenant).count() == 1
     # The same id with other bytes (an edited draft, an updated event) is a new version.
