@@ -144,6 +144,7 @@ def test_storing_the_same_item_again_stores_nothing_new(org):
         ],
     )
     assert twice_in_a_batch == first * 2
+    assert store_items(org.tenant, []) == []
     assert stored_graph_ids(org.tenant, "ALICE@contoso.com", ["AAMkAD-2", "AAMkAD-new"]) == {"AAMkAD-2"}
     assert stored_graph_ids(org.tenant, "erin@contoso.com", ["AAMkAD-2"]) == set()
     assert Delivery.objects.filter(tenant=org.tenant).count() == 1
@@ -585,3 +586,25 @@ def test_imported_items_do_not_pass_for_journal_reports_in_the_setup_checks(org)
     assert setup_checks(org.tenant, current_region()).last_journal_report is None
     journal = archive(org.tenant, corpus("01-simple.eml"))
     assert setup_checks(org.tenant, current_region()).last_journal_report == journal.received_at
+
+
+@pytest.mark.django_db
+def test_items_are_stored_the_same_way_on_s3(use_s3, org, tmp_path):
+    raw = mail("s3-1@contoso.com", "On S3")
+    large = raw + b"x" * 300_000 + b"\r\n"
+    spool = tmp_path / "large.eml"
+    spool.write_bytes(large)
+    small_id, large_id = store_items(
+        org.tenant,
+        [
+            Item("mail", "alice@contoso.com", "Inbox", "S3-1", raw),
+            Item("mail", "alice@contoso.com", "Inbox", "S3-2", spool),
+        ],
+    )
+    assert not spool.exists()
+    small, big = (Delivery.objects.get(queue_id=q) for q in (small_id, large_id))
+    assert small.storage_key.startswith("pack/") and big.storage_key.startswith("raw/")
+    assert small.read_report() == raw and big.read_report() == large
+    assert use_s3.client.head_object(Bucket=org.tenant.bucket, Key=big.storage_key)["ContentLength"] == len(large)
+    process_deliveries([small.pk, big.pk], index=True)
+    assert message_of(org.tenant, large_id).subject == "On S3"
