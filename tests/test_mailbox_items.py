@@ -426,6 +426,13 @@ def test_an_event_or_contact_opens_on_the_message_page_and_downloads_as_itself(c
     page = client.get(reverse("message", args=[event.pk])).content.decode()
     assert "Budget review" in page and "Location: Room 4, Building 2" in page
     assert "alice@contoso.com: Calendar" in page
+    assert (
+        'id="event-details"' in page
+        and "2026-03-10T15:00:00+00:00" in page
+        and "Bob &lt;bob@contoso.com&gt; (accepted)" in page
+    )
+    page = client.get(reverse("message", args=[contact.pk])).content.decode()
+    assert 'id="contact-details"' in page and "+1 555 0100" in page and "Northwind Traders" in page
     download = client.get(reverse("api-message-eml", args=[contact.pk]))
     assert download["Content-Type"] == "text/vcard"
     assert b"".join(download.streaming_content if download.streaming else [download.content]) == CONTACT
