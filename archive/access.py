@@ -132,8 +132,12 @@ FOLDER_TREE_TTL = 60
 
 def _cached_tree(tenant: Tenant, mailbox: str) -> list[items.FolderNode]:
     key = f"archive:folder-tree:{tenant.pk}:{hashlib.sha256(mailbox.encode()).hexdigest()[:32]}"
-    tree: list[items.FolderNode] = cache.get_or_set(key, lambda: items.folder_tree(tenant, mailbox), FOLDER_TREE_TTL)
-    return tree
+    tree = cache.get(key)
+    if tree is None:
+        tree = items.folder_tree(tenant, mailbox)
+        cache.set(key, tree, FOLDER_TREE_TTL)
+    found: list[items.FolderNode] = tree
+    return found
 
 
 def parse_failures(tenant: Tenant) -> QuerySet[Delivery]:
