@@ -431,6 +431,7 @@ def test_an_event_or_contact_opens_on_the_message_page_and_downloads_as_itself(c
         and "2026-03-10T15:00:00+00:00" in page
         and "Bob &lt;bob@contoso.com&gt; (accepted)" in page
     )
+    assert "Download original (.ics)" in page
     page = client.get(reverse("message", args=[contact.pk])).content.decode()
     assert 'id="contact-details"' in page and "+1 555 0100" in page and "Northwind Traders" in page
     download = client.get(reverse("api-message-eml", args=[contact.pk]))
