@@ -29,7 +29,7 @@ from m365.graph import Graph, GraphError, mailbox_of, retry_after_seconds
 from tests.ms_fake import CLIENT_ASSERTION_TYPE, MicrosoftFake, b64url
 from tests.ms_support import ALL_ROLES, connect
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def mime(subject: str, message_id: str | None = None) -> bytes:
