@@ -23,6 +23,7 @@ from tenants import actions
 from tenants.actions import ActionRefused
 from tenants.models import AuditEvent, Membership, Tenant
 
+from . import access
 from .certificates import Subject, create_certificate
 from .directory import SyncResult, sync_mailboxes
 from .graph import Graph, GraphError
@@ -58,8 +59,7 @@ class FieldError(ValueError):
 
 def connection_for(tenant: Tenant) -> Connection:
     """The tenant's connection, created empty on first use (one per tenant)."""
-    connection, _ = Connection.objects.get_or_create(tenant=tenant)
-    return connection
+    return access.connection(tenant)
 
 
 def parse_guid(name: str, value: Any) -> uuid.UUID | None:
@@ -148,11 +148,7 @@ def expiring_certificate(tenant: Tenant, now: dt.datetime | None = None) -> Cert
     None when some certificate lasts longer (rotation done) or there are none.
     """
     moment = now or timezone.now()
-    newest = (
-        Certificate.objects.filter(connection__tenant=tenant, not_after__gt=moment - EXPIRY_WARNING)
-        .order_by("-not_after")
-        .first()
-    )
+    newest = access.certificates_lasting_past(tenant, moment - EXPIRY_WARNING).first()
     if newest is None or newest.not_after > moment + EXPIRY_WARNING:
         return None
     return newest
@@ -160,7 +156,7 @@ def expiring_certificate(tenant: Tenant, now: dt.datetime | None = None) -> Cert
 
 def certificates(connection: Connection) -> list[Certificate]:
     """The connection's certificates, newest first."""
-    return list(connection.certificates.order_by("-not_before", "-id"))
+    return list(access.certificates(connection.tenant))
 
 
 # --- the test -------------------------------------------------------------------------

@@ -23,9 +23,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from tenants import access as tenant_access
 from tenants import actions
 from tenants.actions import ActionRefused
-from tenants.models import Alias, Membership
+from tenants.models import Membership
 
 from .graph import Graph, GraphError
 from .models import Connection, Mailbox, MailboxKind, SyncedAlias
@@ -180,7 +181,7 @@ def aliases(
     connection: Connection, mailboxes: list[Mailbox], result: SyncResult, *, actor: Membership | None, ip: str | None
 ) -> None:
     tenant = connection.tenant
-    members = list(Membership.objects.filter(tenant=tenant).select_related("user"))
+    members = list(tenant_access.members(tenant))
     wanted = wanted_aliases(members, mailboxes)
     synced = SyncedAlias.objects.filter(alias__tenant=tenant).select_related("alias", "alias__membership__user")
     for row in synced:
@@ -188,7 +189,7 @@ def aliases(
         if want is None or want[0].pk != row.alias.membership_id:
             actions.remove_directory_alias(row.alias, source=SOURCE, actor=actor, ip=ip)
             result.aliases_removed += 1
-    present = {a.address: a for a in Alias.objects.filter(tenant=tenant)}
+    present = {a.address: a for a in tenant_access.aliases(tenant)}
     for address, (member, mailbox) in sorted(wanted.items()):
         alias = present.get(address)
         if alias is not None:

@@ -6,9 +6,9 @@ import logging
 
 from celery import shared_task
 
+from . import access
 from .directory import sync_mailboxes
 from .graph import GraphError
-from .models import Connection
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,8 @@ def sync_directories() -> int:
     is logged and does not stop the others; the page shows the last sync.
     """
     synced = 0
-    for connection_id in Connection.objects.filter(last_test_ok=True).values_list("id", flat=True):
-        connection = Connection.objects.select_related("tenant").get(pk=connection_id)
+    for connection_id in access.connections_to_sync():
+        connection = access.connection_by_id(connection_id)
         try:
             sync_mailboxes(connection)
         except GraphError as exc:

@@ -14,18 +14,19 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from m365 import access as m365_access
 from m365 import connection as m365
 from m365.certificates import Subject, SubjectError, der_bytes
 from m365.directory import sync_mailboxes
 from m365.graph import GraphError
-from m365.models import Certificate, Connection, Mailbox
+from m365.models import Certificate, Connection
 from tenants.models import Membership, User
 from web.api import ApiRequest, api_error, api_membership, api_view, api_write_view
 from web.audit import client_ip
@@ -36,14 +37,6 @@ CERTIFICATE_FIELDS = ("common_name", "org_unit", "organization", "locality", "st
 
 def webhook_url() -> str:
     return f"{settings.SITE_ROOT}/o365"
-
-
-def certificate_of(connection: Connection, certificate_id: int | str) -> Certificate:
-    """One certificate of this connection; 404 for missing and another tenant's alike."""
-    try:
-        return connection.certificates.get(pk=int(certificate_id))
-    except (Certificate.DoesNotExist, ValueError, TypeError):
-        raise Http404("no such certificate") from None
 
 
 def cer_response(certificate: Certificate) -> HttpResponse:
@@ -74,7 +67,7 @@ def connection_json(connection: Connection) -> dict[str, Any]:
         "permissions": [{"permission": name, "needed_for": what} for name, what in m365.PERMISSIONS],
         "last_test": connection.last_test_result or None,
         "certificates": [certificate_json(c) for c in m365.certificates(connection)],
-        "mailboxes": Mailbox.objects.filter(tenant_id=connection.tenant_id, has_mailbox=True).count(),
+        "mailboxes": m365_access.mailbox_count(connection.tenant),
         "mailboxes_synced_at": connection.mailboxes_synced_at.isoformat() if connection.mailboxes_synced_at else None,
     }
 
@@ -131,7 +124,7 @@ def page_context(membership: Membership, **extra: Any) -> dict[str, Any]:
         "webhook_url": webhook_url(),
         "permissions": m365.PERMISSIONS,
         "result": connection.last_test_result or None,
-        "mailboxes": Mailbox.objects.filter(tenant=membership.tenant, has_mailbox=True).count(),
+        "mailboxes": m365_access.mailbox_count(membership.tenant),
         **extra,
     }
 
@@ -181,7 +174,7 @@ def new_certificate(request: SignedInRequest, membership: Membership) -> HttpRes
 @require_GET
 @admin_required
 def download_certificate(request: SignedInRequest, membership: Membership, certificate_id: int) -> HttpResponse:
-    return cer_response(certificate_of(m365.connection_for(membership.tenant), certificate_id))
+    return cer_response(m365_access.certificate(membership.tenant, certificate_id))
 
 
 @require_POST
@@ -308,7 +301,7 @@ def api_certificate_cer(request: ApiRequest, user: User, certificate_id: int) ->
     membership = admin_membership(request, user)
     if membership is None:
         return api_error("owners and admins only", 403)
-    return cer_response(certificate_of(m365.connection_for(membership.tenant), certificate_id))
+    return cer_response(m365_access.certificate(membership.tenant, certificate_id))
 
 
 @require_POST
