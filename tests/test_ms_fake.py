@@ -177,6 +177,32 @@ def test_graph_refuses_requests_without_a_valid_token(ms_fake, org):
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "InvalidAuthenticationToken"
 
 
+def test_an_expired_token_is_refused_by_graph(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    claims = jwt.decode(Graph(connection).token(), options={"verify_signature": False})
+    expired = jwt.encode(
+        {**claims, "exp": int(time.time()) - 60}, ms_fake.signing_key, algorithm="RS256", headers={"kid": "k"}
+    )
+
+    answer = fake_session(ms_fake).get(
+        f"{ms_fake.url}/v1.0/organization", headers={"Authorization": f"Bearer {expired}"}
+    )
+
+    assert answer.status_code == 401 and "expired" in answer.json()["error"]["message"]
+
+
+def test_a_token_graph_stops_accepting_is_replaced_once(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.get("/organization")
+    # Microsoft rolls its signing key: the cached token is refused from now on.
+    ms_fake.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.token_requests == 2
+    assert ms_fake.request_count("/v1.0/organization") == 3
+
+
 def test_a_missing_role_is_a_403_naming_the_denial(ms_fake, org):
     connection = connect(ms_fake, org.tenant, roles={"Mail.Read"})
 

@@ -77,7 +77,7 @@ def connection_json(connection: Connection) -> dict[str, Any]:
 
 class GuidField(forms.CharField):
     def __init__(self, label: str, **kwargs: Any) -> None:
-        super().__init__(label=label, max_length=38, required=False, **kwargs)
+        super().__init__(label=label, max_length=38, **kwargs)
 
     def clean(self, value: Any) -> Any:
         text = super().clean(value)
@@ -146,10 +146,8 @@ def settings_page(request: SignedInRequest, membership: Membership) -> HttpRespo
         )
         messages.success(request, "Connection saved.")
         return redirect("m365-settings")
-    status = 400 if request.method == "POST" else 200
-    return render(
-        request, "web/m365.html", page_context(membership, form=form if form.is_bound else None), status=status
-    )
+    # Errors come back on the page itself (200), like the other settings pages.
+    return render(request, "web/m365.html", page_context(membership, form=form if form.is_bound else None))
 
 
 @require_POST
@@ -168,7 +166,7 @@ def new_certificate(request: SignedInRequest, membership: Membership) -> HttpRes
                 "app registration in Azure (Certificates & secrets).",
             )
             return redirect("m365-settings")
-    return render(request, "web/m365.html", page_context(membership, certificate_form=form), status=400)
+    return render(request, "web/m365.html", page_context(membership, certificate_form=form))
 
 
 @require_GET
