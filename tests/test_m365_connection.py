@@ -307,6 +307,7 @@ def test_the_api_puts_and_gets_the_connection_with_a_bearer_token(client, org):
     got = client.get("/api/v1/m365/connection", **auth).json()
 
     assert put.status_code == 200
+    assert AuditEvent.objects.get(target="m365.connection").token.name == "m365 automation"
     assert got["tenant_id"] == directory and got["client_id"] == app and got["sync_folders"] is True
     assert got["mail_from"] == "" and got["webhook_url"].endswith("/o365")
     assert {p["permission"] for p in got["permissions"]} >= {"Mail.Read", "Contacts.Read"}
