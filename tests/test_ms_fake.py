@@ -384,6 +384,21 @@ def test_503_is_retried_and_a_lasting_one_ends_in_a_clear_error(ms_fake, org, mo
     assert gave_up.value.status == 503 and gave_up.value.code == "ServiceUnavailable"
 
 
+def test_a_dropped_connection_is_retried_for_reads_but_not_for_changes(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.token()
+    ms_fake.drop(1)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.request_count("/v1.0/organization") == 2
+
+    ms_fake.drop(1)
+    with pytest.raises(GraphError) as broken:
+        graph.post("/subscriptions", {"changeType": "created"})
+    assert broken.value.code == "unreachable" and "POST /v1.0/subscriptions" in broken.value.message
+
+
 def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     assert retry_after_seconds("7", attempt=1) == 7
