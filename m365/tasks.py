@@ -7,26 +7,26 @@ import logging
 from celery import shared_task
 
 from . import access
-from .directory import sync_mailboxes
-from .graph import GraphError
+from .connection import check_connection
 
 log = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True)
 def sync_directories() -> int:
-    """The daily mailbox list of every connection that passed its last test; how many were synced.
+    """The daily test of every configured connection; how many passed.
 
-    One organization's trouble (a revoked consent, an expired certificate)
-    is logged and does not stop the others; the page shows the last sync.
+    A passing test reads the organization, the verified domains and the
+    mailbox list again (with members' aliases); a failing one (a revoked
+    consent, an expired certificate) is stored for the page like a test by
+    hand and does not stop the others.
     """
-    synced = 0
-    for connection_id in access.connections_to_sync():
+    passed = 0
+    for connection_id in access.connections_to_check():
         connection = access.connection_by_id(connection_id)
-        try:
-            sync_mailboxes(connection)
-        except GraphError as exc:
-            log.warning("m365 mailbox sync of tenant %s failed: %s", connection.tenant_id, exc)
-            continue
-        synced += 1
-    return synced
+        result = check_connection(connection)
+        if result.ok:
+            passed += 1
+        else:
+            log.warning("m365 connection of tenant %s failed its daily test: %s", connection.tenant_id, result.error)
+    return passed

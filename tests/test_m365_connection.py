@@ -271,16 +271,23 @@ def test_an_address_already_another_members_alias_is_left_alone(org, ms_fake):
     assert result.conflicts == ["erin.old@contoso.com is an alias of another member already"]
 
 
-def test_the_daily_task_syncs_connections_that_passed_their_test(org, outsider, ms_fake):
+def test_the_daily_task_tests_every_configured_connection_and_syncs_the_good_ones(org, outsider, ms_fake):
     connection = connect(ms_fake, org.tenant)
     populate(ms_fake, str(connection.directory_id))
-    check_connection(connection)
-    Mailbox.objects.all().delete()
-    broken = connect(ms_fake, membership_of(outsider).tenant, upload=False)
-    Connection.objects.filter(pk=broken.pk).update(last_test_ok=True)  # passed once, certificate since removed
+    broken = connect(ms_fake, membership_of(outsider).tenant, upload=False)  # the certificate is not in Azure
+    connection_for(make_org_tenant_without_ids())  # no IDs yet: not tested at all
 
     assert sync_directories() == 1
     assert Mailbox.objects.filter(tenant=org.tenant, has_mailbox=True).count() == 4
+    broken.refresh_from_db()
+    assert broken.last_test_ok is False and "AADSTS700027" in broken.last_test_result["error"]
+
+
+def make_org_tenant_without_ids():
+    from tenants.actions import create_tenant
+    from tests.conftest import make_user
+
+    return create_tenant("Northwind", make_user("nina@northwind.example"))
 
 
 def test_sync_now_on_the_page(client, org, ms_fake):
