@@ -43,6 +43,11 @@ def _schedule(sender, **kwargs):
         sender.signature("ingest.held.tend_held_mail"),
         name="deliver, release and expire held mail",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("m365.tasks.sync_directories"),
+        name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
+    )
 
 
 @worker_ready.connect

@@ -138,7 +138,8 @@ def redis_broker():
     return os.environ["CELERY_BROKER_URL"]
 
 
-# SMTP, DNS and browser fixtures live beside their helpers.
+# SMTP, DNS, browser and Microsoft (ms_fake) fixtures live beside their helpers.
 from tests.browser_support import browser, page, shots  # noqa: E402,F401
 from tests.dns_support import dns_server, dns_server_session  # noqa: E402,F401
+from tests.ms_support import ms_fake  # noqa: E402,F401
 from tests.smtp_support import ingest, tls_files  # noqa: E402,F401

@@ -12,10 +12,14 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "infra", "ingest", "regions", "tenants", "web"]
+PACKAGES = ["archiva", "archive", "infra", "ingest", "m365", "regions", "tenants", "web"]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
+    "Certificate",  # m365
+    "Connection",  # m365
+    "Mailbox",  # m365
+    "SyncedAlias",  # m365
     "AuditEvent",
     "Delivery",
     "Domain",
@@ -40,6 +44,11 @@ ALLOWED_FILES = {
     "tenants/api_tokens.py",
     "archive/actions.py",
     "archive/items.py",  # the named writers of mailbox items (store, move, delete)
+    # The Microsoft 365 connection's access layer and its writers (of connections, certificates, mailboxes).
+    "m365/access.py",
+    "m365/connection.py",
+    "m365/certificates.py",
+    "m365/directory.py",
 }
 ALLOWED_DIRS = ("ingest/",)
 
