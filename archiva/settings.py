@@ -73,6 +73,7 @@ INSTALLED_APPS = [
     "ingest",
     "archive",
     "m365",
+    "compliance",
     "web",
 ]
 

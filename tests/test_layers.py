@@ -6,7 +6,7 @@
     4  search                      query language and backends
     5  ingest                      SMTP, committer, Delivery and its state machine
     6  archive                     archived messages, archiving, indexing, archive.access
-    7  m365                        the Microsoft 365 connection: Graph, import, folder sync
+    7  m365, compliance            the Microsoft 365 connection; retention, holds, export, import
     8  web                         views, API, forms
     9  archiva                     URLs, the Celery app (settings: see below)
 
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("infra", "regions", "tenants", "search", "ingest", "archive", "m365", "web", "archiva")
+PACKAGES = ("infra", "regions", "tenants", "search", "ingest", "archive", "m365", "compliance", "web", "archiva")
 SKIPPED_DIRS = {"migrations", "tests", "bench", "scripts"}
 
 # What each package may import besides itself: the layers below it, except
@@ -37,7 +37,7 @@ SKIPPED_DIRS = {"migrations", "tests", "bench", "scripts"}
 # does the archiving and indexing).  The most specific package wins
 # (archive.parser before archive).
 BELOW_M365 = {"infra", "regions", "archive.parser", "tenants", "search", "ingest", "archive"}
-BELOW_WEB = BELOW_M365 | {"m365"}
+BELOW_WEB = BELOW_M365 | {"m365", "compliance"}
 MAY_IMPORT = {
     "infra": set(),
     "regions": {"infra"},
@@ -47,6 +47,7 @@ MAY_IMPORT = {
     "ingest": {"infra", "regions", "archive.parser", "tenants"},
     "archive": {"infra", "regions", "archive.parser", "tenants", "search", "ingest"},
     "m365": BELOW_M365,
+    "compliance": BELOW_M365,
     "web": BELOW_WEB,
     "archiva": BELOW_WEB | {"web"},
 }

@@ -1,0 +1,1 @@
+"""Models of retention, legal hold, eDiscovery export and import, each kept beside its logic."""
