@@ -26,7 +26,7 @@ from m365.directory import sync_mailboxes
 from m365.models import Certificate, Connection, Mailbox, SyncedAlias
 from m365.tasks import sync_directories
 from tenants.access import addresses_for
-from tenants.actions import add_alias
+from tenants.actions import add_alias, verify_domain_by_consent
 from tenants.api_tokens import create_api_token
 from tenants.models import Alias, AuditEvent, Domain, Membership
 from tests.conftest import membership_of
@@ -190,7 +190,7 @@ def test_without_directory_permissions_the_test_still_names_what_is_missing(org,
 
 def test_a_domain_verified_by_another_tenant_stays_theirs(org, outsider, ms_fake):
     fabrikam = membership_of(outsider).tenant
-    Domain.objects.create(tenant=fabrikam, name="contoso.com", txt_token="x", verified_at=timezone.now())
+    verify_domain_by_consent(fabrikam, "contoso.com", proof="its own Microsoft 365 connection")
     connection = connect(ms_fake, org.tenant)
 
     result = check_connection(connection)
