@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, messages, o365, search, team, tokens, views
+from web import api, audit, charts, domains, health, m365_import, messages, o365, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -32,4 +32,9 @@ urlpatterns = [
     path("domains/", domains.domains, name="domains"),
     path("domains/<int:domain_id>/verify/", domains.verify, name="domain-verify"),
     path("domains/<int:domain_id>/remove/", domains.remove, name="domain-remove"),
+    # Microsoft 365: the historical import.
+    path("settings/m365/import/", m365_import.import_page, name="m365-import"),
+    path("settings/m365/import/pause", m365_import.pause, name="m365-import-pause"),
+    path("settings/m365/import/resume", m365_import.resume, name="m365-import-resume"),
+    path("api/v1/m365/import", m365_import.api_import, name="api-m365-import"),
 ]
