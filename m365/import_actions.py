@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from celery import current_app
@@ -44,6 +44,10 @@ class ImportActive(ImportRefused):
 def latest_import(tenant: Tenant) -> ImportRun | None:
     """The tenant's newest import, or None: never another tenant's."""
     return ImportRun.objects.filter(tenant=tenant).order_by("-created_at", "-pk").first()
+
+
+def has_imports(tenant: Tenant) -> bool:
+    return ImportRun.objects.filter(tenant=tenant).exists()
 
 
 def import_days(tenant: Tenant, since: date) -> dict[date, int]:
@@ -107,7 +111,7 @@ class Progress:
 
 
 def duration_text(seconds: float) -> str:
-    """"under a minute", "about 12 minutes", "about 3 hours": an estimate, said as one."""
+    """ "under a minute", "about 12 minutes", "about 3 hours": an estimate, said as one."""
     if seconds < 60:
         return "under a minute"
     if seconds < 5400:
@@ -168,19 +172,22 @@ def _rate_and_eta(result: Progress, run: ImportRun) -> None:
 
 
 def start_import(
-    actor: Membership,
+    tenant: Tenant,
     mailboxes: str | list[str],
     since: date | None = None,
     *,
+    actor: Membership | None = None,
     ip: str | None = None,
     token: ApiToken | None = None,
+    publish: bool = True,
 ) -> ImportRun:
     """Record an import of "all" the tenant's mailboxes or of the listed addresses, from `since`; the worker runs it.
 
     Refused (ImportRefused) without a connection, while another import is
     active, for an address that is not one of the tenant's mailboxes, and
-    for a start date in the future."""
-    tenant = actor.tenant
+    for a start date in the future.  Audited when a person (`actor`) asked;
+    `publish=False` leaves it to the caller to run (`manage.py m365_import`)."""
+    _require_connection(tenant)
     if since is not None and since > timezone.now().date():
         raise ImportRefused(f"the start date {since.isoformat()} is in the future")
     chosen = _chosen_mailboxes(tenant, mailboxes)
@@ -189,22 +196,35 @@ def start_import(
         if ImportRun.objects.filter(tenant=tenant, state__in=ImportRun.ACTIVE).exists():
             raise ImportActive("an import is already in progress (queued, running or paused): wait until it is done")
         run = ImportRun.objects.create(
-            tenant=tenant, requested_by=actor.user, all_mailboxes=mailboxes == "all", since=since
+            tenant=tenant, requested_by=actor.user if actor else None, all_mailboxes=mailboxes == "all", since=since
         )
         ImportMailbox.objects.bulk_create(
             ImportMailbox(run=run, address=address, user_id=user_id) for address, user_id in chosen
         )
-        record_event(
-            actor,
-            STARTED,
-            {"import": run.pk, "mailboxes": "all" if run.all_mailboxes else [a for a, _ in chosen],
-             "since": since.isoformat() if since else None},
-            ip=ip,
-            token=token,
-            target=f"{len(chosen)} mailboxes",
-        )
-        transaction.on_commit(lambda: publish_run(run.pk))
+        if actor is not None:
+            record_event(
+                actor,
+                STARTED,
+                {
+                    "import": run.pk,
+                    "mailboxes": "all" if run.all_mailboxes else [a for a, _ in chosen],
+                    "since": since.isoformat() if since else None,
+                },
+                ip=ip,
+                token=token,
+                target=f"{len(chosen)} mailboxes",
+            )
+        if publish:
+            transaction.on_commit(lambda: publish_run(run.pk))
     return run
+
+
+def _require_connection(tenant: Tenant) -> None:
+    from m365.models import Connection
+
+    connection = Connection.objects.filter(tenant=tenant).first()
+    if connection is None or not connection.is_configured:
+        raise ImportRefused("Microsoft 365 is not connected: set up the connection (and test it) first")
 
 
 def _chosen_mailboxes(tenant: Tenant, wanted: str | list[str]) -> list[tuple[str, str]]:
@@ -213,13 +233,13 @@ def _chosen_mailboxes(tenant: Tenant, wanted: str | list[str]) -> list[tuple[str
 
     known = {
         address.lower(): user_id
-        for address, user_id in Mailbox.objects.filter(tenant=tenant).values_list("primary_address", "user_id")
+        for address, user_id in Mailbox.objects.filter(tenant=tenant).values_list("primary_address", "graph_id")
     }
     if wanted == "all":
         chosen = sorted(
             (address.lower(), user_id)
             for address, user_id in Mailbox.objects.filter(tenant=tenant, has_mailbox=True).values_list(
-                "primary_address", "user_id"
+                "primary_address", "graph_id"
             )
         )
         if not chosen:

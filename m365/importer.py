@@ -35,6 +35,7 @@ from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
+from requests.adapters import HTTPAdapter
 
 from archive.items import Item, store_items
 from m365 import calendar_items
@@ -48,6 +49,7 @@ PER_MAILBOX = 4  # Exchange Online's limit of concurrent requests per mailbox
 HEARTBEAT = 5.0  # seconds between two signs of life of a running import
 TIME_BUDGET = 240.0  # seconds per task (Celery's soft limit is 300): then a fresh task goes on
 MESSAGE_FIELDS = "id,receivedDateTime"
+PAGE_SIZE = 100  # items per Graph page (the Prefer: odata.maxpagesize header)
 # Graph's answer for an item deleted between its listing and its download.
 GONE = {"ErrorItemNotFound", "ItemNotFound", "ResourceNotFound"}
 
@@ -113,7 +115,11 @@ def run_slice(run_id: int, budget: float = TIME_BUDGET, graph: Graph | None = No
             return True
         beat.ctx = ctx
         beat.start()
-        _import_mailboxes(ctx)
+        try:
+            _import_mailboxes(ctx)
+        except BaseException:
+            ctx.stop.set()  # Ctrl-C in `manage.py m365_import`: the mailbox threads stop after their batch
+            raise
         return _finish_or_release(run, owner)
     finally:
         beat.stop()
@@ -125,7 +131,14 @@ def _graph_for(run: ImportRun) -> Graph:
     connection = Connection.objects.filter(tenant=run.tenant).first()
     if connection is None:
         raise LookupError("Microsoft 365 is not connected: set up the connection first")
-    return Graph(connection)
+    graph = Graph(connection)
+    # Pages of PAGE_SIZE (Graph's default for messages is 10: ten times the round trips), and a
+    # connection pool as large as the requests that may run at once (beyond it, each request
+    # would pay for a new TLS handshake).
+    graph.session.headers["Prefer"] = f"odata.maxpagesize={PAGE_SIZE}"
+    pool = settings.ARCHIVA_M365_IMPORT_MAILBOXES * PER_MAILBOX + 4
+    graph.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=pool))
+    return graph
 
 
 def _kinds(graph: Graph) -> set[str]:
@@ -257,7 +270,7 @@ def _mailbox_failed(mailbox: ImportMailbox, reason: str) -> None:
 
 
 def list_sources(ctx: Context, mailbox: ImportMailbox) -> None:
-    """The mailbox's folders by `mailFolders/delta` (every folder of the tree, each with its parent), with their paths."""
+    """The mailbox's folders by `mailFolders/delta` (every folder of the tree, with its parent) and their paths."""
     folders: dict[str, dict[str, Any]] = {}
     for page in ctx.graph.pages(f"/users/{mailbox.user_id}/mailFolders/delta"):
         for folder in page.get("value", []):
@@ -285,7 +298,7 @@ def list_sources(ctx: Context, mailbox: ImportMailbox) -> None:
 
 
 def folder_path(folders: dict[str, dict[str, Any]], folder_id: str) -> str:
-    """"Inbox/Projects": display names up to the root (the parent not listed), guarded against cycles."""
+    """ "Inbox/Projects": display names up to the root (the parent not listed), guarded against cycles."""
     names: list[str] = []
     seen: set[str] = set()
     current: str | None = folder_id
@@ -316,7 +329,9 @@ def import_source(ctx: Context, mailbox: ImportMailbox, source: ImportSource) ->
                 if source.kind == ImportSource.Kind.MAIL:
                     fetched = list(downloads.map(lambda entry: _download(ctx, mailbox, source, entry), entries))
                 else:
-                    fetched = [calendar_items.to_item(source.kind, mailbox.address, source.path, entry) for entry in entries]
+                    fetched = [
+                        calendar_items.to_item(source.kind, mailbox.address, source.path, entry) for entry in entries
+                    ]
                 for item, skipped in fetched:
                     if item is not None:
                         batch.items.append(item)

@@ -102,9 +102,7 @@ class ImportSource(models.Model):
     imported = models.BigIntegerField(default=0)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["mailbox", "kind", "graph_id"], name="m365_import_source_once")
-        ]
+        constraints = [models.UniqueConstraint(fields=["mailbox", "kind", "graph_id"], name="m365_import_source_once")]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.path}"

@@ -37,9 +37,7 @@ class ImportForm(forms.Form):
         widget=forms.RadioSelect,
         label="Mailboxes",
     )
-    mailboxes = forms.MultipleChoiceField(
-        required=False, widget=forms.CheckboxSelectMultiple, label="Choose mailboxes"
-    )
+    mailboxes = forms.MultipleChoiceField(required=False, widget=forms.CheckboxSelectMultiple, label="Choose mailboxes")
     since = forms.DateField(
         required=False,
         label="Start date",
@@ -75,7 +73,7 @@ def import_page(request: SignedInRequest, membership: Membership) -> HttpRespons
     if request.method == "POST" and form.is_valid():
         wanted = "all" if form.cleaned_data["scope"] == "all" else list(form.cleaned_data["mailboxes"])
         try:
-            start_import(membership, wanted, form.cleaned_data["since"], ip=client_ip(request))
+            start_import(membership.tenant, wanted, form.cleaned_data["since"], actor=membership, ip=client_ip(request))
         except ImportRefused as refused:
             form.add_error(None, str(refused).capitalize() + ".")
         else:
@@ -153,8 +151,9 @@ def api_import(request: ApiRequest, user: User) -> HttpResponseBase:
             return api_error("CSRF token missing or incorrect (or use an API token)", 403)
         try:
             mailboxes, since = parse_request(request.body)
+            token = getattr(request, "api_token", None)
             run = start_import(
-                membership, mailboxes, since, ip=client_ip(request), token=getattr(request, "api_token", None)
+                membership.tenant, mailboxes, since, actor=membership, ip=client_ip(request), token=token
             )
         except ImportRefused as refused_import:
             return api_error(str(refused_import), 409 if isinstance(refused_import, ImportActive) else 400)
