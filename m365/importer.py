@@ -340,9 +340,11 @@ def import_source(ctx: Context, mailbox: ImportMailbox, source: ImportSource) ->
                         batch.skipped.append(skipped)
                 last = not next_link or bool(delta_link)
                 if last or len(batch.items) >= settings.ARCHIVA_M365_IMPORT_BATCH or ctx.stop.is_set():
+                    stored = bool(batch.items)
                     _commit(ctx, mailbox, source, batch, next_link, delta_link)
                     batch = Batch()
-                    ctx.check()
+                    if stored:  # a slice ends after a batch that did something, never on an empty folder
+                        ctx.check()
     finally:
         _discard(batch)  # what was fetched but not stored: fetched again from the saved link
 
