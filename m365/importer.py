@@ -50,6 +50,8 @@ HEARTBEAT = 5.0  # seconds between two signs of life of a running import
 TIME_BUDGET = 240.0  # seconds per task (Celery's soft limit is 300): then a fresh task goes on
 MESSAGE_FIELDS = "id,receivedDateTime"
 PAGE_SIZE = 100  # items per Graph page (the Prefer: odata.maxpagesize header)
+THROTTLED = {429, 503, 504}
+MAX_THROTTLED = 5  # slices a mailbox may end throttled before it counts as failed
 # Graph's answer for an item deleted between its listing and its download.
 GONE = {"ErrorItemNotFound", "ItemNotFound", "ResourceNotFound"}
 
@@ -246,6 +248,12 @@ def import_mailbox(ctx: Context, mailbox: ImportMailbox) -> None:
     except Stopped:
         return
     except GraphError as exc:
+        if exc.status in THROTTLED and mailbox.throttled < MAX_THROTTLED:
+            # Graph's client waited out every Retry-After it was given and Exchange still says
+            # "later": this mailbox goes on in the next slice, from its saved links.
+            ImportMailbox.objects.filter(pk=mailbox.pk).update(throttled=F("throttled") + 1)
+            log.warning("import of mailbox %s still throttled; going on later: %s", mailbox.address, exc)
+            return
         _mailbox_failed(mailbox, _reason(exc))
         return
     except Exception as exc:

@@ -71,6 +71,7 @@ class ImportMailbox(models.Model):
     items_imported = models.BigIntegerField(default=0)
     # Messages Graph counts in its folders (totalItemCount): the estimate of time left uses it.
     messages_expected = models.BigIntegerField(default=0)
+    throttled = models.PositiveIntegerField(default=0)  # slices that ended with Exchange still throttling
     skipped = models.JSONField(default=list)  # items gone between listing and download: [{"id", "reason"}]
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
