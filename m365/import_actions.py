@@ -46,6 +46,25 @@ def latest_import(tenant: Tenant) -> ImportRun | None:
     return ImportRun.objects.filter(tenant=tenant).order_by("-created_at", "-pk").first()
 
 
+def find_tenant(reference: str) -> Tenant:
+    """A tenant by id, public id or exact name (operators' commands); LookupError naming the reference."""
+    from tenants import access
+
+    if reference.isdigit():
+        found = Tenant.objects.filter(pk=int(reference)).first()
+        if found is not None:
+            return found
+    return access.tenant_by_reference(reference)
+
+
+def importable_mailboxes(tenant: Tenant) -> list[tuple[str, str]]:
+    """(address, "Name <address>") of the tenant's mailboxes that Graph says exist, for the page's choice."""
+    from m365.models import Mailbox
+
+    rows = Mailbox.objects.filter(tenant=tenant, has_mailbox=True).order_by("primary_address")
+    return [(m.primary_address.lower(), f"{m.display_name} <{m.primary_address}>") for m in rows]
+
+
 def has_imports(tenant: Tenant) -> bool:
     return ImportRun.objects.filter(tenant=tenant).exists()
 
@@ -254,25 +273,41 @@ def _chosen_mailboxes(tenant: Tenant, wanted: str | list[str]) -> list[tuple[str
     return [(a, known[a]) for a in addresses]
 
 
-def pause_import(actor: Membership, run: ImportRun, *, ip: str | None = None, token: ApiToken | None = None) -> bool:
+def pause_import(
+    tenant: Tenant,
+    run: ImportRun,
+    *,
+    actor: Membership | None = None,
+    ip: str | None = None,
+    token: ApiToken | None = None,
+) -> bool:
     """Stop the import after the batch in hand (the worker notices within seconds); False if it was not active."""
     with transaction.atomic():
         changed = ImportRun.objects.filter(
-            pk=run.pk, tenant=actor.tenant, state__in=[ImportRun.State.QUEUED, ImportRun.State.RUNNING]
+            pk=run.pk, tenant=tenant, state__in=[ImportRun.State.QUEUED, ImportRun.State.RUNNING]
         ).update(state=ImportRun.State.PAUSED)
-        if changed:
+        if changed and actor is not None:
             record_event(actor, PAUSED, {"import": run.pk}, ip=ip, token=token, target=f"import {run.pk}")
     return bool(changed)
 
 
-def resume_import(actor: Membership, run: ImportRun, *, ip: str | None = None, token: ApiToken | None = None) -> bool:
+def resume_import(
+    tenant: Tenant,
+    run: ImportRun,
+    *,
+    actor: Membership | None = None,
+    ip: str | None = None,
+    token: ApiToken | None = None,
+    publish: bool = True,
+) -> bool:
     """Go on with a paused import where it stopped; False if it was not paused."""
     with transaction.atomic():
-        changed = ImportRun.objects.filter(pk=run.pk, tenant=actor.tenant, state=ImportRun.State.PAUSED).update(
+        changed = ImportRun.objects.filter(pk=run.pk, tenant=tenant, state=ImportRun.State.PAUSED).update(
             state=ImportRun.State.QUEUED, heartbeat_at=None
         )
-        if changed:
+        if changed and actor is not None:
             record_event(actor, RESUMED, {"import": run.pk}, ip=ip, token=token, target=f"import {run.pk}")
+        if changed and publish:
             transaction.on_commit(lambda: publish_run(run.pk))
     return bool(changed)
 

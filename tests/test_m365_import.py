@@ -168,9 +168,9 @@ def test_a_paused_import_stops_and_resumes_where_it_stopped(ms_fake, org, connec
     run.refresh_from_db()
     first = run.messages_imported
     assert 0 < first < 450
-    assert pause_import(admin, run)
+    assert pause_import(org.tenant, run, actor=admin)
     assert importer.run_slice(run.pk) is None  # paused: nobody runs it
-    assert resume_import(admin, run)
+    assert resume_import(org.tenant, run, actor=admin, publish=False)
     run_to_end(run.pk)
     run.refresh_from_db()
     assert run.state == ImportRun.State.DONE and run.messages_imported == 450

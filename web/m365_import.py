@@ -58,18 +58,11 @@ class ImportForm(forms.Form):
         return data
 
 
-def _mailbox_choices(membership: Membership) -> list[tuple[str, str]]:
-    from m365.models import Mailbox
-
-    rows = Mailbox.objects.filter(tenant=membership.tenant, has_mailbox=True).order_by("primary_address")
-    return [(m.primary_address.lower(), f"{m.display_name} <{m.primary_address}>") for m in rows]
-
-
 @never_cache
 @require_http_methods(["GET", "POST"])
 @admin_required
 def import_page(request: SignedInRequest, membership: Membership) -> HttpResponse:
-    form = ImportForm(request.POST or None, choices=_mailbox_choices(membership))
+    form = ImportForm(request.POST or None, choices=import_actions.importable_mailboxes(membership.tenant))
     if request.method == "POST" and form.is_valid():
         wanted = "all" if form.cleaned_data["scope"] == "all" else list(form.cleaned_data["mailboxes"])
         try:
@@ -88,7 +81,7 @@ def import_page(request: SignedInRequest, membership: Membership) -> HttpRespons
 @admin_required
 def pause(request: SignedInRequest, membership: Membership) -> HttpResponse:
     run = latest_import(membership.tenant)
-    if run is not None and import_actions.pause_import(membership, run, ip=client_ip(request)):
+    if run is not None and import_actions.pause_import(membership.tenant, run, actor=membership, ip=client_ip(request)):
         messages.success(request, "Import paused. It goes on where it stopped when you resume it.")
     return redirect("m365-import")
 
@@ -97,7 +90,9 @@ def pause(request: SignedInRequest, membership: Membership) -> HttpResponse:
 @admin_required
 def resume(request: SignedInRequest, membership: Membership) -> HttpResponse:
     run = latest_import(membership.tenant)
-    if run is not None and import_actions.resume_import(membership, run, ip=client_ip(request)):
+    if run is not None and import_actions.resume_import(
+        membership.tenant, run, actor=membership, ip=client_ip(request)
+    ):
         messages.success(request, "Import resumed.")
     return redirect("m365-import")
 

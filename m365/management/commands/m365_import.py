@@ -16,11 +16,11 @@ from datetime import date
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
+from django.db import connections
 
 from m365 import import_actions, importer
 from m365.import_actions import ImportRefused, Progress, latest_import, progress, start_import
 from m365.importing import ImportRun
-from tenants import access
 from tenants.models import Tenant
 
 
@@ -47,12 +47,8 @@ class Bar:
 
 
 def tenant_for(reference: str) -> Tenant:
-    if reference.isdigit():
-        found = Tenant.objects.filter(pk=int(reference)).first()
-        if found is not None:
-            return found
     try:
-        return access.tenant_by_reference(reference)
+        return import_actions.find_tenant(reference)
     except LookupError as exc:
         raise CommandError(f"--tenant: {exc}") from None
 
@@ -115,10 +111,7 @@ class Command(BaseCommand):
         run = latest_import(tenant)
         if run is None or run.state not in ImportRun.ACTIVE:
             raise CommandError(f"{tenant.name} has no import in progress to resume")
-        if run.state == ImportRun.State.PAUSED:
-            ImportRun.objects.filter(pk=run.pk, state=ImportRun.State.PAUSED).update(
-                state=ImportRun.State.QUEUED, heartbeat_at=None
-            )
+        import_actions.resume_import(tenant, run, publish=False)  # a paused one: queued again, run here
         return run
 
     def _run(self, run: ImportRun) -> None:
@@ -126,8 +119,11 @@ class Command(BaseCommand):
         done = threading.Event()
 
         def show_while_running() -> None:
-            while not done.wait(1.0):
-                bar.show(progress(ImportRun.objects.get(pk=run.pk)))
+            try:
+                while not done.wait(1.0):
+                    bar.show(progress(ImportRun.objects.get(pk=run.pk)))
+            finally:
+                connections.close_all()  # this thread's own connection
 
         shower = threading.Thread(target=show_while_running, daemon=True)
         shower.start()
