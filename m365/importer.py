@@ -51,7 +51,8 @@ TIME_BUDGET = 240.0  # seconds per task (Celery's soft limit is 300): then a fre
 MESSAGE_FIELDS = "id,receivedDateTime"
 PAGE_SIZE = 100  # items per Graph page (the Prefer: odata.maxpagesize header)
 THROTTLED = {429, 503, 504}
-MAX_THROTTLED = 5  # slices a mailbox may end throttled before it counts as failed
+UNREACHABLE = {"unreachable", "interrupted"}  # GraphError codes of a connection that failed (status 0)
+MAX_THROTTLED = 5  # slices a mailbox may end throttled (or cut off) before it counts as failed
 # Graph's answer for an item deleted between its listing and its download.
 GONE = {"ErrorItemNotFound", "ItemNotFound", "ResourceNotFound"}
 
@@ -248,11 +249,11 @@ def import_mailbox(ctx: Context, mailbox: ImportMailbox) -> None:
     except Stopped:
         return
     except GraphError as exc:
-        if exc.status in THROTTLED and mailbox.throttled < MAX_THROTTLED:
+        if (exc.status in THROTTLED or exc.code in UNREACHABLE) and mailbox.throttled < MAX_THROTTLED:
             # Graph's client waited out every Retry-After it was given and Exchange still says
-            # "later": this mailbox goes on in the next slice, from its saved links.
+            # "later", or the network failed: this mailbox goes on in the next slice, from its saved links.
             ImportMailbox.objects.filter(pk=mailbox.pk).update(throttled=F("throttled") + 1)
-            log.warning("import of mailbox %s still throttled; going on later: %s", mailbox.address, exc)
+            log.warning("import of mailbox %s: %s; going on in the next slice", mailbox.address, exc)
             return
         _mailbox_failed(mailbox, _reason(exc))
         return
@@ -451,8 +452,9 @@ def _commit(
         source.save(update_fields=["next_link", "delta_link", "done", "imported"])
         if not batch.items and not batch.skipped:
             return
+        # Progress again: the count of slices ended by throttling starts over.
         ImportMailbox.objects.filter(pk=mailbox.pk).update(
-            messages_imported=F("messages_imported") + mails, items_imported=F("items_imported") + others
+            messages_imported=F("messages_imported") + mails, items_imported=F("items_imported") + others, throttled=0
         )
         if batch.skipped:
             _note_skipped(mailbox, batch.skipped)
