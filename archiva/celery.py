@@ -44,6 +44,11 @@ def _schedule(sender, **kwargs):
         name="deliver, release and expire held mail",
     )
     sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("m365.tasks.sync_directories"),
+        name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
+    )
+    sender.add_periodic_task(
         settings.ARCHIVA_SWEEP_INTERVAL,
         sender.signature("m365.tasks.resume_stale_imports"),
         name="go on with Microsoft 365 imports whose worker died",

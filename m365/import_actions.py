@@ -46,6 +46,11 @@ def latest_import(tenant: Tenant) -> ImportRun | None:
     return ImportRun.objects.filter(tenant=tenant).order_by("-created_at", "-pk").first()
 
 
+def import_by_id(tenant: Tenant, run_id: int) -> ImportRun:
+    """One of the tenant's imports; ImportRun.DoesNotExist for another tenant's, as for a missing one."""
+    return ImportRun.objects.select_related("tenant").get(tenant=tenant, pk=run_id)
+
+
 def find_tenant(reference: str) -> Tenant:
     """A tenant by id, public id or exact name (operators' commands); LookupError naming the reference."""
     from tenants import access

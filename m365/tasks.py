@@ -1,4 +1,4 @@
-"""The worker's tasks of the Microsoft 365 import: ids only, thin, safe to run twice."""
+"""Celery tasks of the Microsoft 365 connection and its import: ids only, safe to run twice."""
 
 from __future__ import annotations
 
@@ -6,9 +6,30 @@ import logging
 
 from celery import shared_task
 
-from m365 import import_actions, importer
+from . import access, import_actions, importer
+from .connection import check_connection
 
 log = logging.getLogger(__name__)
+
+
+@shared_task(acks_late=True)
+def sync_directories() -> int:
+    """The daily test of every configured connection; how many passed.
+
+    A passing test reads the organization, the verified domains and the
+    mailbox list again (with members' aliases); a failing one (a revoked
+    consent, an expired certificate) is stored for the page like a test by
+    hand and does not stop the others.
+    """
+    passed = 0
+    for connection_id in access.connections_to_check():
+        connection = access.connection_by_id(connection_id)
+        result = check_connection(connection)
+        if result.ok:
+            passed += 1
+        else:
+            log.warning("m365 connection of tenant %s failed its daily test: %s", connection.tenant_id, result.error)
+    return passed
 
 
 @shared_task(acks_late=True)

@@ -297,6 +297,7 @@ class MicrosoftFake:
         self.notification_log: list[NotificationAnswer] = []
         self.notifications_async = False
         self._throttles: list[tuple[int, str | None, int, str]] = []  # remaining, user id, status, retry-after
+        self._drops = 0  # Graph requests still to be answered by closing the connection
         self._active: dict[str, int] = {}
         self._max_active: dict[str, int] = {}
         self._notify_threads: list[threading.Thread] = []
@@ -498,7 +499,9 @@ class MicrosoftFake:
         folder = self.add_folder(owner, folder_path)
         with self.lock:
             seq = self._next_seq()
-            message = Message(graph_id("AAMk"), mime_bytes, received or now(), folder, [(seq, folder)])
+            when = received or now()
+            when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+            message = Message(graph_id("AAMk"), mime_bytes, when, folder, [(seq, folder)])
             owner.messages[message.id] = message
         self._notify(owner, message.id, "created", None, folder)
         return message.id
@@ -586,9 +589,25 @@ class MicrosoftFake:
         with self.lock:
             self._throttles.append((n, target, status, str(retry_after)))
 
+    def drop(self, n: int) -> None:
+        """The next n Graph requests get no answer: the connection is closed (a network fault)."""
+        with self.lock:
+            self._drops += n
+
+    def take_drop(self) -> bool:
+        with self.lock:
+            if self._drops > 0:
+                self._drops -= 1
+                return True
+            return False
+
     def max_concurrency(self, user: FakeUser | str) -> int:
         """The most requests to this user's mailbox that were being answered at once."""
         return self._max_active.get(self.user(user).id, 0)
+
+    def max_tenant_concurrency(self, tenant_id: str) -> int:
+        """The most Graph requests of this directory (any mailbox or none) that were being answered at once."""
+        return self._max_active.get(f"tenant:{tenant_id.lower()}", 0)
 
     def request_count(self, contains: str = "", method: str | None = None) -> int:
         """How many requests were made whose path contains `contains` (and of that method)."""
@@ -830,18 +849,18 @@ class MicrosoftFake:
                     return graph_error(status, code, text, {"Retry-After": retry_after})
         return None
 
-    def enter(self, user_id: str | None) -> None:
-        if user_id is None:
-            return
+    def enter(self, tenant_id: str, user_id: str | None) -> None:
         with self.lock:
-            self._active[user_id] = self._active.get(user_id, 0) + 1
-            self._max_active[user_id] = max(self._max_active.get(user_id, 0), self._active[user_id])
+            for key in (f"tenant:{tenant_id}", user_id):
+                if key is not None:
+                    self._active[key] = self._active.get(key, 0) + 1
+                    self._max_active[key] = max(self._max_active.get(key, 0), self._active[key])
 
-    def leave(self, user_id: str | None) -> None:
-        if user_id is None:
-            return
+    def leave(self, tenant_id: str, user_id: str | None) -> None:
         with self.lock:
-            self._active[user_id] -= 1
+            for key in (f"tenant:{tenant_id}", user_id):
+                if key is not None:
+                    self._active[key] -= 1
 
     # --- Graph: routing -------------------------------------------------------------------
 
@@ -852,13 +871,13 @@ class MicrosoftFake:
         throttled = self.throttled(user.id if user else None)
         if throttled is not None:
             raise throttled
-        self.enter(user.id if user else None)
+        self.enter(tenant.id, user.id if user else None)
         try:
             if self.latency:
                 time.sleep(self.latency)
             return self._route(method, parts, query, headers, body, tenant, app, roles, user)
         finally:
-            self.leave(user.id if user else None)
+            self.leave(tenant.id, user.id if user else None)
 
     def _user_in(self, tenant: FakeTenant, key: str) -> FakeUser:
         needle = key.lower()
@@ -1573,6 +1592,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         with fake.lock:
             fake.requests.append((method, self.path))
+        if split.path.startswith("/v1.0/") and fake.take_drop():
+            self.close_connection = True
+            return
         try:
             reply = self._dispatch(fake, method, split.path, query, raw)
         except Reply as answer:

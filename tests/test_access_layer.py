@@ -12,10 +12,16 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "infra", "ingest", "regions", "tenants", "web"]
+PACKAGES = ["archiva", "archive", "infra", "ingest", "m365", "regions", "tenants", "web"]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
+    "Certificate",  # m365
+    "Connection",  # m365
+    "Mailbox",  # m365
+    "SyncedAlias",  # m365
+    "ImportRun",  # m365, the historical import (its mailboxes and sources are reached through it)
+    "ImportDay",  # m365
     "AuditEvent",
     "Delivery",
     "Domain",
@@ -40,6 +46,13 @@ ALLOWED_FILES = {
     "tenants/api_tokens.py",
     "archive/actions.py",
     "archive/items.py",  # the named writers of mailbox items (store, move, delete)
+    # The Microsoft 365 connection's access layer and its writers (of connections, certificates, mailboxes).
+    "m365/access.py",
+    "m365/connection.py",
+    "m365/certificates.py",
+    "m365/directory.py",
+    "m365/import_actions.py",  # the named reader and writers of imports (start, pause, resume, progress)
+    "m365/importer.py",  # the import engine, on the rows of one import it claimed
 }
 ALLOWED_DIRS = ("ingest/",)
 

@@ -29,7 +29,7 @@ from m365.graph import Graph, GraphError, mailbox_of, retry_after_seconds
 from tests.ms_fake import CLIENT_ASSERTION_TYPE, MicrosoftFake, b64url
 from tests.ms_support import ALL_ROLES, connect
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def mime(subject: str, message_id: str | None = None) -> bytes:
@@ -175,6 +175,32 @@ def test_graph_refuses_requests_without_a_valid_token(ms_fake, org):
 
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "InvalidAuthenticationToken"
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "InvalidAuthenticationToken"
+
+
+def test_an_expired_token_is_refused_by_graph(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    claims = jwt.decode(Graph(connection).token(), options={"verify_signature": False})
+    expired = jwt.encode(
+        {**claims, "exp": int(time.time()) - 60}, ms_fake.signing_key, algorithm="RS256", headers={"kid": "k"}
+    )
+
+    answer = fake_session(ms_fake).get(
+        f"{ms_fake.url}/v1.0/organization", headers={"Authorization": f"Bearer {expired}"}
+    )
+
+    assert answer.status_code == 401 and "expired" in answer.json()["error"]["message"]
+
+
+def test_a_token_graph_stops_accepting_is_replaced_once(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.get("/organization")
+    # Microsoft rolls its signing key: the cached token is refused from now on.
+    ms_fake.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.token_requests == 2
+    assert ms_fake.request_count("/v1.0/organization") == 3
 
 
 def test_a_missing_role_is_a_403_naming_the_denial(ms_fake, org):
@@ -358,6 +384,21 @@ def test_503_is_retried_and_a_lasting_one_ends_in_a_clear_error(ms_fake, org, mo
     assert gave_up.value.status == 503 and gave_up.value.code == "ServiceUnavailable"
 
 
+def test_a_dropped_connection_is_retried_for_reads_but_not_for_changes(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.token()
+    ms_fake.drop(1)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.request_count("/v1.0/organization") == 2
+
+    ms_fake.drop(1)
+    with pytest.raises(GraphError) as broken:
+        graph.post("/subscriptions", {"changeType": "created"})
+    assert broken.value.code == "unreachable" and "POST /v1.0/subscriptions" in broken.value.message
+
+
 def test_retry_after_is_read_as_seconds_or_as_an_http_date():
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30)
     assert retry_after_seconds("7", attempt=1) == 7
@@ -396,6 +437,25 @@ def test_at_most_four_requests_per_mailbox_are_in_flight(ms_fake, org):
     assert errors == []
     assert ms_fake.max_concurrency(alice) == 4
     assert 2 <= ms_fake.max_concurrency(bob) <= 4
+
+
+def test_the_tenant_cap_bounds_requests_across_mailboxes(ms_fake, org, settings):
+    settings.ARCHIVA_MS_TENANT_CONCURRENCY = 3
+    connection = connect(ms_fake, org.tenant)
+    directory = str(connection.directory_id)
+    users = [ms_fake.add_user(directory, f"u{n}@contoso.com") for n in range(8)]
+    ms_fake.latency = 0.15
+    graph = Graph(connection)
+    graph.token()
+
+    threads = [threading.Thread(target=graph.get, args=(f"/users/{user.id}/mailFolders/inbox",)) for user in users * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert ms_fake.max_tenant_concurrency(directory) == 3
+    assert ms_fake.request_count("/mailFolders/inbox") == 16
 
 
 def test_mailbox_of_reads_the_user_segment():

@@ -120,8 +120,10 @@ class Command(BaseCommand):
 
         def show_while_running() -> None:
             try:
+                watched = import_actions.import_by_id(run.tenant, run.pk)  # this thread's own copy
                 while not done.wait(1.0):
-                    bar.show(progress(ImportRun.objects.get(pk=run.pk)))
+                    watched.refresh_from_db()
+                    bar.show(progress(watched))
             finally:
                 connections.close_all()  # this thread's own connection
 
@@ -133,8 +135,8 @@ class Command(BaseCommand):
                 if outcome is True:
                     break
                 if outcome is None:  # a worker has it (or it was paused): watch it
-                    current = ImportRun.objects.get(pk=run.pk)
-                    if current.state not in (ImportRun.State.QUEUED, ImportRun.State.RUNNING):
+                    run.refresh_from_db()
+                    if run.state not in (ImportRun.State.QUEUED, ImportRun.State.RUNNING):
                         break
                     time.sleep(2)
         except KeyboardInterrupt:
@@ -143,7 +145,8 @@ class Command(BaseCommand):
         finally:
             done.set()
             shower.join()
-        final = progress(ImportRun.objects.get(pk=run.pk))
+        run.refresh_from_db()
+        final = progress(run)
         bar.show(final)
         self.stdout.write("")
         self._status(run.tenant)
