@@ -10,7 +10,17 @@ does it return.  The same task as for journal reports
 (`archive.tasks.process_deliveries`) archives and indexes them: a mail item's
 MIME is the original itself and merges by Message-ID with its journal copies
 (one Message, every source kept); events and contacts become items of their
-own kind.  The Graph side (m365) calls these four functions and nothing else.
+own kind.  The Graph side (m365) calls these functions and nothing else:
+
+    ids = store_items(tenant, [Item("mail", "anna@contoso.com", "Inbox/Projects", graph_id, mime), ...])
+    skip = stored_graph_ids(tenant, "anna@contoso.com", page_of_ids)   # resume: fetch only the rest
+    record_folder_change(tenant, mailbox, graph_id, "Archive/2026")    # False: unknown, fetch and store it
+    record_deletion(tenant, mailbox, graph_id)                         # recorded, never deleted
+    folder_tree(tenant, mailbox)                                       # [FolderNode(name, path, count, …)]
+
+Call `store_items` outside a transaction, with pages of up to a few hundred
+items (one pack, one transaction, one flush each), large items (over
+256 KB, as the SMTP ingest spools them) as spool files.
 """
 
 from __future__ import annotations
@@ -155,7 +165,9 @@ def store_items(tenant: Tenant, items: list[Item]) -> list[str]:
     effort (the sweep finds what the broker missed).  Idempotent per
     (tenant, mailbox, graph_id, sha256): an item stored before (a resumed
     import) stores nothing and gets its first queue id; a changed item (new
-    bytes) is a new version.  Every Path given is consumed.  Raises
+    bytes) is a new version.  Every Path given is consumed.  Call it
+    outside a transaction: inside one, "durable" waits for the caller's
+    commit (and so does publishing).  Raises
     StoreFailed when some could not be stored or recorded (the others
     were), ValueError/TypeError for a malformed item (nothing stored).
     """
@@ -174,6 +186,16 @@ def store_items(tenant: Tenant, items: list[Item]) -> list[str]:
     if missing:
         raise StoreFailed(f"{len(missing)} of {len(items)} items could not be stored; store them again")
     return [queue_ids[key] for key in keys]
+
+
+def stored_graph_ids(tenant: Tenant, mailbox: str, graph_ids: Iterable[str]) -> set[str]:
+    """Which of these item ids of the mailbox are archived already (any
+    version): a resumed import skips fetching their content again."""
+    wanted = {graph_id for graph_id in graph_ids if graph_id}
+    if not wanted:
+        return set()
+    found = MessageSource.objects.filter(tenant=tenant, mailbox=normalize_mailbox(mailbox), graph_id__in=wanted)
+    return set(found.values_list("graph_id", flat=True).distinct())
 
 
 def _job(tenant: Tenant, item: Item, sha256: str) -> record.Job:
@@ -220,7 +242,8 @@ def _commit(tenant: Tenant, fresh: dict[ItemKey, tuple[Item, record.Job]]) -> di
     recorded, delivery_ids = _record(tenant, pending)
     if after:
         sync_filesystems(flush)  # SQLite: one flush covers the objects and the WAL
-    enqueue(delivery_ids)
+    # After the commit: inside a caller's transaction a worker could not see the rows yet.
+    transaction.on_commit(lambda: enqueue(delivery_ids), using=record.delivery_connection().alias)
     return recorded
 
 

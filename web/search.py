@@ -73,7 +73,14 @@ def search_page(request: SignedInRequest) -> HttpResponse:
 
     membership = access.membership_for(request.user)
     query = request.GET.get("q", "").strip()
-    ctx = {"membership": membership, "query": query, "error": None, "page": None}
+    ctx = {
+        "membership": membership,
+        "query": query,
+        "error": None,
+        "page": None,
+        # The member's own mailboxes' folders beside the results (`folder:` links).
+        "folder_trees": archive_access.folder_trees(membership),
+    }
     status = 200
     try:
         ctx["page"] = run_search(request, membership, query, page_number(request.GET.get("page")))
