@@ -37,7 +37,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from requests.adapters import HTTPAdapter
 
-from archive.items import Item, store_items
+from archive.items import Item, store_items, stored_graph_ids
 from m365 import calendar_items
 from m365.graph import Graph, GraphError
 from m365.importing import ImportDay, ImportMailbox, ImportRun, ImportSource
@@ -334,7 +334,9 @@ def import_source(ctx: Context, mailbox: ImportMailbox, source: ImportSource) ->
     try:
         with ThreadPoolExecutor(PER_MAILBOX, thread_name_prefix="m365-download") as downloads:
             for page, next_link, delta_link in _pages(ctx, mailbox, source):
-                entries = [entry for entry in page if "@removed" not in entry and _wanted(ctx, entry)]
+                entries = _fresh(
+                    ctx, mailbox, [entry for entry in page if "@removed" not in entry and _wanted(ctx, entry)]
+                )
                 if source.kind == ImportSource.Kind.MAIL:
                     fetched = list(downloads.map(lambda entry: _download(ctx, mailbox, source, entry), entries))
                 else:
@@ -386,6 +388,12 @@ def _first_request(ctx: Context, mailbox: ImportMailbox, source: ImportSource) -
         # Message delta supports $filter on receivedDateTime (ge/gt) only; entries are checked again in _wanted.
         params["$filter"] = f"receivedDateTime ge {ctx.since.strftime('%Y-%m-%dT%H:%M:%SZ')}"
     return f"{user}/mailFolders/{source.graph_id}/messages/delta", params
+
+
+def _fresh(ctx: Context, mailbox: ImportMailbox, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries not archived from this mailbox yet: a resumed (or repeated) import downloads nothing twice."""
+    known = stored_graph_ids(ctx.run.tenant, mailbox.address, [str(entry.get("id", "")) for entry in entries])
+    return [entry for entry in entries if entry.get("id") not in known]
 
 
 def _wanted(ctx: Context, entry: dict[str, Any]) -> bool:

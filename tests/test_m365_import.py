@@ -204,6 +204,7 @@ def test_a_batch_stored_before_a_crash_saved_its_link_is_fetched_again_and_store
     run_to_end(run.pk)
     assert MessageSource.objects.filter(tenant=org.tenant).count() == 500
     assert Delivery.objects.filter(tenant=org.tenant).count() == 500
+    assert ms_fake.request_count("/$value") == 500  # what was stored is not even downloaded again
     assert archive_all(org.tenant) == 500
     assert Message.objects.filter(tenant=org.tenant).count() == 500
 
