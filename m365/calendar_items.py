@@ -57,6 +57,9 @@ def event_ics(event: dict[str, Any]) -> bytes:
         moment = _instant(event.get(key))
         if moment:
             lines.append(f"{name}:{_utc(moment)}")
+    rule = recurrence_rule(event.get("recurrence"))
+    if rule:
+        lines.append(f"RRULE:{rule}")
     if event.get("isCancelled"):
         lines.append("STATUS:CANCELLED")
     lines += ["END:VEVENT", "END:VCALENDAR"]
@@ -69,6 +72,44 @@ _PARTSTAT = {
     "tentativelyaccepted": "TENTATIVE",
     "organizer": "ACCEPTED",
 }
+
+
+_FREQ = {
+    "daily": "DAILY",
+    "weekly": "WEEKLY",
+    "absoluteMonthly": "MONTHLY",
+    "relativeMonthly": "MONTHLY",
+    "absoluteYearly": "YEARLY",
+    "relativeYearly": "YEARLY",
+}
+_DAYS = {"sunday": "SU", "monday": "MO", "tuesday": "TU", "wednesday": "WE", "thursday": "TH", "friday": "FR"}
+_DAYS["saturday"] = "SA"
+_WEEK_INDEX = {"first": "1", "second": "2", "third": "3", "fourth": "4", "last": "-1"}
+
+
+def recurrence_rule(recurrence: object) -> str:
+    """Graph's patternedRecurrence as an RRULE ("FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,WE;UNTIL=20261231"), or ""."""
+    if not isinstance(recurrence, dict):
+        return ""
+    pattern, span = recurrence.get("pattern") or {}, recurrence.get("range") or {}
+    freq = _FREQ.get(str(pattern.get("type")))
+    if freq is None:
+        return ""
+    parts = [f"FREQ={freq}", f"INTERVAL={int(pattern.get('interval') or 1)}"]
+    days = [_DAYS[d.lower()] for d in pattern.get("daysOfWeek") or [] if str(d).lower() in _DAYS]
+    relative = str(pattern.get("type", "")).startswith("relative")
+    if days:
+        prefix = _WEEK_INDEX.get(str(pattern.get("index") or "first"), "1") if relative else ""
+        parts.append("BYDAY=" + ",".join(prefix + day for day in days))
+    if pattern.get("dayOfMonth") and not relative and freq in ("MONTHLY", "YEARLY"):
+        parts.append(f"BYMONTHDAY={int(pattern['dayOfMonth'])}")
+    if pattern.get("month") and freq == "YEARLY":
+        parts.append(f"BYMONTH={int(pattern['month'])}")
+    if span.get("type") == "endDate" and span.get("endDate"):
+        parts.append("UNTIL=" + str(span["endDate"]).replace("-", ""))
+    elif span.get("type") == "numbered" and span.get("numberOfOccurrences"):
+        parts.append(f"COUNT={int(span['numberOfOccurrences'])}")
+    return ";".join(parts)
 
 
 def contact_vcard(contact: dict[str, Any]) -> bytes:

@@ -138,7 +138,9 @@ def _graph_for(run: ImportRun) -> Graph:
     # Pages of PAGE_SIZE (Graph's default for messages is 10: ten times the round trips), and a
     # connection pool as large as the requests that may run at once (beyond it, each request
     # would pay for a new TLS handshake).
-    graph.session.headers["Prefer"] = f"odata.maxpagesize={PAGE_SIZE}"
+    # Events' times in UTC too (else each in its own Windows time zone name, which calendars outside
+    # Windows do not know).
+    graph.session.headers["Prefer"] = f'odata.maxpagesize={PAGE_SIZE}, outlook.timezone="UTC"'
     pool = settings.ARCHIVA_M365_IMPORT_MAILBOXES * PER_MAILBOX + 4
     graph.session.mount("https://", HTTPAdapter(pool_connections=4, pool_maxsize=pool))
     return graph
