@@ -330,6 +330,7 @@ def test_the_import_page_starts_an_import_and_shows_progress_and_errors(ms_fake,
     ms_fake.add_user(connected, "nomail@contoso.com", mailbox=None, mail="nomail@contoso.com")
     sync_mailboxes(ms_fake, org.tenant, connected)
     owner = signed_in(org.owner)
+    assert b'id="m365-import-link"' in owner.get("/settings/m365/").content  # reached from the connection page
     page = owner.get("/settings/m365/import/")
     assert page.status_code == 200 and b'id="import-start"' in page.content and b"<script>" not in page.content
 
