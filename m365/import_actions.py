@@ -106,10 +106,15 @@ class Progress:
 
     @property
     def percent(self) -> int:
-        """Mailboxes finished (done or failed), as a whole percentage for the bar."""
-        if not self.mailboxes_total:
-            return 100 if self.state == ImportRun.State.DONE else 0
-        return int(100 * (self.mailboxes_done + self.mailboxes_failed) / self.mailboxes_total)
+        """How far, as a whole percentage for the bar: by messages against what Graph counts in the
+        folders listed so far, or by mailboxes finished, whichever says more; 100 only when finished."""
+        if self.state in (ImportRun.State.DONE, ImportRun.State.FAILED):
+            return 100
+        by_mailboxes = (
+            (self.mailboxes_done + self.mailboxes_failed) / self.mailboxes_total if self.mailboxes_total else 0
+        )
+        by_messages = self.messages_imported / self.messages_expected if self.messages_expected else 0
+        return min(99, int(100 * max(by_mailboxes, by_messages)))
 
     @property
     def eta_text(self) -> str:
@@ -120,6 +125,7 @@ class Progress:
             "id": self.run_id,
             "state": self.state,
             "since": self.since.isoformat() if self.since else None,
+            "percent": self.percent,
             "mailboxes_total": self.mailboxes_total,
             "mailboxes_done": self.mailboxes_done,
             "mailboxes_failed": self.mailboxes_failed,

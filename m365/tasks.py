@@ -32,7 +32,8 @@ def sync_directories() -> int:
     return passed
 
 
-@shared_task(acks_late=True)
+# A slice stops starting batches after importer.TIME_BUDGET; the limits leave the batch in hand time to end.
+@shared_task(acks_late=True, soft_time_limit=importer.TIME_BUDGET + 240, time_limit=importer.TIME_BUDGET + 300)
 def run_import(run_id: int) -> bool | None:
     """Run an import for one time slice (claimed by heartbeat: a second copy of
     this task does nothing), then have a fresh task go on if there is more."""

@@ -42,11 +42,10 @@
   }
 
   function show(data) {
-    var finished = data.mailboxes_done + data.mailboxes_failed;
     var bar = document.getElementById("import-bar");
-    if (bar && data.mailboxes_total) {
-      bar.value = Math.floor(100 * finished / data.mailboxes_total);
-      bar.textContent = bar.value + "%";
+    if (bar) {
+      bar.value = data.percent;
+      bar.textContent = data.percent + "%";
     }
     text("import-state", data.state);
     text("mailboxes-done", data.mailboxes_done);
