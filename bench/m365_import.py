@@ -158,6 +158,29 @@ def start_worker(env: dict[str, str], data: Path, fake: dict, processes, concurr
     return worker
 
 
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """CPU time (user + system) a live process used so far, from /proc (Linux); its child processes too if asked."""
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def own(p: int) -> float:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    total = own(pid)
+    if with_children:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == pid:
+                total += own(int(stat.parent.name))
+    return total
+
+
 def wait_indexed(tenant, expected: int, timeout: float, worker) -> float:
     from archive.models import Message
 
@@ -200,11 +223,14 @@ def run(opts: argparse.Namespace, env: dict[str, str], data: Path, processes) ->
     time.sleep(3)  # the worker's start-up, outside the clock
 
     run_row = start_import(tenant, "all", publish=False)
+    cpu_before = (cpu_seconds(os.getpid()), cpu_seconds(processes[0].pid), cpu_seconds(worker.pid, True))
     started = time.perf_counter()
     while importer.run_slice(run_row.pk) is not True:
         pass
     fetched_at = time.perf_counter()
     finished = wait_indexed(tenant, total, 600, worker)
+    cpu_after = (cpu_seconds(os.getpid()), cpu_seconds(processes[0].pid), cpu_seconds(worker.pid, True))
+    cpu_ms = [1000 * (after - before) / total for before, after in zip(cpu_before, cpu_after, strict=True)]
     run_row.refresh_from_db()
     import_rss = peak_rss_mb(os.getpid())
 
@@ -245,6 +271,10 @@ def run(opts: argparse.Namespace, env: dict[str, str], data: Path, processes) ->
     print(f"  ratio import / baseline                    {rate / base_rate:8.2f}")
     print(f"  most Graph requests at once per mailbox    {concurrency:8d}   (Exchange allows 4)")
     print(f"  importer's peak memory                     {import_rss:8.0f} MB")
+    print(
+        f"  CPU per message: importer {cpu_ms[0]:.1f} ms, Graph fake {cpu_ms[1]:.1f} ms, worker {cpu_ms[2]:.1f} ms"
+        f" ({os.cpu_count()} cores: at most {1000 * (os.cpu_count() or 1) / sum(cpu_ms):.0f} msgs/s for all three)"
+    )
     ok = run_row.state == ImportRun.State.DONE and run_row.messages_imported == total and len(found) == 1
     if not ok:
         print(f"  WRONG: state {run_row.state}, {run_row.messages_imported} of {total} imported, search found {found}")
