@@ -258,20 +258,25 @@ def _require_connection(tenant: Tenant) -> None:
 
 
 def _chosen_mailboxes(tenant: Tenant, wanted: str | list[str]) -> list[tuple[str, str]]:
-    """(address, Graph user id) of each mailbox to import; every listed address must be the tenant's."""
+    """(address, Graph user id) of each mailbox to import; every listed address must be the tenant's.
+
+    A mailbox is named by its primary address, or its user principal name when Graph listed no
+    address; a listed address may also be one of its proxy addresses (an alias)."""
     from m365.models import Mailbox
 
-    known = {
-        address.lower(): user_id
-        for address, user_id in Mailbox.objects.filter(tenant=tenant).values_list("primary_address", "graph_id")
-    }
-    if wanted == "all":
-        chosen = sorted(
-            (address.lower(), user_id)
-            for address, user_id in Mailbox.objects.filter(tenant=tenant, has_mailbox=True).values_list(
-                "primary_address", "graph_id"
-            )
+    rows = list(
+        Mailbox.objects.filter(tenant=tenant).values_list(
+            "primary_address", "user_principal_name", "proxy_addresses", "graph_id", "has_mailbox"
         )
+    )
+    primary = {graph_id: (address or upn).lower() for address, upn, _, graph_id, _ in rows}
+    known: dict[str, str] = {}
+    for address, upn, proxies, graph_id, _ in rows:
+        for name in [*(proxies or []), upn, address]:
+            if name:
+                known[str(name).lower()] = graph_id
+    if wanted == "all":
+        chosen = sorted((primary[graph_id], graph_id) for *_, graph_id, has_mailbox in rows if has_mailbox)
         if not chosen:
             raise ImportRefused("no mailboxes are known yet: synchronize the mailbox list first")
         return chosen
@@ -281,7 +286,7 @@ def _chosen_mailboxes(tenant: Tenant, wanted: str | list[str]) -> list[tuple[str
     unknown = [a for a in addresses if a not in known]
     if unknown:
         raise ImportRefused(f"not a mailbox of this organization: {', '.join(unknown[:10])}")
-    return [(a, known[a]) for a in addresses]
+    return sorted({(primary[known[a]], known[a]) for a in addresses})
 
 
 def pause_import(

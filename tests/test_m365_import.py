@@ -348,8 +348,35 @@ def test_the_import_page_starts_an_import_and_shows_progress_and_errors(ms_fake,
 
 def test_the_import_page_is_for_owners_and_admins(org, outsider):
     for user in (org.auditor, org.user):
-        assert signed_in(user).get("/settings/m365/import/").status_code == 403
+        client = signed_in(user)
+        assert client.get("/settings/m365/import/").status_code == 403
+        assert client.post("/settings/m365/import/pause").status_code == 403
     assert Client().get("/settings/m365/import/").status_code == 302
+
+
+def test_the_page_pauses_and_resumes_an_import(ms_fake, org, connected):
+    mailbox_with_mail(ms_fake, connected, "anna@contoso.com", 3)
+    sync_mailboxes(ms_fake, org.tenant, connected)
+    run = start(org.tenant, "all", publish=False)
+    admin = signed_in(org.admin)
+    assert b'id="import-pause"' in admin.get("/settings/m365/import/").content
+    admin.post("/settings/m365/import/pause")
+    run.refresh_from_db()
+    assert run.state == ImportRun.State.PAUSED
+    assert b'id="import-resume"' in admin.get("/settings/m365/import/").content
+    admin.post("/settings/m365/import/resume")
+    run.refresh_from_db()
+    assert run.state == ImportRun.State.QUEUED
+    actions = AuditEvent.objects.filter(tenant=org.tenant, actor_email=org.admin.email).values_list("action", flat=True)
+    assert {"m365-import-paused", "m365-import-resumed"} <= set(actions)
+
+
+def test_a_mailbox_may_be_named_by_an_alias_and_is_imported_under_its_primary_address(ms_fake, org, connected):
+    anna = ms_fake.add_user(connected, "anna@contoso.com", aliases=["a.smith@contoso.com"])
+    ms_fake.add_message(anna, "Inbox", message_bytes(1, "anna@contoso.com", "Inbox"))
+    sync_mailboxes(ms_fake, org.tenant, connected)
+    run = start(org.tenant, ["A.Smith@contoso.com"], publish=False)
+    assert list(run.mailboxes.values_list("address", flat=True)) == ["anna@contoso.com"]
 
 
 def test_charts_show_import_progress_per_day(ms_fake, org, connected):
