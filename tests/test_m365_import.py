@@ -5,6 +5,7 @@ against journal copies, with errors per mailbox; its API, page and command."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -516,3 +517,37 @@ def test_an_admin_starts_an_import_in_chromium_and_watches_the_progress_move(
     assert page.inner_text("#mailboxes-done") == "2"
     shots(page, "done")
     assert page.console_errors == []  # no CSP violation, no script error
+
+
+def test_an_import_is_run_by_one_worker_at_a_time_and_taken_over_once_its_heartbeat_is_stale(org, settings):
+    from m365.models import Connection
+
+    Connection.objects.create(tenant=org.tenant)
+    run = ImportRun.objects.create(tenant=org.tenant)
+    assert importer.claim(run.pk, "worker-a") is not None
+    assert importer.claim(run.pk, "worker-b") is None  # worker-a is alive
+    stale = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=settings.ARCHIVA_M365_IMPORT_STALE + 1)
+    ImportRun.objects.filter(pk=run.pk).update(heartbeat_at=stale)
+    taken = importer.claim(run.pk, "worker-b")
+    assert taken is not None and taken.owner == "worker-b"
+    ImportRun.objects.filter(pk=run.pk).update(state=ImportRun.State.PAUSED, heartbeat_at=None)
+    assert importer.claim(run.pk, "worker-c") is None  # paused: nobody runs it
+
+
+def test_a_download_stays_in_memory_while_small_and_goes_to_a_spool_file_when_large(tmp_path):
+    from m365.spool import Spool
+
+    small = Spool(tmp_path, threshold=1024)
+    small.write(b"x" * 1000)
+    assert small.content() == b"x" * 1000 and not list(tmp_path.iterdir())
+    large = Spool(tmp_path, threshold=1024)
+    for _ in range(64):
+        large.write(b"y" * 1000)
+    path = large.content()
+    assert isinstance(path, Path) and path.read_bytes() == b"y" * 64000
+    assert large._memory.getbuffer().nbytes == 0  # nothing kept in memory once on disk
+    assert large.sha256 == hashlib.sha256(b"y" * 64000).hexdigest()
+    discarded = Spool(tmp_path, threshold=10)
+    discarded.write(b"z" * 100)
+    discarded.discard()
+    assert list(tmp_path.iterdir()) == [path]
