@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 PER_MAILBOX = 4  # Exchange Online's limit of concurrent requests per mailbox
 HEARTBEAT = 5.0  # seconds between two signs of life of a running import
 TIME_BUDGET = 240.0  # seconds per task (Celery's soft limit is 300): then a fresh task goes on
+ORPHAN_AGE = 3600.0  # seconds after which a spool file of ours is a killed worker's leftover
 MESSAGE_FIELDS = "id,receivedDateTime"
 PAGE_SIZE = 100  # items per Graph page (the Prefer: odata.maxpagesize header)
 THROTTLED = {429, 503, 504}
@@ -107,6 +108,7 @@ def run_slice(run_id: int, budget: float = TIME_BUDGET, graph: Graph | None = No
     run = claim(run_id, owner)
     if run is None:
         return None
+    remove_orphans(spool_dir())
     started = time.monotonic()
     beat = _Heartbeat(run.pk, owner)
     try:
@@ -126,6 +128,24 @@ def run_slice(run_id: int, budget: float = TIME_BUDGET, graph: Graph | None = No
         return _finish_or_release(run, owner)
     finally:
         beat.stop()
+
+
+def spool_dir() -> Path:
+    return Path(settings.ARCHIVA_SPOOL_DIR) / "m365"
+
+
+def remove_orphans(directory: Path, older_than: float = ORPHAN_AGE) -> int:
+    """Spool files a killed worker left behind: a download is stored within seconds, so one this old is nobody's."""
+    removed = 0
+    limit = time.time() - older_than
+    for path in directory.glob("m365-*.eml"):
+        try:
+            if path.stat().st_mtime < limit:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue  # taken over or removed by another worker meanwhile
+    return removed
 
 
 def _graph_for(run: ImportRun) -> Graph:
@@ -340,7 +360,7 @@ def import_source(ctx: Context, mailbox: ImportMailbox, source: ImportSource) ->
                     ctx, mailbox, [entry for entry in page if "@removed" not in entry and _wanted(ctx, entry)]
                 )
                 if source.kind == ImportSource.Kind.MAIL:
-                    fetched = list(downloads.map(lambda entry: _download(ctx, mailbox, source, entry), entries))
+                    fetched = _download_page(ctx, downloads, mailbox, source, entries)
                 else:
                     fetched = [
                         calendar_items.to_item(source.kind, mailbox.address, source.path, entry) for entry in entries
@@ -360,6 +380,19 @@ def import_source(ctx: Context, mailbox: ImportMailbox, source: ImportSource) ->
                         ctx.check()
     finally:
         _discard(batch)  # what was fetched but not stored: fetched again from the saved link
+
+
+def _download_page(
+    ctx: Context, downloads: ThreadPoolExecutor, mailbox: ImportMailbox, source: ImportSource, entries: list[Any]
+) -> list[tuple[Item | None, dict[str, str]]]:
+    """Every message of a page, downloaded 4 at a time; if one fails, the spool files of the others go too."""
+    futures = [downloads.submit(_download, ctx, mailbox, source, entry) for entry in entries]
+    wait(futures)
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is None:
+        return [f.result() for f in futures]
+    _discard(Batch(items=[item for f in futures if f.exception() is None and (item := f.result()[0]) is not None]))
+    raise failed
 
 
 def _discard(batch: Batch) -> None:
@@ -422,7 +455,7 @@ def _download(
     """One message's MIME through `$value`, spooled to a file when large; a message gone meanwhile is skipped."""
     if ctx.stop.is_set():
         raise Stopped
-    spool = Spool(settings.ARCHIVA_SPOOL_DIR / "m365")
+    spool = Spool(spool_dir())
     try:
         ctx.graph.download(f"/users/{mailbox.user_id}/messages/{entry['id']}/$value", cast(Any, spool))
     except GraphError as exc:

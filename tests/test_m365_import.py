@@ -551,3 +551,12 @@ def test_a_download_stays_in_memory_while_small_and_goes_to_a_spool_file_when_la
     discarded.write(b"z" * 100)
     discarded.discard()
     assert list(tmp_path.iterdir()) == [path]
+
+
+def test_spool_files_a_killed_worker_left_are_removed_when_an_import_next_runs(tmp_path):
+    old, fresh = tmp_path / "m365-old.eml", tmp_path / "m365-fresh.eml"
+    old.write_bytes(b"left behind")
+    fresh.write_bytes(b"being written")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert importer.remove_orphans(tmp_path) == 1
+    assert not old.exists() and fresh.exists()
