@@ -28,6 +28,7 @@ RUN_TASK = "m365.tasks.run_import"
 STARTED = "m365-import-started"
 PAUSED = "m365-import-paused"
 RESUMED = "m365-import-resumed"
+CANCELLED = "m365-import-cancelled"
 
 
 class ImportRefused(Exception):
@@ -224,7 +225,9 @@ def start_import(
     with transaction.atomic():
         Tenant.objects.select_for_update().filter(pk=tenant.pk).first()  # one start at a time per tenant
         if ImportRun.objects.filter(tenant=tenant, state__in=ImportRun.ACTIVE).exists():
-            raise ImportActive("an import is already in progress (queued, running or paused): wait until it is done")
+            raise ImportActive(
+                "an import is already in progress (queued, running or paused): wait until it is done, or cancel it"
+            )
         run = ImportRun.objects.create(
             tenant=tenant, requested_by=actor.user if actor else None, all_mailboxes=mailboxes == "all", since=since
         )
@@ -325,6 +328,25 @@ def resume_import(
             record_event(actor, RESUMED, {"import": run.pk}, ip=ip, token=token, target=f"import {run.pk}")
         if changed and publish:
             transaction.on_commit(lambda: publish_run(run.pk))
+    return bool(changed)
+
+
+def cancel_import(
+    tenant: Tenant,
+    run: ImportRun,
+    *,
+    actor: Membership | None = None,
+    ip: str | None = None,
+    token: ApiToken | None = None,
+) -> bool:
+    """End an import for good (what it stored stays archived); the worker stops after the batch in hand."""
+    who = actor.user.email if actor is not None else "an operator"
+    with transaction.atomic():
+        changed = ImportRun.objects.filter(pk=run.pk, tenant=tenant, state__in=ImportRun.ACTIVE).update(
+            state=ImportRun.State.FAILED, error=f"Cancelled by {who}.", finished_at=timezone.now()
+        )
+        if changed and actor is not None:
+            record_event(actor, CANCELLED, {"import": run.pk}, ip=ip, token=token, target=f"import {run.pk}")
     return bool(changed)
 
 

@@ -355,7 +355,7 @@ def test_the_import_page_is_for_owners_and_admins(org, outsider):
     assert Client().get("/settings/m365/import/").status_code == 302
 
 
-def test_the_page_pauses_and_resumes_an_import(ms_fake, org, connected):
+def test_the_page_pauses_resumes_and_cancels_an_import(ms_fake, org, connected):
     mailbox_with_mail(ms_fake, connected, "anna@contoso.com", 3)
     sync_mailboxes(ms_fake, org.tenant, connected)
     run = start(org.tenant, "all", publish=False)
@@ -368,8 +368,13 @@ def test_the_page_pauses_and_resumes_an_import(ms_fake, org, connected):
     admin.post("/settings/m365/import/resume")
     run.refresh_from_db()
     assert run.state == ImportRun.State.QUEUED
+    admin.post("/settings/m365/import/cancel")
+    run.refresh_from_db()
+    assert run.state == ImportRun.State.FAILED and run.error == f"Cancelled by {org.admin.email}."
+    assert importer.run_slice(run.pk) is None  # nobody runs a cancelled import
+    assert start(org.tenant, "all", publish=False)  # and a new one may start
     actions = AuditEvent.objects.filter(tenant=org.tenant, actor_email=org.admin.email).values_list("action", flat=True)
-    assert {"m365-import-paused", "m365-import-resumed"} <= set(actions)
+    assert {"m365-import-paused", "m365-import-resumed", "m365-import-cancelled"} <= set(actions)
 
 
 def test_a_mailbox_may_be_named_by_an_alias_and_is_imported_under_its_primary_address(ms_fake, org, connected):

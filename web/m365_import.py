@@ -97,6 +97,17 @@ def resume(request: SignedInRequest, membership: Membership) -> HttpResponse:
     return redirect("m365-import")
 
 
+@require_POST
+@admin_required
+def cancel(request: SignedInRequest, membership: Membership) -> HttpResponse:
+    run = latest_import(membership.tenant)
+    if run is not None and import_actions.cancel_import(
+        membership.tenant, run, actor=membership, ip=client_ip(request)
+    ):
+        messages.success(request, "Import cancelled. What it imported stays archived.")
+    return redirect("m365-import")
+
+
 # --- API ----------------------------------------------------------------------
 
 

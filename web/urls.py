@@ -48,5 +48,6 @@ urlpatterns = [
     path("settings/m365/import/", m365_import.import_page, name="m365-import"),
     path("settings/m365/import/pause", m365_import.pause, name="m365-import-pause"),
     path("settings/m365/import/resume", m365_import.resume, name="m365-import-resume"),
+    path("settings/m365/import/cancel", m365_import.cancel, name="m365-import-cancel"),
     path("api/v1/m365/import", m365_import.api_import, name="api-m365-import"),
 ]
