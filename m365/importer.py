@@ -115,7 +115,13 @@ def run_slice(run_id: int, budget: float = TIME_BUDGET, graph: Graph | None = No
         try:
             graph = graph or _graph_for(run)
             ctx = Context(run, graph, owner, started + budget, _kinds(graph), _since(run))
-        except (GraphError, LookupError) as exc:
+        except GraphError as exc:
+            if transient(exc):
+                log.warning("import %s: %s; trying again in the next slice", run.pk, exc)
+                return _finish_or_release(run, owner)
+            _fail(run, owner, str(exc))
+            return True
+        except LookupError as exc:
             _fail(run, owner, str(exc))
             return True
         beat.ctx = ctx
@@ -271,7 +277,7 @@ def import_mailbox(ctx: Context, mailbox: ImportMailbox) -> None:
     except Stopped:
         return
     except GraphError as exc:
-        if (exc.status in THROTTLED or exc.code in UNREACHABLE) and mailbox.throttled < MAX_THROTTLED:
+        if transient(exc) and mailbox.throttled < MAX_THROTTLED:
             # Graph's client waited out every Retry-After it was given and Exchange still says
             # "later", or the network failed: this mailbox goes on in the next slice, from its saved links.
             ImportMailbox.objects.filter(pk=mailbox.pk).update(throttled=F("throttled") + 1)
@@ -286,6 +292,11 @@ def import_mailbox(ctx: Context, mailbox: ImportMailbox) -> None:
         return
     mailbox.state, mailbox.finished_at = ImportMailbox.State.DONE, timezone.now()
     mailbox.save(update_fields=["state", "finished_at"])
+
+
+def transient(exc: GraphError) -> bool:
+    """Throttled beyond the Graph client's own retries, or the connection broke: worth another try later."""
+    return exc.status in THROTTLED or exc.code in UNREACHABLE
 
 
 def _reason(exc: GraphError) -> str:

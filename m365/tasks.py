@@ -10,6 +10,7 @@ from . import access, import_actions, importer
 from .connection import check_connection
 
 log = logging.getLogger(__name__)
+SLICE_PAUSE = 5.0  # seconds between two slices of one import
 
 
 @shared_task(acks_late=True)
@@ -39,7 +40,8 @@ def run_import(run_id: int) -> bool | None:
     this task does nothing), then have a fresh task go on if there is more."""
     finished = importer.run_slice(run_id)
     if finished is False:
-        import_actions.publish_run(run_id)
+        # A short pause between slices: a slice that could not start (Graph unreachable) is never a tight loop.
+        import_actions.publish_run(run_id, countdown=SLICE_PAUSE)
     return finished
 
 
