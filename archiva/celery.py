@@ -48,6 +48,11 @@ def _schedule(sender, **kwargs):
         sender.signature("m365.tasks.sync_directories"),
         name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
     )
+    sender.add_periodic_task(
+        settings.ARCHIVA_SWEEP_INTERVAL,
+        sender.signature("m365.tasks.resume_stale_imports"),
+        name="go on with Microsoft 365 imports whose worker died",
+    )
 
 
 @worker_ready.connect
@@ -56,5 +61,7 @@ def _sweep_at_start(sender, **kwargs):
     published at once (by one of its own processes), not at the first sweep."""
     try:
         sender.app.signature("archive.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
+        # Imports a crashed worker was running go on once their heartbeat is stale.
+        sender.app.signature("m365.tasks.resume_stale_imports").apply_async(retry=False)
     except Exception:  # the broker went away again: the periodic sweep will do it
         logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)

@@ -180,6 +180,14 @@ ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # again (its task may have been lost with a crashed worker or broker).
 ARCHIVA_REQUEUE_AFTER = envint("ARCHIVA_REQUEUE_AFTER", 300, minimum=10)
 
+# --- Microsoft 365 historical import (m365/importer.py) -------------------
+# Mailboxes of one tenant imported at once (each with up to 4 Graph requests, Exchange's limit).
+ARCHIVA_M365_IMPORT_MAILBOXES = envint("ARCHIVA_M365_IMPORT_MAILBOXES", 4, minimum=1, maximum=64)
+# Items handed to the archive in one durable batch; the link after it is saved once it is stored.
+ARCHIVA_M365_IMPORT_BATCH = envint("ARCHIVA_M365_IMPORT_BATCH", 200, minimum=1, maximum=5000)
+# An import whose worker has not shown life for this many seconds is taken over by another.
+ARCHIVA_M365_IMPORT_STALE = envint("ARCHIVA_M365_IMPORT_STALE", 60, minimum=2)
+
 # --- SMTP ingest ---------------------------------------------------------
 ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")
 ARCHIVA_SMTP_PORT = envport("ARCHIVA_SMTP_PORT", 2525)

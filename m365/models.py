@@ -114,3 +114,7 @@ class SyncedAlias(models.Model):
 
     def __str__(self) -> str:
         return f"alias {self.alias_id} from mailbox {self.mailbox_id}"
+
+
+# The historical import keeps its models beside its logic (m365/importing.py).
+from m365.importing import ImportDay, ImportMailbox, ImportRun, ImportSource  # noqa: E402,F401

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from ingest.stats import untenanted_rejections
+from m365.import_actions import has_imports, import_days
 from tenants.models import Membership, Tenant, User
 from web import stats
 from web.roles import SignedInRequest, member_required
@@ -152,6 +153,7 @@ def charts(request: SignedInRequest, membership: Membership) -> HttpResponse:
         "counters": c,
         "now": now,
         "untenanted_chart": _untenanted_chart(request.user, buckets_daily[0].start),
+        "import_chart": _import_chart(tenant, buckets_daily),
     }
     return render(request, "web/charts.html", context)
 
@@ -165,4 +167,23 @@ def _untenanted_chart(user: User, since: datetime) -> HBarChart | None:
         title="Refused before any tenant was known, whole region, last 30 days (operators only)",
         description="Deliveries the SMTP ingest refused without a tenant, by reason.",
         items=sorted(((REASONS.get(k, k), v) for k, v in untenanted_rejections(since).items()), key=lambda kv: -kv[1]),
+    )
+
+
+def _import_chart(tenant: Tenant, buckets_daily: list[stats.Bucket]) -> BarChart | None:
+    """Messages imported from Microsoft 365 per day: for tenants that ever started an import."""
+    if not has_imports(tenant):
+        return None
+    per_day = import_days(tenant, buckets_daily[0].start.date())
+    values = [per_day.get(b.start.date(), 0) for b in buckets_daily]
+    return bar_chart(
+        id="chart-m365-import",
+        title="Import from Microsoft 365, messages per day, last 30 days (UTC)",
+        description="Bars per day: messages fetched from the mailboxes and stored for archiving.",
+        categories=[b.start.strftime("%a %-d %b") for b in buckets_daily],
+        axis_labels=[b.start.strftime("%-d %b") if i % 5 == 4 else "" for i, b in enumerate(buckets_daily)],
+        series=[Series("imported", "Imported", values)],
+        y_label="messages",
+        category_label="Day (UTC)",
+        summary=f"{sum(values):,} messages imported from Microsoft 365 in the last 30 days.",
     )

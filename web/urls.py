@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, m365, messages, o365, search, team, tokens, views
+from web import api, audit, charts, domains, health, m365, m365_import, messages, o365, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -44,4 +44,10 @@ urlpatterns = [
         "api/v1/m365/certificates/<int:certificate_id>.cer", m365.api_certificate_cer, name="api-m365-certificate-cer"
     ),
     path("api/v1/m365/test", m365.api_test, name="api-m365-test"),
+    # Microsoft 365: the historical import.
+    path("settings/m365/import/", m365_import.import_page, name="m365-import"),
+    path("settings/m365/import/pause", m365_import.pause, name="m365-import-pause"),
+    path("settings/m365/import/resume", m365_import.resume, name="m365-import-resume"),
+    path("settings/m365/import/cancel", m365_import.cancel, name="m365-import-cancel"),
+    path("api/v1/m365/import", m365_import.api_import, name="api-m365-import"),
 ]
