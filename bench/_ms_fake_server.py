@@ -20,12 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.ms_fake import MicrosoftFake, _Handler  # noqa: E402
+from tests.ms_fake import MicrosoftFake  # noqa: E402
 from tests.ms_support import ALL_ROLES  # noqa: E402
-
-# The fake writes a reply's headers and body in two sends; with Nagle's algorithm on, the body then waits
-# for the client's delayed ACK (some 40 ms per request here), a stall of this fake that Graph does not have.
-_Handler.disable_nagle_algorithm = True
 
 WORDS = "invoice quarterly budget meeting contract renewal pricing forecast shipment audit travel hiring".split()
 FOLDERS = ["Inbox", "Inbox/Projects", "Inbox/Projects/Q3", "Sent Items", "Archive/2025", "Archive/2026"]
