@@ -48,6 +48,11 @@ def _schedule(sender, **kwargs):
         sender.signature("m365.tasks.sync_directories"),
         name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("compliance.tasks.apply_retention"),
+        name="retention: delete expired messages no legal hold covers",
+    )
 
 
 @worker_ready.connect
