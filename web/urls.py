@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, m365, messages, o365, search, team, tokens, views
+from web import api, audit, charts, domains, health, holds, m365, messages, o365, retention, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -44,4 +44,22 @@ urlpatterns = [
         "api/v1/m365/certificates/<int:certificate_id>.cer", m365.api_certificate_cer, name="api-m365-certificate-cer"
     ),
     path("api/v1/m365/test", m365.api_test, name="api-m365-test"),
+    # Retention and legal hold.
+    path("settings/retention/", retention.retention_page, name="retention"),
+    path(
+        "settings/retention/changes/<int:change_id>/<str:action>/",
+        retention.change_action,
+        name="retention-change",
+    ),
+    path("api/v1/retention", retention.api_retention, name="api-retention"),
+    path(
+        "api/v1/retention/changes/<int:change_id>/<str:action>",
+        retention.api_change,
+        name="api-retention-change",
+    ),
+    path("holds/", holds.holds_page, name="holds"),
+    path("holds/<int:hold_id>/release/", holds.release, name="hold-release"),
+    path("api/v1/holds", holds.api_holds, name="api-holds"),
+    path("api/v1/holds/<int:hold_id>", holds.api_hold, name="api-hold"),
+    path("api/v1/holds/<int:hold_id>/<str:action>", holds.api_hold, name="api-hold-action"),
 ]
