@@ -31,11 +31,21 @@ from web.roles import SignedInRequest, admin_required
 
 def preview_json(outcome: purge.Outcome, policy: Policy) -> dict[str, Any]:
     rows = [
-        {"rule": n, "query": rule.query, "period": str(rule.period), "would_delete": outcome.by_rule.get(f"rule {n}", 0)}
+        {
+            "rule": n,
+            "query": rule.query,
+            "period": str(rule.period),
+            "would_delete": outcome.by_rule.get(f"rule {n}", 0),
+        }
         for n, rule in enumerate(policy.rules, 1)
     ]
     rows.append(
-        {"rule": "default", "query": "", "period": str(policy.default), "would_delete": outcome.by_rule.get("default", 0)}
+        {
+            "rule": "default",
+            "query": "",
+            "period": str(policy.default),
+            "would_delete": outcome.by_rule.get("default", 0),
+        }
     )
     return {"rules": rows, "would_delete": outcome.deleted, "held": outcome.held, "waiting": outcome.waiting}
 
@@ -55,7 +65,9 @@ def policy_document(membership: Membership) -> dict[str, Any]:
 
 class PolicyForm(forms.Form):
     default_period = forms.CharField(
-        label="Default period", max_length=16, help_text="Kept this long unless a rule says otherwise: 30d, 6m, 7y or forever."
+        label="Default period",
+        max_length=16,
+        help_text="Kept this long unless a rule says otherwise: 30d, 6m, 7y or forever.",
     )
     rules = forms.CharField(
         label="Rules",
@@ -95,7 +107,7 @@ def retention_page(request: SignedInRequest, membership: Membership) -> HttpResp
         try:
             policy = form.policy()
             if request.POST.get("action") == "save":
-                change = retention.propose(membership, policy, ip=clientclient_ip(request))
+                change = retention.propose(membership, policy, ip=client_ip(request))
                 if change.state == RetentionChange.State.APPLIED:
                     messages.success(request, "Retention saved: it keeps mail at least as long, so it is in force now.")
                 else:
@@ -127,10 +139,10 @@ def change_action(request: SignedInRequest, membership: Membership, change_id: i
         raise Http404("no such change") from None
     try:
         if action == "approve":
-            change = retention.approve(membership, change, ip=clientclient_ip(request))
+            change = retention.approve(membership, change, ip=client_ip(request))
             messages.success(request, f"Approved: in force from {change.effective_at:%d %b %Y %H:%M} UTC.")
         else:
-            retention.cancel(membership, change, ip=clientclient_ip(request))
+            retention.cancel(membership, change, ip=client_ip(request))
             messages.success(request, "Change cancelled.")
     except RetentionError as exc:
         messages.error(request, str(exc))
@@ -199,4 +211,3 @@ def api_change(request: ApiRequest, user: User, change_id: int, action: str) -> 
     except RetentionError as exc:
         return api_error(str(exc), 409)
     return JsonResponse(retention.change_json(change))
-
