@@ -84,9 +84,7 @@ class Message(models.Model):
             # Retention deletes an object once no message refers to it (archive.actions.referenced_keys).
             models.Index(fields=["original_key"], name="message_original_key"),
             models.Index(fields=["text_key"], name="message_text_key"),
-            models.Index(
-                fields=["decrypted_key"], name="message_decrypted_key", condition=~models.Q(decrypted_key="")
-            ),
+            models.Index(fields=["decrypted_key"], name="message_decrypted_key", condition=~models.Q(decrypted_key="")),
         ]
 
     def __str__(self) -> str:

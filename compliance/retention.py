@@ -313,8 +313,8 @@ def sync_bucket_retention(tenant: Tenant, policy: Policy) -> None:
     that no object outlives its lock for long and none can go sooner."""
     try:
         get_store().set_default_retention(tenant.bucket, policy.shortest_days())
-    except StorageError:
-        log.warning("could not set the default retention of tenant %s; the next run tries again", tenant.pk)
+    except StorageError as exc:
+        log.warning("could not set the default retention of tenant %s (the next run tries again): %s", tenant.pk, exc)
 
 
 def _audit(

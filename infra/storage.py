@@ -539,7 +539,12 @@ class S3Store(BlobStore):
                     # The store checks the SHA-256 itself and refuses a
                     # corrupted upload.
                     self.client.put_object(
-                        Bucket=bucket, Key=key, Body=body, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                        Bucket=bucket,
+                        Key=key,
+                        Body=body,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                        Metadata={"sha256": sha256},
                     )
             else:
                 self.client.upload_file(
@@ -569,7 +574,12 @@ class S3Store(BlobStore):
                 checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
                 try:
                     self.client.put_object(
-                        Bucket=bucket, Key=key, Body=payload, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                        Bucket=bucket,
+                        Key=key,
+                        Body=payload,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                        Metadata={"sha256": sha256},
                     )
                 except self._errors() as exc:
                     raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
