@@ -40,7 +40,8 @@ class Period:
         """Messages dated before this have outlived the period; None for forever."""
         if self.count is None:
             return None
-        return now - relativedelta(**{UNITS[self.unit]: self.count})
+        cutoff: datetime = now - relativedelta(**{UNITS[self.unit]: self.count})
+        return cutoff
 
     def min_days(self) -> float:
         """The fewest days the period can last (months of 28 days, years of 365)."""

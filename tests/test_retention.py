@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from archive.models import Message, MessageSource
+from archive.processing import process_deliveries
 from compliance import holds, purge, retention
 from compliance.models import PendingPurge, RetentionChange
 from compliance.periods import PeriodError, parse_period
@@ -27,7 +28,6 @@ from infra.storage import get_store
 from ingest.directory import Route
 from ingest.models import Delivery
 from ingest.record import Envelope, Job, commit_batch, flush_paths
-from archive.processing import process_deliveries
 from search import Scope, get_backend, reset_backend
 from tenants.models import AuditEvent
 from tests.conftest import PASSWORD, membership_of

@@ -19,13 +19,13 @@ from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from compliance.holds import Hold, holds_covering
 from archive import access as archive_access
 from archive import actions, documents
 from archive.models import Message
 from archive.parser import mime
-from tenants import access
+from compliance.holds import Hold, holds_covering
 from search import SearchUnavailable
+from tenants import access
 from tenants.models import AuditEvent, Membership, User
 from web import present
 from web.api import api_membership, api_view
