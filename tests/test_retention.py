@@ -470,3 +470,51 @@ def test_the_message_page_shows_its_holds_to_those_who_see_all_mail(org, search_
     assert b"Board inquiry" in page.content and b"Other matter" not in page.content
     mine = client_for(org.user).get(reverse("message", args=[message.pk]))
     assert mine.status_code == 200 and b"Board inquiry" not in mine.content
+
+
+# --- nothing else deletes archived mail ---------------------------------------------
+
+SOURCE_DIRS = ("archiva", "archive", "compliance", "infra", "ingest", "m365", "regions", "search", "tenants", "web")
+
+
+def _calls(name: str) -> list[str]:
+    """Where the project's code (not tests, not migrations) calls something named `name`, as "path:line"."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for package in SOURCE_DIRS:
+        for path in sorted((root / package).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name:
+                    found.append(f"{path.relative_to(root).as_posix()}:{node.lineno}")
+    return found
+
+
+def _files(calls: list[str]) -> set[str]:
+    return {call.split(":")[0] for call in calls}
+
+
+def test_only_retention_deletes_archived_mail_and_it_checks_holds_first():
+    """Every delete in the code base, by what it deletes: rows of the archive
+    only in `archive.actions.purge_messages`, which only the purge calls (in
+    the transaction that found no hold); objects only there and for the
+    holding bucket of mail no tenant owns yet; index entries only there."""
+    assert _files(_calls("purge_messages")) == {"compliance/purge.py"}
+    assert _files(_calls("purge")) <= {"compliance/purge.py", "infra/storage.py"}
+    # `delete(` of querysets, stores and backends: each place is named and has a reason.
+    allowed = {
+        "archive/actions.py",  # purge_messages (rows of deleted messages)
+        "compliance/purge.py",  # index entries and PendingPurge rows after the purge
+        "compliance/worm.py",  # HeldObject rows: the record of S3 legal holds, not mail
+        "ingest/held.py",  # mail for no tenant yet (holding bucket), never archived mail
+        "ingest/management/commands/update_sender_networks.py",  # the SMTP allow-list
+        "infra/storage.py",  # the stores' own delete and purge
+        "search/backends/elastic.py",  # dropping a whole index (tests, upgrades)
+        "tenants/actions.py",  # invitations, members, aliases, domains
+    }
+    assert _files(_calls("delete")) <= allowed, _files(_calls("delete")) - allowed
+    assert _files(_calls("delete_tenant")) <= {"archive/management/commands/reindex.py"}  # rebuilt at once
