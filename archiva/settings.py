@@ -243,8 +243,11 @@ ARCHIVA_MS_CA_BUNDLE = env("ARCHIVA_MS_CA_BUNDLE").strip() or None
 if ARCHIVA_MS_CA_BUNDLE and not Path(ARCHIVA_MS_CA_BUNDLE).is_file():
     raise ConfigError(f"ARCHIVA_MS_CA_BUNDLE={ARCHIVA_MS_CA_BUNDLE!r} is not a readable PEM file")
 # Concurrent Graph requests per tenant (Exchange allows 4 per mailbox, enforced separately).
-# Seconds between the second approval of a shortened retention and its taking effect (7 days).
+# Seconds between the second approval of a shortened retention and its taking effect: 7 days,
+# which only the embedded default (and tests, through settings) may shorten.
 ARCHIVA_RETENTION_DELAY = envint("ARCHIVA_RETENTION_DELAY", 7 * 24 * 3600, minimum=0)
+if ARCHIVA_RETENTION_DELAY < 7 * 24 * 3600 and env("DATABASE_URL"):
+    raise ConfigError("ARCHIVA_RETENTION_DELAY below 604800 (7 days) is for the embedded default only")
 ARCHIVA_MS_TENANT_CONCURRENCY = envint("ARCHIVA_MS_TENANT_CONCURRENCY", 16, minimum=1, maximum=256)
 
 # Keys that encrypt secrets at rest (certificate private keys): Fernet keys,

@@ -195,7 +195,7 @@ def _decide(tenant: Tenant, selection: Selection, ids: list[int], outcome: Outco
         held = legal_holds.covered(tenant, current)
         doomed = [m for m in current if m.pk not in held]
         outcome.held += len(current) - len(doomed)
-        outcome.by_rule[selection.label] += len(doomed)
+        outcome.by_rule[selection.label] = outcome.by_rule.get(selection.label, 0) + len(doomed)
         outcome.deleted += len(doomed)
         if dry_run or not doomed:
             return

@@ -466,7 +466,9 @@ class S3Store(BlobStore):
             try:
                 self.client.create_bucket(**kwargs)
             except self.client.exceptions.BucketAlreadyOwnedByYou:
-                return  # made before, with the settings of then: a policy change resets its retention
+                # Made before, with the settings of then (Object Lock can only be
+                # asked for at creation; a policy change resets its retention).
+                locked = False
             if locked:
                 self.set_default_retention(bucket, LOCK_FOREVER_DAYS)
             elif versioned:

@@ -518,3 +518,38 @@ def test_only_retention_deletes_archived_mail_and_it_checks_holds_first():
     }
     assert _files(_calls("delete")) <= allowed, _files(_calls("delete")) - allowed
     assert _files(_calls("delete_tenant")) <= {"archive/management/commands/reindex.py"}  # rebuilt at once
+
+
+@pytest.mark.django_db
+def test_a_run_cut_short_after_commit_is_finished_by_the_next(org, settings):
+    """The rows go in one transaction with the record of what is left to
+    remove; a crash before the index and bucket are done loses nothing."""
+    settings.ARCHIVA_RETENTION_DELAY = 0
+    tenant = org.tenant
+    old = archive_one(tenant, "old", 400 * DAY)
+    keys = objects_of(old)
+    set_policy(org, "1y")
+    [selection] = purge.selections(retention.policy_in_force(tenant), timezone.now())
+    purge._decide(tenant, selection, [old.pk], purge.Outcome(tenant, False), dry_run=False)  # then "crash"
+    assert not Message.objects.filter(pk=old.pk).exists()
+    assert old.pk in found(tenant) and all(in_bucket(tenant, key) for key in keys)
+    assert PendingPurge.objects.filter(tenant=tenant).count() == 1 + len(set(keys))
+
+    outcome = purge.run(tenant)  # the next run
+    assert outcome.index_deleted == 1 and outcome.objects_deleted == len(set(keys))
+    assert old.pk not in found(tenant) and not any(in_bucket(tenant, key) for key in keys)
+    assert not PendingPurge.objects.filter(tenant=tenant).exists()
+
+
+@pytest.mark.django_db
+def test_a_second_admin_approves_on_the_page(org, settings):
+    settings.ARCHIVA_RETENTION_DELAY = 3600
+    change = retention.propose(membership_of(org.owner), retention.read_policy("1y", []))
+    alice_page = client_for(org.owner).get(reverse("retention"))
+    assert b"awaiting approval" in alice_page.content
+    assert reverse("retention-change", args=[change.pk, "approve"]).encode() not in alice_page.content
+    assert client_for(org.auditor).post(reverse("retention-change", args=[change.pk, "approve"])).status_code == 403
+    client_for(org.admin).post(reverse("retention-change", args=[change.pk, "approve"]))
+    change.refresh_from_db()
+    assert change.state == RetentionChange.State.APPROVED and change.approved_by_email == "bob@contoso.com"
+    assert b"in force from" in client_for(org.owner).get(reverse("retention")).content
