@@ -26,6 +26,7 @@ from archive.models import Message
 from infra.storage import get_store
 from search import Scope, get_backend
 from search.query import QueryError, parse
+from tenants import access
 from tenants.audit import record_event
 from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
@@ -181,10 +182,23 @@ def covered(tenant: Tenant, messages: Iterable[Message], among: list[Hold] | Non
     return found
 
 
+def custodian_addresses(tenant: Tenant, custodians: list[str]) -> set[str]:
+    """The custodians' addresses, and for a custodian who is a member all of
+    theirs (verified addresses and aliases, as their own search counts them):
+    a hold on a person keeps their mail under every address."""
+    wanted = set(custodians)
+    found = set(wanted)
+    for membership in access.members(tenant):
+        own = {membership.user.email.lower(), *(a.address.lower() for a in membership.aliases.all())}
+        if not own.isdisjoint(wanted):
+            found.update(access.addresses_for(membership), own)
+    return found
+
+
 def _covered_by(tenant: Tenant, hold: Hold, messages: list[Message]) -> set[int]:
     candidates = messages
     if hold.custodians:
-        custodians = set(hold.custodians)
+        custodians = custodian_addresses(tenant, hold.custodians)
         candidates = [m for m in messages if not custodians.isdisjoint(m.participants)]
     if not hold.query or not candidates:
         return {m.pk for m in candidates}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from django.db import models
 
 from archive.models import Message
-from compliance.holds import Hold, active_holds
+from compliance.holds import Hold, active_holds, custodian_addresses
 from infra.storage import StorageError, get_store
 from ingest.models import Delivery
 from search import Scope, get_backend
@@ -55,7 +55,7 @@ def covered_ids(tenant: Tenant, hold: Hold) -> set[int]:
     if hold.query:
         ids = set(get_backend().scan(Scope(tenant.pk, None), hold.query))
     if hold.custodians:
-        custodians = set(hold.custodians)
+        custodians = custodian_addresses(tenant, hold.custodians)
         rows = Message.objects.filter(tenant=tenant).only("pk", "participants")
         if ids is not None:
             rows = rows.filter(pk__in=ids) if len(ids) < 10_000 else rows

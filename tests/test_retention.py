@@ -553,3 +553,20 @@ def test_a_second_admin_approves_on_the_page(org, settings):
     change.refresh_from_db()
     assert change.state == RetentionChange.State.APPROVED and change.approved_by_email == "bob@contoso.com"
     assert b"in force from" in client_for(org.owner).get(reverse("retention")).content
+
+
+@pytest.mark.django_db
+def test_a_hold_on_a_member_keeps_their_mail_under_every_address(org, settings):
+    from tenants.actions import add_alias
+
+    settings.ARCHIVA_RETENTION_DELAY = 0
+    tenant = org.tenant
+    erin = membership_of(org.user)
+    add_alias(membership_of(org.owner), erin, "sales@contoso.com")
+    to_alias = archive_one(tenant, "old quote", 400 * DAY, to="sales@contoso.com")
+    to_other = archive_one(tenant, "old note", 400 * DAY, to="frank@contoso.com")
+    holds.create_hold(membership_of(org.owner), name="Erin", reason="dispute", custodians=["erin@contoso.com"])
+    set_policy(org, "1y")
+    assert purge.run(tenant).deleted == 1
+    assert set(Message.objects.filter(tenant=tenant).values_list("pk", flat=True)) == {to_alias.pk}
+    assert not Message.objects.filter(pk=to_other.pk).exists()
