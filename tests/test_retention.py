@@ -570,3 +570,27 @@ def test_a_hold_on_a_member_keeps_their_mail_under_every_address(org, settings):
     assert purge.run(tenant).deleted == 1
     assert set(Message.objects.filter(tenant=tenant).values_list("pk", flat=True)) == {to_alias.pk}
     assert not Message.objects.filter(pk=to_other.pk).exists()
+
+
+@pytest.mark.django_db
+def test_an_api_token_acts_with_its_members_role_and_outsiders_reach_nothing(org, outsider):
+    from tenants.api_tokens import create_api_token
+
+    hold = holds.create_hold(membership_of(org.owner), name="Case 1", reason="r", query="x")
+    change = retention.propose(membership_of(org.owner), retention.read_policy("1y", []))
+    _, admin_secret = create_api_token(membership_of(org.admin), "script")
+    _, auditor_secret = create_api_token(membership_of(org.auditor), "export script")
+    as_admin = {"HTTP_AUTHORIZATION": f"Bearer {admin_secret}"}
+    as_auditor = {"HTTP_AUTHORIZATION": f"Bearer {auditor_secret}"}
+    client = Client()
+    approve = reverse("api-retention-change", args=[change.pk, "approve"])
+    assert client.post(approve, **as_auditor).status_code == 403
+    assert client.post(approve, **as_admin).json()["approved_by"] == "bob@contoso.com"  # no CSRF for a token
+    assert client.get(reverse("api-holds"), **as_auditor).json()["holds"][0]["name"] == "Case 1"
+    assert client.get(reverse("api-retention"), HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+
+    charlie = client_for(outsider)
+    assert charlie.post(reverse("hold-release", args=[hold.pk])).status_code == 404
+    assert charlie.post(reverse("retention-change", args=[change.pk, "cancel"])).status_code == 404
+    assert holds.hold_for(org.tenant, hold.pk).active
+    assert RetentionChange.objects.get(pk=change.pk).state == RetentionChange.State.APPROVED
