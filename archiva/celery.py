@@ -53,6 +53,11 @@ def _schedule(sender, **kwargs):
         sender.signature("m365.tasks.resume_stale_imports"),
         name="go on with Microsoft 365 imports whose worker died",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("compliance.tasks.apply_retention"),
+        name="retention: delete expired messages no legal hold covers",
+    )
 
 
 @worker_ready.connect

@@ -141,6 +141,9 @@ ARCHIVA_S3_BUCKET_PREFIX = env("ARCHIVA_S3_BUCKET_PREFIX", f"archiva-{ARCHIVA_RE
 _default_s3_region = "eu-central-1" if ARCHIVA_REGION == "eu" else "us-east-1"
 ARCHIVA_S3_REGION = env("AWS_DEFAULT_REGION") or env("AWS_REGION") or _default_s3_region
 ARCHIVA_STORAGE = envchoice("ARCHIVA_STORAGE", "s3" if ARCHIVA_S3_ENDPOINT else "folder", ("folder", "s3"))
+# S3 Object Lock (WORM) on new tenant buckets: GOVERNANCE or COMPLIANCE; "off"
+# (the default, and always on the folder store, which has no such thing).
+ARCHIVA_S3_OBJECT_LOCK = envchoice("ARCHIVA_S3_OBJECT_LOCK", "off", ("off", "governance", "compliance")).upper()
 ARCHIVA_SPOOL_DIR = Path(env("ARCHIVA_SPOOL_DIR") or DATA_DIR / "spool").resolve()
 
 # --- Celery --------------------------------------------------------------
@@ -248,6 +251,11 @@ ARCHIVA_MS_CA_BUNDLE = env("ARCHIVA_MS_CA_BUNDLE").strip() or None
 if ARCHIVA_MS_CA_BUNDLE and not Path(ARCHIVA_MS_CA_BUNDLE).is_file():
     raise ConfigError(f"ARCHIVA_MS_CA_BUNDLE={ARCHIVA_MS_CA_BUNDLE!r} is not a readable PEM file")
 # Concurrent Graph requests per tenant (Exchange allows 4 per mailbox, enforced separately).
+# Seconds between the second approval of a shortened retention and its taking effect: 7 days,
+# which only the embedded default (and tests, through settings) may shorten.
+ARCHIVA_RETENTION_DELAY = envint("ARCHIVA_RETENTION_DELAY", 7 * 24 * 3600, minimum=0)
+if ARCHIVA_RETENTION_DELAY < 7 * 24 * 3600 and env("DATABASE_URL"):
+    raise ConfigError("ARCHIVA_RETENTION_DELAY below 604800 (7 days) is for the embedded default only")
 ARCHIVA_MS_TENANT_CONCURRENCY = envint("ARCHIVA_MS_TENANT_CONCURRENCY", 16, minimum=1, maximum=256)
 
 # Keys that encrypt secrets at rest (certificate private keys): Fernet keys,

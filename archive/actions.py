@@ -354,3 +354,46 @@ def mark_indexed(messages: list[Message], versions: list[int]) -> None:
         Message.objects.filter(pk=message.pk, version=version).update(
             index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
         )
+
+
+def purge_messages(messages: list[Message]) -> set[str]:
+    """Delete these messages of one tenant for good, with every report that
+    carried them (Delivery) and every mailbox copy (MessageSource); returns
+    the bucket keys that no remaining message or report refers to any more.
+
+    Retention's deletion: `compliance.purge` calls it only in the
+    transaction that locked these rows and found no legal hold on them.
+    The objects themselves and the index entries are removed after commit.
+    """
+    if not messages:
+        return set()
+    tenant_id = messages[0].tenant_id
+    if any(m.tenant_id != tenant_id for m in messages):
+        raise ValueError("purge_messages takes the messages of one tenant")
+    ids = [m.pk for m in messages]
+    reports = list(Delivery.objects.filter(tenant_id=tenant_id, message_id__in=ids).values_list("pk", "storage_key"))
+    keys = {key for m in messages for key in (m.original_key, m.decrypted_key, m.text_key) if key}
+    keys.update(key for _, key in reports)
+    report_ids = [pk for pk, _ in reports]
+    MessageSource.objects.filter(tenant_id=tenant_id, delivery_id__in=report_ids).delete()
+    MessageSource.objects.filter(tenant_id=tenant_id, message_id__in=ids).delete()
+    Delivery.objects.filter(tenant_id=tenant_id, pk__in=report_ids).delete()
+    Message.objects.filter(tenant_id=tenant_id, pk__in=ids).delete()
+    return keys - referenced_keys(tenant_id, keys)
+
+
+def referenced_keys(tenant_id: int, keys: set[str]) -> set[str]:
+    """Which of these bucket keys a message or a report of the tenant still uses
+    (objects are content-addressed, so several rows may share one; a pack holds many reports)."""
+    found: set[str] = set()
+    wanted = sorted(keys)
+    for start in range(0, len(wanted), 1000):
+        chunk = wanted[start : start + 1000]
+        found.update(
+            Delivery.objects.filter(tenant_id=tenant_id, storage_key__in=chunk).values_list("storage_key", flat=True)
+        )
+        for column in ("original_key", "decrypted_key", "text_key"):
+            found.update(
+                Message.objects.filter(tenant_id=tenant_id, **{f"{column}__in": chunk}).values_list(column, flat=True)
+            )
+    return found

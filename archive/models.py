@@ -81,6 +81,10 @@ class Message(models.Model):
         indexes = [
             models.Index(fields=["tenant", "-date"], name="message_tenant_recent"),
             models.Index(fields=["index_status", "tenant"], name="message_index_backlog"),
+            # Retention deletes an object once no message refers to it (archive.actions.referenced_keys).
+            models.Index(fields=["original_key"], name="message_original_key"),
+            models.Index(fields=["text_key"], name="message_text_key"),
+            models.Index(fields=["decrypted_key"], name="message_decrypted_key", condition=~models.Q(decrypted_key="")),
         ]
 
     def __str__(self) -> str:

@@ -41,6 +41,15 @@ class IntegrityError(StorageError):
     """An object's bytes do not match the hash the database recorded."""
 
 
+class ObjectLocked(StorageError):
+    """The store refuses to delete an object: its Object Lock retention has not passed, or it is under legal hold."""
+
+
+# S3 Object Lock has no "forever": a retention kept forever locks objects
+# for a century (the longest default retention S3 takes is 100 years).
+LOCK_FOREVER_DAYS = 36500
+
+
 def raw_key(sha256: str) -> str:
     """Where a received message lives in its tenant's bucket.
 
@@ -68,10 +77,29 @@ STORE_FOLDERS = [f"{top}/{n:02x}" for top in ("raw", "pack") for n in range(256)
 
 
 class BlobStore:
+    # The Object Lock mode of tenant buckets ("GOVERNANCE", "COMPLIANCE"), "" without WORM.
+    object_lock = ""
+
     def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         """Make the bucket (idempotent). A tenant's bucket is versioned; an
-        area whose objects must really go when deleted (held mail) is not."""
+        area whose objects must really go when deleted (held mail) is not.
+        With `object_lock`, a versioned bucket is made with Object Lock and
+        a default retention of LOCK_FOREVER_DAYS until a retention policy sets one."""
         raise NotImplementedError
+
+    def set_default_retention(self, bucket: str, days: int) -> None:
+        """Lock objects stored from now on for `days` (S3 Object Lock's default
+        retention); nothing without `object_lock`."""
+
+    def set_legal_hold(self, bucket: str, key: str, on: bool) -> None:
+        """Set or clear the object's legal hold (every version); nothing without `object_lock`."""
+
+    def purge(self, bucket: str, key: str) -> None:
+        """Remove the object for good, every version of it (retention's
+        deletion; `delete` only hides it in a versioned bucket).  ObjectLocked
+        when the store refuses because a version is still locked; a missing
+        object is no error."""
+        self.delete(bucket, key)
 
     def delete(self, bucket: str, key: str) -> None:
         """Remove an object; one that is not there is no error."""
@@ -400,7 +428,7 @@ class FolderStore(BlobStore):
 class S3Store(BlobStore):
     """S3 or an S3-compatible store through boto3."""
 
-    def __init__(self, endpoint_url: str | None, region: str):
+    def __init__(self, endpoint_url: str | None, region: str, object_lock: str = ""):
         import boto3
         from botocore.config import Config
 
@@ -419,6 +447,7 @@ class S3Store(BlobStore):
             ),
         )
         self.region = region
+        self.object_lock = object_lock if object_lock in ("GOVERNANCE", "COMPLIANCE") else ""
 
     def _errors(self) -> tuple[type[Exception], ...]:
         from boto3.exceptions import Boto3Error
@@ -431,14 +460,69 @@ class S3Store(BlobStore):
             kwargs: dict[str, Any] = {"Bucket": bucket}
             if self.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+            locked = versioned and bool(self.object_lock)
+            if locked:  # only at creation: Object Lock also turns versioning on
+                kwargs["ObjectLockEnabledForBucket"] = True
             try:
                 self.client.create_bucket(**kwargs)
             except self.client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-            if versioned:
+                # Made before, with the settings of then (Object Lock can only be
+                # asked for at creation; a policy change resets its retention).
+                locked = False
+            if locked:
+                self.set_default_retention(bucket, LOCK_FOREVER_DAYS)
+            elif versioned:
                 self.client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         except self._errors() as exc:
             raise StorageError(f"cannot create bucket {bucket}: {exc}") from exc
+
+    def set_default_retention(self, bucket: str, days: int) -> None:
+        if not self.object_lock:
+            return
+        rule = {"DefaultRetention": {"Mode": self.object_lock, "Days": max(1, min(days, LOCK_FOREVER_DAYS))}}
+        try:
+            self.client.put_object_lock_configuration(
+                Bucket=bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled", "Rule": rule}
+            )
+        except self._errors() as exc:
+            raise StorageError(f"cannot set the default retention of {bucket}: {exc}") from exc
+
+    def set_legal_hold(self, bucket: str, key: str, on: bool) -> None:
+        if not self.object_lock:
+            return
+        status = {"Status": "ON" if on else "OFF"}
+        try:
+            for version in self._versions(bucket, key):
+                self.client.put_object_legal_hold(Bucket=bucket, Key=key, VersionId=version, LegalHold=status)
+        except self._errors() as exc:
+            raise StorageError(f"cannot set the legal hold of {bucket}/{key}: {exc}") from exc
+
+    def purge(self, bucket: str, key: str) -> None:
+        """Delete each version by its id (and any delete marker): in a versioned
+        bucket a plain DELETE only adds a marker and keeps the bytes.  Never
+        bypasses GOVERNANCE retention: a locked version stays, and ObjectLocked says so."""
+        from botocore.exceptions import ClientError
+
+        try:
+            for version in self._versions(bucket, key, markers=True):  # "null" in an unversioned bucket
+                try:
+                    self.client.delete_object(Bucket=bucket, Key=key, VersionId=version)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") == "AccessDenied":
+                        raise ObjectLocked(f"{bucket}/{key} is locked: {exc}") from exc
+                    raise
+        except ObjectLocked:
+            raise
+        except self._errors() as exc:
+            raise StorageError(f"cannot delete {bucket}/{key}: {exc}") from exc
+
+    def _versions(self, bucket: str, key: str, *, markers: bool = False) -> list[str]:
+        """The version ids of exactly this key (a prefix listing also finds longer keys)."""
+        found: list[str] = []
+        for page in self.client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+            entries = page.get("Versions", []) + (page.get("DeleteMarkers", []) if markers else [])
+            found += [entry["VersionId"] for entry in entries if entry["Key"] == key and entry.get("VersionId")]
+        return found
 
     def delete(self, bucket: str, key: str) -> None:
         try:
@@ -457,7 +541,12 @@ class S3Store(BlobStore):
                     # The store checks the SHA-256 itself and refuses a
                     # corrupted upload.
                     self.client.put_object(
-                        Bucket=bucket, Key=key, Body=body, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                        Bucket=bucket,
+                        Key=key,
+                        Body=body,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                        Metadata={"sha256": sha256},
                     )
             else:
                 self.client.upload_file(
@@ -487,7 +576,12 @@ class S3Store(BlobStore):
                 checksum = base64.b64encode(bytes.fromhex(sha256)).decode()
                 try:
                     self.client.put_object(
-                        Bucket=bucket, Key=key, Body=payload, ChecksumSHA256=checksum, Metadata={"sha256": sha256}
+                        Bucket=bucket,
+                        Key=key,
+                        Body=payload,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                        Metadata={"sha256": sha256},
                     )
                 except self._errors() as exc:
                     raise StorageError(f"cannot store {bucket}/{key}: {exc}") from exc
@@ -549,7 +643,7 @@ def _byte_range(offset: int, length: int | None) -> str:
 def get_store() -> BlobStore:
     """The deployment's store, chosen by settings (cached per process)."""
     if settings.ARCHIVA_STORAGE == "s3":
-        return S3Store(settings.ARCHIVA_S3_ENDPOINT, settings.ARCHIVA_S3_REGION)
+        return S3Store(settings.ARCHIVA_S3_ENDPOINT, settings.ARCHIVA_S3_REGION, settings.ARCHIVA_S3_OBJECT_LOCK)
     return FolderStore(settings.DATA_DIR / "buckets")
 
 

@@ -67,6 +67,9 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["tenant", "-received_at"], name="delivery_tenant_recent"),
             models.Index(fields=["status", "enqueued_at"], name="delivery_sweep"),
+            # Retention deletes a pack once no report refers to it (archive.actions.referenced_keys);
+            # the reports of one pack share a key, so their entries land on one index page.
+            models.Index(fields=["storage_key"], name="delivery_storage_key"),
         ]
 
     def __str__(self) -> str:

@@ -72,6 +72,11 @@ def tenant_by_reference(reference: str) -> Tenant:
     return found[0]
 
 
+def tenants_of_region(region: str) -> QuerySet[Tenant]:
+    """Every tenant of a region, for the scheduled jobs that visit each (retention)."""
+    return Tenant.objects.filter(region=region).order_by("pk")
+
+
 def audit_events(tenant: Tenant) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(tenant=tenant).select_related("user", "token").order_by("-created_at", "-id")
 

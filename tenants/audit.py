@@ -6,7 +6,7 @@ transaction of each change, the web layer (`web.audit.audit`) for each request.
 
 from __future__ import annotations
 
-from tenants.models import ApiToken, AuditEvent, Membership
+from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
 
 def record_event(
@@ -30,4 +30,12 @@ def record_event(
         target=target[:400],
         detail=detail or {},
         ip=ip,
+    )
+
+
+def record_system_event(tenant: Tenant, action: str, detail: dict | None = None, *, target: str = "") -> AuditEvent:
+    """Write one audit log entry for what Archiva itself did in a tenant (a
+    scheduled retention run, a change coming into force): no actor, no IP."""
+    return AuditEvent.objects.create(
+        tenant_id=tenant.pk, user_id=None, actor_email="", action=action, target=target[:400], detail=detail or {}
     )

@@ -229,6 +229,14 @@ class AuditEvent(models.Model):
         DOMAIN_REMOVED = "domain-removed", "domain removed"
         JOURNAL_TOKEN_ROTATED = "journal-token-rotated", "journal address rotated"
         SETTING_CHANGED = "setting-changed", "organization setting changed"
+        # Retention and legal hold (compliance.retention, compliance.holds).
+        RETENTION_PROPOSED = "retention-proposed", "retention change proposed"
+        RETENTION_APPROVED = "retention-approved", "retention change approved"
+        RETENTION_CANCELLED = "retention-cancelled", "retention change cancelled"
+        RETENTION_CHANGED = "retention-changed", "retention in force changed"
+        RETENTION_APPLIED = "retention-applied", "retention run"
+        HOLD_CREATED = "hold-created", "legal hold created"
+        HOLD_RELEASED = "hold-released", "legal hold released"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")

@@ -225,6 +225,10 @@ BAD_VALUES = [
     ("ARCHIVA_CACHE_URL", {"ARCHIVA_CACHE_URL": "memcached://127.0.0.1:11211"}),
     ("ARCHIVA_DNS_RESOLVER", {"ARCHIVA_DNS_RESOLVER": "[::1"}),
     ("SECURE_SSL_REDIRECT", {"SECURE_SSL_REDIRECT": "always"}),
+    ("ARCHIVA_S3_OBJECT_LOCK", {"ARCHIVA_S3_OBJECT_LOCK": "always"}),
+    ("ARCHIVA_RETENTION_DELAY", {"ARCHIVA_RETENTION_DELAY": "soon"}),
+    # A deployment at scale keeps the 7 days a shortened retention waits after its approval.
+    ("ARCHIVA_RETENTION_DELAY", {"ARCHIVA_RETENTION_DELAY": "60", "DATABASE_URL": "postgresql://a@127.0.0.1/b"}),
 ]
 
 

@@ -23,8 +23,10 @@ from archive import access as archive_access
 from archive import actions, documents
 from archive.models import Message
 from archive.parser import mime
+from compliance.holds import Hold, holds_covering
+from search import SearchUnavailable
 from tenants import access
-from tenants.models import AuditEvent, User
+from tenants.models import AuditEvent, Membership, User
 from web import present
 from web.api import api_membership, api_view
 from web.audit import audit
@@ -71,6 +73,8 @@ def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
         "attachments": _attachments(message, raw) if is_mail else [],
         "reports": archive_access.deliveries_of(message) if membership.sees_all_mail else None,
         "sources": archive_access.sources_for(membership, message),
+        # Holds are for those who see all mail (web/holds.py says why).
+        "holds": _holds(membership, message),
         # An event's or a contact's text as archived (its iCalendar or vCard is no MIME to render).
         **(
             _body(raw)
@@ -80,6 +84,17 @@ def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
     }
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
     return render(request, "web/message.html", ctx)
+
+
+def _holds(membership: Membership, message: Message) -> list[Hold] | None:
+    """The holds covering the message, for those who see all mail (web/holds.py
+    says why); None when search, which evaluates hold queries, is not answering."""
+    if not membership.sees_all_mail:
+        return []
+    try:
+        return holds_covering(membership.tenant, message)
+    except SearchUnavailable:
+        return None
 
 
 def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:

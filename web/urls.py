@@ -1,6 +1,22 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, m365, m365_import, messages, o365, search, team, tokens, views
+from web import (
+    api,
+    audit,
+    charts,
+    domains,
+    health,
+    holds,
+    m365,
+    m365_import,
+    messages,
+    o365,
+    retention,
+    search,
+    team,
+    tokens,
+    views,
+)
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -50,4 +66,22 @@ urlpatterns = [
     path("settings/m365/import/resume", m365_import.resume, name="m365-import-resume"),
     path("settings/m365/import/cancel", m365_import.cancel, name="m365-import-cancel"),
     path("api/v1/m365/import", m365_import.api_import, name="api-m365-import"),
+    # Retention and legal hold.
+    path("settings/retention/", retention.retention_page, name="retention"),
+    path(
+        "settings/retention/changes/<int:change_id>/<str:action>/",
+        retention.change_action,
+        name="retention-change",
+    ),
+    path("api/v1/retention", retention.api_retention, name="api-retention"),
+    path(
+        "api/v1/retention/changes/<int:change_id>/<str:action>",
+        retention.api_change,
+        name="api-retention-change",
+    ),
+    path("holds/", holds.holds_page, name="holds"),
+    path("holds/<int:hold_id>/release/", holds.release, name="hold-release"),
+    path("api/v1/holds", holds.api_holds, name="api-holds"),
+    path("api/v1/holds/<int:hold_id>", holds.api_hold, name="api-hold"),
+    path("api/v1/holds/<int:hold_id>/<str:action>", holds.api_hold, name="api-hold-action"),
 ]

@@ -110,6 +110,11 @@ def _scoped(tenant_id: int, *filters: Node) -> ScopedQuery:
     return ScopedQuery(tenant_id, And(tuple(parts)) if len(parts) > 1 else parts[0])
 
 
+def _after_tenant(scoped: ScopedQuery) -> tuple[Node, ...]:
+    """The filters of a scoped query after its tenant filter."""
+    return scoped.root.children[1:] if isinstance(scoped.root, And) else ()
+
+
 def scope_query(scope: Scope, query: str | Node) -> ScopedQuery | None:
     """The user's query limited to what `scope` may see; None when that is nothing."""
     ast = parse(query) if isinstance(query, str) else query
@@ -226,7 +231,7 @@ class SearchBackend(abc.ABC):
     """Index, search, count and delete one region's messages, always per tenant."""
 
     name = "abstract"
-    _FINAL = ("index", "delete", "delete_tenant", "search", "scan", "count")
+    _FINAL = ("index", "delete", "delete_tenant", "search", "scan", "matching", "count")
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -277,6 +282,19 @@ class SearchBackend(abc.ABC):
         if scoped is None:
             return iter(())
         return self._scan(scoped)
+
+    def matching(self, scope: Scope, query: str | Node, ids: Iterable[int]) -> set[int]:
+        """Which of these messages `query` matches, as `search` would find them
+        (retention and legal hold decide message by message with it)."""
+        wanted = tuple(sorted({int(i) for i in ids}))
+        scoped = scope_query(scope, query) if wanted else None
+        if scoped is None:
+            return set()
+        found: set[int] = set()
+        for start in range(0, len(wanted), MAX_LIMIT):
+            narrowed = _scoped(scoped.tenant_id, IdIn(wanted[start : start + MAX_LIMIT]), *_after_tenant(scoped))
+            found.update(self._scan(narrowed))
+        return found
 
     def count(self, tenant_id: int) -> int:
         """How many messages of this tenant are indexed."""
