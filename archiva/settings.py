@@ -142,6 +142,13 @@ _default_s3_region = "eu-central-1" if ARCHIVA_REGION == "eu" else "us-east-1"
 ARCHIVA_S3_REGION = env("AWS_DEFAULT_REGION") or env("AWS_REGION") or _default_s3_region
 ARCHIVA_STORAGE = envchoice("ARCHIVA_STORAGE", "s3" if ARCHIVA_S3_ENDPOINT else "folder", ("folder", "s3"))
 ARCHIVA_SPOOL_DIR = Path(env("ARCHIVA_SPOOL_DIR") or DATA_DIR / "spool").resolve()
+# Uploads (imports of several GB) go to disk beyond FILE_UPLOAD_MAX_MEMORY_SIZE
+# (2.5 MB), into the spool's uploads/ (made on first use), so that the import
+# can link the file instead of copying it.
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "web.imports.SpoolUploadHandler",
+]
 
 # --- Celery --------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")

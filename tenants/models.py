@@ -229,6 +229,12 @@ class AuditEvent(models.Model):
         DOMAIN_REMOVED = "domain-removed", "domain removed"
         JOURNAL_TOKEN_ROTATED = "journal-token-rotated", "journal address rotated"
         SETTING_CHANGED = "setting-changed", "organization setting changed"
+        # eDiscovery export and upload import (compliance).
+        EXPORT_CREATED = "export-created", "export created"
+        EXPORT_FINISHED = "export-finished", "export finished"
+        EXPORT_DOWNLOADED = "export-downloaded", "export downloaded"
+        IMPORT_STARTED = "import-started", "import started"
+        IMPORT_FINISHED = "import-finished", "import finished"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")

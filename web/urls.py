@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, m365, messages, o365, search, team, tokens, views
+from web import api, audit, charts, domains, exports, health, imports, m365, messages, o365, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -14,6 +14,16 @@ urlpatterns = [
     path("messages/<int:message_id>/attachments/<int:number>", messages.attachment, name="message-attachment"),
     path("api/v1/messages", search.api_messages, name="api-messages"),
     path("api/v1/messages/<int:message_id>.eml", messages.original_eml, name="api-message-eml"),
+    # eDiscovery export and upload import (compliance).
+    path("exports/", exports.exports_page, name="exports"),
+    path("exports/new", exports.new_export, name="export-new"),
+    path("exports/<str:public_id>/download", exports.download, name="export-download"),
+    path("api/v1/exports", exports.api_exports, name="api-exports"),
+    path("api/v1/exports/<str:public_id>", exports.api_export, name="api-export"),
+    path("api/v1/exports/<str:public_id>/download", exports.api_export_download, name="api-export-download"),
+    path("import/", imports.import_page, name="import"),
+    path("api/v1/imports", imports.api_imports, name="api-imports"),
+    path("api/v1/imports/<str:public_id>", imports.api_import, name="api-import"),
     path("settings/tokens/", tokens.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke", tokens.revoke, name="token-revoke"),
     path("audit/", audit.audit_log, name="audit"),
