@@ -30,7 +30,7 @@ import threading
 import uuid
 import zipfile
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -219,12 +219,14 @@ def _build(export: Export, membership: Membership, folder: Path) -> None:
         manifest = csv.writer(m)
         manifest.writerow(MANIFEST_COLUMNS)
         writer = _EmlWriter(archive) if export.format == Export.Format.EML_ZIP else _MboxWriter(archive)
-        done = 0
-        for chunk in _chunks(ids_path):
-            _write_chunk(writer, manifest, membership, chunk)
-            done += len(chunk)
-            Export.objects.filter(pk=export.pk).update(done=done)
-        writer.close()
+        try:
+            done = 0
+            for chunk in _chunks(ids_path):
+                _write_chunk(writer, manifest, membership, chunk)
+                done += len(chunk)
+                Export.objects.filter(pk=export.pk).update(done=done)
+        finally:
+            writer.close()  # before the ZIP closes, which refuses while an entry is open
         m.flush()
         manifest_sha256 = _file_sha256(manifest_path)
         archive.write(manifest_path, "manifest.csv")
@@ -351,7 +353,7 @@ class _MboxWriter(_Writer):
 
     def add(self, message: Message, data: bytes) -> str:
         sender = (message.from_addresses or [message.envelope_sender or "MAILER-DAEMON"])[0] or "MAILER-DAEMON"
-        stamp = message.date.astimezone(timezone.UTC).strftime("%a %b %d %H:%M:%S %Y")
+        stamp = message.date.astimezone(UTC).strftime("%a %b %d %H:%M:%S %Y")
         self.entry.write(f"From {sender.replace(' ', '')} {stamp}\n".encode())
         self.entry.write(_FROM_LINE.sub(rb">\1", data))
         self.entry.write(b"\n" if data.endswith(b"\n") else b"\n\n")
@@ -445,6 +447,8 @@ class SpilledZipFile(zipfile.ZipFile):
         self.NameToInfo = _NoNames()
 
     def close(self) -> None:
+        if self.fp is None:  # closed already (ZipFile.__del__ closes again)
+            return
         try:
             super().close()
         finally:
