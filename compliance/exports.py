@@ -337,7 +337,7 @@ class _EmlWriter(_Writer):
         return name
 
 
-_SUFFIX = {Message.Kind.MAIL: "eml", Message.Kind.EVENT: "ics", Message.Kind.CONTACT: "vcf"}
+_SUFFIX: dict[str, str] = {Message.Kind.MAIL: "eml", Message.Kind.EVENT: "ics", Message.Kind.CONTACT: "vcf"}
 _FROM_LINE = re.compile(rb"^(>*From )", re.MULTILINE)
 
 

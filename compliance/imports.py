@@ -35,6 +35,7 @@ from email.message import Message as MimeMessage
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
@@ -101,7 +102,7 @@ def imports_of(membership: Membership) -> list[Import]:
 
 
 def start_import(
-    membership: Membership, upload: UploadedFile, *, ip: str | None = None, token: ApiToken | None = None
+    membership: Membership, upload: UploadedFile[Any], *, ip: str | None = None, token: ApiToken | None = None
 ) -> Import:
     """Keep the upload in the spool and have it imported in the background
     (audited); UploadRefused when it is no mbox or ZIP (or a PST)."""
@@ -149,7 +150,7 @@ def _spool_dir() -> Path:
     return folder
 
 
-def _keep(upload: UploadedFile, target: Path) -> None:
+def _keep(upload: UploadedFile[Any], target: Path) -> None:
     """The upload's bytes at `target`: a large one (already a temporary file on
     disk, FILE_UPLOAD_TEMP_DIR) moved there, a small one written out."""
     temporary = getattr(upload, "temporary_file_path", None)

@@ -35,7 +35,7 @@ class SpooledUpload(TemporaryUploadedFile):
     spool's filesystem, and made on first use: the spool may be a fresh volume)."""
 
     def __init__(
-        self, name: str, content_type: str, size: int, charset: str | None, extra: dict[str, str] | None = None
+        self, name: str, content_type: str, size: int, charset: str | None, extra: dict[str, bytes] | None = None
     ) -> None:
         folder = Path(settings.ARCHIVA_SPOOL_DIR) / "uploads"
         folder.mkdir(parents=True, exist_ok=True)
