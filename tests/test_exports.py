@@ -14,6 +14,7 @@ import hashlib
 import io
 import mailbox
 import re
+import uuid
 import zipfile
 from datetime import timedelta
 from email import message_from_bytes
@@ -30,8 +31,10 @@ from compliance.models_export import Export
 from infra.storage import get_store
 from tenants.api_tokens import create_api_token
 from tenants.models import AuditEvent
+from search import get_backend, reset_backend
 from tests.archive_support import archive
 from tests.conftest import membership_of
+from tests.search_support import elasticsearch_url  # noqa: F401 - the session's Elasticsearch API
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +61,21 @@ def journal(message_id: str, subject: str, to: str, bcc: str = "", body: str = "
     ).encode()
 
 
+@pytest.fixture(params=["embedded", "elasticsearch"])
+def search_engine(request, settings):
+    """The search backend the export scans: the embedded default, or Elasticsearch (an index of this test's own)."""
+    if request.param == "elasticsearch":
+        settings.ARCHIVA_SEARCH_URL = request.getfixturevalue("elasticsearch_url")
+        settings.ARCHIVA_SEARCH_INDEX = f"archiva-test-exports-{uuid.uuid4().hex[:10]}-messages"
+        settings.ARCHIVA_SEARCH_REFRESH = "wait_for"
+    reset_backend()
+    backend = get_backend()
+    yield backend
+    if request.param == "elasticsearch":
+        backend.drop_index()  # type: ignore[attr-defined]  # the Elasticsearch backend's own, not the interface's
+    reset_backend()
+
+
 @pytest.fixture
 def mail(org):
     """Three messages: two erin received (one Bcc henry, one with a "From " line in its body), one she did not."""
@@ -67,8 +85,6 @@ def mail(org):
     )
     archive(org.tenant, journal("q3@fabrikam.com", "Quarterly secret", "frank@contoso.com"))
     index_pending()
-    from search import get_backend
-
     get_backend().refresh()
     return {m.message_id: m for m in Message.objects.filter(tenant=org.tenant)}
 
@@ -90,7 +106,7 @@ def manifest_of(archive_zip: zipfile.ZipFile) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(archive_zip.read("manifest.csv").decode())))
 
 
-def test_an_eml_zip_holds_each_original_and_its_hash_in_the_manifest(client, org, mail):
+def test_an_eml_zip_holds_each_original_and_its_hash_in_the_manifest(client, org, search_engine, mail):
     export = export_now(org.auditor, "subject:quarterly")
     archive_zip = downloaded(client, org.auditor, export)
     rows = manifest_of(archive_zip)
@@ -130,7 +146,7 @@ def mail_id_of(row: dict[str, str], mail: dict[str, Message]) -> str:
     return next(mid for mid, m in mail.items() if str(m.pk) == row["id"])
 
 
-def test_a_plain_user_exports_only_her_mail_and_no_bcc_she_may_not_see(client, org, mail):
+def test_a_plain_user_exports_only_her_mail_and_no_bcc_she_may_not_see(client, org, search_engine, mail):
     export = export_now(org.user, "quarterly")
     archive_zip = downloaded(client, org.user, export)
     rows = manifest_of(archive_zip)
@@ -158,9 +174,8 @@ def test_the_progress_api_reports_state_counts_and_the_download(client, org, mai
     done = client.get(f"/api/v1/exports/{export_id}", **auth).json()
     assert (done["state"], done["done"], done["total"]) == ("done", 3, 3)
     assert re.fullmatch(r"[0-9a-f]{64}", done["manifest_sha256"])
-    download = client.get(done["download_url"])  # the page's link needs a session
-    assert download.status_code == 302
-    data = b"".join(client.get(f"/api/v1/exports/{export_id}/download", **auth).streaming_content)
+    assert client.get(done["download_url"]).status_code == 401  # no session, no token
+    data = b"".join(client.get(done["download_url"], **auth).streaming_content)
     assert hashlib.sha256(zipfile.ZipFile(io.BytesIO(data)).read("manifest.csv")).hexdigest() == done["manifest_sha256"]
 
 

@@ -29,7 +29,8 @@ from web.roles import SignedInRequest, member_required
 
 
 def download_url(export: Export) -> str | None:
-    return reverse("export-download", args=[export.public_id]) if exports.downloadable(export) else None
+    """The API's download (a session or the same Bearer token), once the file is ready."""
+    return reverse("api-export-download", args=[export.public_id]) if exports.downloadable(export) else None
 
 
 def export_json(export: Export) -> dict[str, Any]:
