@@ -272,9 +272,9 @@ def _store_batch(started: Import, batch: list[tuple[Found, bytes]], errors: list
     """Store a batch durably (`store_items`), then count it on the row."""
     already = 0
     if batch:
-        keys = {documents.message_id_key(message_id_of(data)) for _, data in batch}
+        keys = [documents.message_id_key(message_id_of(data)) for _, data in batch]
         known = archive_access.archived_merge_keys(started.tenant, [k for k in keys if k])
-        already = sum(1 for _, data in batch if documents.message_id_key(message_id_of(data)) in known)
+        already = sum(1 for key in keys if key in known)
         items = [Item("mail", "", "", f"upload:{_sha256(data)}", data, upload=started.file_name) for _, data in batch]
         store_items(started.tenant, items)
     listed = [{"item": e.label, "error": e.error} for e in errors]

@@ -216,6 +216,8 @@ def test_creation_finishing_and_each_download_are_audited_with_the_manifest_hash
     assert events[0].detail["query"] == "subject:quarterly"
     assert all(e.detail["manifest_sha256"] == export.manifest_sha256 for e in events[1:])
     assert {e.user_id for e in events} == {org.auditor.pk}
+    client.force_login(org.auditor)
+    assert export.manifest_sha256 in client.get(reverse("audit")).content.decode()
 
 
 def test_an_export_expires_after_7_days_and_its_file_is_deleted(client, org, mail):
