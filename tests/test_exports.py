@@ -29,9 +29,9 @@ from archive.models import Message
 from compliance import exports
 from compliance.models_export import Export
 from infra.storage import get_store
+from search import get_backend, reset_backend
 from tenants.api_tokens import create_api_token
 from tenants.models import AuditEvent
-from search import get_backend, reset_backend
 from tests.archive_support import archive
 from tests.conftest import membership_of
 from tests.search_support import elasticsearch_url  # noqa: F401 - the session's Elasticsearch API
