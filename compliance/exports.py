@@ -189,8 +189,8 @@ def build_export(export_id: int) -> str:
     return Export.State.DONE
 
 
-# A builder that has not finished in this long died (a worker killed mid-way): start again.
-STALE_AFTER = timedelta(hours=6)
+# A builder that has not written a chunk for this long died (a worker killed mid-way): start again.
+STALE_AFTER = timedelta(hours=1)
 
 
 def _claim(export_id: int) -> Export | None:
@@ -198,8 +198,8 @@ def _claim(export_id: int) -> Export | None:
     stale = now - STALE_AFTER
     claimable = Export.objects.filter(pk=export_id, expires_at__gt=now).filter(
         state=Export.State.PENDING
-    ) | Export.objects.filter(pk=export_id, state=Export.State.RUNNING, started_at__lt=stale)
-    if not claimable.update(state=Export.State.RUNNING, started_at=now, done=0, error=""):
+    ) | Export.objects.filter(pk=export_id, state=Export.State.RUNNING, heartbeat_at__lt=stale)
+    if not claimable.update(state=Export.State.RUNNING, started_at=now, heartbeat_at=now, done=0, error=""):
         return None
     return Export.objects.select_related("tenant", "created_by").get(pk=export_id)
 
@@ -224,7 +224,7 @@ def _build(export: Export, membership: Membership, folder: Path) -> None:
             for chunk in _chunks(ids_path):
                 _write_chunk(writer, manifest, membership, chunk)
                 done += len(chunk)
-                Export.objects.filter(pk=export.pk).update(done=done)
+                Export.objects.filter(pk=export.pk).update(done=done, heartbeat_at=timezone.now())
         finally:
             writer.close()  # before the ZIP closes, which refuses while an entry is open
         m.flush()
@@ -498,7 +498,7 @@ def requeue_stranded(older_than: timedelta) -> int:
     (a broker that was down), or whose builder died; how many."""
     now = timezone.now()
     pending = Export.objects.filter(state=Export.State.PENDING, created_at__lt=now - older_than, expires_at__gt=now)
-    died = Export.objects.filter(state=Export.State.RUNNING, started_at__lt=now - STALE_AFTER, expires_at__gt=now)
+    died = Export.objects.filter(state=Export.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER, expires_at__gt=now)
     ids = list((pending | died).values_list("pk", flat=True))
     for export_id in ids:
         publish_build(export_id)

@@ -198,8 +198,8 @@ class Found:
     error: str = ""
 
 
-# A run that has not finished in this long died (a worker killed mid-way): start again.
-STALE_AFTER = timedelta(hours=12)
+# A run that has not stored a batch for this long died (a worker killed mid-way): start again.
+STALE_AFTER = timedelta(hours=1)
 
 
 def run_import(import_id: int) -> str:
@@ -232,10 +232,10 @@ def run_import(import_id: int) -> str:
 def _claim(import_id: int) -> Import | None:
     now = timezone.now()
     claimable = Import.objects.filter(pk=import_id, state=Import.State.PENDING) | Import.objects.filter(
-        pk=import_id, state=Import.State.RUNNING, created_at__lt=now - STALE_AFTER
+        pk=import_id, state=Import.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER
     )
     reset = {"done": 0, "stored": 0, "already_archived": 0, "error_count": 0, "errors": [], "position": 0}
-    if not claimable.update(state=Import.State.RUNNING, **reset):
+    if not claimable.update(state=Import.State.RUNNING, heartbeat_at=now, **reset):
         return None
     return Import.objects.select_related("tenant", "created_by").get(pk=import_id)
 
@@ -289,6 +289,7 @@ def _store_batch(started: Import, batch: list[tuple[Found, bytes]], errors: list
             errors=row.errors + listed[:room],
             position=progress.position,
             extent=progress.extent,
+            heartbeat_at=timezone.now(),
         )
 
 
@@ -438,7 +439,7 @@ def requeue_stranded(older_than: timedelta) -> int:
     was down), or whose runner died; how many."""
     now = timezone.now()
     pending = Import.objects.filter(state=Import.State.PENDING, created_at__lt=now - older_than)
-    died = Import.objects.filter(state=Import.State.RUNNING, created_at__lt=now - STALE_AFTER)
+    died = Import.objects.filter(state=Import.State.RUNNING, heartbeat_at__lt=now - STALE_AFTER)
     ids = list((pending | died).values_list("pk", flat=True))
     for import_id in ids:
         publish_run(import_id)

@@ -49,6 +49,8 @@ class Export(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Set at each chunk while running: a builder silent for long has died (`exports.STALE_AFTER`).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
 
@@ -95,6 +97,8 @@ class Import(models.Model):
     errors = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)  # why the whole import failed
     created_at = models.DateTimeField(default=timezone.now)
+    # Set at each batch while running: a runner silent for long has died (`imports.STALE_AFTER`).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

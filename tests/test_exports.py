@@ -254,3 +254,18 @@ def test_a_stored_object_that_fails_its_check_is_named_in_the_manifest(client, o
     bad = next(r for r in rows if r["id"] == str(damaged.pk))
     assert bad["file"] == "" and bad["error"].startswith("unreadable:")
     assert len([r for r in rows if r["file"]]) == 2
+
+
+def test_a_build_the_broker_lost_or_whose_worker_died_is_published_and_claimed_again(org, mail):
+    membership = membership_of(org.owner)
+    lost = exports.create_export(membership, "subject:quarterly", "eml-zip")
+    assert exports.requeue_stranded(timedelta(minutes=5)) == 0  # young: its task may still be on the way
+    Export.objects.filter(pk=lost.pk).update(created_at=timezone.now() - timedelta(minutes=6))
+    assert exports.requeue_stranded(timedelta(minutes=5)) == 1
+    died = exports.create_export(membership, "subject:secret", "mbox")
+    Export.objects.filter(pk=died.pk).update(state=Export.State.RUNNING, heartbeat_at=timezone.now())
+    assert exports.build_export(died.pk) == "not claimed"  # another worker is at it
+    Export.objects.filter(pk=died.pk).update(heartbeat_at=timezone.now() - exports.STALE_AFTER - timedelta(seconds=1))
+    assert exports.build_export(died.pk) == Export.State.DONE
+    assert exports.build_export(died.pk) == "not claimed"  # done is done
+    assert Export.objects.get(pk=died.pk).total == 1

@@ -190,3 +190,22 @@ def test_only_owners_and_admins_import_and_nobody_sees_another_tenants(client, o
     assert client.get(f"/api/v1/imports/{started.public_id}", **auth).status_code == 404
     client.force_login(outsider)
     assert "x.mbox" not in client.get(reverse("import")).content.decode()
+
+
+def test_a_large_upload_streams_to_the_spool_and_imports_every_message(client, org, tmp_path, settings):
+    """Beyond 2.5 MB Django's upload handlers write to disk (`web.imports.SpooledUpload`), not memory."""
+    padding = "x" * 76 + "\r\n"
+    messages = [eml(f"big-{n}@northwind.example", f"Big {n}", body=padding * 130) for n in range(300)]
+    data = mbox_file(tmp_path, messages)
+    assert len(data) > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
+    _token, secret = create_api_token(membership_of(org.owner), "import")
+    response = client.post(
+        "/api/v1/imports", {"file": SimpleUploadedFile("big.mbox", data)}, HTTP_AUTHORIZATION=f"Bearer {secret}"
+    )
+    assert response.status_code == 201
+    started = Import.objects.get(public_id=response.json()["id"])
+    assert Path(started.spool_path).read_bytes() == data
+    assert Path(started.spool_path).parent == Path(settings.ARCHIVA_SPOOL_DIR) / "imports"
+    assert not list((Path(settings.ARCHIVA_SPOOL_DIR) / "uploads").iterdir())  # Django's temporary is gone
+    done = run(started)
+    assert (done.done, done.stored, done.error_count, done.position, done.extent) == (300, 300, 0, len(data), len(data))
