@@ -118,13 +118,26 @@ def downloadable(export: Export) -> bool:
 # --- creating ------------------------------------------------------------------------
 
 
+# A selection is for the messages a person ticked, not for bulk: bulk is a query.
+MAX_SELECTION = 10_000
+
+
 def create_export(
-    membership: Membership, query: str, export_format: str, *, ip: str | None = None, token: ApiToken | None = None
+    membership: Membership,
+    query: str,
+    export_format: str,
+    *,
+    selection: list[int] | None = None,
+    ip: str | None = None,
+    token: ApiToken | None = None,
 ) -> Export:
-    """Record an export of what `query` finds for this member and have it built
-    in the background (audited); ExportError for a bad format or query."""
+    """Record an export of what `query` finds for this member (or of the
+    `selection` of message ids among those they may read) and have it built
+    in the background (audited); ExportError for a bad format, query or selection."""
     if export_format not in Export.Format.values:
         raise ExportError(f"format must be one of {', '.join(Export.Format.values)}, not {export_format!r:.40}")
+    if selection is not None:
+        selection, query = checked_selection(selection), ""
     if not isinstance(query, str) or len(query) > 2000:
         raise ExportError("q must be a search query of at most 2000 characters")
     try:
@@ -136,19 +149,31 @@ def create_export(
             tenant_id=membership.tenant_id,
             created_by_id=membership.user_id,
             query=query,
+            selection=selection,
             format=export_format,
             expires_at=timezone.now() + KEEP_FOR,
         )
+        what = {"query": query} if selection is None else {"selection": len(selection)}
         record_event(
             membership,
             AuditEvent.Action.EXPORT_CREATED,
-            {"export": str(export.public_id), "query": query, "format": export_format},
+            {"export": str(export.public_id), **what, "format": export_format},
             ip=ip,
             token=token,
             target=f"export {export.public_id}",
         )
         transaction.on_commit(lambda: publish_build(export.pk))
     return export
+
+
+def checked_selection(selection: object) -> list[int]:
+    if (
+        not isinstance(selection, list)
+        or not 1 <= len(selection) <= MAX_SELECTION
+        or not all(isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in selection)
+    ):
+        raise ExportError(f"ids must be a list of 1 to {MAX_SELECTION} message ids")
+    return list(dict.fromkeys(selection))
 
 
 def publish_build(export_id: int) -> None:
@@ -211,7 +236,11 @@ def _fail(export: Export, reason: str) -> None:
 def _build(export: Export, membership: Membership, folder: Path) -> None:
     from search import get_backend
 
-    ids_path, total = _spool_ids(get_backend().scan(archive_access.search_scope(membership), export.query), folder)
+    if export.selection is not None:
+        found: Iterator[int] = iter(export.selection)  # each checked against the member's view per chunk
+    else:
+        found = get_backend().scan(archive_access.search_scope(membership), export.query)
+    ids_path, total = _spool_ids(found, folder)
     Export.objects.filter(pk=export.pk).update(total=total)
     file_path = folder / "export.zip"
     manifest_path = folder / "manifest.csv"

@@ -38,6 +38,8 @@ class Export(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     query = models.TextField(blank=True)
+    # A selection of message ids instead of a query (None: the query's results).
+    selection = models.JSONField(null=True, blank=True, default=None)
     format = models.CharField(max_length=8, choices=Format.choices)
     state = models.CharField(max_length=8, choices=State.choices, default=State.PENDING)
     done = models.PositiveIntegerField(default=0)

@@ -269,3 +269,20 @@ def test_a_build_the_broker_lost_or_whose_worker_died_is_published_and_claimed_a
     assert exports.build_export(died.pk) == Export.State.DONE
     assert exports.build_export(died.pk) == "not claimed"  # done is done
     assert Export.objects.get(pk=died.pk).total == 1
+
+
+def test_a_selection_exports_only_the_ids_given_that_the_member_may_read(client, org, mail):
+    _token, secret = create_api_token(membership_of(org.user), "selection")
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    wanted = [mail["q3@fabrikam.com"].pk, mail["q1@fabrikam.com"].pk, 999_999_999]  # frank's, hers, nobody's
+    response = client.post(
+        "/api/v1/exports", {"ids": wanted, "format": "eml-zip"}, content_type="application/json", **auth
+    )
+    assert response.status_code == 201
+    export = Export.objects.get(public_id=response.json()["id"])
+    exports.build_export(export.pk)
+    rows = manifest_of(downloaded(client, org.user, Export.objects.get(pk=export.pk)))
+    assert [r["id"] for r in rows] == [str(mail["q1@fabrikam.com"].pk)]
+    assert AuditEvent.objects.get(target=f"export {export.public_id}", action="export-created").detail["selection"] == 3
+    bad = client.post("/api/v1/exports", {"ids": "1,2", "format": "mbox"}, content_type="application/json", **auth)
+    assert bad.status_code == 400 and "ids must be a list" in bad.json()["error"]

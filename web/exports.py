@@ -43,6 +43,7 @@ def export_json(export: Export) -> dict[str, Any]:
         "manifest_sha256": export.manifest_sha256 or None,
         "download_url": download_url(export),
         "query": export.query,
+        "selection": len(export.selection) if export.selection is not None else None,
         "format": export.format,
         "sha256": export.sha256 or None,
         "size": export.size,
@@ -106,8 +107,14 @@ def api_exports(request: ApiRequest, user: User) -> HttpResponseBase:
     if not isinstance(query, str) or not isinstance(export_format, str):
         return api_error("q and format must be strings", 400)
     try:
+        selection = exports.checked_selection(body["ids"]) if "ids" in body else None
         export = exports.create_export(
-            membership, query.strip(), export_format, ip=client_ip(request), token=getattr(request, "api_token", None)
+            membership,
+            query.strip(),
+            export_format,
+            selection=selection,
+            ip=client_ip(request),
+            token=getattr(request, "api_token", None),
         )
     except exports.ExportError as exc:
         return api_error(str(exc), 400)
