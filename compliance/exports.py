@@ -292,6 +292,7 @@ def _write_chunk(writer: _Writer, manifest: Any, membership: Membership, ids: li
     messages = archive_access.messages_for(membership, ids)
     sources = archive_access.source_labels(membership, messages)
     for message in messages:
+        message.tenant = membership.tenant  # the same (messages_for filters by it): no query per message
         row = _manifest_row(message, addresses, sources.get(message.pk, []))
         try:
             data = exported_bytes(message, addresses)

@@ -286,3 +286,11 @@ def test_a_selection_exports_only_the_ids_given_that_the_member_may_read(client,
     assert AuditEvent.objects.get(target=f"export {export.public_id}", action="export-created").detail["selection"] == 3
     bad = client.post("/api/v1/exports", {"ids": "1,2", "format": "mbox"}, content_type="application/json", **auth)
     assert bad.status_code == 400 and "ids must be a list" in bad.json()["error"]
+
+
+def test_the_page_form_names_a_bad_query(client, org):
+    client.force_login(org.user)
+    response = client.post(reverse("export-new"), {"q": "(unclosed", "format": "eml-zip"})
+    assert response.status_code == 400
+    assert 'id="export-error"' in response.content.decode()
+    assert not Export.objects.filter(tenant=org.tenant).exists()
