@@ -67,12 +67,13 @@ class Export(models.Model):
 
 
 class Import(models.Model):
-    """An uploaded mbox or ZIP of `.eml` files, imported message by message
+    """An uploaded mbox, ZIP of `.eml` files or Outlook .pst, imported message by message
     through the journal's durable path (`archive.items.store_items`)."""
 
     class Format(models.TextChoices):
         MBOX = "mbox", "mbox"
         EML_ZIP = "eml-zip", "ZIP of .eml files"
+        PST = "pst", "Outlook .pst"
 
     class State(models.TextChoices):
         PENDING = "pending", "waiting to start"

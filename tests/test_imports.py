@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import mailbox
+import os
 import zipfile
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def test_mboxrd_quoted_from_lines_are_unquoted(org, tmp_path):
 @pytest.mark.parametrize(
     ("name", "data", "status", "reason"),
     [
-        ("outlook.pst", b"!BDN" + b"\0" * 100, 415, "PST import is not available on this server"),
+        ("outlook.pst", b"PK\x03\x04 renamed", 400, "not an Outlook .pst file"),
         ("notes.txt", b"Dear diary", 400, "not an mbox"),
         ("broken.zip", b"PK\x03\x04" + b"\0" * 40, 400, "not a readable ZIP file"),
         ("empty.mbox", b"", 400, "the file is empty"),
@@ -209,3 +210,51 @@ def test_a_large_upload_streams_to_the_spool_and_imports_every_message(client, o
     assert not list((Path(settings.ARCHIVA_SPOOL_DIR) / "uploads").iterdir())  # Django's temporary is gone
     done = run(started)
     assert (done.done, done.stored, done.error_count, done.position, done.extent) == (300, 300, 0, len(data), len(data))
+
+
+PST = Path(__file__).parent / "data" / "three-messages.pst"  # how it was made: data/make_three_messages_pst.py
+
+
+@pytest.fixture
+def readpst():
+    if imports.readpst() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("readpst is missing: apt-get install pst-utils (.ci/run does)")
+        pytest.skip("readpst is missing: apt-get install pst-utils")
+
+
+def test_a_pst_import_becomes_searchable(client, org, backend, readpst):
+    _token, secret = create_api_token(membership_of(org.owner), "import")
+    response = client.post(
+        "/api/v1/imports",
+        {"file": SimpleUploadedFile("erin.pst", PST.read_bytes())},
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 201 and response.json()["format"] == "pst"
+    done = run(Import.objects.get(public_id=response.json()["id"]))
+    assert (done.state, done.stored, done.error_count, done.position == done.extent > 0) == ("done", 3, 0, True)
+    assert len(search_ids(backend, org.tenant, "subject:pst from:olga@northwind.example")) == 3
+    assert len(search_ids(backend, org.tenant, '"Body of PST message 2"', addresses=["erin@contoso.com"])) == 1
+    message = Message.objects.get(tenant=org.tenant, message_id__contains="pst-1@northwind.example")
+    assert sources_for(membership_of(org.owner), message)[0]["file"] == "erin.pst"
+
+
+def test_a_damaged_pst_fails_with_readpsts_reason(org, readpst):
+    damaged = PST.read_bytes()[:4096]
+    started = upload(org, "damaged.pst", damaged)
+    assert imports.run_import(started.pk) == Import.State.FAILED
+    failed = Import.objects.get(pk=started.pk)
+    assert failed.error.startswith("RuntimeError: readpst could not read the .pst (exit 1): Could not get root record")
+    assert failed.stored == 0 and not Path(started.spool_path).exists()
+
+
+def test_without_readpst_a_pst_is_refused_with_415_saying_why(client, org, monkeypatch):
+    monkeypatch.setattr(imports, "readpst", lambda: None)
+    _token, secret = create_api_token(membership_of(org.owner), "import")
+    response = client.post(
+        "/api/v1/imports",
+        {"file": SimpleUploadedFile("outlook.pst", PST.read_bytes())},
+        HTTP_AUTHORIZATION=f"Bearer {secret}",
+    )
+    assert response.status_code == 415
+    assert response.json()["error"].startswith("PST import is not available on this server: readpst")

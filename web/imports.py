@@ -88,7 +88,7 @@ def import_page(request: SignedInRequest, membership: Membership) -> HttpRespons
     if request.method == "POST":
         upload = request.FILES.get("file")
         if upload is None:
-            error, status = "Choose a file to upload: an mbox or a ZIP of .eml files.", 400
+            error, status = "Choose a file to upload: an mbox, a ZIP of .eml files or an Outlook .pst.", 400
         else:
             try:
                 imports.start_import(membership, upload, ip=client_ip(request))
