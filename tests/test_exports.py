@@ -294,3 +294,16 @@ def test_the_page_form_names_a_bad_query(client, org):
     assert response.status_code == 400
     assert 'id="export-error"' in response.content.decode()
     assert not Export.objects.filter(tenant=org.tenant).exists()
+
+
+def test_on_s3_the_export_goes_to_the_regions_exports_bucket_and_expires_from_it(use_s3, client, org, mail):
+    export = export_now(org.owner, "subject:quarterly")
+    assert exports.exports_bucket() == "archiva-us-exports"  # the region's, beside the tenants' buckets
+    head = use_s3.client.head_object(Bucket=exports.exports_bucket(), Key=export.storage_key)
+    assert head["ContentLength"] == export.size
+    assert export.storage_key.startswith(f"{org.tenant.public_id.hex}/")
+    rows = manifest_of(downloaded(client, org.owner, export))
+    assert len(rows) == 3 and all(r["sha256"] for r in rows)
+    Export.objects.filter(pk=export.pk).update(expires_at=timezone.now())
+    assert exports.expire_exports() == 1
+    assert not use_s3.exists(exports.exports_bucket(), export.storage_key)
