@@ -276,10 +276,11 @@ def _import_all(started: Import, reader: Iterator[Found | _Progress]) -> None:
         problem = found.error or problem_of(found.data or b"")
         if problem or found.data is None:
             errors.append(Found(found.label, None, problem))
-            continue
-        batch.append((found, found.data))
-        batch_bytes += len(found.data)
-        if len(batch) >= BATCH_ITEMS or batch_bytes >= BATCH_BYTES:
+        else:
+            batch.append((found, found.data))
+            batch_bytes += len(found.data)
+        # Errors count towards a batch too: a file of nothing but errors is listed as it goes.
+        if len(batch) + len(errors) >= BATCH_ITEMS or batch_bytes >= BATCH_BYTES:
             _store_batch(started, batch, errors, progress)
             batch, batch_bytes, errors = [], 0, []
     _store_batch(started, batch, errors, progress)
