@@ -18,8 +18,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ARCHIVA_SMTP_PORT=2525
 
 # tini as PID 1 forwards signals and reaps children; the app runs unprivileged.
+# pst-utils: readpst, which the worker runs to import Outlook .pst uploads.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tini \
+    && apt-get install -y --no-install-recommends tini pst-utils \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 archiva \
     && useradd --system --uid 10001 --gid archiva --home-dir /data --no-create-home \

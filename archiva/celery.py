@@ -44,6 +44,11 @@ def _schedule(sender, **kwargs):
         name="deliver, release and expire held mail",
     )
     sender.add_periodic_task(
+        3600,
+        sender.signature("compliance.tasks.tend_exports"),
+        name="expire exports after 7 days; publish again builds and imports the broker lost",
+    )
+    sender.add_periodic_task(
         24 * 3600,
         sender.signature("m365.tasks.sync_directories"),
         name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",

@@ -145,6 +145,13 @@ ARCHIVA_STORAGE = envchoice("ARCHIVA_STORAGE", "s3" if ARCHIVA_S3_ENDPOINT else 
 # (the default, and always on the folder store, which has no such thing).
 ARCHIVA_S3_OBJECT_LOCK = envchoice("ARCHIVA_S3_OBJECT_LOCK", "off", ("off", "governance", "compliance")).upper()
 ARCHIVA_SPOOL_DIR = Path(env("ARCHIVA_SPOOL_DIR") or DATA_DIR / "spool").resolve()
+# Uploads (imports of several GB) go to disk beyond FILE_UPLOAD_MAX_MEMORY_SIZE
+# (2.5 MB), into the spool's uploads/ (made on first use), so that the import
+# can link the file instead of copying it.
+FILE_UPLOAD_HANDLERS = [
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "web.imports.SpoolUploadHandler",
+]
 
 # --- Celery --------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL")

@@ -58,6 +58,14 @@ def may_read(addresses: list[str] | None, message: Message) -> bool:
     return not set(addresses).isdisjoint(message.participants)
 
 
+def archived_merge_keys(tenant: Tenant, keys: Sequence[str]) -> set[str]:
+    """Which of these merge keys (`documents.message_id_key`) the tenant has archived already."""
+    if not keys:
+        return set()
+    found = Message.objects.filter(tenant=tenant, merge_key__in=set(keys)).values_list("merge_key", flat=True)
+    return set(found)
+
+
 def search_scope(membership: Membership) -> Scope:
     """The one place a search gets its tenant filter and, for a plain user, their addresses.
 
@@ -104,6 +112,9 @@ def sources_for(membership: Membership, message: Message) -> list[dict[str, obje
         if (copy.mailbox, copy.graph_id) in seen:  # an item's later versions are one source
             continue
         seen.add((copy.mailbox, copy.graph_id))
+        if copy.upload:  # only admins and auditors get here: an upload is in no one's mailbox
+            found.append({"source": "upload", "file": copy.upload, "created_at": copy.created_at})
+            continue
         found.append(
             {
                 "source": "mailbox",
@@ -114,6 +125,30 @@ def sources_for(membership: Membership, message: Message) -> list[dict[str, obje
             }
         )
     return found
+
+
+def source_labels(membership: Membership, messages: Sequence[Message]) -> dict[int, list[str]]:
+    """Where each message came from, as short labels for an export's manifest
+    ("journal <queue id>", "mailbox <address>/<folder>", "upload <file>"),
+    showing this member what `sources_for` shows them; two queries for the batch."""
+    addresses = mail_addresses(membership)
+    ids = [m.pk for m in messages]
+    labels: dict[int, list[str]] = {pk: [] for pk in ids}
+    if addresses is None:
+        journal = Delivery.objects.filter(
+            tenant_id=membership.tenant_id, message_id__in=ids, source=Delivery.Source.JOURNAL
+        ).order_by("received_at", "id")
+        for message_id, queue_id in journal.values_list("message_id", "queue_id"):
+            labels[message_id].append(f"journal {queue_id}")
+    copies = MessageSource.objects.filter(tenant_id=membership.tenant_id, message_id__in=ids)
+    if addresses is not None:
+        copies = copies.filter(mailbox__in=addresses)
+    rows = copies.order_by("mailbox", "folder", "id").values_list("message_id", "mailbox", "folder", "upload")
+    for message_id, mailbox, folder, upload in rows:
+        label = f"upload {upload}" if upload else f"mailbox {mailbox}/{folder}".rstrip("/")
+        if message_id is not None and label not in labels[message_id]:
+            labels[message_id].append(label)
+    return labels
 
 
 def folder_trees(membership: Membership) -> list[tuple[str, list[items.FolderNode]]]:

@@ -31,9 +31,14 @@ MAX_MERGE_KEY = 280
 
 def merge_key(parsed: ParsedReport) -> str:
     """`mid:<Message-ID>`, or `sha:<SHA-256 of the original>` when there is none."""
-    message_id = (parsed.message_id or "").strip().strip("<>").strip()
+    return message_id_key(parsed.message_id) or f"sha:{original_sha256(parsed)}"
+
+
+def message_id_key(message_id: str | None) -> str | None:
+    """The merge key of a Message-ID (`mid:…`); None for none."""
+    message_id = (message_id or "").strip().strip("<>").strip()
     if not message_id:
-        return f"sha:{original_sha256(parsed)}"
+        return None
     key = f"mid:{message_id}"
     if len(key) > MAX_MERGE_KEY:
         key = f"mid-sha:{hashlib.sha256(message_id.encode('utf-8', 'surrogateescape')).hexdigest()}"
@@ -143,7 +148,8 @@ def item_fields(
     (the same item in another mailbox, or stored again): each changed
     version of an item is an item of its own.
     """
-    fields = {**fields, "kind": kind, "mailboxes": [mailbox]}
+    # An uploaded message (no mailbox) is seen by the participants its headers name.
+    fields = {**fields, "kind": kind, "mailboxes": [mailbox] if mailbox else []}
     if parsed.date is None and received is not None:
         fields["date"] = received
     if kind != Message.Kind.MAIL:

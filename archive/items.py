@@ -54,6 +54,7 @@ KINDS: tuple[str, ...] = ("mail", "event", "contact")
 MAX_MAILBOX = 320
 MAX_FOLDER = 1000
 MAX_GRAPH_ID = 512
+MAX_UPLOAD = 255
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _HASH_CHUNK = 1 << 20
 
@@ -83,11 +84,17 @@ class Item:
     content: bytes | Path
     sha256: str | None = None
     received: datetime | None = None  # when the mailbox received it (Graph's receivedDateTime)
+    # An uploaded file's name (compliance.imports): the item is mail that no
+    # mailbox holds (`mailbox` ""), named by its SHA-256 in `graph_id`.
+    upload: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"item kind must be one of {', '.join(KINDS)}, not {self.kind!r}")
-        self.mailbox = normalize_mailbox(self.mailbox)
+        if self.upload:
+            self._check_upload()
+        else:
+            self.mailbox = normalize_mailbox(self.mailbox)
         if not isinstance(self.graph_id, str) or not self.graph_id or len(self.graph_id) > MAX_GRAPH_ID:
             raise ValueError(f"an item's graph_id must be 1 to {MAX_GRAPH_ID} characters, got {self.graph_id!r:.80}")
         self.folder = normalize_folder(self.folder)
@@ -99,6 +106,12 @@ class Item:
             raise ValueError("an item's received time must be timezone-aware")
         if self.sha256 is not None and not _SHA256.fullmatch(self.sha256):
             raise ValueError(f"an item's sha256 must be 64 lower-case hex digits, got {self.sha256!r:.80}")
+
+    def _check_upload(self) -> None:
+        if self.kind != "mail" or self.mailbox:
+            raise ValueError("an uploaded item is mail of no mailbox")
+        if len(self.upload) > MAX_UPLOAD or "\x00" in self.upload:
+            raise ValueError(f"an upload's file name is at most {MAX_UPLOAD} characters without NUL")
 
     def checked_sha256(self) -> str:
         """The SHA-256 of the content, worked out (a file in chunks: memory stays
@@ -293,6 +306,7 @@ def _insert(tenant: Tenant, pending: dict[ItemKey, tuple[Item, record.Job]]) -> 
                 graph_id=item.graph_id,
                 sha256=job.sha256,
                 received=item.received,
+                upload=item.upload,
                 created_at=now,
             )
             for item, job in pending.values()

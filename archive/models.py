@@ -114,7 +114,10 @@ class MessageSource(models.Model):
         Message, on_delete=models.PROTECT, null=True, blank=True, related_name="sources", db_index=False
     )
     kind = models.CharField(max_length=8, choices=Message.Kind.choices, default=Message.Kind.MAIL)
-    mailbox = models.CharField(max_length=320)  # the mailbox's primary SMTP address, lower-case
+    mailbox = models.CharField(max_length=320)  # the mailbox's primary SMTP address, lower-case; "" for an upload
+    # The uploaded file's name for a message imported from an upload (mbox,
+    # ZIP), which no mailbox holds: "" for a mailbox copy.
+    upload = models.CharField(max_length=255, blank=True, default="")
     folder = models.CharField(max_length=1000, blank=True)  # "Inbox/Projects"
     graph_id = models.CharField(max_length=512)
     sha256 = models.CharField(max_length=64)  # of the item's bytes: a changed item is a new version

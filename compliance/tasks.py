@@ -1,11 +1,14 @@
-"""Celery tasks of retention and legal hold: ids only, safe to run twice."""
+"""Celery tasks of retention, legal hold, export and import: ids only, thin, safe to run twice."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
 
+from compliance import exports, imports
 from regions.current import current_region
 from tenants import access
 
@@ -36,3 +39,24 @@ def sync_legal_holds(tenant_id: int) -> int:
     tenant = access.tenants_of_region(current_region().code).get(pk=tenant_id)
     result = worm.sync_legal_holds(tenant)
     return result.placed + result.lifted
+
+
+@shared_task(acks_late=True)
+def build_export(export_id: int) -> str:
+    return str(exports.build_export(export_id))
+
+
+@shared_task(acks_late=True)
+def run_import(import_id: int) -> str:
+    return str(imports.run_import(import_id))
+
+
+@shared_task
+def tend_exports() -> dict[str, int]:
+    """Beat: delete exports past their 7 days; publish again builds and imports the broker lost."""
+    stranded = timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
+    return {
+        "expired": exports.expire_exports(),
+        "exports_requeued": exports.requeue_stranded(stranded),
+        "imports_requeued": imports.requeue_stranded(stranded),
+    }

@@ -67,9 +67,12 @@ web)
     # The image carries static files collected at build time; this is a no-op
     # then, and fills a data volume that hides them.
     python manage.py collectstatic --noinput --verbosity 0
+    # Threads (gthread): an upload of several GB to /import/ takes minutes; a
+    # sync worker would be killed after --timeout (30 s) and block the others.
     exec gunicorn archiva.wsgi \
         --bind "0.0.0.0:${ARCHIVA_HTTP_PORT:-8000}" \
         --workers "${WEB_CONCURRENCY:-2}" \
+        --worker-class gthread --threads "${WEB_THREADS:-4}" \
         --no-control-socket \
         --access-logfile - \
         "$@"

@@ -237,6 +237,12 @@ class AuditEvent(models.Model):
         RETENTION_APPLIED = "retention-applied", "retention run"
         HOLD_CREATED = "hold-created", "legal hold created"
         HOLD_RELEASED = "hold-released", "legal hold released"
+        # eDiscovery export and upload import (compliance).
+        EXPORT_CREATED = "export-created", "export created"
+        EXPORT_FINISHED = "export-finished", "export finished"
+        EXPORT_DOWNLOADED = "export-downloaded", "export downloaded"
+        IMPORT_STARTED = "import-started", "import started"
+        IMPORT_FINISHED = "import-finished", "import finished"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
