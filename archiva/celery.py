@@ -48,6 +48,16 @@ def _schedule(sender, **kwargs):
         sender.signature("m365.tasks.sync_directories"),
         name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("tenants.tasks.audit_daily"),
+        name="audit log: the day's root of each hash chain, and its verification",
+    )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("compliance.tasks.scrub_storage"),
+        name="storage integrity scrub: the day's slice of every bucket",
+    )
 
 
 @worker_ready.connect

@@ -179,6 +179,9 @@ ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # A delivery published this long ago and still not processed is published
 # again (its task may have been lost with a crashed worker or broker).
 ARCHIVA_REQUEUE_AFTER = envint("ARCHIVA_REQUEUE_AFTER", 300, minimum=10)
+# The storage scrub re-reads every object of every bucket once per this many
+# days, a slice a day (compliance.scrub).
+ARCHIVA_SCRUB_PERIOD = envint("ARCHIVA_SCRUB_PERIOD", 30, minimum=1, maximum=3650)
 
 # --- SMTP ingest ---------------------------------------------------------
 ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")
