@@ -17,6 +17,11 @@ log = logging.getLogger(__name__)
 
 
 class ScrubCollector:
+    def describe(self) -> Iterator[Metric]:
+        """The metric names, without a query: the registry asks at registration, before any database exists."""
+        yield GaugeMetricFamily("archiva_storage_scrub_findings", "", labels=["problem"])
+        yield CounterMetricFamily("archiva_storage_scrub_checked_objects", "")
+
     def collect(self) -> Iterator[Metric]:
         from compliance import scrub
 
@@ -37,7 +42,9 @@ class ScrubCollector:
             findings.add_metric([problem.value], totals[problem.value])
         yield findings
         yield CounterMetricFamily(
-            "archiva_storage_scrub_checked_objects", "Stored objects read back and checked by the scrub", value=totals["checked"]
+            "archiva_storage_scrub_checked_objects",
+            "Stored objects read back and checked by the scrub",
+            value=totals["checked"],
         )
 
 

@@ -76,6 +76,17 @@ def audit_events(tenant: Tenant) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(tenant=tenant).select_related("user", "token").order_by("-created_at", "-id")
 
 
+def audit_actors(tenant: Tenant) -> list[str]:
+    """Everyone the tenant's audit log names as an actor, for the page's "who" filter."""
+    return list(
+        AuditEvent.objects.filter(tenant=tenant)
+        .exclude(actor_email="")
+        .order_by("actor_email")
+        .values_list("actor_email", flat=True)
+        .distinct()
+    )
+
+
 def api_tokens(tenant: Tenant) -> QuerySet[ApiToken]:
     return ApiToken.objects.filter(tenant=tenant).select_related("created_by").order_by("-created_at", "-id")
 

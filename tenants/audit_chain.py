@@ -123,7 +123,5 @@ def check_events(
         last = event
     if expected_head is not None and (running != (expected_head or GENESIS) or count != expected_count):
         why = f"the chain ends after {count} events at a hash the chain head does not record (events were removed)"
-        return Verdict(
-            False, count, running, last.pk if last else None, last.created_at if last else None, why
-        )
+        return Verdict(False, count, running, last.pk if last else None, last.created_at if last else None, why)
     return Verdict(True, count, running)

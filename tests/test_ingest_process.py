@@ -367,7 +367,6 @@ def test_ingest_processes_share_one_committer_which_is_restarted_when_it_dies(in
     assert f"accepted {last[1].decode().split()[1]} " in logged
 
 
-
 def alive(pid: int) -> bool:
     """Running: not gone, not a zombie waiting to be reaped."""
     try:

@@ -32,7 +32,9 @@ class Command(BaseCommand):
         for row in tenants:
             verdict = audit.verify_tenant(row)
             if verdict.ok:
-                self.stdout.write(f"{row.name} ({row.public_id}): intact, {verdict.events} events, head {verdict.head_hash}")
+                self.stdout.write(
+                    f"{row.name} ({row.public_id}): intact, {verdict.events} events, head {verdict.head_hash}"
+                )
             else:
                 broken += 1
                 at = verdict.broken_event_at.isoformat() if verdict.broken_event_at else "?"
