@@ -21,6 +21,8 @@ TENANT_OWNED = {
     "Mailbox",  # m365
     "SyncedAlias",  # m365
     "AuditEvent",
+    "AuditChain",
+    "AuditRoot",
     "Delivery",
     "Domain",
     "Invitation",

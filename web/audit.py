@@ -107,12 +107,15 @@ def parse_when(name: str, value: str, *, end_of_day: bool = False) -> dt.datetim
     if not value:
         return None
     try:
-        moment = parse_datetime(value)
-        if moment is None:
-            day = parse_date(value)
-            if day is None:
-                raise ValueError
+        # A date first: parse_datetime would take "2026-03-12" as its midnight, the wrong end for `until`.
+        day = parse_date(value)
+        if day is not None:
             moment = dt.datetime.combine(day + dt.timedelta(days=1 if end_of_day else 0), dt.time(), dt.UTC)
+        else:
+            found = parse_datetime(value)
+            if found is None:
+                raise ValueError
+            moment = found
     except ValueError:
         raise BadFilter(f"{name}: {value!r} is not a date (2026-01-31) or date-time (2026-01-31T08:00:00Z)") from None
     return moment if timezone.is_aware(moment) else moment.replace(tzinfo=dt.UTC)
@@ -241,7 +244,7 @@ def api_audit(request: HttpRequest, user: User) -> HttpResponseBase:
         return api_error(f"after: {request.GET.get('after')!r} is not an event id", 400)
     events = chosen.apply(access.audit_events(membership.tenant))
     if wants_csv(request):
-        audit(request, membership, AuditEvent.Action.AUDIT_EXPORTED, format="csv", **chosen.as_params())
+        audit(request, membership, AuditEvent.Action.AUDIT_EXPORTED, format="csv", filters=chosen.as_params())
         response = StreamingHttpResponse(csv_rows(events), content_type="text/csv; charset=utf-8")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
         response["Content-Disposition"] = f'attachment; filename="audit-{stamp}.csv"'
