@@ -8,9 +8,10 @@ the scrub serves no metrics of its own, so counting in its memory would be lost.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, connection
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
@@ -25,14 +26,15 @@ class ScrubCollector:
     def collect(self) -> Iterator[Metric]:
         from compliance import scrub
 
-        close_old_connections()  # the scrape runs in the metrics server's thread
         try:
             totals = scrub.totals()
         except DatabaseError:
             log.warning("scrub metrics: the database did not answer", exc_info=True)
             return
         finally:
-            close_old_connections()
+            if threading.current_thread() is not threading.main_thread():
+                # prometheus_client serves each scrape in a thread of its own: its connection ends with it.
+                connection.close()
         findings = GaugeMetricFamily(
             "archiva_storage_scrub_findings",
             "Stored objects found bad by the integrity scrub and not found intact since",
