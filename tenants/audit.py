@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import Any
 
 from django.db import transaction
 from django.db.models import F
@@ -25,7 +26,7 @@ VERIFY_BATCH = 2000
 def record_event(
     membership: Membership,
     action: str,
-    detail: dict | None = None,
+    detail: dict[str, Any] | None = None,
     *,
     ip: str | None = None,
     token: ApiToken | None = None,
@@ -85,7 +86,11 @@ def verify_tenant(tenant: Tenant) -> audit_chain.Verdict:
         chain_events(tenant),
         expected_head=head.head_hash if head else "",
         expected_count=head.events if head else 0,
-        roots=dict(AuditRoot.objects.filter(tenant=tenant, event_id__isnull=False).values_list("event_id", "hash")),
+        roots={
+            event_id: root_hash
+            for event_id, root_hash in AuditRoot.objects.filter(tenant=tenant).values_list("event_id", "hash")
+            if event_id is not None
+        },
     )
     AuditChain.objects.update_or_create(
         tenant=tenant,
