@@ -21,6 +21,7 @@ from tenants import audit_chain
 from tenants.models import ApiToken, AuditChain, AuditEvent, AuditRoot, Membership, Tenant
 
 VERIFY_BATCH = 2000
+SYSTEM_ACTOR = "Archiva (automatic)"  # the actor of changes made by a task or command, not a person
 
 
 def record_event(
@@ -46,8 +47,30 @@ def record_event(
         ip=audit_chain.normal_ip(ip),
         created_at=timezone.now(),
     )
+    return _link_and_save(event)
+
+
+def record_system_event(
+    tenant_id: int, action: str, detail: dict[str, Any] | None = None, *, target: str = ""
+) -> AuditEvent:
+    """An admin action nobody asked for at that moment (the daily Microsoft 365 sync
+    changing aliases or domains, a command): in the log and the chain all the same,
+    its actor named SYSTEM_ACTOR."""
+    event = AuditEvent(
+        tenant_id=tenant_id,
+        actor_email=SYSTEM_ACTOR,
+        action=action,
+        target=target[:400],
+        detail=audit_chain.normal_detail(detail),
+        created_at=timezone.now(),
+    )
+    return _link_and_save(event)
+
+
+def _link_and_save(event: AuditEvent) -> AuditEvent:
+    """Link the event to its tenant's chain head and store it, the head moved on, in one transaction."""
     with transaction.atomic():
-        head = lock_chain(membership.tenant_id)
+        head = lock_chain(event.tenant_id)
         event.prev_hash = head.head_hash or audit_chain.GENESIS
         event.hash = audit_chain.event_hash(event.prev_hash, audit_chain.content_of(event))
         event.save(force_insert=True)
