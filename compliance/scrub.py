@@ -145,13 +145,26 @@ def check_object(store: BlobStore, bucket: str, obj: StoredObject) -> tuple[str,
         return (ScrubFinding.Problem.UNREADABLE if exists else ScrubFinding.Problem.MISSING), str(exc)
 
 
-def note(tenant: Tenant, obj: StoredObject, outcome: tuple[str, str] | None, now: dt.datetime) -> ScrubFinding | None:
-    """Record a check's outcome: open or refresh a finding, or close the open one of an object found intact."""
+def note(
+    tenant: Tenant,
+    obj: StoredObject,
+    outcome: tuple[str, str] | None,
+    now: dt.datetime,
+    open_: set[tuple[str, int, str]],
+) -> ScrubFinding | None:
+    """Record a check's outcome: open or refresh a finding, or close the open one of an object found intact.
+
+    `open_` holds (key, offset, sha256) of the tenant's open findings, so an
+    intact object (nearly all of them) costs no query.
+    """
+    if outcome is None and (obj.key, obj.offset, obj.sha256) not in open_:
+        return None
     same = ScrubFinding.objects.filter(
         tenant=tenant, key=obj.key, offset=obj.offset, sha256=obj.sha256, resolved_at__isnull=True
     )
     if outcome is None:
         same.update(resolved_at=now)
+        open_.discard((obj.key, obj.offset, obj.sha256))
         return None
     problem, error = outcome
     finding = same.first()
@@ -168,6 +181,7 @@ def note(tenant: Tenant, obj: StoredObject, outcome: tuple[str, str] | None, now
         )
     finding.problem, finding.error, finding.last_seen_at = problem, error[:2000], now
     finding.save()
+    open_.add((obj.key, obj.offset, obj.sha256))
     log.error("scrub: %s in tenant %s: %s", problem, tenant.pk, error)
     return finding
 
@@ -206,12 +220,13 @@ def scrub_tenant(
     if state.cycle_started_at is None:
         state.cycle_started_at = now
     result = RunResult()
+    open_ = set(open_findings(tenant).values_list("key", "offset", "sha256"))
     done = 0
     for kind, pk, objects in rows_in_order(tenant, state):
         if done >= rows:
             break
         for obj in objects:
-            finding = note(tenant, obj, check_object(store, tenant.bucket, obj), now)
+            finding = note(tenant, obj, check_object(store, tenant.bucket, obj), now, open_)
             result.checked += 1
             if finding is not None:
                 result.problems.append(finding)
