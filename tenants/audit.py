@@ -41,6 +41,7 @@ def record_event(
         user_id=membership.user_id,
         actor_email=membership.user.email if membership.user_id else "",
         token=token,
+        token_label=audit_chain.token_label(token),
         action=action,
         target=target[:400],
         detail=audit_chain.normal_detail(detail),

@@ -3,9 +3,10 @@
 Each event's `hash` is SHA-256 of the previous event's hash (GENESIS for a
 tenant's first) followed by the canonical JSON of the event's own content.
 The content is what the log says happened and stays as written: the tenant,
-the actor's address, the action, target, detail, IP and time.  The `user`
-and `token` links are left out on purpose: deleting an account clears them
-(SET_NULL), and that must not read as tampering; `actor_email` keeps the name.
+the actor's address and API token, the action, target, detail, IP and time.
+The `user` and `token` links are left out on purpose: deleting an account
+clears them (SET_NULL), and that must not read as tampering; `actor_email`
+and `token_label` keep the names.
 
 This module is pure apart from `verify_chain`, so the data migration that
 hashes the events written before the chain existed uses the same functions.
@@ -42,6 +43,7 @@ def canonical(
     *,
     tenant_id: int,
     actor_email: str,
+    token_label: str,
     action: str,
     target: str,
     detail: dict[str, Any],
@@ -53,6 +55,7 @@ def canonical(
         "v": VERSION,
         "tenant": tenant_id,
         "actor": actor_email,
+        "token": token_label,
         "action": action,
         "target": target,
         "detail": detail,
@@ -60,6 +63,11 @@ def canonical(
         "at": created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
     }
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def token_label(token: Any) -> str:
+    """How the log names an API token for good: its name and the first characters of the token."""
+    return f"{token.name} ({token.prefix}…)"[:120] if token is not None else ""
 
 
 def event_hash(prev_hash: str, content: bytes) -> str:
@@ -71,6 +79,7 @@ def content_of(event: Any) -> bytes:
     return canonical(
         tenant_id=event.tenant_id,
         actor_email=event.actor_email,
+        token_label=event.token_label,
         action=event.action,
         target=event.target,
         detail=event.detail,

@@ -237,6 +237,8 @@ class AuditEvent(models.Model):
     # Kept as written, so the log still names someone whose account was deleted.
     actor_email = models.CharField(max_length=320, blank=True)
     token = models.ForeignKey("ApiToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The API token as written ("name (prefix…)"), covered by the hash chain; `token` goes with the account.
+    token_label = models.CharField(max_length=120, blank=True)
     action = models.CharField(max_length=32, choices=Action.choices)
     target = models.CharField(max_length=400, blank=True)  # "erin@contoso.com", "contoso.com", …
     detail = models.JSONField(default=dict)

@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from tenants import audit, audit_chain
 from tenants.actions import add_domain
+from tenants.api_tokens import create_api_token
 from tenants.models import AuditChain, AuditEvent, AuditRoot, Membership
 from tenants.tasks import audit_daily
 from tests.conftest import make_org, membership_of
@@ -134,9 +135,21 @@ def test_a_chain_rewritten_after_a_daily_root_differs_at_the_root(org):
 
 
 def test_deleting_an_account_leaves_the_chain_intact(org):
+    token, _ = create_api_token(membership_of(org.admin), "bob's script")
+    audit.record_event(membership_of(org.admin), Action.SEARCH, {"query": "x"}, token=token)
     write_events(membership_of(org.admin), 5)
-    org.admin.delete()  # by an operator: user links become NULL, the address stays
+    org.admin.delete()  # by an operator: user and token links become NULL, the names stay
+    event = AuditEvent.objects.get(action=Action.SEARCH, detail__query="x")
+    assert (event.user, event.token, event.actor_email) == (None, None, "bob@contoso.com")
+    assert event.token_label.startswith("bob's script (arc_")
     assert audit.verify_tenant(org.tenant).ok
+
+
+def test_blaming_another_api_token_breaks_the_chain(org):
+    token, _ = create_api_token(membership_of(org.admin), "bob's script")
+    event = audit.record_event(membership_of(org.admin), Action.SEARCH, {"query": "x"}, token=token)
+    AuditEvent.objects.filter(pk=event.pk).update(token_label="alice's script (arc_0000…)")
+    assert audit.verify_tenant(org.tenant).broken_event_id == event.pk
 
 
 def test_the_daily_task_records_one_root_a_day_and_status_says_intact(client, org, outsider):

@@ -101,7 +101,12 @@ def test_csv_filtered_by_action_through_a_bearer_token(client, org, log):
     assert [(r["actor"], r["action"], json.loads(r["detail"])) for r in rows(response)] == [
         ("dave@contoso.com", "view", {"message": 42})
     ]
-    assert AuditEvent.objects.filter(tenant=org.tenant).last().token.name == "auditor export"
+    exported = AuditEvent.objects.filter(tenant=org.tenant).last()
+    assert exported.token.name == "auditor export"
+    assert exported.token_label == f"auditor export ({exported.token.prefix}…)"
+    client.force_login(org.auditor)
+    listed = client.get("/api/v1/audit", {"action": "audit-exported"}).json()["results"]
+    assert listed[0]["api_token"] == exported.token_label
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,7 @@ def event_json(event: AuditEvent) -> dict[str, Any]:
         "id": event.pk,
         "time": event.created_at.isoformat(),
         "actor": event.actor_email,
-        "api_token": event.token.name if event.token else None,
+        "api_token": event.token_label or None,
         "action": event.action,
         "target": event.target,
         "detail": event.detail,

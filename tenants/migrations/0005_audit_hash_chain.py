@@ -7,20 +7,23 @@ from django.db import migrations, models
 
 def hash_existing_events(apps, schema_editor):
     """Link the events written before the chain existed, per tenant in id order, and set each head."""
-    from tenants.audit_chain import GENESIS, content_of, event_hash
+    from tenants.audit_chain import GENESIS, content_of, event_hash, token_label
 
     AuditEvent = apps.get_model("tenants", "AuditEvent")
     AuditChain = apps.get_model("tenants", "AuditChain")
+    ApiToken = apps.get_model("tenants", "ApiToken")
     for tenant_id in AuditEvent.objects.values_list("tenant_id", flat=True).distinct().order_by("tenant_id"):
         running, count, last_id, last = GENESIS, 0, 0, None
         while True:
             batch = list(AuditEvent.objects.filter(tenant_id=tenant_id, pk__gt=last_id).order_by("pk")[:2000])
             if not batch:
                 break
+            tokens = {t.pk: t for t in ApiToken.objects.filter(pk__in={e.token_id for e in batch if e.token_id})}
             for event in batch:
+                event.token_label = token_label(tokens.get(event.token_id))
                 event.prev_hash = running
                 event.hash = running = event_hash(running, content_of(event))
-            AuditEvent.objects.bulk_update(batch, ["prev_hash", "hash"])
+            AuditEvent.objects.bulk_update(batch, ["token_label", "prev_hash", "hash"])
             count += len(batch)
             last = last_id = batch[-1].pk
         AuditChain.objects.update_or_create(
@@ -79,6 +82,11 @@ class Migration(migrations.Migration):
             options={
                 'constraints': [models.UniqueConstraint(fields=('tenant', 'day'), name='one_audit_root_per_tenant_per_day')],
             },
+        ),
+        migrations.AddField(
+            model_name='auditevent',
+            name='token_label',
+            field=models.CharField(blank=True, max_length=120),
         ),
         migrations.RunPython(hash_existing_events, migrations.RunPython.noop),
     ]
