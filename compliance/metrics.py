@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
-from django.db import DatabaseError, connection
+from django.db import connection
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ class ScrubCollector:
 
         try:
             totals = scrub.totals()
-        except DatabaseError:
+        except Exception:  # whatever the database does, the ingest's own metrics must still be served
             log.warning("scrub metrics: the database did not answer", exc_info=True)
             return
         finally:

@@ -186,6 +186,13 @@ def note(
     return finding
 
 
+def still_vouched_for(tenant: Tenant, obj: StoredObject) -> bool:
+    """Whether the row that holds the object's hash still exists, asked only of a bad object."""
+    if obj.delivery_id is not None:
+        return archive_access.deliveries(tenant).filter(pk=obj.delivery_id).exists()
+    return archive_access.messages(tenant).filter(pk=obj.message_id).exists()
+
+
 def budget(state: ScrubState, total: int, now: dt.datetime, period: dt.timedelta) -> int:
     """How many rows this run checks: the share of the period since the last run, at least one."""
     elapsed = now - state.last_run_at if state.last_run_at else FIRST_RUN
@@ -226,8 +233,11 @@ def scrub_tenant(
         if done >= rows:
             break
         for obj in objects:
-            finding = note(tenant, obj, check_object(store, tenant.bucket, obj), now, open_)
+            outcome = check_object(store, tenant.bucket, obj)
             result.checked += 1
+            if outcome is not None and not still_vouched_for(tenant, obj):
+                continue  # deleted meanwhile (retention): its objects may go with it
+            finding = note(tenant, obj, outcome, now, open_)
             if finding is not None:
                 result.problems.append(finding)
         if kind == "delivery":

@@ -177,6 +177,11 @@ def test_the_daily_task_is_on_the_beat_schedule():
     app.loader.import_default_modules()
     scheduled = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert {"tenants.tasks.audit_daily", "compliance.tasks.scrub_storage"} <= scheduled
+    assert {
+        "tenants.tasks.audit_daily",
+        "compliance.tasks.scrub_storage",
+        "compliance.tasks.scrub_tenant_storage",
+    } <= set(app.tasks)  # registered, so a worker runs them
 
 
 def test_verify_audit_names_an_unknown_tenant(db):

@@ -20,6 +20,7 @@ from archive.models import Message
 from compliance import scrub
 from compliance.models import ScrubFinding, ScrubState
 from compliance.tasks import scrub_storage
+from ingest.models import Delivery
 from tests.archive_support import archive, report
 
 Problem = ScrubFinding.Problem
@@ -150,3 +151,21 @@ def test_the_scrub_finds_a_corrupted_and_a_missing_object_on_s3(use_s3, org):
     found = {(f.problem, f.key) for f in result.problems}
     assert found == {(Problem.MISMATCH, first.original_key), (Problem.MISSING, second.text_key)}
     assert result.checked == 2 + 2 * 2  # two reports, two originals and two texts
+
+
+def test_an_object_deleted_with_its_row_during_the_run_is_no_finding(org, monkeypatch):
+    """Retention removes a message and its objects while the scrub reads them: nothing is wrong."""
+    [message] = archived(org.tenant, 1)
+    real_check = scrub.check_object
+
+    def retention_strikes_first(store, bucket, obj):
+        if obj.key == message.text_key:
+            Delivery.objects.filter(message=message).update(message=None)
+            Message.objects.filter(pk=message.pk).delete()
+            bucket_file(org.tenant, message.text_key).unlink()
+        return real_check(store, bucket, obj)
+
+    monkeypatch.setattr(scrub, "check_object", retention_strikes_first)
+    result = scrub.scrub_tenant(org.tenant, whole=True)
+    assert result.checked == 3 and result.problems == []
+    assert not scrub.open_findings(org.tenant).exists()
