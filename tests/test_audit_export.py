@@ -165,3 +165,11 @@ def test_the_page_answers_a_bad_date_with_400_and_why(client, org):
     response = client.get(reverse("audit"), {"since": "yesterday"})
     assert response.status_code == 400
     assert "since: &#x27;yesterday&#x27; is not a date" in response.content.decode()
+
+
+def test_a_cell_a_spreadsheet_would_run_as_a_formula_is_quoted(client, org):
+    create_api_token(membership_of(org.owner), '=HYPERLINK("http://evil.example","x")')
+    client.force_login(org.auditor)
+    [created] = [r for r in rows(client.get("/api/v1/audit", HTTP_ACCEPT="text/csv")) if r["action"] == "token-created"]
+    assert created["target"] == '\'=HYPERLINK("http://evil.example","x")'
+    assert client.get("/api/v1/audit", {"action": "token-created"}).json()["results"][0]["target"].startswith("=")

@@ -189,6 +189,16 @@ def wants_csv(request: HttpRequest) -> bool:
     )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def cell(value: object) -> str:
+    """A CSV cell that a spreadsheet shows as text: a leading = + - @ (a formula, OWASP's CSV
+    injection) gets a ' before it; token names and targets are typed by people."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
 class Echo:
     """A file-like object whose write returns the line, for csv.writer into a streamed response."""
 
@@ -208,7 +218,7 @@ def csv_rows(events: QuerySet[AuditEvent]) -> Iterator[str]:
         for event in batch:
             row = event_json(event)
             row["detail"] = json.dumps(event.detail, sort_keys=True, ensure_ascii=False)
-            yield writer.writerow([row[c] if row[c] is not None else "" for c in CSV_COLUMNS])
+            yield writer.writerow([cell(row[c]) for c in CSV_COLUMNS])
         last = batch[-1].pk
 
 
