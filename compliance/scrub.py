@@ -190,7 +190,9 @@ def still_vouched_for(tenant: Tenant, obj: StoredObject) -> bool:
     """Whether the row that holds the object's hash still exists, asked only of a bad object."""
     if obj.delivery_id is not None:
         return archive_access.deliveries(tenant).filter(pk=obj.delivery_id).exists()
-    return archive_access.messages(tenant).filter(pk=obj.message_id).exists()
+    if obj.message_id is not None:
+        return archive_access.messages(tenant).filter(pk=obj.message_id).exists()
+    return True
 
 
 def budget(state: ScrubState, total: int, now: dt.datetime, period: dt.timedelta) -> int:
