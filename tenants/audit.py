@@ -92,11 +92,15 @@ def lock_chain(tenant_id: int) -> AuditChain:
     return AuditChain.objects.get(tenant_id=tenant_id)
 
 
-def chain_events(tenant: Tenant) -> Iterator[AuditEvent]:
-    """The tenant's events in chain order, read in batches by id (a long chain does not sit in memory)."""
+def chain_events(tenant: Tenant, up_to: int | None = None) -> Iterator[AuditEvent]:
+    """The tenant's events in chain order, read in batches by id (a long chain does not sit in memory),
+    up to event `up_to` when given."""
     last = 0
+    events = AuditEvent.objects.filter(tenant=tenant)
+    if up_to is not None:
+        events = events.filter(pk__lte=up_to)
     while True:
-        batch = list(AuditEvent.objects.filter(tenant=tenant, pk__gt=last).order_by("pk")[:VERIFY_BATCH])
+        batch = list(events.filter(pk__gt=last).order_by("pk")[:VERIFY_BATCH])
         if not batch:
             return
         yield from batch
@@ -104,10 +108,16 @@ def chain_events(tenant: Tenant) -> Iterator[AuditEvent]:
 
 
 def verify_tenant(tenant: Tenant) -> audit_chain.Verdict:
-    """Check the tenant's whole chain against its head, and keep the outcome for System Status."""
+    """Check the tenant's whole chain against its head, and keep the outcome for System Status.
+
+    The head is read first and the events up to it are checked: writers go
+    on meanwhile, and their events (ids beyond the head's, since they link
+    one at a time) are the next verification's.
+    """
     head = AuditChain.objects.filter(tenant=tenant).first()
     verdict = audit_chain.check_events(
-        chain_events(tenant),
+        # No head row: every event is checked (and any is one too many).
+        chain_events(tenant, (head.head_event_id or 0) if head else None),
         expected_head=head.head_hash if head else "",
         expected_count=head.events if head else 0,
         roots={

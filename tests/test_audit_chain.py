@@ -222,6 +222,35 @@ def test_concurrent_writers_of_one_tenant_keep_one_chain():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_verifying_while_people_write_finds_the_chain_intact():
+    """The daily verification runs beside searches and views: events after the head it read are the next run's."""
+    org = make_org()
+    member = membership_of(org.auditor)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def keep_writing() -> None:
+        try:
+            while not stop.is_set():
+                audit.record_event(member, Action.SEARCH, {"query": "busy"})
+        except BaseException as exc:  # pragma: no cover - shown in the assertion
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        verdicts = [audit.verify_tenant(org.tenant) for _ in range(20)]
+    finally:
+        stop.set()
+        writer.join(30)
+    assert not errors
+    assert all(v.ok for v in verdicts), [v.reason for v in verdicts if not v.ok]
+    assert verdicts[-1].events > verdicts[0].events  # the writer was writing all along
+
+
+@pytest.mark.django_db(transaction=True)
 def test_events_written_before_the_chain_are_hashed_in_order_by_the_migration():
     org = make_org()
     before = [("tenants", "0004_move_apitoken_auditevent_here")]
