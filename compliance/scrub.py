@@ -195,6 +195,15 @@ def still_vouched_for(tenant: Tenant, obj: StoredObject) -> bool:
     return True
 
 
+def stop_if_store_down(store: BlobStore, state: ScrubState) -> None:
+    """After an unreadable object: if the store itself stopped answering, keep the progress and raise StorageError."""
+    try:
+        store.ping()
+    except StorageError:
+        state.save(update_fields=["delivery_cursor", "message_cursor", "cycle_started_at"])
+        raise
+
+
 def budget(state: ScrubState, total: int, now: dt.datetime, period: dt.timedelta) -> int:
     """How many rows this run checks: the share of the period since the last run, at least one."""
     elapsed = now - state.last_run_at if state.last_run_at else FIRST_RUN
@@ -228,6 +237,7 @@ def scrub_tenant(
     rows = total if whole else budget(state, total, now, dt.timedelta(days=settings.ARCHIVA_SCRUB_PERIOD))
     if state.cycle_started_at is None:
         state.cycle_started_at = now
+    store.ping()  # a store that does not answer is an outage to retry, not a bucket full of findings
     result = RunResult()
     open_ = set(open_findings(tenant).values_list("key", "offset", "sha256"))
     done = 0
@@ -236,6 +246,8 @@ def scrub_tenant(
             break
         for obj in objects:
             outcome = check_object(store, tenant.bucket, obj)
+            if outcome is not None and outcome[0] == ScrubFinding.Problem.UNREADABLE:
+                stop_if_store_down(store, state)
             result.checked += 1
             if outcome is not None and not still_vouched_for(tenant, obj):
                 continue  # deleted meanwhile (retention): its objects may go with it
@@ -247,6 +259,8 @@ def scrub_tenant(
         else:
             state.message_cursor = pk
         done += 1
+        if done % BATCH == 0:  # a run cut short (a deploy, the time limit) goes on from here next time
+            state.save(update_fields=["delivery_cursor", "message_cursor", "cycle_started_at"])
     else:
         # The cycle's last row is checked: the next run starts over.
         result.cycle_completed = True

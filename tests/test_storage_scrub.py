@@ -169,3 +169,24 @@ def test_an_object_deleted_with_its_row_during_the_run_is_no_finding(org, monkey
     result = scrub.scrub_tenant(org.tenant, whole=True)
     assert result.checked == 3 and result.problems == []
     assert not scrub.open_findings(org.tenant).exists()
+
+
+def test_a_store_that_does_not_answer_is_an_outage_not_a_bucket_of_findings(org, settings, s3_endpoint):  # credentials
+    """S3 down (its own moto server, stopped): the run fails with StorageError and records nothing."""
+    from moto.server import ThreadedMotoServer
+
+    from infra.storage import StorageError, get_store
+    from tests.servers import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    settings.ARCHIVA_STORAGE, settings.ARCHIVA_S3_ENDPOINT = "s3", f"http://127.0.0.1:{port}"
+    get_store.cache_clear()
+    get_store().create_bucket(org.tenant.bucket)
+    archived(org.tenant, 2)
+    server.stop()
+    with pytest.raises(StorageError):
+        scrub.scrub_tenant(org.tenant, whole=True)
+    assert not ScrubFinding.objects.exists()
+    assert not ScrubState.objects.filter(tenant=org.tenant, checked_total__gt=0).exists()
