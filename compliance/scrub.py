@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from archive import access as archive_access
 from infra.storage import BlobStore, IntegrityError, StorageError, get_store
+from tenants import access as tenant_access
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -283,11 +284,11 @@ def state_of(tenant: Tenant) -> ScrubState | None:
 
 def tenants_to_scrub() -> list[int]:
     """Every tenant's id: each bucket is scrubbed, however idle."""
-    return list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+    return tenant_access.tenant_ids()
 
 
 def tenant_by_id(tenant_id: int) -> Tenant:
-    return Tenant.objects.get(pk=tenant_id)
+    return tenant_access.tenant_by_id(tenant_id)
 
 
 def totals() -> dict[str, int]:

@@ -72,6 +72,16 @@ def tenant_by_reference(reference: str) -> Tenant:
     return found[0]
 
 
+def tenant_ids() -> list[int]:
+    """Every tenant's id, for the tasks that visit each (the storage scrub)."""
+    return list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+
+
+def tenant_by_id(tenant_id: int) -> Tenant:
+    """A tenant by its id, as a task carries it."""
+    return Tenant.objects.get(pk=tenant_id)
+
+
 def audit_events(tenant: Tenant) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(tenant=tenant).select_related("user", "token").order_by("-created_at", "-id")
 
