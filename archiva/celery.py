@@ -63,6 +63,16 @@ def _schedule(sender, **kwargs):
         sender.signature("compliance.tasks.apply_retention"),
         name="retention: delete expired messages no legal hold covers",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("tenants.tasks.audit_daily"),
+        name="audit log: the day's root of each hash chain, and its verification",
+    )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("compliance.tasks.scrub_storage"),
+        name="storage integrity scrub: the day's slice of every bucket",
+    )
 
 
 @worker_ready.connect

@@ -189,6 +189,9 @@ ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # A delivery published this long ago and still not processed is published
 # again (its task may have been lost with a crashed worker or broker).
 ARCHIVA_REQUEUE_AFTER = envint("ARCHIVA_REQUEUE_AFTER", 300, minimum=10)
+# The storage scrub re-reads every object of every bucket once per this many
+# days, a slice a day (compliance.scrub).
+ARCHIVA_SCRUB_PERIOD = envint("ARCHIVA_SCRUB_PERIOD", 30, minimum=1, maximum=3650)
 
 # --- Microsoft 365 historical import (m365/importer.py) -------------------
 # Mailboxes of one tenant imported at once (each with up to 4 Graph requests, Exchange's limit).

@@ -165,7 +165,7 @@ def run(
         if actor is not None:
             record_event(actor, AuditEvent.Action.RETENTION_APPLIED, detail, target="retention")
         else:
-            record_system_event(tenant, AuditEvent.Action.RETENTION_APPLIED, detail, target="retention")
+            record_system_event(tenant.pk, AuditEvent.Action.RETENTION_APPLIED, detail, target="retention")
     return outcome
 
 

@@ -304,7 +304,7 @@ def _put_in_force(
         if actor is not None:
             record_event(actor, AuditEvent.Action.RETENTION_CHANGED, detail, ip=ip, token=token, target="retention")
         else:
-            record_system_event(change.tenant, AuditEvent.Action.RETENTION_CHANGED, detail, target="retention")
+            record_system_event(change.tenant_id, AuditEvent.Action.RETENTION_CHANGED, detail, target="retention")
         transaction.on_commit(lambda: sync_bucket_retention(change.tenant, policy_of(change)))
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from celery import shared_task
 from django.conf import settings
 
-from compliance import exports, imports
+from compliance import exports, imports, scrub
 from regions.current import current_region
 from tenants import access
 
@@ -60,3 +60,22 @@ def tend_exports() -> dict[str, int]:
         "exports_requeued": exports.requeue_stranded(stranded),
         "imports_requeued": imports.requeue_stranded(stranded),
     }
+
+
+@shared_task(acks_late=True)
+def scrub_storage() -> int:
+    """The daily scrub: one task per tenant (a big bucket's slice must not hold up the others); how many."""
+    tenant_ids = scrub.tenants_to_scrub()
+    for tenant_id in tenant_ids:
+        scrub_tenant_storage.delay(tenant_id)
+    return len(tenant_ids)
+
+
+# A day's slice of a big bucket reads for a long time: far beyond the default 5-minute limit.
+@shared_task(acks_late=True, soft_time_limit=6 * 3600, time_limit=6 * 3600 + 60)
+def scrub_tenant_storage(tenant_id: int) -> int:
+    """Check this run's slice of one tenant's objects; how many were bad."""
+    result = scrub.scrub_tenant(scrub.tenant_by_id(tenant_id))
+    if result.problems:
+        log.error("scrub found %d bad objects in tenant %s", len(result.problems), tenant_id)
+    return len(result.problems)

@@ -26,7 +26,8 @@ from django.utils import timezone
 from tenants import access as tenant_access
 from tenants import actions
 from tenants.actions import ActionRefused
-from tenants.models import Membership
+from tenants.audit import record_event
+from tenants.models import ApiToken, AuditEvent, Membership
 
 from .graph import Graph, GraphError
 from .models import Connection, Mailbox, MailboxKind, SyncedAlias
@@ -119,12 +120,26 @@ def classify(graph: Graph, users: list[DirectoryUser], roles: set[str]) -> None:
 
 
 def sync_mailboxes(
-    connection: Connection, graph: Graph | None = None, *, actor: Membership | None = None, ip: str | None = None
+    connection: Connection,
+    graph: Graph | None = None,
+    *,
+    actor: Membership | None = None,
+    ip: str | None = None,
+    token: ApiToken | None = None,
 ) -> SyncResult:
-    """Read the directory's users into Mailbox rows and members' aliases; what changed."""
+    """Read the directory's users into Mailbox rows and members' aliases; what changed.
+
+    A sync a person asked for is audited, done or failed (the daily one has nobody behind it).
+    """
     graph = graph or Graph(connection)
-    users = read_users(graph)
-    classify(graph, users, graph.roles())
+    try:
+        users = read_users(graph)
+        classify(graph, users, graph.roles())
+    except GraphError as exc:
+        if actor is not None:
+            record_event(actor, AuditEvent.Action.M365_SYNCED, {"ok": False, "error": exc.message}, ip=ip,
+                         token=token, target="m365.mailboxes")  # fmt: skip
+        raise
     tenant = connection.tenant
     now = timezone.now()
     result = SyncResult(users=len(users), mailboxes=sum(1 for u in users if u.has_mailbox))
@@ -133,6 +148,10 @@ def sync_mailboxes(
         aliases(connection, rows, result, actor=actor, ip=ip)
         connection.mailboxes_synced_at = now
         connection.save(update_fields=["mailboxes_synced_at", "updated_at"])
+        if actor is not None:
+            detail = {"mailboxes": result.mailboxes, "aliases_added": result.aliases_added}
+            detail |= {"aliases_removed": result.aliases_removed, "conflicts": len(result.conflicts)}
+            record_event(actor, AuditEvent.Action.M365_SYNCED, detail, ip=ip, token=token, target="m365.mailboxes")
     log.info("m365 mailboxes of tenant %s: %s users, %s mailboxes", tenant.pk, result.users, result.mailboxes)
     return result
 

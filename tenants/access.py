@@ -77,8 +77,29 @@ def tenants_of_region(region: str) -> QuerySet[Tenant]:
     return Tenant.objects.filter(region=region).order_by("pk")
 
 
+def tenant_ids() -> list[int]:
+    """Every tenant's id, for the tasks that visit each (the storage scrub)."""
+    return list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
+
+
+def tenant_by_id(tenant_id: int) -> Tenant:
+    """A tenant by its id, as a task carries it."""
+    return Tenant.objects.get(pk=tenant_id)
+
+
 def audit_events(tenant: Tenant) -> QuerySet[AuditEvent]:
     return AuditEvent.objects.filter(tenant=tenant).select_related("user", "token").order_by("-created_at", "-id")
+
+
+def audit_actors(tenant: Tenant) -> list[str]:
+    """Everyone the tenant's audit log names as an actor, for the page's "who" filter."""
+    return list(
+        AuditEvent.objects.filter(tenant=tenant)
+        .exclude(actor_email="")
+        .order_by("actor_email")
+        .values_list("actor_email", flat=True)
+        .distinct()
+    )
 
 
 def api_tokens(tenant: Tenant) -> QuerySet[ApiToken]:

@@ -12,7 +12,7 @@ from django.utils import timezone
 from infra.dns import txt_records
 from infra.storage import bucket_name_for, get_store
 from regions.current import current_region
-from tenants.audit import record_event
+from tenants.audit import record_event, record_system_event
 from tenants.models import Alias, AuditEvent, Domain, Invitation, JournalToken, Membership, Role, Tenant, User
 from tenants.signals import domain_verified
 from tenants.tokens import hash_secret, new_link_secret, new_token, new_txt_token
@@ -21,14 +21,19 @@ DEFAULT_ROTATION_GRACE = timedelta(days=7)
 Action = AuditEvent.Action
 
 
-def _audit(actor: Membership | None, action: str, target: str, ip: str | None, **detail) -> None:
+def _audit(
+    actor: Membership | None, action: str, target: str, ip: str | None, *, tenant_id: int | None = None, **detail
+) -> None:
     """Every admin action goes to the audit log, in the transaction of the change.
 
     `ip` is the request's (views pass `web.audit.client_ip`); an action with
-    no actor (a command, a task) is not a person's and is not logged here.
+    no actor (a task, a command: the daily Microsoft 365 sync changing who
+    sees what) is logged as the system's, in `tenant_id`.
     """
     if actor is not None:
         record_event(actor, action, detail, ip=ip, target=target)
+    elif tenant_id is not None:
+        record_system_event(tenant_id, action, detail, target=target)
 
 
 def _issue_token(tenant: Tenant) -> JournalToken:
@@ -69,7 +74,7 @@ def rotate_journal_token(
             expires_at=now + grace, updated_at=now
         )
         # The log names no token: it is a credential.
-        _audit(actor, Action.JOURNAL_TOKEN_ROTATED, "journal address", ip, grace_days=grace.days)
+        _audit(actor, Action.JOURNAL_TOKEN_ROTATED, "journal address", ip, tenant_id=tenant.pk, grace_days=grace.days)
         return _issue_token(tenant)
 
 
@@ -254,7 +259,7 @@ def verify_domain(domain: Domain, actor: Membership | None = None, ip: str | Non
     try:
         with transaction.atomic():
             domain.save(update_fields=["verified_at", "updated_at"])
-            _audit(actor, Action.DOMAIN_VERIFIED, domain.name, ip)
+            _audit(actor, Action.DOMAIN_VERIFIED, domain.name, ip, tenant_id=domain.tenant_id)
     except IntegrityError:
         domain.verified_at = None
         raise ActionRefused(
@@ -287,8 +292,8 @@ def verify_domain_by_consent(
             domain.verified_at = timezone.now()
             domain.save(update_fields=["verified_at", "updated_at"])
             if created:
-                _audit(actor, Action.DOMAIN_ADDED, name, ip, proof=proof)
-            _audit(actor, Action.DOMAIN_VERIFIED, name, ip, proof=proof)
+                _audit(actor, Action.DOMAIN_ADDED, name, ip, tenant_id=tenant.pk, proof=proof)
+            _audit(actor, Action.DOMAIN_VERIFIED, name, ip, tenant_id=tenant.pk, proof=proof)
     except IntegrityError:
         raise ActionRefused(f"{name} is verified by another organization. Contact support if it is yours.") from None
     domain_verified.send(sender=Domain, domain=domain)
@@ -307,7 +312,15 @@ def add_directory_alias(
     try:
         with transaction.atomic():
             alias = Alias.objects.create(tenant_id=target.tenant_id, membership=target, address=address)
-            _audit(actor, Action.ALIAS_ADDED, target.user.email, ip, alias=address, source=source)
+            _audit(
+                actor,
+                Action.ALIAS_ADDED,
+                target.user.email,
+                ip,
+                tenant_id=target.tenant_id,
+                alias=address,
+                source=source,
+            )
             return alias
     except IntegrityError:
         raise ActionRefused(f"{address} is already an alias of a member.") from None
@@ -319,7 +332,15 @@ def remove_directory_alias(
     """Remove an alias the directory no longer lists for its member."""
     with transaction.atomic():
         if Alias.objects.filter(pk=alias.pk).delete()[0]:
-            _audit(actor, Action.ALIAS_REMOVED, alias.membership.user.email, ip, alias=alias.address, source=source)
+            _audit(
+                actor,
+                Action.ALIAS_REMOVED,
+                alias.membership.user.email,
+                ip,
+                tenant_id=alias.tenant_id,
+                alias=alias.address,
+                source=source,
+            )
 
 
 def remove_domain(actor: Membership, domain: Domain, ip: str | None = None) -> None:
@@ -336,7 +357,15 @@ def set_m365_organization(
     tenant.m365_organization = organization.strip().lower()
     with transaction.atomic():
         tenant.save(update_fields=["m365_organization"])
-        _audit(actor, Action.SETTING_CHANGED, "m365_organization", ip, old=old, new=tenant.m365_organization)
+        _audit(
+            actor,
+            Action.SETTING_CHANGED,
+            "m365_organization",
+            ip,
+            tenant_id=tenant.pk,
+            old=old,
+            new=tenant.m365_organization,
+        )
 
 
 # --- accounts ----------------------------------------------------------------

@@ -243,17 +243,26 @@ class AuditEvent(models.Model):
         EXPORT_DOWNLOADED = "export-downloaded", "export downloaded"
         IMPORT_STARTED = "import-started", "import started"
         IMPORT_FINISHED = "import-finished", "import finished"
+        M365_SYNCED = "m365-synced", "Microsoft 365 mailboxes synchronised"
+        AUDIT_EXPORTED = "audit-exported", "audit log exported"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
     # Kept as written, so the log still names someone whose account was deleted.
     actor_email = models.CharField(max_length=320, blank=True)
     token = models.ForeignKey("ApiToken", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    # The API token as written ("name (prefix…)"), covered by the hash chain; `token` goes with the account.
+    token_label = models.CharField(max_length=120, blank=True)
     action = models.CharField(max_length=32, choices=Action.choices)
     target = models.CharField(max_length=400, blank=True)  # "erin@contoso.com", "contoso.com", …
     detail = models.JSONField(default=dict)
     ip = models.GenericIPAddressField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The tenant's hash chain (tenants.audit_chain): `hash` is SHA-256 of
+    # `prev_hash` and this event's content, so an edited, removed or inserted
+    # row no longer matches the events after it.
+    prev_hash = models.CharField(max_length=64, blank=True)
+    hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         db_table = "archive_auditevent"  # made by the archive app, moved here without copying
@@ -261,6 +270,51 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.user_id} in {self.tenant_id}"
+
+
+class AuditChain(models.Model):
+    """The head of a tenant's audit hash chain, and the lock its writers take.
+
+    Every `record_event` first updates this row (a row lock on PostgreSQL, the
+    write lock on SQLite), so two writers of one tenant take turns and never
+    both link to the same previous event.  Also keeps the last verification's
+    outcome for System Status (verifying on every page view would read the whole chain).
+    """
+
+    tenant = models.OneToOneField(Tenant, on_delete=models.PROTECT, primary_key=True, related_name="audit_chain")
+    head_hash = models.CharField(max_length=64, blank=True)  # "" until the first event
+    head_event_id = models.BigIntegerField(null=True, blank=True)
+    events = models.BigIntegerField(default=0)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    verified_ok = models.BooleanField(null=True)
+    verified_events = models.BigIntegerField(default=0)
+    broken_event_id = models.BigIntegerField(null=True, blank=True)
+    broken_event_at = models.DateTimeField(null=True, blank=True)
+    broken_reason = models.TextField(blank=True)
+
+    def __str__(self) -> str:
+        return f"audit chain of tenant {self.tenant_id}: {self.events} events"
+
+
+class AuditRoot(models.Model):
+    """A day's root: the chain head's hash at the end of the daily task, per tenant.
+
+    Published elsewhere (an operator's mail, an external log) it proves the
+    chain up to that event has not been rewritten since.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_roots")
+    day = models.DateField()
+    hash = models.CharField(max_length=64, blank=True)
+    event_id = models.BigIntegerField(null=True, blank=True)
+    events = models.BigIntegerField(default=0)
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["tenant", "day"], name="one_audit_root_per_tenant_per_day")]
+
+    def __str__(self) -> str:
+        return f"audit root of tenant {self.tenant_id} on {self.day}: {self.hash[:12]}"
 
 
 class ApiToken(models.Model):

@@ -23,6 +23,8 @@ TENANT_OWNED = {
     "ImportRun",  # m365, the historical import (its mailboxes and sources are reached through it)
     "ImportDay",  # m365
     "AuditEvent",
+    "AuditChain",
+    "AuditRoot",
     "Delivery",
     "Domain",
     "Export",  # compliance

@@ -250,6 +250,10 @@ def test_members_get_their_proxy_addresses_as_aliases_and_lose_them_with_the_dir
     second = sync_mailboxes(connection)
 
     assert (second.aliases_added, second.aliases_removed) == (0, 1)
+    # Nobody asked for the second sync (the daily task): the log names the system, not a person.
+    removed = AuditEvent.objects.get(action=AuditEvent.Action.ALIAS_REMOVED)
+    assert (removed.user, removed.actor_email, removed.target) == (None, "Archiva (automatic)", "erin@contoso.com")
+    assert removed.detail == {"alias": "erin.old@contoso.com", "source": "microsoft 365 proxy addresses"}
     assert set(addresses_for(erin)) == {"erin@contoso.com", "erin.shared@contoso.com"}
     assert SyncedAlias.objects.count() == 2
     assert (
@@ -299,6 +303,17 @@ def test_sync_now_on_the_page(client, org, ms_fake):
 
     assert "4 mailboxes synchronised" in page
     assert 'id="mailbox-count">4<' in page
+    # Audited, with what it changed (alice and erin got their other proxy addresses as aliases).
+    event = AuditEvent.objects.filter(tenant=org.tenant, action=AuditEvent.Action.M365_SYNCED).get()
+    assert (event.actor_email, event.target, event.ip) == ("bob@contoso.com", "m365.mailboxes", "127.0.0.1")
+    assert event.detail == {"mailboxes": 4, "aliases_added": 3, "aliases_removed": 0, "conflicts": 0}
+
+
+def test_the_daily_sync_has_nobody_behind_it_and_writes_no_sync_event(org, ms_fake):
+    connection = connect(ms_fake, org.tenant)
+    populate(ms_fake, str(connection.directory_id))
+    assert sync_directories() == 1
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.M365_SYNCED).exists()
 
 
 # --- the API ---------------------------------------------------------------------

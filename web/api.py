@@ -128,4 +128,5 @@ def api_write_view(
 @api_view
 def status(request: HttpRequest, user: User) -> HttpResponse:
     membership = api_membership(request, user)
-    return JsonResponse(as_json(tenant_status(membership.tenant, journal=membership.is_admin)))
+    status = tenant_status(membership.tenant, journal=membership.is_admin, compliance=membership.sees_all_mail)
+    return JsonResponse(as_json(status))

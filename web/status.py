@@ -14,6 +14,7 @@ from django.db.models import Count, Max, Q, Sum
 
 from archive import access as archive_access
 from archive.models import Message
+from compliance import scrub
 from ingest import held
 from ingest.models import Delivery
 from m365.connection import expiring_certificate
@@ -21,7 +22,8 @@ from m365.models import Certificate
 from regions.current import current_region
 from regions.registry import Region
 from tenants import access
-from tenants.models import JournalToken, Tenant
+from tenants.audit import chain_status
+from tenants.models import AuditChain, JournalToken, Tenant
 from tenants.tokens import journal_local_part
 
 MAX_FAILURES_SHOWN = 20
@@ -74,6 +76,27 @@ def held_validation_mail(tenant: Tenant) -> tuple[HeldArrival, ...]:
 
 
 @dataclass(frozen=True)
+class Integrity:
+    """The audit chain's last verification and the storage scrub's findings (owners, admins, auditors)."""
+
+    audit_chain: AuditChain | None  # None before the tenant's first audit event
+    scrub_state: scrub.ScrubState | None  # None before the first scrub
+    open_findings: int
+    findings: tuple[scrub.ScrubFinding, ...]  # the most recent open ones
+
+
+def integrity(tenant: Tenant) -> Integrity:
+    """Read from what the daily tasks stored: verifying a long chain or a bucket on a page view would take minutes."""
+    findings = scrub.open_findings(tenant)
+    return Integrity(
+        audit_chain=chain_status(tenant),
+        scrub_state=scrub.state_of(tenant),
+        open_findings=findings.count(),
+        findings=tuple(findings[:MAX_FAILURES_SHOWN]),
+    )
+
+
+@dataclass(frozen=True)
 class TenantStatus:
     tenant: Tenant
     region: Region
@@ -83,6 +106,7 @@ class TenantStatus:
     held_validation: tuple[HeldArrival, ...] = ()  # see held_validation_mail
     # The Microsoft 365 app certificate to replace within 30 days (admins only), if any.
     expiring_certificate: Certificate | None = None
+    integrity: Integrity | None = None  # for owners, admins and auditors only
 
     @property
     def index_failures(self) -> tuple[IndexFailure, ...]:
@@ -148,9 +172,10 @@ def counters(tenant: Tenant) -> Counters:
     )
 
 
-def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
+def tenant_status(tenant: Tenant, journal: bool = True, compliance: bool = False) -> TenantStatus:
     """The tenant's status; `journal` False leaves out the journal addresses,
-    which are credentials: whoever knows one can deliver into the archive."""
+    which are credentials: whoever knows one can deliver into the archive;
+    `compliance` adds the audit chain's and the scrub's state (owners, admins, auditors)."""
     region = current_region()
     return TenantStatus(
         tenant=tenant,
@@ -160,6 +185,7 @@ def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
         counters=counters(tenant),
         held_validation=held_validation_mail(tenant),
         expiring_certificate=expiring_certificate(tenant) if journal else None,
+        integrity=integrity(tenant) if compliance else None,
     )
 
 
@@ -187,7 +213,26 @@ def as_json(status: TenantStatus) -> dict[str, Any]:
             for a in status.in_grace
         ],
     }
+    if status.integrity is not None:
+        document.update(integrity_json(status.integrity))
     if status.recipient is None:
         # Not shown at all (not null) to whoever may not see the journal address.
         del document["journal_recipient"], document["journal_recipients_in_grace"]
     return document
+
+
+def integrity_json(state: Integrity) -> dict[str, Any]:
+    chain, scrubbed = state.audit_chain, state.scrub_state
+    return {
+        "audit_chain": {
+            "events": chain.events if chain else 0,
+            "verified_at": chain.verified_at.isoformat() if chain and chain.verified_at else None,
+            "intact": chain.verified_ok if chain else None,
+            "broken_event": chain.broken_event_id if chain else None,
+        },
+        "storage_scrub": {
+            "last_run": scrubbed.last_run_at.isoformat() if scrubbed and scrubbed.last_run_at else None,
+            "objects_checked": scrubbed.checked_total if scrubbed else 0,
+            "problems": state.open_findings,
+        },
+    }

@@ -45,6 +45,7 @@ urlpatterns = [
     path("settings/tokens/", tokens.tokens, name="tokens"),
     path("settings/tokens/<int:token_id>/revoke", tokens.revoke, name="token-revoke"),
     path("audit/", audit.audit_log, name="audit"),
+    path("api/v1/audit", audit.api_audit, name="api-audit"),
     # Tenant portal: charts, token rotation, team, domains.
     path("status/charts/", charts.charts, name="status-charts"),
     path("status/rotate-token/", views.rotate_token, name="rotate-token"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from allauth.account.decorators import verified_email_required
+from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse
@@ -40,12 +41,13 @@ def home(request: HttpRequest) -> HttpResponse:
 def status(request: SignedInRequest) -> HttpResponse:
     membership = access.membership_for(request.user)
     # The journal address, its rotation and the setup guide: owners and admins only.
-    status = tenant_status(membership.tenant, journal=membership.is_admin)
+    status = tenant_status(membership.tenant, journal=membership.is_admin, compliance=membership.sees_all_mail)
     ctx = {
         "membership": membership,
         "status": status,
         "checks": setup_checks(membership.tenant, status.region) if membership.is_admin else None,
         "grace_days": DEFAULT_ROTATION_GRACE.days,
+        "scrub_period": settings.ARCHIVA_SCRUB_PERIOD,
     }
     return render(request, "web/status.html", ctx)
 

@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('archive', '0007_reindex_for_kind_and_folders'),
-        ('tenants', '0005_auditevent_retention_and_hold_actions'),
+        ('tenants', '0005_audit_hash_chain'),
     ]
 
     operations = [

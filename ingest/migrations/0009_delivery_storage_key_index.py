@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ('archive', '0008_message_object_key_indexes'),
         ('ingest', '0008_delivery_source'),
-        ('tenants', '0005_auditevent_retention_and_hold_actions'),
+        ('tenants', '0005_audit_hash_chain'),
     ]
 
     operations = [
