@@ -508,6 +508,7 @@ def test_only_retention_deletes_archived_mail_and_it_checks_holds_first():
     # `delete(` of querysets, stores and backends: each place is named and has a reason.
     allowed = {
         "archive/actions.py",  # purge_messages (rows of deleted messages)
+        "compliance/exports.py",  # export files past their 7 days (copies, in the exports bucket, not mail)
         "compliance/purge.py",  # index entries and PendingPurge rows after the purge
         "compliance/worm.py",  # HeldObject rows: the record of S3 legal holds, not mail
         "ingest/held.py",  # mail for no tenant yet (holding bucket), never archived mail
