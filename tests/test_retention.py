@@ -29,6 +29,7 @@ from ingest.directory import Route
 from ingest.models import Delivery
 from ingest.record import Envelope, Job, commit_batch, flush_paths
 from search import Scope, get_backend, reset_backend
+from tenants.audit import SYSTEM_ACTOR
 from tenants.models import AuditEvent
 from tests.conftest import PASSWORD, membership_of
 from tests.search_support import elasticsearch_url  # noqa: F401 - the session's Elasticsearch API
@@ -181,7 +182,7 @@ def test_shortening_needs_another_admin_and_waits_the_delay(org, settings):
     assert actions == [
         (AuditEvent.Action.RETENTION_PROPOSED, "alice@contoso.com"),
         (AuditEvent.Action.RETENTION_APPROVED, "bob@contoso.com"),
-        (AuditEvent.Action.RETENTION_CHANGED, ""),  # brought into force by Archiva, at its date
+        (AuditEvent.Action.RETENTION_CHANGED, SYSTEM_ACTOR),  # brought into force by Archiva, at its date
     ]
 
 
