@@ -43,6 +43,16 @@ def _schedule(sender, **kwargs):
         sender.signature("ingest.held.tend_held_mail"),
         name="deliver, release and expire held mail",
     )
+    sender.add_periodic_task(
+        settings.ARCHIVA_SWEEP_INTERVAL,
+        sender.signature("m365.tasks.sweep_notifications"),
+        name="process Graph notifications a broker fault left behind",
+    )
+    sender.add_periodic_task(
+        3600,  # subscriptions live ~70 hours and are renewed in their last 24: many chances
+        sender.signature("m365.tasks.maintain_subscriptions"),
+        name="create, renew and remove Graph subscriptions",
+    )
 
 
 @worker_ready.connect

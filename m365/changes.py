@@ -1,0 +1,243 @@
+"""What a stored notification does to the archive, in a worker.
+
+created → the message's folder and MIME fetched from Graph and stored
+through `archive.items.store_items`; updated → its folder recorded (a move);
+deleted → the deletion recorded (never deleted from the archive).
+Lifecycle events: reauthorizationRequired renews the subscription,
+subscriptionRemoved recreates it and resyncs the mailbox by delta, missed
+resyncs.  Everything here is safe to run twice: storing is idempotent per
+(mailbox, item, bytes) and recording a folder or deletion is a plain set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from archive.items import Item, record_deletion, record_folder_change, store_items
+from m365 import subscriptions
+from m365.graph import Graph, GraphError
+from m365.sync import FolderDelta, Notification, Subscription
+
+log = logging.getLogger(__name__)
+
+# A message up to this size is passed as bytes; a larger one as its spool file.
+IN_MEMORY = 256 * 1024
+MAX_ATTEMPTS = 8  # then the notification is set aside with its error (System Status shows it)
+FOLDER_CACHE_MAILBOXES = 256
+
+
+class Trouble(Exception):
+    """Ours or Graph's passing trouble: the notification is tried again later."""
+
+
+def is_transient(exc: GraphError) -> bool:
+    return exc.status in (408, 429) or exc.status >= 500
+
+
+# --- folder paths ----------------------------------------------------------------
+
+
+@dataclass
+class Folders:
+    """A mailbox's folders: id → (display name, parent id)."""
+
+    by_id: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def path(self, folder_id: str) -> str | None:
+        if folder_id not in self.by_id:
+            return None
+        names: list[str] = []
+        seen: set[str] = set()
+        current = folder_id
+        while current in self.by_id and current not in seen:  # `seen`: a cycle in Graph's answer ends the walk
+            seen.add(current)
+            name, current = self.by_id[current]
+            names.append(name)
+        return "/".join(reversed(names))
+
+
+_folders: OrderedDict[tuple[int, str], Folders] = OrderedDict()
+_folders_lock = threading.Lock()
+
+
+def load_folders(graph: Graph, user_id: str) -> Folders:
+    """Every folder of the mailbox, flat, from `mailFolders/delta` (the root
+    itself is not listed, so a path starts below it: "Inbox/Projects")."""
+    folders = Folders()
+    for page in graph.pages(f"/users/{user_id}/mailFolders/delta"):
+        for folder in page.get("value", []):
+            if "@removed" in folder or not isinstance(folder.get("id"), str):
+                continue
+            folders.by_id[folder["id"]] = (
+                str(folder.get("displayName") or ""),
+                str(folder.get("parentFolderId") or ""),
+            )
+    return folders
+
+
+def folder_path(graph: Graph, subscription: Subscription, folder_id: str) -> str:
+    """The folder's path, from the per-mailbox cache, reloaded once on an unknown id."""
+    key = (subscription.tenant_id, subscription.user_id)
+    with _folders_lock:
+        cached = _folders.get(key)
+    if cached is not None and (path := cached.path(folder_id)) is not None:
+        return path
+    fresh = load_folders(graph, subscription.user_id)
+    with _folders_lock:
+        _folders[key] = fresh
+        _folders.move_to_end(key)
+        while len(_folders) > FOLDER_CACHE_MAILBOXES:
+            _folders.popitem(last=False)
+    path = fresh.path(folder_id)
+    if path is None:
+        raise Trouble(f"folder {folder_id} is not among the mailbox's folders")
+    return path
+
+
+# --- messages --------------------------------------------------------------------
+
+
+def _received(message: dict[str, Any]) -> datetime | None:
+    value = message.get("receivedDateTime")
+    return subscriptions.parse_graph_time(value, timezone.now()) if isinstance(value, str) else None
+
+
+def fetch_and_store(graph: Graph, subscription: Subscription, message_id: str, folder: str | None = None) -> bool:
+    """Store a message as it is in the mailbox now; False when it is gone already."""
+    base = f"/users/{subscription.user_id}/messages/{message_id}"
+    try:
+        message = graph.get(base, {"$select": "id,parentFolderId,receivedDateTime"})
+        if folder is None:
+            folder = folder_path(graph, subscription, str(message.get("parentFolderId") or ""))
+        content = _download(graph, f"{base}/$value")
+    except GraphError as exc:
+        if exc.status == 404:
+            log.info("message %s of %s is gone before we could fetch it", message_id, subscription.graph_id)
+            return False
+        raise
+    item = Item(
+        kind="mail",
+        mailbox=subscription.mailbox,
+        folder=folder,
+        graph_id=message_id,
+        content=content,
+        received=_received(message),
+    )
+    store_items(subscription.tenant, [item])
+    return True
+
+
+def _download(graph: Graph, path: str) -> bytes | Path:
+    """The MIME bytes; over IN_MEMORY the spool file itself (store_items consumes it)."""
+    spool = Path(settings.ARCHIVA_SPOOL_DIR)
+    spool.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="m365-", suffix=".eml", dir=spool)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            size = graph.download(path, sink)
+        if size > IN_MEMORY:
+            return Path(name)
+        data = Path(name).read_bytes()
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    Path(name).unlink(missing_ok=True)
+    return data
+
+
+def moved(graph: Graph, subscription: Subscription, message_id: str) -> None:
+    """An update: record the message's folder now; a message the archive does
+    not know yet (created before the subscription, or its creation not
+    processed yet) is stored instead."""
+    try:
+        message = graph.get(f"/users/{subscription.user_id}/messages/{message_id}", {"$select": "id,parentFolderId"})
+    except GraphError as exc:
+        if exc.status == 404:
+            return  # deleted since: its own notification records that
+        raise
+    folder = folder_path(graph, subscription, str(message.get("parentFolderId") or ""))
+    if not record_folder_change(subscription.tenant, subscription.mailbox, message_id, folder):
+        fetch_and_store(graph, subscription, message_id, folder)
+
+
+def resync(graph: Graph, subscription: Subscription) -> int:
+    """Catch up with the mailbox by delta query per folder (after missed
+    notifications or a recreated subscription); returns how many messages
+    were looked at.  Messages that left a folder and turned up in no other
+    are recorded as deleted."""
+    folders = load_folders(graph, subscription.user_id)
+    with _folders_lock:
+        _folders[(subscription.tenant_id, subscription.user_id)] = folders
+    seen: set[str] = set()
+    left: set[str] = set()
+    for folder_id in folders.by_id:
+        path = folders.path(folder_id) or ""
+        for message in _folder_delta(graph, subscription, folder_id):
+            if "@removed" in message:
+                left.add(message["id"])
+                continue
+            seen.add(message["id"])
+            if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
+                fetch_and_store(graph, subscription, message["id"], path)
+    for message_id in left - seen:
+        record_deletion(subscription.tenant, subscription.mailbox, message_id)
+    return len(seen) + len(left - seen)
+
+
+def _folder_delta(graph: Graph, subscription: Subscription, folder_id: str) -> Any:
+    """The folder's messages changed since its stored deltaLink (all of them
+    the first time); the new deltaLink is stored once the pages are through."""
+    saved = FolderDelta.objects.filter(
+        tenant=subscription.tenant, user_id=subscription.user_id, folder_id=folder_id
+    ).first()
+    start = saved.delta_link if saved else f"/users/{subscription.user_id}/mailFolders/{folder_id}/messages/delta"
+    params = None if saved else {"$select": "id,parentFolderId,receivedDateTime"}
+    for page in graph.pages(start, params):
+        for message in page.get("value", []):
+            if isinstance(message.get("id"), str):
+                yield message
+        if link := page.get("@odata.deltaLink"):
+            FolderDelta.objects.update_or_create(
+                tenant=subscription.tenant,
+                user_id=subscription.user_id,
+                folder_id=folder_id,
+                defaults={"delta_link": link},
+            )
+
+
+# --- one notification ----------------------------------------------------------------
+
+
+def handle(graph: Graph, notification: Notification) -> None:
+    subscription = notification.subscription
+    if notification.kind == Notification.Kind.LIFECYCLE:
+        _lifecycle(graph, subscription, notification.event)
+        return
+    message_id = str(notification.payload.get("resourceData", {}).get("id", ""))
+    if notification.event == "created":
+        fetch_and_store(graph, subscription, message_id)
+    elif notification.event == "updated":
+        moved(graph, subscription, message_id)
+    elif notification.event == "deleted":
+        record_deletion(subscription.tenant, subscription.mailbox, message_id)
+
+
+def _lifecycle(graph: Graph, subscription: Subscription, event: str) -> None:
+    if event == "reauthorizationRequired":
+        subscriptions.renew(graph, subscription)
+    elif event == "subscriptionRemoved":
+        fresh = subscriptions.recreate(graph, subscription) if subscription.state == Subscription.State.ACTIVE else None
+        resync(graph, fresh or subscription)
+    elif event == "missed":
+        resync(graph, subscription)
