@@ -26,7 +26,13 @@ class Message(models.Model):
         INDEXED = "indexed", "indexed"
         FAILED = "failed", "failed"  # its stored objects could not be read (see index_error)
 
+    class Kind(models.TextChoices):
+        MAIL = "mail", "mail"
+        EVENT = "event", "calendar event"  # iCalendar from a mailbox's calendar
+        CONTACT = "contact", "contact"  # vCard from a mailbox's contacts
+
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="messages")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.MAIL)
     merge_key = models.CharField(max_length=300)
     message_id = models.TextField(blank=True)
     subject = models.TextField(blank=True)
@@ -39,6 +45,11 @@ class Message(models.Model):
     bcc = models.JSONField(default=list)  # header Bcc (rare: Bcc is in the envelope)
     # Union over all reports: [{"address", "kind", "expanded", "forwarded"}].
     envelope_recipients = models.JSONField(default=list)
+    # Primary addresses of the mailboxes holding a copy (archive.items): their
+    # owners see the message (`documents.participants`), as its sources say.
+    mailboxes = models.JSONField(default=list)
+    # An event's or a contact's own fields (start, end, location, phones…), for its page.
+    details = models.JSONField(default=dict, blank=True)
     # Lower-cased addresses that make the message visible to a plain user.
     participants = models.JSONField(default=list)
     date = models.DateTimeField(db_index=True)  # the Date header, or when we received it
@@ -78,3 +89,47 @@ class Message(models.Model):
     @property
     def has_decrypted(self) -> bool:
         return bool(self.decrypted_key)
+
+
+class MessageSource(models.Model):
+    """A mailbox copy of an archived item: which mailbox holds it, in which folder, under which Graph id.
+
+    Made with the item's Delivery (`archive.items.store_items`, one
+    transaction), linked to its Message when the worker archives it.  Journal
+    sources are the journal reports' Delivery rows themselves (`source`
+    journal), linked to the Message the same way.  A move changes `folder`
+    and appends the old path to `folder_history`; a deletion in the mailbox
+    sets `deleted_at` and never deletes anything from the archive.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="message_sources")
+    delivery = models.OneToOneField(
+        "ingest.Delivery", on_delete=models.PROTECT, related_name="mailbox_source", db_index=False
+    )
+    message = models.ForeignKey(
+        Message, on_delete=models.PROTECT, null=True, blank=True, related_name="sources", db_index=False
+    )
+    kind = models.CharField(max_length=8, choices=Message.Kind.choices, default=Message.Kind.MAIL)
+    mailbox = models.CharField(max_length=320)  # the mailbox's primary SMTP address, lower-case
+    folder = models.CharField(max_length=1000, blank=True)  # "Inbox/Projects"
+    graph_id = models.CharField(max_length=512)
+    sha256 = models.CharField(max_length=64)  # of the item's bytes: a changed item is a new version
+    received = models.DateTimeField(null=True, blank=True)  # when the mailbox received it, per Graph
+    created_at = models.DateTimeField(default=timezone.now)
+    # [{"folder": old path, "until": ISO time}], oldest first.
+    folder_history = models.JSONField(default=list, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "mailbox", "graph_id", "sha256"], name="one_source_per_mailbox_item_version"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["message"], name="source_message"),
+            models.Index(fields=["tenant", "mailbox", "folder"], name="source_mailbox_folder"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mailbox}: {self.folder or self.kind} ({self.graph_id[:16]})"

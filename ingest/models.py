@@ -22,6 +22,10 @@ class Delivery(models.Model):
         ARCHIVED = "archived", "archived"  # unwrapped and merged into `message`
         PARSE_FAILED = "parse_failed", "parse failed"  # kept; see error, retried by `retry_failed`
 
+    class Source(models.TextChoices):
+        JOURNAL = "journal", "journal report"  # over SMTP: an MS-XJRNL envelope around the original
+        MAILBOX = "mailbox", "mailbox copy"  # a mailbox item itself (Graph import or sync, archive.items)
+
     # Indexed by the composite indexes below, which lead with it: every
     # index is a page more to write for each batch the ingest commits.
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="deliveries", db_index=False)
@@ -40,6 +44,9 @@ class Delivery(models.Model):
     tls_cipher = models.CharField(max_length=128, blank=True)
     received_at = models.DateTimeField(default=timezone.now)  # indexed per tenant, below
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.STORED)
+    # A mailbox copy has no envelope (mail_from, rcpt_to, peer, TLS stay empty);
+    # its mailbox, folder and item id are on its archive.MessageSource row.
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.JOURNAL)
     enqueued_at = models.DateTimeField(null=True, blank=True)
     verified_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)

@@ -445,6 +445,13 @@ def flush_failed(outcomes: list[Outcome], error: Exception) -> list[Outcome]:
     return [(job, failure or error) for job, failure in outcomes]
 
 
+def store_jobs(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
+    """Put jobs' bytes in place exactly as the committer does (packs, spool
+    files linked in), not yet flushed: for other writers of the same
+    bookkeeping (archive.items), which record their own rows."""
+    return _store(batch)
+
+
 def _store(batch: list[Job]) -> tuple[list[Job], list[Outcome]]:
     """Put the batch's messages in place (not yet flushed): the jobs stored, and the failures.
 
