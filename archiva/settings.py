@@ -177,6 +177,9 @@ ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # A delivery published this long ago and still not processed is published
 # again (its task may have been lost with a crashed worker or broker).
 ARCHIVA_REQUEUE_AFTER = envint("ARCHIVA_REQUEUE_AFTER", 300, minimum=10)
+# How often Microsoft 365 events and contacts that changed are read and
+# archived (folder sync on; messages come by change notification instead).
+ARCHIVA_M365_ITEMS_INTERVAL = envint("ARCHIVA_M365_ITEMS_INTERVAL", 900, minimum=60)
 
 # --- SMTP ingest ---------------------------------------------------------
 ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")

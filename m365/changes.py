@@ -41,7 +41,14 @@ class Trouble(Exception):
     """Ours or Graph's passing trouble: the notification is tried again later."""
 
 
+# GraphError codes with no HTTP status that will not go away by waiting.
+PERMANENT_CODES = frozenset({"foreign_url", "link_loop"})
+
+
 def is_transient(exc: GraphError) -> bool:
+    """Throttling, Graph's own trouble, or no answer at all (status 0): worth another try."""
+    if exc.status == 0:
+        return exc.code not in PERMANENT_CODES
     return exc.status in (408, 429) or exc.status >= 500
 
 

@@ -94,3 +94,23 @@ class FolderDelta(models.Model):
 
     def __str__(self) -> str:
         return f"delta of folder {self.folder_id} of {self.user_id}"
+
+
+class ItemWatermark(models.Model):
+    """The newest lastModifiedDateTime of a mailbox's events or contacts
+    archived so far: the next periodic read stores only what changed since
+    (items of that very second are read again, harmlessly: storing is
+    idempotent, and an edit within the same second is not missed)."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="m365_item_watermarks")
+    user_id = models.CharField(max_length=64)
+    kind = models.CharField(max_length=16)  # event / contact
+    modified_until = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "user_id", "kind"], name="m365_itemwatermark_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind}s of {self.user_id} until {self.modified_until:%Y-%m-%d %H:%M:%S}"

@@ -18,13 +18,14 @@ from django.db import OperationalError
 from django.db.models import F
 from django.utils import timezone
 
+from archive.items import StoreFailed
 from infra.storage import StorageError
 from infra.text import storable_text
 from ingest.delivery import publish
-from m365 import changes, notifications, subscriptions
+from m365 import changes, items, notifications, subscriptions
 from m365.graph import Graph, GraphError
 from m365.models import Connection
-from m365.sync import Notification
+from m365.sync import Notification, Subscription
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def backoff(attempts: int) -> int:
 def _transient(exc: Exception) -> bool:
     if isinstance(exc, GraphError):
         return changes.is_transient(exc)
-    return isinstance(exc, changes.Trouble | requests.RequestException | StorageError | OperationalError | OSError)
+    return isinstance(exc, changes.Trouble | StoreFailed | requests.RequestException | StorageError | OperationalError | OSError)
 
 
 class _Graphs:
@@ -53,10 +54,14 @@ class _Graphs:
     def of(self, tenant: Tenant) -> Graph:
         if tenant.pk not in self.clients:
             connection = Connection.objects.filter(tenant=tenant).first()
-            if connection is None:
-                raise GraphError(0, "NoConnection", "the tenant has no Microsoft 365 connection any more")
+            if connection is None or not connection.is_configured:
+                raise NoConnection(f"tenant {tenant.pk} has no configured Microsoft 365 connection")
             self.clients[tenant.pk] = Graph(connection)
         return self.clients[tenant.pk]
+
+
+class NoConnection(Exception):
+    """The tenant's connection is gone or incomplete: its notifications cannot be processed."""
 
 
 def _finish(notification: Notification, error: str = "") -> None:
@@ -105,8 +110,26 @@ def _retry(notification: Notification, exc: Exception, attempts: int) -> None:
 
 
 @shared_task
-def sweep_notifications() -> int:
-    return notifications.sweep()
+def sweep_notifications(at_start: bool = False) -> int:
+    """The periodic sweep; at a worker's start without the grace period, so
+    what a broker fault left behind is processed at once."""
+    return notifications.sweep(grace=0 if at_start else None)
+
+
+@shared_task
+def sync_calendars_and_contacts() -> int:
+    """Archive the events and contacts that changed in every synchronised
+    mailbox (periodic: Graph's notifications here cover messages only);
+    returns how many mailboxes failed (logged; the next run tries again)."""
+    graphs = _Graphs()
+    failed = 0
+    for subscription in Subscription.objects.select_related("tenant").filter(state=Subscription.State.ACTIVE):
+        try:
+            items.sync_items(graphs.of(subscription.tenant), subscription)
+        except Exception:
+            log.warning("events and contacts of %s could not be read", subscription.graph_id, exc_info=True)
+            failed += 1
+    return failed
 
 
 @shared_task
@@ -125,14 +148,29 @@ def maintain_subscriptions() -> int:
     return failed
 
 
+@shared_task
+def reconcile_tenant(tenant_id: int) -> int:
+    """Reconcile one tenant's subscriptions now (its connection was saved); returns the failures."""
+    connection = Connection.objects.select_related("tenant").filter(tenant_id=tenant_id).first()
+    if connection is None:
+        return 0
+    return reconcile_connection(connection).failed
+
+
 def reconcile_connection(connection: Connection) -> subscriptions.Outcome:
     """The subscriptions one connection should have: one per mailbox while its
-    switch is on, none when off."""
+    switch is on, none when off.  A connection without its ids cannot reach
+    Graph: its subscriptions are only marked removed here (Graph drops them
+    at expiry; meanwhile `/o365` refuses their notifications)."""
+    if not connection.is_configured:
+        for subscription in notifications.subscriptions_of(connection.tenant).filter(state=Subscription.State.ACTIVE):
+            subscriptions.mark_removed(subscription)
+        return subscriptions.Outcome()
     targets = [
         subscriptions.Target(mailbox.graph_id, mailbox.primary_address)
         for mailbox in connection.tenant.m365_mailboxes.filter(has_mailbox=True)
         if mailbox.primary_address
     ]
     return subscriptions.reconcile(
-        Graph(connection), connection.tenant, connection.directory_id, connection.sync_folders, targets
+        Graph(connection), connection.tenant, str(connection.directory_id), connection.sync_folders, targets
     )

@@ -1,0 +1,43 @@
+"""Subscriptions follow their connection: a saved connection (its
+"synchronize folders" switch, its ids) is reconciled by a worker at once
+rather than at the next hourly run; a removed one's subscriptions stop
+being accepted at once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.db.models.signals import post_save, pre_delete
+from django.dispatch import receiver
+from django.utils import timezone
+
+from ingest.delivery import publish
+from m365.sync import Subscription
+
+log = logging.getLogger(__name__)
+
+RECONCILE_TASK = "m365.tasks.reconcile_tenant"
+
+
+def _publish_reconcile(tenant_id: int) -> None:
+    try:
+        publish(RECONCILE_TASK, (tenant_id,))
+    except Exception:  # the hourly run reconciles it anyway
+        log.warning("could not publish the subscription reconcile of tenant %s", tenant_id, exc_info=True)
+
+
+@receiver(post_save, sender="m365.Connection")
+def connection_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    tenant_id = instance.tenant_id
+    transaction.on_commit(lambda: _publish_reconcile(tenant_id))
+
+
+@receiver(pre_delete, sender="m365.Connection")
+def connection_removed(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Graph's copies cannot be deleted without the connection's credentials;
+    they expire within three days, and their notifications are refused meanwhile."""
+    Subscription.objects.filter(tenant_id=instance.tenant_id, state=Subscription.State.ACTIVE).update(
+        state=Subscription.State.REMOVED, removed_at=timezone.now()
+    )
