@@ -42,7 +42,8 @@ def backoff(attempts: int) -> int:
 def _transient(exc: Exception) -> bool:
     if isinstance(exc, GraphError):
         return changes.is_transient(exc)
-    return isinstance(exc, changes.Trouble | StoreFailed | requests.RequestException | StorageError | OperationalError | OSError)
+    passing = changes.Trouble | StoreFailed | requests.RequestException | StorageError | OperationalError | OSError
+    return isinstance(exc, passing)
 
 
 class _Graphs:

@@ -1,0 +1,264 @@
+"""Folder synchronisation end to end against the Microsoft fake: the fake's
+Graph creates subscriptions only after a real validation POST to our live
+`/o365`, and posts its change and lifecycle notifications there; the worker's
+processing fetches from the fake and archives through `archive.items`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+import redis
+from django.utils import timezone
+
+from archive.models import Message, MessageSource
+from ingest.models import Delivery
+from m365 import items as m365_items
+from m365 import subscriptions
+from m365.graph import Graph
+from m365.models import Mailbox
+from m365.sync import ItemWatermark, Notification, Subscription
+from m365.tasks import maintain_subscriptions, process_notifications, reconcile_connection, sync_calendars_and_contacts
+from tests.archive_support import process
+from tests.ms_support import connect
+from tests.test_ingest_process import ROOT, process_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MIME = (
+    b"From: Bert <bert@fabrikam.com>\r\nTo: Anna <anna@contoso.com>\r\n"
+    b"Subject: {subject}\r\nMessage-ID: <{mid}@fabrikam.com>\r\nDate: Sun, 06 Dec 2026 05:00:00 +0000\r\n"
+    b"\r\nThe quarterly figures.\r\n"
+)
+
+
+def mime(subject: str) -> bytes:
+    return MIME.replace(b"{subject}", subject.encode()).replace(b"{mid}", subject.replace(" ", "-").encode())
+
+
+class Synced:
+    """Contoso connected to the fake, anna's mailbox subscribed through `/o365`."""
+
+    def __init__(self, fake, tenant, connection, anna, subscription):
+        self.fake, self.tenant, self.connection, self.anna, self.subscription = (
+            fake, tenant, connection, anna, subscription
+        )  # fmt: skip
+
+    def pending(self) -> list[int]:
+        return list(Notification.objects.filter(processed_at__isnull=True).order_by("pk").values_list("pk", flat=True))
+
+    def work(self) -> None:
+        """What the worker does: process the stored notifications, then archive the deliveries they stored."""
+        ids = self.pending()
+        assert ids, "the fake posted nothing that was stored"
+        process_notifications(ids)
+        for delivery in Delivery.objects.filter(status__in=(Delivery.Status.STORED, Delivery.Status.RECEIVED)):
+            process(delivery.pk, index=False)
+
+    def sources(self, graph_id: str) -> list[MessageSource]:
+        return list(MessageSource.objects.filter(tenant=self.tenant, graph_id=graph_id))
+
+
+@pytest.fixture
+def synced(ms_fake, live_server, settings, org, redis_broker) -> Synced:
+    settings.SITE_ROOT = live_server.url
+    connection = connect(ms_fake, org.tenant)
+    anna = ms_fake.add_user(str(connection.directory_id), "anna@contoso.com", "Anna")
+    Mailbox.objects.create(
+        tenant=org.tenant, graph_id=anna.id, user_principal_name=anna.upn, primary_address="anna@contoso.com"
+    )
+    connection.sync_folders = True
+    connection.save()
+    outcome = reconcile_connection(connection)
+    assert (outcome.created, outcome.failed) == (1, 0)
+    subscription = Subscription.objects.get(tenant=org.tenant, state=Subscription.State.ACTIVE)
+    return Synced(ms_fake, org.tenant, connection, anna, subscription)
+
+
+def test_a_subscription_is_created_through_graphs_validation_of_our_webhook(synced):
+    fake, subscription = synced.fake, synced.subscription
+    [validation] = [a for a in fake.notification_log if a.kind == "validation"]
+    assert validation.status == 200 and validation.url.endswith("/o365")
+    graph_side = fake.subscriptions[subscription.graph_id]
+    assert graph_side.resource == f"users/{synced.anna.id}/messages"
+    assert graph_side.change_types == {"created", "updated", "deleted"}
+    assert graph_side.notification_url == graph_side.lifecycle_url == subscriptions.notification_url()
+    assert graph_side.client_state and len(graph_side.client_state) >= 32
+    # Only its hash is kept, and the expiry is within Graph's limit for messages.
+    assert graph_side.client_state not in {subscription.client_state_sha256, subscription.graph_id}
+    assert timedelta(hours=60) < subscription.expires_at - timezone.now() < timedelta(minutes=4230)
+
+
+def test_a_message_created_in_the_mailbox_is_archived_with_its_folder(synced):
+    message_id = synced.fake.add_message(synced.anna, "Inbox/Projects", mime("Figures"))
+    assert synced.fake.notification_responses[-1] == 202
+    synced.work()
+    [source] = synced.sources(message_id)
+    assert (source.mailbox, source.folder, source.deleted_at) == ("anna@contoso.com", "Inbox/Projects", None)
+    message = Message.objects.get(pk=source.message_id)
+    assert message.subject == "Figures"
+    assert Notification.objects.filter(processed_at__isnull=False, error="").count() == 1
+
+
+def test_a_move_in_the_mailbox_changes_the_folder(synced):
+    message_id = synced.fake.add_message(synced.anna, "Inbox", mime("Moving"))
+    synced.work()
+    synced.fake.move_message(synced.anna, message_id, "Archive/2026")
+    synced.work()
+    [source] = synced.sources(message_id)
+    assert source.folder == "Archive/2026"
+    assert [h["folder"] for h in source.folder_history] == ["Inbox"]
+
+
+def test_a_deletion_in_the_mailbox_is_recorded_and_the_message_kept(synced):
+    message_id = synced.fake.add_message(synced.anna, "Inbox", mime("Deleted"))
+    synced.work()
+    synced.fake.delete_message(synced.anna, message_id)
+    synced.work()
+    [source] = synced.sources(message_id)
+    assert source.deleted_at is not None
+    assert Message.objects.filter(pk=source.message_id).exists()
+
+
+def test_reauthorization_required_renews_the_subscription(synced):
+    fake, subscription = synced.fake, synced.subscription
+    Subscription.objects.filter(pk=subscription.pk).update(expires_at=timezone.now() + timedelta(hours=1))
+    assert fake.send_lifecycle(subscription.graph_id, "reauthorizationRequired") == 202
+    synced.work()
+    subscription.refresh_from_db()
+    assert subscription.renewed_at is not None
+    assert subscription.expires_at - timezone.now() > timedelta(hours=60)
+    assert fake.request_count(f"/subscriptions/{subscription.graph_id}", method="PATCH") == 1
+
+
+def test_subscription_removed_recreates_it_and_resyncs_by_delta(synced):
+    fake, old = synced.fake, synced.subscription
+    before = fake.add_message(synced.anna, "Inbox", mime("Before"))
+    synced.work()
+    assert fake.send_lifecycle(old.graph_id, "subscriptionRemoved") == 202
+    # Missed while Graph had no subscription: a resync must find it.
+    fake.subscriptions.clear()
+    missed = fake.add_message(synced.anna, "Inbox/Later", mime("Missed"))
+    synced.work()
+    old.refresh_from_db()
+    assert old.state == Subscription.State.REMOVED
+    fresh = Subscription.objects.get(state=Subscription.State.ACTIVE)
+    assert fresh.graph_id in fake.subscriptions and fresh.user_id == synced.anna.id
+    assert [s.folder for s in synced.sources(missed)] == ["Inbox/Later"]
+    assert len(synced.sources(before)) == 1  # known already: not stored twice
+
+
+def test_a_notification_with_a_forged_client_state_is_refused(synced):
+    fake = synced.fake
+    fake.subscriptions[synced.subscription.graph_id].client_state = "guessed"
+    fake.add_message(synced.anna, "Inbox", mime("Forged"))
+    assert fake.notification_responses[-1] == 403
+    assert not Notification.objects.exists()
+
+
+def test_the_renewal_beat_renews_only_subscriptions_near_expiry(synced, ms_fake):
+    bert = ms_fake.add_user(str(synced.connection.directory_id), "bert@contoso.com", "Bert")
+    Mailbox.objects.create(
+        tenant=synced.tenant, graph_id=bert.id, user_principal_name=bert.upn, primary_address="bert@contoso.com"
+    )
+    soon = timezone.now() + timedelta(hours=3)
+    Subscription.objects.filter(pk=synced.subscription.pk).update(expires_at=soon)
+    assert maintain_subscriptions() == 0
+    synced.subscription.refresh_from_db()
+    assert synced.subscription.expires_at > soon + timedelta(hours=48)
+    bert_subscription = Subscription.objects.get(user_id=bert.id, state=Subscription.State.ACTIVE)
+    before = bert_subscription.expires_at
+    assert maintain_subscriptions() == 0  # nothing near expiry now: nothing renewed, nothing created
+    bert_subscription.refresh_from_db()
+    assert bert_subscription.expires_at == before
+    assert Subscription.objects.filter(state=Subscription.State.ACTIVE).count() == 2
+
+
+def test_switching_folder_sync_off_removes_the_subscriptions(synced):
+    synced.connection.sync_folders = False
+    synced.connection.save()
+    outcome = reconcile_connection(synced.connection)
+    assert outcome.removed == 1
+    assert synced.subscription.graph_id not in synced.fake.subscriptions
+    synced.subscription.refresh_from_db()
+    assert synced.subscription.state == Subscription.State.REMOVED
+
+
+def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
+    fake = synced.fake
+    fake.add_event(
+        synced.anna,
+        {
+            "subject": "Board meeting",
+            "start": {"dateTime": "2026-12-08T09:00:00.0000000", "timeZone": "UTC"},
+            "end": {"dateTime": "2026-12-08T10:00:00.0000000", "timeZone": "UTC"},
+            "location": {"displayName": "Room 4, Building 2"},
+            "attendees": [{"type": "required", "emailAddress": {"name": "Bert", "address": "bert@fabrikam.com"}}],
+        },
+    )
+    fake.add_contact(
+        synced.anna,
+        {
+            "displayName": "Bert Example",
+            "givenName": "Bert",
+            "surname": "Example",
+            "emailAddresses": [{"name": "Bert", "address": "bert@fabrikam.com"}],
+            "companyName": "Fabrikam",
+        },
+    )
+    assert sync_calendars_and_contacts() == 0
+    kinds = sorted(MessageSource.objects.filter(tenant=synced.tenant).values_list("kind", "folder"))
+    assert kinds == [("contact", "Contacts"), ("event", "Calendar")]
+    assert ItemWatermark.objects.filter(tenant=synced.tenant).count() == 2
+    # Nothing changed: the next run stores nothing new.
+    assert m365_items.sync_items(Graph(synced.connection), synced.subscription) == 2  # the watermark's second again
+    assert MessageSource.objects.filter(tenant=synced.tenant).count() == 2
+
+
+def test_a_stored_notification_survives_a_dead_worker_and_a_lost_task(synced, settings, tls_files, tmp_path):
+    """Answered 202 once stored; the broker then loses the task (flushed) with no
+    worker running; a worker started later sweeps it up at start and archives the message."""
+    broker = settings.CELERY_BROKER_URL
+    message_id = synced.fake.add_message(synced.anna, "Inbox/Projects", mime("Durable"))
+    assert synced.fake.notification_responses[-1] == 202
+    assert Notification.objects.filter(processed_at__isnull=True).count() == 1
+    time.sleep(0.5)  # the publishing thread
+    redis.Redis.from_url(broker).flushdb()  # the broker fault: the task is gone
+    worker = start_worker(settings, tls_files, synced.fake, broker, tmp_path / "worker.log")
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            time.monotonic() < deadline
+            and not MessageSource.objects.filter(graph_id=message_id, message__isnull=False).exists()
+        ):
+            time.sleep(0.25)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    log = (tmp_path / "worker.log").read_text()
+    [source] = synced.sources(message_id)
+    assert source.message_id is not None, log[-3000:]
+    assert source.folder == "Inbox/Projects"
+    assert Notification.objects.get().processed_at is not None
+
+
+def start_worker(settings, tls_files, fake, broker: str, log) -> subprocess.Popen[bytes]:
+    """A real Celery worker (solo pool) on this test's database, pointed at the fake."""
+    env = process_env(
+        settings,
+        tls_files,
+        CELERY_BROKER_URL=broker,
+        ARCHIVA_MS_LOGIN_URL=fake.url,
+        ARCHIVA_MS_GRAPH_URL=fake.url,
+        ARCHIVA_MS_CA_BUNDLE=str(fake.ca_path),
+    )
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
