@@ -14,12 +14,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from archive.items import Item, store_items
 from archive.parser.htmltext import html_to_text
-from m365.graph import Graph
 from m365.sync import ItemWatermark, Subscription
+
+if TYPE_CHECKING:
+    from m365.graph import Graph
 
 PRODID = "-//Archiva Cloud//Microsoft 365 sync//EN"
 _GRAPH_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
