@@ -26,8 +26,9 @@ from tenants.models import Tenant
 log = logging.getLogger(__name__)
 
 CHANGE_TYPES = "created,updated,deleted"
-# Graph's maximum for messages is 4230 minutes (under three days); ask for a
-# little less so clock skew never gets the request refused.
+# Under three days: within every limit Graph has documented for message
+# subscriptions (4,230 minutes before it was raised to 10,080), so a change
+# on Microsoft's side never gets our requests refused.
 LIFETIME = timedelta(minutes=4200)
 # Renewed when less than this is left: the hourly beat gets many chances.
 RENEW_BEFORE = timedelta(hours=24)
