@@ -24,6 +24,7 @@ from infra.env import (
     envlist,
     envport,
 )
+from infra.secrets import parse_secrets_keys
 from regions.registry import REGIONS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -227,6 +228,40 @@ ARCHIVA_SEARCH_TIMEOUT = envfloat("ARCHIVA_SEARCH_TIMEOUT", 10.0, minimum=0.1)
 # One server as "ip", "ip:port" or "[ipv6]:port"; unset: the system resolver.
 ARCHIVA_DNS_RESOLVER = parse_resolver(env("ARCHIVA_DNS_RESOLVER"))
 ARCHIVA_DNS_TIMEOUT = envfloat("ARCHIVA_DNS_TIMEOUT", 5.0, minimum=0.1)
+
+# --- Microsoft 365 (identity platform and Graph) -------------------------
+# Microsoft's hosts are settings so that tests (and sovereign clouds) can
+# point elsewhere; both must be https:// because msal refuses anything else.
+ARCHIVA_MS_LOGIN_URL = env("ARCHIVA_MS_LOGIN_URL", "https://login.microsoftonline.com").strip().rstrip("/")
+ARCHIVA_MS_GRAPH_URL = env("ARCHIVA_MS_GRAPH_URL", "https://graph.microsoft.com").strip().rstrip("/")
+for _name, _url in (("ARCHIVA_MS_LOGIN_URL", ARCHIVA_MS_LOGIN_URL), ("ARCHIVA_MS_GRAPH_URL", ARCHIVA_MS_GRAPH_URL)):
+    if not _url.startswith("https://") or len(_url) <= len("https://"):
+        raise ConfigError(f"{_name}={_url!r} must be an https:// URL")
+# Extra trust for Microsoft's hosts (a PEM bundle); never a way to turn verification off.
+ARCHIVA_MS_CA_BUNDLE = env("ARCHIVA_MS_CA_BUNDLE").strip() or None
+if ARCHIVA_MS_CA_BUNDLE and not Path(ARCHIVA_MS_CA_BUNDLE).is_file():
+    raise ConfigError(f"ARCHIVA_MS_CA_BUNDLE={ARCHIVA_MS_CA_BUNDLE!r} is not a readable PEM file")
+# Concurrent Graph requests per tenant (Exchange allows 4 per mailbox, enforced separately).
+ARCHIVA_MS_TENANT_CONCURRENCY = envint("ARCHIVA_MS_TENANT_CONCURRENCY", 16, minimum=1, maximum=256)
+
+# Keys that encrypt secrets at rest (certificate private keys): Fernet keys,
+# comma-separated, the first encrypts and every one decrypts (rotation).
+ARCHIVA_SECRETS_KEY = env("ARCHIVA_SECRETS_KEY").strip()
+if not ARCHIVA_SECRETS_KEY:
+    # Like SECRET_KEY: the embedded default keeps a generated key in the data
+    # folder, so encrypted secrets survive restarts on this one machine.
+    _secrets_key_file = DATA_DIR / "secrets_key"
+    if _secrets_key_file.exists():
+        ARCHIVA_SECRETS_KEY = _secrets_key_file.read_text().strip()
+    else:
+        import base64
+        import secrets
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        ARCHIVA_SECRETS_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        _secrets_key_file.write_text(ARCHIVA_SECRETS_KEY)
+        _secrets_key_file.chmod(0o600)
+ARCHIVA_SECRETS_KEYS = parse_secrets_keys("ARCHIVA_SECRETS_KEY", ARCHIVA_SECRETS_KEY)
 
 # --- Cache (rate limits) ------------------------------------------------
 # Unset: memory of each process, so limits count per web worker; set a

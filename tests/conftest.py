@@ -12,6 +12,9 @@ from tenants.actions import accept_invitation, create_tenant, create_user, invit
 from tenants.models import Membership, Role, Tenant, User
 from tests.servers import free_port, missing, port_open
 
+# The Microsoft identity/Graph fake (`ms_fake`), for the Microsoft 365 connection's tests.
+pytest_plugins = ["tests.ms_support"]
+
 PASSWORD = "correct horse battery staple 42"
 
 
