@@ -14,11 +14,12 @@ from datetime import datetime
 from django.db.models import QuerySet
 from django.http import Http404
 
-from archive.models import Message
+from archive import items
+from archive.models import Message, MessageSource
 from ingest.models import Delivery
 from ingest.stats import rejections_since
 from search.backends.base import Scope
-from tenants.access import mail_addresses
+from tenants.access import addresses_for, mail_addresses
 from tenants.models import Membership, Tenant
 
 
@@ -75,8 +76,51 @@ def delivery(tenant: Tenant, delivery_id: int) -> Delivery:
 
 
 def deliveries_of(message: Message) -> QuerySet[Delivery]:
-    """The journal reports that carried this message (evidence)."""
-    return Delivery.objects.filter(tenant_id=message.tenant_id, message=message).order_by("received_at", "id")
+    """The journal reports that carried this message (evidence); mailbox copies are its `sources_for`."""
+    return Delivery.objects.filter(
+        tenant_id=message.tenant_id, message=message, source=Delivery.Source.JOURNAL
+    ).order_by("received_at", "id")
+
+
+def sources_for(membership: Membership, message: Message) -> list[dict[str, object]]:
+    """Where the message came from, for its page: each journal report (its
+    queue id) and each mailbox holding a copy (mailbox, folder, deleted or
+    not).  Admins and auditors see them all; a plain user only the copies
+    in their own mailboxes, never the journal's queue ids nor where others filed it."""
+    addresses = mail_addresses(membership)
+    found: list[dict[str, object]] = []
+    if addresses is None:
+        found += [
+            {"source": "journal", "queue_id": d.queue_id, "received_at": d.received_at}
+            for d in deliveries_of(message).only("queue_id", "received_at")
+        ]
+    copies = MessageSource.objects.filter(tenant_id=message.tenant_id, message=message).order_by("mailbox", "folder")
+    if addresses is not None:
+        copies = copies.filter(mailbox__in=addresses)
+    seen: set[tuple[str, str]] = set()
+    for copy in copies:
+        if (copy.mailbox, copy.graph_id) in seen:  # an item's later versions are one source
+            continue
+        seen.add((copy.mailbox, copy.graph_id))
+        found.append(
+            {
+                "source": "mailbox",
+                "mailbox": copy.mailbox,
+                "folder": copy.folder,
+                "deleted_at": copy.deleted_at,
+                "folder_history": copy.folder_history,
+            }
+        )
+    return found
+
+
+def folder_trees(membership: Membership) -> list[tuple[str, list[items.FolderNode]]]:
+    """The folder tree of each of the member's own mailboxes (their addresses
+    that hold archived mailbox items), for the tree beside their search
+    results.  Only one's own: admins search every folder with `folder:`, but
+    a tree is of the mailboxes one owns."""
+    own = items.own_mailboxes(membership.tenant, addresses_for(membership))
+    return [(mailbox, items.folder_tree(membership.tenant, mailbox)) for mailbox in own]
 
 
 def parse_failures(tenant: Tenant) -> QuerySet[Delivery]:

@@ -14,11 +14,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError as UniqueViolation
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from archive import documents
-from archive.models import Message
+from archive import items as mailbox_items
+from archive.models import Message, MessageSource
+from archive.parser import items as item_parser
 from archive.parser import journal
 from archive.parser.parsed import ParsedReport
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Columns a later report may add to (the union); the rest is the first report's.
-UNION_FIELDS = ("to", "cc", "bcc")
+UNION_FIELDS = ("to", "cc", "bcc", "mailboxes")
 
 
 class ParseFailed(Exception):
@@ -57,10 +59,30 @@ def parse_delivery(delivery: Delivery, raw: bytes | None = None) -> ParsedReport
         raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
 
 
-def _fields_or_mark_failed(delivery: Delivery, parsed: ParsedReport) -> dict[str, Any] | None:
-    """The Message columns of a parsed report; None (recorded as a parse failure) when they cannot be built."""
+def parse_item(source: MessageSource, raw: bytes) -> ParsedReport:
+    """A mailbox item's stored bytes parsed by its kind: mail as the original
+    itself (never unwrapped: a mailbox copy carries no journal envelope), an
+    event's iCalendar, a contact's vCard.  What the parser raises becomes ParseFailed."""
     try:
-        return documents.message_fields(parsed, delivery.received_at)
+        if source.kind == Message.Kind.EVENT:
+            return item_parser.parse_event(raw)
+        if source.kind == Message.Kind.CONTACT:
+            return item_parser.parse_contact(raw)
+        return journal.parse_report(raw, unwrap=False)
+    except Exception as exc:
+        raise ParseFailed(f"{type(exc).__name__}: {exc}"[:2000]) from exc
+
+
+def _fields_or_mark_failed(
+    delivery: Delivery, parsed: ParsedReport, source: MessageSource | None = None
+) -> dict[str, Any] | None:
+    """The Message columns of a parsed report (or mailbox item, with its
+    `source`); None (recorded as a parse failure) when they cannot be built."""
+    try:
+        fields = documents.message_fields(parsed, delivery.received_at)
+        if source is not None:
+            fields = documents.item_fields(fields, parsed, source.kind, source.mailbox)
+        return fields
     except Exception as exc:  # building the fields is parsing too
         ingest_delivery.mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
         return None
@@ -93,8 +115,10 @@ def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
 
 
 def _merge_into(message: Message, fields: dict[str, Any], save: bool = True) -> None:
-    """Add a report's recipients; bump the version only if something changed."""
-    changed = []
+    """Add a report's recipients (a mailbox copy's mailbox); bump the version
+    only if something changed.  A mailbox copy always counts as a change:
+    its folder is searchable, so the message is indexed again."""
+    changed = ["mailboxes"] if fields["mailboxes"] else []
     recipients = documents.union_recipients(message.envelope_recipients, fields["envelope_recipients"])
     if recipients != message.envelope_recipients:
         message.envelope_recipients = recipients
@@ -135,10 +159,12 @@ class BatchConflict(Exception):
     """A batch met concurrent merges twice running: the caller goes one by one."""
 
 
-def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
+def archive_batch(items: list[tuple[Delivery, ParsedReport]], sources: dict[int, MessageSource] | None = None) -> int:
     """Archive verified, parsed reports (one or many) into their Messages;
     returns how many were archived.  Objects are stored in parallel, then
     every Message created or merged and every report linked in one transaction.
+    `sources` has the MessageSource of each mailbox item among them, by
+    delivery id (`archive.items.sources_of`): linked to the Message in the same transaction.
 
     A report already linked changes nothing.  When another worker created
     one of the messages since the batch read them (the unique (tenant,
@@ -147,7 +173,7 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]]) -> int:
     """
     prepared = []
     for delivery, parsed in items:
-        fields = _fields_or_mark_failed(delivery, parsed)
+        fields = _fields_or_mark_failed(delivery, parsed, (sources or {}).get(delivery.pk))
         if fields is not None:
             prepared.append((delivery, parsed, fields))
     # Every object of the batch in one group commit (two filesystem syncs on
@@ -205,7 +231,20 @@ def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]
     for delivery, key in links:
         delivery.message = messages[key]
     ingest_delivery.mark_archived([delivery for delivery, _ in links])
+    _link_sources(
+        [(messages[key].pk, delivery.pk) for delivery, key in links if delivery.source == Delivery.Source.MAILBOX]
+    )
     return len(links)
+
+
+def _link_sources(links: list[tuple[int, int]]) -> None:
+    """Point mailbox items' MessageSource rows at their Messages: (message id, delivery id)."""
+    if links:
+        with connection.cursor() as cursor:
+            cursor.executemany(
+                f"UPDATE {MessageSource._meta.db_table} SET message_id = %s WHERE delivery_id = %s",  # noqa: S608
+                links,
+            )
 
 
 def index_messages_of(deliveries: list[Delivery]) -> int:
@@ -245,10 +284,13 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
     """
     from search.backends.base import SearchUnavailable
 
+    folders = mailbox_items.folders_of(
+        [m.pk for m in messages if m.mailboxes]
+    )  # one query for the batch's mailbox copies
     built = []
     for message in messages:
         try:
-            built.append((message, _document(message, reparse)))
+            built.append((message, _document(message, reparse, folders.get(message.pk, []))))
         except StorageError as exc:
             if not isinstance(exc, IntegrityError):
                 get_store().ping()  # raises when the store itself is down: retry the batch later
@@ -294,9 +336,9 @@ def _mark_index_failed(message: Message, exc: Exception) -> None:
     )
 
 
-def _document(message: Message, reparse: bool) -> SearchDocument:
+def _document(message: Message, reparse: bool, folders: list[str]) -> SearchDocument:
     if not reparse:
-        return documents.build_document(message)
+        return documents.build_document(message, folders=folders)
     content = documents.load_content(message)
     if message.attachment_list is None:  # archived before the list was kept: backfilled here
         remember_attachment_list(message, documents.read_readable(message))
@@ -304,7 +346,7 @@ def _document(message: Message, reparse: bool) -> SearchDocument:
     if (sha, key) != (message.text_sha256, message.text_key):
         Message.objects.filter(pk=message.pk).update(text_sha256=sha, text_key=key)
         message.text_sha256, message.text_key = sha, key
-    return documents.build_document(message, content)
+    return documents.build_document(message, content, folders)
 
 
 def mark_indexed(messages: list[Message], versions: list[int]) -> None:

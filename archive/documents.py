@@ -14,6 +14,7 @@ from datetime import datetime
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Any
 
+from archive import items
 from archive.models import Message
 from archive.parser import mime
 from archive.parser.parsed import Attachment, EnvelopeRecipient, ParsedReport
@@ -80,9 +81,12 @@ def _address(value: str | None) -> str:
 
 def participants(message: Message) -> list[str]:
     """Who may see the message as a plain user: the sender (From, Sender,
-    On-Behalf-Of), header To/Cc/Bcc, and every envelope recipient with the
-    group it was expanded from and the address it was forwarded from."""
-    found = [*message.from_addresses, _address(message.envelope_sender), _address(message.on_behalf_of)]
+    On-Behalf-Of), header To/Cc/Bcc, every envelope recipient with the
+    group it was expanded from and the address it was forwarded from, and
+    the owner of every mailbox holding a copy (`mailboxes`): mail in my
+    mailbox is mine to see, whoever it was addressed to."""
+    found = [*message.mailboxes, *message.from_addresses]
+    found += [_address(message.envelope_sender), _address(message.on_behalf_of)]
     found += [*message.to, *message.cc, *message.bcc]
     for r in message.envelope_recipients:
         found += [r.get("address"), r.get("expanded"), r.get("forwarded")]
@@ -120,9 +124,28 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict[str, Any
         # What the page lists and serves: from what people read, as `read_readable` gives it.
         "attachment_list": mime.attachment_list(parsed.decrypted or parsed.original),
         "problems": list(parsed.problems)[:50],
+        "mailboxes": [],
     }
     fields = storable(fields)
     fields["participants"] = participants(Message(**fields))
+    return fields
+
+
+def item_fields(fields: dict[str, Any], parsed: ParsedReport, kind: str, mailbox: str) -> dict[str, Any]:
+    """A mailbox item's Message columns, from `message_fields` of its parsed bytes.
+
+    Its mailbox's owner becomes a participant.  Mail keeps its Message-ID
+    key, so it merges with its journal copies; an event or a contact merges
+    only with identical bytes (the same item in another mailbox, or stored
+    again): each changed version of an item is an item of its own.
+    """
+    fields = {**fields, "kind": kind, "mailboxes": [mailbox]}
+    if kind != Message.Kind.MAIL:
+        fields["merge_key"] = f"{kind}-sha:{original_sha256(parsed)}"
+        fields["message_id"] = ""
+        fields["attachment_list"] = []
+        fields["details"] = storable(parsed.details)
+    fields["participants"] = participants(Message(**{k: v for k, v in fields.items() if k != "participants"}))
     return fields
 
 
@@ -149,9 +172,14 @@ def _content(parsed: ParsedReport) -> Content:
     return Content(body=parsed.body_text or "", attachments=list(parsed.attachments), body_html=parsed.body_html)
 
 
-def _parse(raw: bytes) -> ParsedReport:
+def _parse(raw: bytes, kind: str = Message.Kind.MAIL) -> ParsedReport:
+    from archive.parser import items
     from archive.parser.journal import parse_report
 
+    if kind == Message.Kind.EVENT:
+        return items.parse_event(raw)
+    if kind == Message.Kind.CONTACT:
+        return items.parse_contact(raw)
     return parse_report(raw)
 
 
@@ -180,7 +208,7 @@ def body_for_display(raw: bytes) -> ExtractedContent:
 
 def load_content(message: Message) -> Content:
     """Re-parse the stored (decrypted) original: the index is rebuilt from the bucket."""
-    return _content(_parse(read_readable(message)))
+    return _content(_parse(read_readable(message), message.kind))
 
 
 def text_key(sha256: str) -> str:
@@ -208,9 +236,14 @@ def stored_content(message: Message) -> Content:
     return Content(body=data.get("body", ""), attachments=attachments)
 
 
-def build_document(message: Message, content: Content | None = None) -> SearchDocument:
-    """The search document of a message; its text is read from the bucket unless given."""
+def build_document(
+    message: Message, content: Content | None = None, folders: list[str] | None = None
+) -> SearchDocument:
+    """The search document of a message; its text is read from the bucket
+    unless given, its folders (`folder_values`) from its sources unless given."""
     content = content if content is not None else stored_content(message)
+    if folders is None:
+        folders = folder_values(message)
     envelope = message.envelope_recipients
 
     def kinds(*wanted: str) -> list[str]:
@@ -242,7 +275,17 @@ def build_document(message: Message, content: Content | None = None) -> SearchDo
         # What the recipients read in the headers; the rest (Bcc, expansions,
         # forwards) only the sender, admins and auditors may search for.
         header_addresses=[*message.from_addresses, *message.to, *message.cc],
+        kind=message.kind,
+        folders=folders,
     )
+
+
+def folder_values(message: Message) -> list[str]:
+    """Where the message is filed now, as "mailbox/folder path" (lower-cased):
+    one per mailbox copy not deleted from its mailbox (`search.document.SearchDocument.folders`)."""
+    if not message.mailboxes:
+        return []  # journal mail only: no source to look up
+    return items.folders_of([message.pk]).get(message.pk, [])
 
 
 def _display_name(from_display: str) -> str:

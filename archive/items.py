@@ -344,6 +344,15 @@ def folder_tree(tenant: Tenant, mailbox: str) -> list[FolderNode]:
     return build_tree(counts)
 
 
+def own_mailboxes(tenant: Tenant, addresses: Iterable[str]) -> list[str]:
+    """Which of these addresses are mailboxes with archived items, in order."""
+    wanted = sorted({a.strip().lower() for a in addresses if a})
+    found = set(
+        MessageSource.objects.filter(tenant=tenant, mailbox__in=wanted).values_list("mailbox", flat=True).distinct()
+    )
+    return [a for a in wanted if a in found]
+
+
 def build_tree(counts: dict[str, int]) -> list[FolderNode]:
     """Folder nodes from {path: count}; a parent with no items of its own is there with 0."""
     root = FolderNode(name="", path="")
@@ -366,3 +375,35 @@ def _sort_and_total(node: FolderNode) -> int:
     node.children.sort(key=lambda child: (child.name.casefold(), child.name))
     node.total = node.count + sum(_sort_and_total(child) for child in node.children)
     return node.total
+
+
+# --- for the worker and the search index --------------------------------------------
+
+
+def sources_of(deliveries: Iterable[Delivery]) -> dict[int, MessageSource]:
+    """The MessageSource of each mailbox item among these deliveries, by delivery id (one query)."""
+    ids = [d.pk for d in deliveries if d.source == Delivery.Source.MAILBOX]
+    if not ids:
+        return {}
+    return {source.delivery_id: source for source in MessageSource.objects.filter(delivery_id__in=ids)}
+
+
+# --- what the search index holds ----------------------------------------------------
+
+
+def folders_of(message_ids: list[int]) -> dict[int, list[str]]:
+    """Where each message is filed now, as "mailbox/folder path" (lower-cased),
+    one per mailbox copy not deleted from its mailbox; one query for a batch.
+    The search index holds these (`search.document.SearchDocument.folders`)."""
+    found: dict[int, list[str]] = {}
+    rows = (
+        MessageSource.objects.filter(message_id__in=message_ids, deleted_at__isnull=True)
+        .exclude(folder="")
+        .values_list("message_id", "mailbox", "folder")
+        .order_by("message_id", "mailbox", "folder")
+    )
+    for message_id, mailbox, folder in rows:
+        value = f"{mailbox}/{folder}".lower()
+        if value not in found.setdefault(message_id, []):
+            found[message_id].append(value)
+    return found

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from django.db import OperationalError
 
 from archive import actions
+from archive import items as mailbox_items
+from archive.models import MessageSource
 from archive.parser.parsed import ParsedReport
 from infra.storage import StorageError
 from ingest import delivery as lifecycle
@@ -53,8 +55,9 @@ def process_deliveries(delivery_ids: list[int], *, index: bool = False) -> Proce
     deliveries = lifecycle.load(delivery_ids)
     result.status = {pk: "missing" for pk in delivery_ids}
     lifecycle.mark_attempt(deliveries)
-    batch = [item for delivery in deliveries if (item := _parsed(delivery, result)) is not None]
-    _archive(batch, result)
+    sources = mailbox_items.sources_of(deliveries)
+    batch = [item for d in deliveries if (item := _parsed(d, result, sources.get(d.pk))) is not None]
+    _archive(batch, result, sources)
     for delivery in deliveries:
         result.status[delivery.pk] = delivery.status
     if index:
@@ -62,15 +65,22 @@ def process_deliveries(delivery_ids: list[int], *, index: bool = False) -> Proce
     return result
 
 
-def _parsed(delivery: Delivery, result: Processed) -> tuple[Delivery, ParsedReport] | None:
-    """The delivery with its parsed report, if it is to be archived; None when
-    it is done (archived, failed for good) or met trouble (recorded in `result`)."""
+def _parsed(
+    delivery: Delivery, result: Processed, source: MessageSource | None
+) -> tuple[Delivery, ParsedReport] | None:
+    """The delivery with its parsed report (or mailbox item, with its
+    `source`), if it is to be archived; None when it is done (archived,
+    failed for good) or met trouble (recorded in `result`)."""
     if delivery.message_id or delivery.status not in lifecycle.UNFINISHED:
         return None
     try:
         raw = lifecycle.read_verified(delivery)
         if raw is None:
             return None
+        if delivery.source == Delivery.Source.MAILBOX:
+            if source is None:  # recorded in one transaction with it: never, short of a hand-made row
+                raise actions.ParseFailed("mailbox item without its MessageSource row")
+            return delivery, actions.parse_item(source, raw)
         return delivery, actions.parse_delivery(delivery, raw)
     except actions.ParseFailed as exc:
         lifecycle.mark_parse_failed(delivery, str(exc))
@@ -81,9 +91,9 @@ def _parsed(delivery: Delivery, result: Processed) -> tuple[Delivery, ParsedRepo
     return None
 
 
-def _archive(batch: list[tuple[Delivery, ParsedReport]], result: Processed) -> None:
+def _archive(batch: list[tuple[Delivery, ParsedReport]], result: Processed, sources: dict[int, MessageSource]) -> None:
     try:
-        result.archived += actions.archive_batch(batch)
+        result.archived += actions.archive_batch(batch, sources)
         return
     except retryable() as exc:
         for delivery, _ in batch:
@@ -96,7 +106,7 @@ def _archive(batch: list[tuple[Delivery, ParsedReport]], result: Processed) -> N
         if not isinstance(exc, actions.BatchConflict):
             log.warning("a batch of %d deliveries failed (%s); archiving them one by one", len(batch), exc)
     for item in batch:
-        _archive([item], result)
+        _archive([item], result, sources)
 
 
 def _index(deliveries: list[Delivery], result: Processed) -> None:

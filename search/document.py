@@ -46,3 +46,25 @@ class SearchDocument:
     # and recipients, and every Bcc, is hidden from plain users who did not
     # send the message. None: taken from from_, to and cc.
     header_addresses: list[str] | None = None
+    # "mail", "event" or "contact" (archive.models.Message.Kind).
+    kind: str = "mail"
+    # Where the item is filed: "mailbox/folder path", lower-cased, one per
+    # mailbox copy (archive.items.folders_of). Backends index `folder_terms`.
+    folders: list[str] = field(default_factory=list)
+
+
+def folder_terms(folders: list[str]) -> tuple[list[str], list[str]]:
+    """What backends index for `folder:` (search.query.InFolder): every folder
+    and each of its ancestors, as paths ("inbox", "inbox/projects") and as
+    mailbox paths ("anna@contoso.com/inbox", …).  A term query on a path
+    then matches the folder and everything below it, in every backend alike."""
+    paths: dict[str, None] = {}
+    mailbox_paths: dict[str, None] = {}
+    for value in folders:
+        mailbox, _, path = value.lower().partition("/")
+        levels = [level for level in path.split("/") if level]
+        for depth in range(1, len(levels) + 1):
+            prefix = "/".join(levels[:depth])
+            paths[prefix] = None
+            mailbox_paths[f"{mailbox}/{prefix}"] = None
+    return list(paths), list(mailbox_paths)

@@ -13,6 +13,11 @@ upper case, as in Gmail, so that "rock and roll" stays three words):
     field:"a phrase"    a phrase inside one field
     field:(a OR b)      every term of the group inside that field
     has:attachment
+    kind:mail|event|contact   mail, calendar events or contacts (archive.items)
+    folder:Inbox/Projects     filed in that mailbox folder or one below it
+                        (case-insensitive; quote a name with spaces:
+                        folder:"Sent Items"); a plain user's folder: terms
+                        look only at copies in their own mailboxes
     after:YYYY-MM-DD    on or after that day  (date >= the day's 00:00 UTC)
     before:YYYY-MM-DD   before that day       (date <  the day's 00:00 UTC)
                         so `after:2024-03-01 before:2024-03-02` is exactly March 1st (UTC);
@@ -89,6 +94,26 @@ class HasAttachment(Node):
 
 
 @dataclass(frozen=True)
+class KindIs(Node):
+    """The item is of this kind: "mail", "event" or "contact"."""
+
+    kind: str
+
+
+@dataclass(frozen=True)
+class InFolder(Node):
+    """Filed in this folder or one below it: `path` lower-cased, levels joined by "/".
+
+    `mailboxes` None: in any mailbox's copy.  A tuple: only in these
+    mailboxes' copies (search/backends/base.py narrows a plain user's
+    folder terms to their own mailboxes, so another person's filing is never searchable).
+    """
+
+    path: str
+    mailboxes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class DateRange(Node):
     """start <= date < end, both aware UTC datetimes or None (unbounded)."""
 
@@ -156,7 +181,9 @@ FIELD_TARGETS: dict[str | None, tuple[str, ...]] = {
     "attachment": ("attachment_names", "attachment_text"),
 }
 FIELD_ALIASES = {"filename": "attachment", "attachments": "attachment"}
-SPECIAL_FIELDS = ("has", "after", "before")
+SPECIAL_FIELDS = ("has", "after", "before", "kind", "folder")
+KINDS = ("mail", "event", "contact")
+KIND_ALIASES = {"email": "mail", "message": "mail", "events": "event", "calendar": "event", "contacts": "contact"}
 
 _EXACT_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -295,8 +322,23 @@ def _parse_date(field: str, value: str) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 
+def folder_path(value: str) -> str:
+    """A folder path as indexed: levels joined by "/", none empty, lower-cased."""
+    return "/".join(level.strip() for level in value.split("/") if level.strip()).lower()
+
+
 def _special(token: _Token) -> Node | None:
     value = token.value.strip()
+    if token.field == "kind":
+        kind = KIND_ALIASES.get(value.lower(), value.lower())
+        if kind not in KINDS:
+            raise QueryError(f"kind:{value} is not supported; use kind:mail, kind:event or kind:contact.")
+        return KindIs(kind)
+    if token.field == "folder":
+        path = folder_path(value)
+        if not path:
+            raise QueryError('folder: needs a folder path, e.g. folder:Inbox or folder:"Inbox/Sent Items".')
+        return InFolder(path)
     if token.field == "has":
         if value.lower() in ("attachment", "attachments"):
             return HasAttachment()

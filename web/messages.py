@@ -63,13 +63,20 @@ def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
     membership = access.membership_for(request.user)
     message = archive_access.message_for(membership, message_id)
     raw = documents.read_readable(message)
+    is_mail = message.kind == Message.Kind.MAIL
     ctx = {
         "membership": membership,
         "message": message,
         "recipients": present.recipients_for(message, access.mail_addresses(membership)),
-        "attachments": _attachments(message, raw),
+        "attachments": _attachments(message, raw) if is_mail else [],
         "reports": archive_access.deliveries_of(message) if membership.sees_all_mail else None,
-        **_body(raw),
+        "sources": archive_access.sources_for(membership, message),
+        # An event's or a contact's text as archived (its iCalendar or vCard is no MIME to render).
+        **(
+            _body(raw)
+            if is_mail
+            else {"html_frame": None, "blocked": 0, "text": documents.stored_content(message).body}
+        ),
     }
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
     return render(request, "web/message.html", ctx)
@@ -104,5 +111,16 @@ def original_eml(request: HttpRequest, user: User, message_id: int) -> HttpRespo
     membership = api_membership(request, user)
     message = archive_access.message_for(membership, message_id)
     data = documents.read_original(message)
-    audit(request, membership, AuditEvent.Action.DOWNLOAD, message=message.pk, format="eml")
-    return _download(data, f"message-{message.pk}.eml", "message/rfc822")
+    suffix, content_type = _ORIGINAL_TYPES.get(message.kind, _ORIGINAL_TYPES[Message.Kind.MAIL])
+    audit(request, membership, AuditEvent.Action.DOWNLOAD, message=message.pk, format=suffix)
+    return _download(
+        data, f"{message.kind if message.kind != 'mail' else 'message'}-{message.pk}.{suffix}", content_type
+    )
+
+
+# An item's original as the mailbox held it: MIME, iCalendar or vCard.
+_ORIGINAL_TYPES: dict[str, tuple[str, str]] = {
+    Message.Kind.MAIL: ("eml", "message/rfc822"),
+    Message.Kind.EVENT: ("ics", "text/calendar"),
+    Message.Kind.CONTACT: ("vcf", "text/vcard"),
+}

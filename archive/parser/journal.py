@@ -50,15 +50,19 @@ class Envelope:
     recipients: list[EnvelopeRecipient] = field(default_factory=list)
 
 
-def parse_report(raw: bytes, *, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None) -> ParsedReport:
+def parse_report(
+    raw: bytes, *, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbox | None = None, unwrap: bool = True
+) -> ParsedReport:
     """The original message of a journal report, its envelope and its text.
 
     Mail that is not a journal report is returned as itself (`is_journal`
-    False, `original` the input).  Never raises on any input.
+    False, `original` the input), and so is any mail with `unwrap` False: a
+    mailbox's copy is the message itself, even one that is a journal report
+    (kept in someone's mailbox).  Never raises on any input.
     """
     raw = bytes(raw)
     try:
-        return _parse(raw, limits, sandbox)
+        return _parse(raw, limits, sandbox, unwrap)
     except Exception as exc:  # a bug of ours must not lose the message: the raw bytes stay archived
         log.exception("journal parser failed")
         report = ParsedReport(is_journal=False, original=raw, content_sha256=hashlib.sha256(raw).hexdigest())
@@ -66,10 +70,10 @@ def parse_report(raw: bytes, *, limits: Limits = DEFAULT_LIMITS, sandbox: Sandbo
         return report
 
 
-def _parse(raw: bytes, limits: Limits, sandbox: Sandbox | None) -> ParsedReport:
+def _parse(raw: bytes, limits: Limits, sandbox: Sandbox | None, unwrap: bool) -> ParsedReport:
     head, body = split_head_body(raw)
     fields = parse_headers(head)
-    report = ParsedReport(is_journal=is_journal_report(fields), original=raw)
+    report = ParsedReport(is_journal=unwrap and is_journal_report(fields), original=raw)
     envelope = Envelope()
     if report.is_journal:
         envelope = _unwrap(report, fields, body)

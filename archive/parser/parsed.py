@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 
 @dataclass
@@ -51,6 +52,8 @@ class ParsedReport:
     attachments: list[Attachment] = field(default_factory=list)
     content_sha256: str = ""  # SHA-256 of `original`: the dedupe key when there is no Message-ID
     problems: list[str] = field(default_factory=list)
+    # A calendar event's or a contact's own fields (archive.parser.items); {} for mail.
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def has_attachments(self) -> bool:

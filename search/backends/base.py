@@ -24,6 +24,7 @@ from search.query import (
     SCOPE_NODES,
     And,
     IdIn,
+    InFolder,
     MatchAll,
     Node,
     Not,
@@ -132,7 +133,11 @@ def without_hidden(node: Node, addresses: tuple[str, ...]) -> Node:
     Rewriting every term (not adding a filter) keeps NOT consistent: for
     mail they did not send, the query runs as if those recipients were
     never indexed, so neither `bcc:erin` nor `-bcc:erin` tells anything.
+    Likewise a folder term looks only at the copies in their own mailboxes:
+    where someone else filed a message is theirs alone.
     """
+    if isinstance(node, InFolder):
+        return InFolder(node.path, addresses)
     if isinstance(node, Not):
         return Not(without_hidden(node.child, addresses))
     if isinstance(node, And | Or):

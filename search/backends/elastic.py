@@ -37,13 +37,15 @@ from search.backends.base import (
     addresses_in,
     split_hidden,
 )
-from search.document import HIDDEN_CAPABLE, SearchDocument, hidden_field
+from search.document import HIDDEN_CAPABLE, SearchDocument, folder_terms, hidden_field
 from search.query import (
     FIELD_TARGETS,
     And,
     DateRange,
     HasAttachment,
     IdIn,
+    InFolder,
+    KindIs,
     MatchAll,
     Node,
     Not,
@@ -58,8 +60,9 @@ from search.query import (
 log = logging.getLogger(__name__)
 
 # v2: exact addresses in top-level `<field>_addr` keyword fields;
-# v3: Bcc and envelope-only recipients in `hidden_<field>` fields of their own
-MAPPING_VERSION = "v3"
+# v3: Bcc and envelope-only recipients in `hidden_<field>` fields of their own;
+# v4: kind and folders (mailbox items, archive.items)
+MAPPING_VERSION = "v4"
 REFRESH_POLICIES = ("false", "wait_for", "true")
 BULK_CHUNK = 500
 SCAN_PAGE = 1000
@@ -103,6 +106,11 @@ MAPPINGS = {
         "attachment_text": {"type": "text", "analyzer": "archiva_text"},
         "has_attachment": {"type": "boolean"},
         "size": {"type": "long"},
+        "kind": {"type": "keyword"},
+        # Every folder with its ancestors (search.document.folder_terms); a
+        # mailbox path runs to 1,300 characters, far below a keyword's limit.
+        "folders": {"type": "keyword", "ignore_above": 8000},
+        "mailbox_folders": {"type": "keyword", "ignore_above": 8000},
     },
 }
 
@@ -237,6 +245,8 @@ class ElasticsearchBackend(SearchBackend):
                 "attachment_text": doc.attachment_text,
                 "has_attachment": bool(doc.has_attachment),
                 "size": doc.size,
+                "kind": doc.kind,
+                **dict(zip(("folders", "mailbox_folders"), folder_terms(doc.folders), strict=True)),
             },
         }
 
@@ -325,6 +335,12 @@ class ElasticsearchBackend(SearchBackend):
             return self._text(node)
         if isinstance(node, HasAttachment):
             return {"term": {"has_attachment": True}}
+        if isinstance(node, KindIs):
+            return {"term": {"kind": node.kind}}
+        if isinstance(node, InFolder):
+            if node.mailboxes is None:
+                return {"term": {"folders": node.path}}
+            return {"terms": {"mailbox_folders": [f"{mailbox}/{node.path}" for mailbox in node.mailboxes]}}
         if isinstance(node, DateRange):
             bounds = {}
             if node.start:

@@ -50,13 +50,15 @@ import tantivy
 from tantivy import Occur, Query
 
 from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable, addresses_in, split_hidden
-from search.document import HIDDEN_CAPABLE, SearchDocument, hidden_field
+from search.document import HIDDEN_CAPABLE, SearchDocument, folder_terms, hidden_field
 from search.query import (
     FIELD_TARGETS,
     And,
     DateRange,
     HasAttachment,
     IdIn,
+    InFolder,
+    KindIs,
     MatchAll,
     Node,
     Not,
@@ -70,8 +72,9 @@ from search.query import (
 
 log = logging.getLogger(__name__)
 
-# v2: a folder per tenant (v1 was one index for all); v3: hidden recipients apart
-SCHEMA_VERSION = "v3"
+# v2: a folder per tenant (v1 was one index for all); v3: hidden recipients apart;
+# v4: kind and folders (mailbox items, archive.items)
+SCHEMA_VERSION = "v4"
 ANALYZER = "archiva"
 # Document field -> SearchDocument attribute, for the analysed text fields.
 TEXT_SOURCES = {
@@ -111,6 +114,9 @@ def _schema() -> tantivy.Schema:
     # Exact, lower-cased addresses: `from:alice@contoso.com` and the plain-user scope.
     for name in (*ADDRESS_FIELDS, *HIDDEN_FIELDS, "participants"):
         builder.add_text_field(f"{name}_addr", tokenizer_name="raw", index_option="basic")
+    # Exact values: the kind, and every folder with its ancestors (search.document.folder_terms).
+    for name in ("kind", "folders", "mailbox_folders"):
+        builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
     return builder.build()
 
 
@@ -233,6 +239,12 @@ class EmbeddedBackend(SearchBackend):
                 out.add_text(f"{field}_addr", address)
         for address in doc.participants:
             out.add_text("participants_addr", address)
+        out.add_text("kind", doc.kind)
+        paths, mailbox_paths = folder_terms(doc.folders)
+        for path in paths:
+            out.add_text("folders", path)
+        for path in mailbox_paths:
+            out.add_text("mailbox_folders", path)
         return out
 
     def _versions(self, tenant: _TenantIndex, ids: list[int]) -> dict[int, int]:
@@ -337,6 +349,15 @@ class EmbeddedBackend(SearchBackend):
             return self._text(node)
         if isinstance(node, HasAttachment):
             return Query.term_query(schema, "has_attachment", True)
+        if isinstance(node, KindIs):
+            return Query.term_query(schema, "kind", node.kind)
+        if isinstance(node, InFolder):
+            if node.mailboxes is None:
+                return Query.term_query(schema, "folders", node.path)
+            if not node.mailboxes:
+                return Query.empty_query()
+            wanted = [f"{mailbox}/{node.path}" for mailbox in node.mailboxes]
+            return Query.term_set_query(schema, "mailbox_folders", wanted)
         if isinstance(node, DateRange):
             if node.start is None and node.end is None:
                 return Query.all_query()
@@ -390,7 +411,7 @@ def _warn_if_upgraded(root: Path) -> None:
     if older:
         log.warning(
             "search schema %s is new: its index in %s starts empty (was %s); the workers index every message "
-            "again (migration archive 0004), and the old folders can be deleted once the backlog is empty",
+            "again (migrations archive 0004 and 0007), and the old folders can be deleted once the backlog is empty",
             SCHEMA_VERSION, root, ", ".join(older),
         )  # fmt: skip
 
