@@ -5,6 +5,7 @@ processing fetches from the fake and archives through `archive.items`."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 import redis
 from django.utils import timezone
 
+from archive.actions import index_pending
 from archive.models import Message, MessageSource
 from ingest.models import Delivery
 from m365 import items as m365_items
@@ -22,7 +24,8 @@ from m365.graph import Graph
 from m365.models import Mailbox
 from m365.sync import ItemWatermark, Notification, Subscription
 from m365.tasks import maintain_subscriptions, process_notifications, reconcile_connection, sync_calendars_and_contacts
-from tests.archive_support import process
+from search import get_backend
+from tests.archive_support import process, search_ids
 from tests.ms_support import connect
 from tests.test_ingest_process import ROOT, process_env
 
@@ -80,8 +83,9 @@ def synced(ms_fake, live_server, settings, org, redis_broker) -> Synced:
 
 def test_a_subscription_is_created_through_graphs_validation_of_our_webhook(synced):
     fake, subscription = synced.fake, synced.subscription
-    [validation] = [a for a in fake.notification_log if a.kind == "validation"]
-    assert validation.status == 200 and validation.url.endswith("/o365")
+    validations = [a for a in fake.notification_log if a.kind == "validation"]
+    # Graph validates both URLs, the change and the lifecycle one: both ours, both echoed.
+    assert [(a.status, a.url) for a in validations] == [(200, subscriptions.notification_url())] * 2
     graph_side = fake.subscriptions[subscription.graph_id]
     assert graph_side.resource == f"users/{synced.anna.id}/messages"
     assert graph_side.change_types == {"created", "updated", "deleted"}
@@ -106,11 +110,19 @@ def test_a_message_created_in_the_mailbox_is_archived_with_its_folder(synced):
 def test_a_move_in_the_mailbox_changes_the_folder(synced):
     message_id = synced.fake.add_message(synced.anna, "Inbox", mime("Moving"))
     synced.work()
+    index_pending()
+    [source] = synced.sources(message_id)
+    assert search_ids(get_backend(), synced.tenant, "folder:Inbox") == [source.message_id]
     synced.fake.move_message(synced.anna, message_id, "Archive/2026")
     synced.work()
     [source] = synced.sources(message_id)
     assert source.folder == "Archive/2026"
     assert [h["folder"] for h in source.folder_history] == ["Inbox"]
+    # Searchable in its new folder only (the worker indexes it again after the move).
+    index_pending()
+    backend = get_backend()
+    assert search_ids(backend, synced.tenant, 'folder:"Archive/2026"') == [source.message_id]
+    assert search_ids(backend, synced.tenant, "folder:Inbox") == []
 
 
 def test_a_deletion_in_the_mailbox_is_recorded_and_the_message_kept(synced):
@@ -218,35 +230,60 @@ def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
     assert MessageSource.objects.filter(tenant=synced.tenant).count() == 2
 
 
-def test_a_stored_notification_survives_a_dead_worker_and_a_lost_task(synced, settings, tls_files, tmp_path):
-    """Answered 202 once stored; the broker then loses the task (flushed) with no
-    worker running; a worker started later sweeps it up at start and archives the message."""
+def test_a_stored_notification_survives_a_killed_worker_and_a_lost_task(synced, settings, tls_files, tmp_path):
+    """Answered 202 once stored: the worker is dead (kill -9), the broker then
+    loses the task (flushed); a worker started later finds the row by the
+    sweep and archives the message."""
     broker = settings.CELERY_BROKER_URL
+    first = start_worker(settings, tls_files, synced.fake, broker, tmp_path / "first.log")
+    wait_for_log(tmp_path / "first.log", "ready.")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+
     message_id = synced.fake.add_message(synced.anna, "Inbox/Projects", mime("Durable"))
     assert synced.fake.notification_responses[-1] == 202
     assert Notification.objects.filter(processed_at__isnull=True).count() == 1
-    time.sleep(0.5)  # the publishing thread
+    deadline = time.monotonic() + 5
+    while Notification.objects.filter(enqueued_at__isnull=True).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the publishing thread puts the task in the broker
     redis.Redis.from_url(broker).flushdb()  # the broker fault: the task is gone
-    worker = start_worker(settings, tls_files, synced.fake, broker, tmp_path / "worker.log")
+
+    # The sweep (beat, every second here) publishes it again once ARCHIVA_REQUEUE_AFTER has passed.
+    second = start_worker(
+        settings, tls_files, synced.fake, broker, tmp_path / "second.log", beat=tmp_path / "beat", requeue_after=10
+    )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 90
         while (
             time.monotonic() < deadline
             and not MessageSource.objects.filter(graph_id=message_id, message__isnull=False).exists()
         ):
             time.sleep(0.25)
     finally:
-        worker.terminate()
-        worker.wait(30)
-    log = (tmp_path / "worker.log").read_text()
-    [source] = synced.sources(message_id)
-    assert source.message_id is not None, log[-3000:]
-    assert source.folder == "Inbox/Projects"
-    assert Notification.objects.get().processed_at is not None
+        second.terminate()
+        second.wait(30)
+    log = (tmp_path / "second.log").read_text()
+    sources = synced.sources(message_id)
+    assert len(sources) == 1 and sources[0].message_id is not None, log[-4000:]
+    assert sources[0].folder == "Inbox/Projects"
+    notification = Notification.objects.get()
+    assert notification.processed_at is not None and notification.error == ""
 
 
-def start_worker(settings, tls_files, fake, broker: str, log) -> subprocess.Popen[bytes]:
-    """A real Celery worker (solo pool) on this test's database, pointed at the fake."""
+def wait_for_log(path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} not in {path}: {path.read_text(errors='replace')[-2000:]}")
+
+
+def start_worker(
+    settings, tls_files, fake, broker: str, log, beat=None, requeue_after: int = 300
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker (solo pool) on this test's database, pointed at the
+    fake; with `beat` (a schedule file) also the periodic tasks, sweeping every second."""
     env = process_env(
         settings,
         tls_files,
@@ -254,11 +291,10 @@ def start_worker(settings, tls_files, fake, broker: str, log) -> subprocess.Pope
         ARCHIVA_MS_LOGIN_URL=fake.url,
         ARCHIVA_MS_GRAPH_URL=fake.url,
         ARCHIVA_MS_CA_BUNDLE=str(fake.ca_path),
+        ARCHIVA_SWEEP_INTERVAL="1",
+        ARCHIVA_REQUEUE_AFTER=str(requeue_after),
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "celery", "-A", "archiva", "worker", "--pool", "solo", "--loglevel", "info"]
+    if beat is not None:
+        command += ["--beat", "--schedule", str(beat)]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
