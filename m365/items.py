@@ -12,11 +12,11 @@ item stores nothing new (`store_items` is idempotent per content hash).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from archive.items import Item, store_items
+from archive.items import Item, Kind, store_items
 from archive.parser.htmltext import html_to_text
 from m365.sync import ItemWatermark, Subscription
 
@@ -171,8 +171,8 @@ def graph_datetime(value: Any) -> datetime | None:
 
 # --- reading them from Graph -------------------------------------------------------
 
-SOURCES = (
-    # (kind, Graph collection under /users/{id}, folder shown in the archive, writer)
+# (kind, Graph collection under /users/{id}, folder shown in the archive, writer)
+SOURCES: tuple[tuple[Kind, str, str, Callable[[dict[str, Any]], bytes]], ...] = (
     ("event", "events", "Calendar", event_ics),
     ("contact", "contacts", "Contacts", contact_vcf),
 )
