@@ -16,6 +16,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from archive.items import Item, record_deletion, record_folder_change, store_items
+from archive.models import MessageSource
 from m365 import subscriptions
 from m365.graph import Graph, GraphError
 from m365.sync import FolderDelta, Notification, Subscription
@@ -182,45 +184,79 @@ def resync(graph: Graph, subscription: Subscription) -> int:
     """Catch up with the mailbox by delta query per folder (after missed
     notifications or a recreated subscription); returns how many messages
     were looked at.  Messages that left a folder and turned up in no other
-    are recorded as deleted."""
+    are recorded as deleted; after a full listing (no delta state yet, or
+    Graph forgot it), so are the archived ones no folder holds any more."""
     folders = load_folders(graph, subscription.user_id)
     with _folders_lock:
         _folders[(subscription.tenant_id, subscription.user_id)] = folders
     seen: set[str] = set()
     left: set[str] = set()
+    full = True
     for folder_id in folders.by_id:
         path = folders.path(folder_id) or ""
-        for message in _folder_delta(graph, subscription, folder_id):
+        listing = _FolderListing(graph, subscription, folder_id)
+        for message in listing:
             if "@removed" in message:
                 left.add(message["id"])
                 continue
             seen.add(message["id"])
             if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
                 fetch_and_store(graph, subscription, message["id"], path)
-    for message_id in left - seen:
+        full = full and listing.full
+    gone = left - seen
+    if full:
+        gone |= _archived_ids(subscription) - seen
+    for message_id in gone:
         record_deletion(subscription.tenant, subscription.mailbox, message_id)
-    return len(seen) + len(left - seen)
+    return len(seen) + len(gone)
 
 
-def _folder_delta(graph: Graph, subscription: Subscription, folder_id: str) -> Any:
-    """The folder's messages changed since its stored deltaLink (all of them
-    the first time); the new deltaLink is stored once the pages are through."""
-    saved = FolderDelta.objects.filter(
-        tenant=subscription.tenant, user_id=subscription.user_id, folder_id=folder_id
-    ).first()
-    start = saved.delta_link if saved else f"/users/{subscription.user_id}/mailFolders/{folder_id}/messages/delta"
-    params = None if saved else {"$select": "id,parentFolderId,receivedDateTime"}
-    for page in graph.pages(start, params):
-        for message in page.get("value", []):
-            if isinstance(message.get("id"), str):
-                yield message
-        if link := page.get("@odata.deltaLink"):
-            FolderDelta.objects.update_or_create(
-                tenant=subscription.tenant,
-                user_id=subscription.user_id,
-                folder_id=folder_id,
-                defaults={"delta_link": link},
-            )
+def _archived_ids(subscription: Subscription) -> set[str]:
+    """The Graph ids of the mailbox's mail the archive holds as still in the mailbox."""
+    return set(
+        MessageSource.objects.filter(
+            tenant=subscription.tenant, mailbox=subscription.mailbox, kind="mail", deleted_at__isnull=True
+        ).values_list("graph_id", flat=True)
+    )
+
+
+class _FolderListing:
+    """A folder's messages changed since its stored deltaLink, or all of them
+    (`full`) the first time or when Graph no longer knows the state (410);
+    the new deltaLink is stored once the pages are through."""
+
+    def __init__(self, graph: Graph, subscription: Subscription, folder_id: str) -> None:
+        self.graph, self.subscription, self.folder_id = graph, subscription, folder_id
+        self.saved = FolderDelta.objects.filter(
+            tenant=subscription.tenant, user_id=subscription.user_id, folder_id=folder_id
+        ).first()
+        self.full = self.saved is None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            yield from self._pages()
+        except GraphError as exc:
+            if exc.status != 410 or self.full:
+                raise
+            log.info("delta state of folder %s is gone at Graph; listing it in full", self.folder_id)
+            self.saved, self.full = None, True
+            yield from self._pages()
+
+    def _pages(self) -> Iterator[dict[str, Any]]:
+        user_id = self.subscription.user_id
+        start = self.saved.delta_link if self.saved else f"/users/{user_id}/mailFolders/{self.folder_id}/messages/delta"
+        params = None if self.saved else {"$select": "id,parentFolderId,receivedDateTime"}
+        for page in self.graph.pages(start, params):
+            for message in page.get("value", []):
+                if isinstance(message.get("id"), str):
+                    yield message
+            if link := page.get("@odata.deltaLink"):
+                FolderDelta.objects.update_or_create(
+                    tenant=self.subscription.tenant,
+                    user_id=user_id,
+                    folder_id=self.folder_id,
+                    defaults={"delta_link": link},
+                )
 
 
 # --- one notification ----------------------------------------------------------------

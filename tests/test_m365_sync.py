@@ -18,8 +18,8 @@ from django.utils import timezone
 from archive.actions import index_pending
 from archive.models import Message, MessageSource
 from ingest.models import Delivery
+from m365 import changes, subscriptions
 from m365 import items as m365_items
-from m365 import subscriptions
 from m365.graph import Graph
 from m365.models import Mailbox
 from m365.sync import ItemWatermark, Notification, Subscription
@@ -161,6 +161,43 @@ def test_subscription_removed_recreates_it_and_resyncs_by_delta(synced):
     assert fresh.graph_id in fake.subscriptions and fresh.user_id == synced.anna.id
     assert [s.folder for s in synced.sources(missed)] == ["Inbox/Later"]
     assert len(synced.sources(before)) == 1  # known already: not stored twice
+
+
+def test_missed_notifications_are_caught_up_by_delta(synced):
+    """Graph dropped the notifications of a move, a deletion and a new message:
+    `missed` resyncs the mailbox by delta query, a move is no deletion."""
+    fake = synced.fake
+    moved = fake.add_message(synced.anna, "Inbox", mime("Moved quietly"))
+    deleted = fake.add_message(synced.anna, "Inbox", mime("Deleted quietly"))
+    kept = fake.add_message(synced.anna, "Inbox", mime("Stays"))
+    synced.work()
+    graph_side = fake.subscriptions.pop(synced.subscription.graph_id)  # Graph sends nothing now
+    fake.move_message(synced.anna, moved, "Inbox/Done")
+    fake.delete_message(synced.anna, deleted)
+    new = fake.add_message(synced.anna, "Projects", mime("Arrived quietly"))
+    fake.subscriptions[graph_side.id] = graph_side
+    assert fake.send_lifecycle(graph_side.id, "missed") == 202
+    synced.work()
+    state = {
+        s.graph_id: (s.folder, s.deleted_at is not None) for s in MessageSource.objects.filter(tenant=synced.tenant)
+    }
+    assert state == {
+        moved: ("Inbox/Done", False),
+        deleted: ("Inbox", True),
+        kept: ("Inbox", False),
+        new: ("Projects", False),
+    }
+    # The delta state is kept: the next resync gets only what changed since,
+    # and a message that left one folder for another is moved, not deleted.
+    fake.subscriptions.pop(graph_side.id)
+    later = fake.add_message(synced.anna, "Inbox", mime("Later"))
+    fake.move_message(synced.anna, kept, "Archive")
+    before = fake.request_count("/$value")
+    assert changes.resync(Graph(synced.connection), synced.subscription) == 2
+    assert fake.request_count("/$value") == before + 1  # only the new message is downloaded
+    [kept_source] = synced.sources(kept)
+    assert (kept_source.folder, kept_source.deleted_at) == ("Archive", None)
+    assert [s.folder for s in synced.sources(later)] == ["Inbox"]
 
 
 def test_a_notification_with_a_forged_client_state_is_refused(synced):
