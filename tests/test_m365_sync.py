@@ -19,6 +19,7 @@ from archive.actions import index_pending
 from archive.models import Message, MessageSource
 from ingest.models import Delivery
 from m365 import changes, subscriptions
+from m365 import graph as graph_client
 from m365 import items as m365_items
 from m365.graph import Graph
 from m365.models import Mailbox
@@ -198,6 +199,34 @@ def test_missed_notifications_are_caught_up_by_delta(synced):
     [kept_source] = synced.sources(kept)
     assert (kept_source.folder, kept_source.deleted_at) == ("Archive", None)
     assert [s.folder for s in synced.sources(later)] == ["Inbox"]
+
+
+def test_graph_trouble_leaves_the_notification_for_a_retry(synced, settings):
+    """Graph answering 503 past the client's own retries: the notification stays
+    unprocessed with the reason, its retry is due later, and it goes through
+    once Graph is back."""
+    fake = synced.fake
+    message_id = fake.add_message(synced.anna, "Inbox", mime("Throttled"))
+    fake.throttle(graph_client.MAX_ATTEMPTS, retry_after=0, status=503)  # every try of the next request
+    [pk] = synced.pending()
+    assert process_notifications([pk]) == 0
+    notification = Notification.objects.get(pk=pk)
+    assert notification.processed_at is None and notification.attempts == 1
+    assert "503" in notification.error
+    assert notification.enqueued_at > timezone.now()  # its retry is published with a countdown
+    synced.work()
+    assert [s.folder for s in synced.sources(message_id)] == ["Inbox"]
+    notification.refresh_from_db()
+    assert notification.processed_at is not None and notification.error == ""
+
+
+def test_a_removed_connection_stops_its_subscriptions_at_once(synced):
+    synced.connection.delete()
+    synced.subscription.refresh_from_db()
+    assert synced.subscription.state == Subscription.State.REMOVED
+    synced.fake.add_message(synced.anna, "Inbox", mime("After removal"))
+    assert synced.fake.notification_responses[-1] == 403
+    assert not Notification.objects.exists()
 
 
 def test_a_notification_with_a_forged_client_state_is_refused(synced):

@@ -100,7 +100,8 @@ def test_an_unknown_change_type_is_refused(client, org):
     assert "changeType" in response.content.decode()
 
 
-def test_a_wrong_client_state_is_refused_and_nothing_stored(client, org):
+def test_a_wrong_client_state_is_refused_and_nothing_stored(client, org, caplog):
+    caplog.set_level("DEBUG")
     subscription, client_state = subscribe(org.tenant)
     good = change(subscription, client_state, message_id="m1")
     forged = change(subscription, client_state[:-1] + ("A" if client_state[-1] != "A" else "B"), message_id="m2")
@@ -108,6 +109,9 @@ def test_a_wrong_client_state_is_refused_and_nothing_stored(client, org):
     assert response.status_code == 403
     assert client_state not in response.content.decode()
     assert not Notification.objects.exists()
+    # Neither the secret nor the guess is logged; the refusal and its reason are.
+    assert "clientState does not match" in caplog.text
+    assert client_state[:-1] not in caplog.text
 
 
 def test_an_unknown_subscription_is_refused(client, org):
