@@ -189,6 +189,7 @@ def resync(graph: Graph, subscription: Subscription) -> int:
     folders = load_folders(graph, subscription.user_id)
     with _folders_lock:
         _folders[(subscription.tenant_id, subscription.user_id)] = folders
+    archived = _archived_places(subscription)
     seen: set[str] = set()
     left: set[str] = set()
     full = True
@@ -200,24 +201,26 @@ def resync(graph: Graph, subscription: Subscription) -> int:
                 left.add(message["id"])
                 continue
             seen.add(message["id"])
+            if archived.get(message["id"]) == (path, False):
+                continue  # archived in this very folder: nothing to write (most of a mailbox, most times)
             if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
                 fetch_and_store(graph, subscription, message["id"], path)
         full = full and listing.full
     gone = left - seen
     if full:
-        gone |= _archived_ids(subscription) - seen
+        gone |= {graph_id for graph_id, (_, deleted) in archived.items() if not deleted} - seen
     for message_id in gone:
         record_deletion(subscription.tenant, subscription.mailbox, message_id)
     return len(seen) + len(gone)
 
 
-def _archived_ids(subscription: Subscription) -> set[str]:
-    """The Graph ids of the mailbox's mail the archive holds as still in the mailbox."""
-    return set(
-        MessageSource.objects.filter(
-            tenant=subscription.tenant, mailbox=subscription.mailbox, kind="mail", deleted_at__isnull=True
-        ).values_list("graph_id", flat=True)
-    )
+def _archived_places(subscription: Subscription) -> dict[str, tuple[str, bool]]:
+    """Where the archive has each of the mailbox's messages: Graph id → (folder, deleted)."""
+    rows = MessageSource.objects.filter(tenant=subscription.tenant, mailbox=subscription.mailbox, kind="mail")
+    return {
+        graph_id: (folder, deleted_at is not None)
+        for graph_id, folder, deleted_at in rows.values_list("graph_id", "folder", "deleted_at")
+    }
 
 
 class _FolderListing:
