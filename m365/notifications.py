@@ -36,7 +36,8 @@ LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", 
 MAX_ITEMS = 1000  # Graph sends at most a few hundred per batch; more is not Graph
 PUBLISH_CHUNK = 100
 
-_publisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="o365-publish")
+# Publishing off the request's thread (one thread: publishes are short and in order).
+background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m365-publish")
 
 
 class BadBatch(ValueError):
@@ -139,7 +140,7 @@ def accept(body: bytes) -> list[int]:
         Notification.objects.bulk_create(rows)
         ids = [row.pk for row in rows]
         # Published once committed, so a worker never looks for rows not there yet.
-        transaction.on_commit(lambda: _publisher.submit(_enqueue_in_background, ids))
+        transaction.on_commit(lambda: background.submit(_enqueue_in_background, ids))
     return ids
 
 

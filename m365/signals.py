@@ -14,6 +14,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from ingest.delivery import publish
+from m365.notifications import background
 from m365.sync import Subscription
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ def _publish_reconcile(tenant_id: int) -> None:
 
 @receiver(post_save, sender="m365.Connection")
 def connection_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Published off the request's thread: a slow broker must not hold the admin's save."""
     tenant_id = instance.tenant_id
-    transaction.on_commit(lambda: _publish_reconcile(tenant_id))
+    transaction.on_commit(lambda: background.submit(_publish_reconcile, tenant_id))
 
 
 @receiver(pre_delete, sender="m365.Connection")

@@ -5,6 +5,7 @@ processing fetches from the fake and archives through `archive.items`."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -24,7 +25,13 @@ from m365 import items as m365_items
 from m365.graph import Graph
 from m365.models import Mailbox
 from m365.sync import ItemWatermark, Notification, Subscription
-from m365.tasks import maintain_subscriptions, process_notifications, reconcile_connection, sync_calendars_and_contacts
+from m365.tasks import (
+    maintain_subscriptions,
+    process_notifications,
+    reconcile_connection,
+    reconcile_tenant,
+    sync_calendars_and_contacts,
+)
 from search import get_backend
 from tests.archive_support import process, search_ids
 from tests.ms_support import connect
@@ -265,6 +272,23 @@ def test_switching_folder_sync_off_removes_the_subscriptions(synced):
     assert synced.subscription.state == Subscription.State.REMOVED
 
 
+def test_saving_the_connection_asks_a_worker_to_reconcile_its_subscriptions(synced, settings):
+    queue = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    queue.delete("celery")
+    synced.connection.sync_folders = False
+    synced.connection.save()
+    deadline = time.monotonic() + 5
+    published: list[dict] = []
+    while not published and time.monotonic() < deadline:
+        messages = [json.loads(raw) for raw in queue.lrange("celery", 0, -1)]
+        published = [m for m in messages if m["headers"]["task"] == "m365.tasks.reconcile_tenant"]
+        time.sleep(0.05)
+    assert [m["headers"]["argsrepr"] for m in published] == [f"({synced.tenant.pk},)"]
+    assert reconcile_tenant(synced.tenant.pk) == 0  # what the worker then runs
+    synced.subscription.refresh_from_db()
+    assert synced.subscription.state == Subscription.State.REMOVED
+
+
 def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
     fake = synced.fake
     fake.add_event(
@@ -290,6 +314,16 @@ def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
     assert sync_calendars_and_contacts() == 0
     kinds = sorted(MessageSource.objects.filter(tenant=synced.tenant).values_list("kind", "folder"))
     assert kinds == [("contact", "Contacts"), ("event", "Calendar")]
+    # The archive reads what we wrote: searchable by kind and by its fields.
+    for delivery in Delivery.objects.filter(tenant=synced.tenant):
+        assert process(delivery.pk, index=False) == Delivery.Status.ARCHIVED
+    index_pending()
+    backend = get_backend()
+    [event] = Message.objects.filter(tenant=synced.tenant, kind="event")
+    [contact] = Message.objects.filter(tenant=synced.tenant, kind="contact")
+    assert search_ids(backend, synced.tenant, 'kind:event "Board meeting"') == [event.pk]
+    assert search_ids(backend, synced.tenant, "kind:event Building") == [event.pk]
+    assert search_ids(backend, synced.tenant, "kind:contact Fabrikam") == [contact.pk]
     assert ItemWatermark.objects.filter(tenant=synced.tenant).count() == 2
     # Nothing changed: the next run stores nothing new.
     assert m365_items.sync_items(Graph(synced.connection), synced.subscription) == 2  # the watermark's second again
