@@ -58,6 +58,11 @@ def _schedule(sender, **kwargs):
         sender.signature("m365.tasks.sync_calendars_and_contacts"),
         name="archive changed Microsoft 365 events and contacts",
     )
+    sender.add_periodic_task(
+        24 * 3600,
+        sender.signature("m365.tasks.sync_directories"),
+        name="Microsoft 365 mailbox lists and aliases",
+    )
 
 
 @worker_ready.connect

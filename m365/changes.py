@@ -25,8 +25,8 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from archive import access as archive_access
 from archive.items import Item, record_deletion, record_folder_change, store_items
-from archive.models import MessageSource
 from m365 import subscriptions
 from m365.graph import Graph, GraphError
 from m365.sync import FolderDelta, Notification, Subscription
@@ -189,7 +189,7 @@ def resync(graph: Graph, subscription: Subscription) -> int:
     folders = load_folders(graph, subscription.user_id)
     with _folders_lock:
         _folders[(subscription.tenant_id, subscription.user_id)] = folders
-    archived = _archived_places(subscription)
+    archived = archive_access.mailbox_places(subscription.tenant, subscription.mailbox)
     seen: set[str] = set()
     left: set[str] = set()
     full = True
@@ -212,15 +212,6 @@ def resync(graph: Graph, subscription: Subscription) -> int:
     for message_id in gone:
         record_deletion(subscription.tenant, subscription.mailbox, message_id)
     return len(seen) + len(gone)
-
-
-def _archived_places(subscription: Subscription) -> dict[str, tuple[str, bool]]:
-    """Where the archive has each of the mailbox's messages: Graph id → (folder, deleted)."""
-    rows = MessageSource.objects.filter(tenant=subscription.tenant, mailbox=subscription.mailbox, kind="mail")
-    return {
-        graph_id: (folder, deleted_at is not None)
-        for graph_id, folder, deleted_at in rows.values_list("graph_id", "folder", "deleted_at")
-    }
 
 
 class _FolderListing:

@@ -31,6 +31,8 @@ import requests.adapters
 from django.conf import settings
 from django.utils import timezone
 
+from infra.secrets import SecretUnreadable
+
 from .certificates import current_certificate, private_key_pem
 from .models import Connection
 
@@ -175,8 +177,12 @@ class Graph:
         with _limits_lock:
             cache = _token_caches.setdefault(key, msal.TokenCache())
         authority = f"{self.login}/{self.directory}"
+        try:
+            key_pem = private_key_pem(self.certificate)
+        except SecretUnreadable as exc:
+            raise GraphError(0, "secret_unreadable", f"the certificate's private key cannot be used: {exc}") from None
         credential = {
-            "private_key": private_key_pem(self.certificate),
+            "private_key": key_pem,
             "thumbprint": self.certificate.thumbprint.upper(),
             "public_certificate": self.certificate.certificate_pem,
         }

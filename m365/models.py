@@ -103,6 +103,19 @@ class Mailbox(models.Model):
         return f"mailbox {self.user_principal_name} of tenant {self.tenant_id}"
 
 
+class SyncedAlias(models.Model):
+    """An alias that the mailbox sync made from a proxy address, so that it can also take it back.
+
+    Aliases an admin added by hand have no such row and are never removed by the sync.
+    """
+
+    alias = models.OneToOneField("tenants.Alias", on_delete=models.CASCADE, related_name="m365_sync")
+    mailbox = models.ForeignKey(Mailbox, on_delete=models.CASCADE, related_name="synced_aliases")
+
+    def __str__(self) -> str:
+        return f"alias {self.alias_id} from mailbox {self.mailbox_id}"
+
+
 # Folder synchronisation (m365/sync.py) and its signal receivers, loaded with the app.
 from m365 import signals  # noqa: E402,F401  (subscriptions follow their connection)
 from m365.sync import FolderDelta, ItemWatermark, Notification, Subscription  # noqa: E402,F401

@@ -21,9 +21,10 @@ from typing import Any
 from django import db
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from infra.text import storable_text
 from ingest.delivery import publish
 from m365.sync import Notification, Subscription
 from tenants.models import Tenant
@@ -187,6 +188,43 @@ def sweep(limit: int = 10_000, grace: float | None = None) -> int:
         log.info("sweep enqueued %d stranded notifications", len(ids))
         return len(ids)
     return 0
+
+
+# --- the worker's bookkeeping --------------------------------------------------------
+
+
+def unprocessed(ids: list[int]) -> QuerySet[Notification]:
+    """These notifications, those not processed yet, in the order they arrived."""
+    return (
+        Notification.objects.select_related("subscription__tenant")
+        .filter(pk__in=ids, processed_at__isnull=True)
+        .order_by("pk")
+    )
+
+
+def count_attempt(notification: Notification) -> int:
+    """Count a processing attempt; the attempts so far, this one included."""
+    Notification.objects.filter(pk=notification.pk).update(attempts=F("attempts") + 1)
+    return notification.attempts + 1
+
+
+def finish(notification: Notification, error: str = "") -> None:
+    """Processed: done, or given up on with the reason (kept with it)."""
+    Notification.objects.filter(pk=notification.pk).update(processed_at=timezone.now(), error=storable_text(error))
+
+
+def retry_due(notification: Notification, countdown: int, error: str) -> None:
+    """Its retry is published for `countdown` seconds from now: the sweep waits that long and its window."""
+    due = timezone.now() + timedelta(seconds=countdown)
+    Notification.objects.filter(pk=notification.pk).update(enqueued_at=due, error=storable_text(error))
+
+
+def active_subscriptions() -> QuerySet[Subscription]:
+    """Every tenant's active subscriptions (the periodic events-and-contacts read)."""
+    return Subscription.objects.select_related("tenant").filter(state=Subscription.State.ACTIVE)
+
+
+# --- per tenant ----------------------------------------------------------------------
 
 
 def for_tenant(tenant: Tenant) -> QuerySet[Notification]:

@@ -141,6 +141,14 @@ def remove(graph: Graph, subscription: Subscription) -> None:
     log.info("unsubscribed from %s: %s", subscription.resource, subscription.graph_id)
 
 
+def stop_all(tenant_id: int) -> int:
+    """Mark a tenant's active subscriptions removed without asking Graph (its
+    connection is going: no credentials left to ask with); how many."""
+    return Subscription.objects.filter(tenant_id=tenant_id, state=Subscription.State.ACTIVE).update(
+        state=Subscription.State.REMOVED, removed_at=timezone.now()
+    )
+
+
 def recreate(graph: Graph, subscription: Subscription) -> Subscription:
     """A new subscription for the same mailbox (after subscriptionRemoved, or a
     renewal of one Graph forgot); the old one is marked removed first, so its

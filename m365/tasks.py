@@ -1,5 +1,6 @@
-"""The worker's synchronisation tasks: ids only, thin, safe to run twice.
+"""Celery tasks of the Microsoft 365 connection: ids only, thin, safe to run twice.
 
+`sync_directories` (daily) refreshes every connection's mailbox list;
 `process_notifications` takes stored notifications through `m365.changes`;
 `sweep_notifications` publishes those a broker fault left behind;
 `maintain_subscriptions` (hourly beat) creates, renews and removes Graph
@@ -10,22 +11,19 @@ from __future__ import annotations
 
 import logging
 import random
-from datetime import timedelta
 
 import requests
 from celery import shared_task
 from django.db import OperationalError
-from django.db.models import F
-from django.utils import timezone
 
 from archive.items import StoreFailed
 from infra.storage import StorageError
-from infra.text import storable_text
 from ingest.delivery import publish
-from m365 import changes, items, notifications, subscriptions
+from m365 import access, changes, items, notifications, subscriptions
+from m365.directory import sync_mailboxes
 from m365.graph import Graph, GraphError
 from m365.models import Connection
-from m365.sync import Notification, Subscription
+from m365.sync import Notification
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -54,7 +52,10 @@ class _Graphs:
 
     def of(self, tenant: Tenant) -> Graph:
         if tenant.pk not in self.clients:
-            connection = Connection.objects.filter(tenant=tenant).first()
+            try:
+                connection: Connection | None = tenant.m365_connection
+            except Connection.DoesNotExist:
+                connection = None
             if connection is None or not connection.is_configured:
                 raise NoConnection(f"tenant {tenant.pk} has no configured Microsoft 365 connection")
             self.clients[tenant.pk] = Graph(connection)
@@ -65,26 +66,16 @@ class NoConnection(Exception):
     """The tenant's connection is gone or incomplete: its notifications cannot be processed."""
 
 
-def _finish(notification: Notification, error: str = "") -> None:
-    Notification.objects.filter(pk=notification.pk).update(processed_at=timezone.now(), error=storable_text(error))
-
-
 @shared_task(acks_late=True)
 def process_notifications(ids: list[int]) -> int:
     """Process stored notifications in the order they arrived; returns how many
     were processed.  Passing trouble (Graph 429/5xx, network, storage,
     database) is retried with backoff in a task of its own, up to
     changes.MAX_ATTEMPTS; a notification's own failure is kept with its error."""
-    rows = (
-        Notification.objects.select_related("subscription__tenant")
-        .filter(pk__in=ids, processed_at__isnull=True)
-        .order_by("pk")
-    )
     graphs = _Graphs()
     done = 0
-    for notification in rows:
-        Notification.objects.filter(pk=notification.pk).update(attempts=F("attempts") + 1)
-        attempts = notification.attempts + 1
+    for notification in notifications.unprocessed(ids):
+        attempts = notifications.count_attempt(notification)
         try:
             changes.handle(graphs.of(notification.subscription.tenant), notification)
         except Exception as exc:
@@ -92,9 +83,9 @@ def process_notifications(ids: list[int]) -> int:
                 _retry(notification, exc, attempts)
                 continue
             log.error("notification %s failed: %s", notification.pk, exc, exc_info=not isinstance(exc, GraphError))
-            _finish(notification, f"{type(exc).__name__}: {exc}")
+            notifications.finish(notification, f"{type(exc).__name__}: {exc}")
         else:
-            _finish(notification)
+            notifications.finish(notification)
         done += 1
     return done
 
@@ -102,8 +93,7 @@ def process_notifications(ids: list[int]) -> int:
 def _retry(notification: Notification, exc: Exception, attempts: int) -> None:
     countdown = backoff(attempts)
     log.warning("notification %s: %s; retrying in %d s", notification.pk, exc, countdown)
-    due = timezone.now() + timedelta(seconds=countdown)
-    Notification.objects.filter(pk=notification.pk).update(enqueued_at=due, error=storable_text(str(exc)))
+    notifications.retry_due(notification, countdown, str(exc))
     try:
         publish(notifications.PROCESS_TASK, ([notification.pk],), countdown=countdown)
     except Exception:
@@ -124,7 +114,7 @@ def sync_calendars_and_contacts() -> int:
     returns how many mailboxes failed (logged; the next run tries again)."""
     graphs = _Graphs()
     failed = 0
-    for subscription in Subscription.objects.select_related("tenant").filter(state=Subscription.State.ACTIVE):
+    for subscription in notifications.active_subscriptions():
         try:
             items.sync_items(graphs.of(subscription.tenant), subscription)
         except Exception:
@@ -138,7 +128,8 @@ def maintain_subscriptions() -> int:
     """Reconcile every connection's subscriptions (create, renew, remove);
     returns how many changes failed (logged; the next run tries again)."""
     failed = 0
-    for connection in Connection.objects.select_related("tenant"):
+    for connection_id in access.connection_ids():
+        connection = access.connection_by_id(connection_id)
         try:
             outcome = reconcile_connection(connection)
         except Exception:
@@ -150,11 +141,12 @@ def maintain_subscriptions() -> int:
 
 
 @shared_task
-def reconcile_tenant(tenant_id: int) -> int:
-    """Reconcile one tenant's subscriptions now (its connection was saved); returns the failures."""
-    connection = Connection.objects.select_related("tenant").filter(tenant_id=tenant_id).first()
-    if connection is None:
-        return 0
+def reconcile_subscriptions(connection_id: int) -> int:
+    """Reconcile one connection's subscriptions now (it was saved); returns the failures."""
+    try:
+        connection = access.connection_by_id(connection_id)
+    except Connection.DoesNotExist:
+        return 0  # removed since: its subscriptions were stopped with it
     return reconcile_connection(connection).failed
 
 
@@ -164,14 +156,32 @@ def reconcile_connection(connection: Connection) -> subscriptions.Outcome:
     Graph: its subscriptions are only marked removed here (Graph drops them
     at expiry; meanwhile `/o365` refuses their notifications)."""
     if not connection.is_configured:
-        for subscription in notifications.subscriptions_of(connection.tenant).filter(state=Subscription.State.ACTIVE):
-            subscriptions.mark_removed(subscription)
+        subscriptions.stop_all(connection.tenant_id)
         return subscriptions.Outcome()
     targets = [
         subscriptions.Target(mailbox.graph_id, mailbox.primary_address)
-        for mailbox in connection.tenant.m365_mailboxes.filter(has_mailbox=True)
-        if mailbox.primary_address
+        for mailbox in access.mailboxes(connection.tenant)
+        if mailbox.has_mailbox and mailbox.primary_address
     ]
     return subscriptions.reconcile(
         Graph(connection), connection.tenant, str(connection.directory_id), connection.sync_folders, targets
     )
+
+
+@shared_task(acks_late=True)
+def sync_directories() -> int:
+    """The daily mailbox list of every connection that passed its last test; how many were synced.
+
+    One organization's trouble (a revoked consent, an expired certificate)
+    is logged and does not stop the others; the page shows the last sync.
+    """
+    synced = 0
+    for connection_id in access.connections_to_sync():
+        connection = access.connection_by_id(connection_id)
+        try:
+            sync_mailboxes(connection)
+        except GraphError as exc:
+            log.warning("m365 mailbox sync of tenant %s failed: %s", connection.tenant_id, exc)
+            continue
+        synced += 1
+    return synced

@@ -137,6 +137,11 @@ def alias(tenant: Tenant, alias_id: int | str) -> Alias:
         raise Http404("no such alias") from None
 
 
+def aliases(tenant: Tenant) -> QuerySet[Alias]:
+    """Every alias of the tenant's members."""
+    return Alias.objects.filter(tenant=tenant).select_related("membership__user")
+
+
 def addresses_for(membership: Membership) -> list[str]:
     """The addresses whose mail this member may search as a plain user.
 

@@ -264,6 +264,64 @@ def verify_domain(domain: Domain, actor: Membership | None = None, ip: str | Non
     return domain
 
 
+def verify_domain_by_consent(
+    tenant: Tenant, name: str, *, proof: str, actor: Membership | None = None, ip: str | None = None
+) -> Domain:
+    """Mark `name` verified for the tenant without DNS: ownership proven otherwise (`proof`).
+
+    Used for the domains Microsoft 365 lists as verified for the directory
+    whose admin consented to our app (ownership proven to Microsoft by DNS
+    already).  Adds the domain when missing; ActionRefused when another
+    tenant has it verified.  Sends `domain_verified` like the DNS check.
+    """
+    name = name.strip().lower().rstrip(".")
+    if Domain.objects.filter(name=name, verified_at__isnull=False).exclude(tenant=tenant).exists():
+        raise ActionRefused(f"{name} is verified by another organization. Contact support if it is yours.")
+    try:
+        with transaction.atomic():
+            domain, created = Domain.objects.select_for_update().get_or_create(
+                tenant=tenant, name=name, defaults={"txt_token": new_txt_token()}
+            )
+            if domain.is_verified:
+                return domain
+            domain.verified_at = timezone.now()
+            domain.save(update_fields=["verified_at", "updated_at"])
+            if created:
+                _audit(actor, Action.DOMAIN_ADDED, name, ip, proof=proof)
+            _audit(actor, Action.DOMAIN_VERIFIED, name, ip, proof=proof)
+    except IntegrityError:
+        raise ActionRefused(f"{name} is verified by another organization. Contact support if it is yours.") from None
+    domain_verified.send(sender=Domain, domain=domain)
+    return domain
+
+
+def add_directory_alias(
+    target: Membership, address: str, *, source: str, actor: Membership | None = None, ip: str | None = None
+) -> Alias:
+    """An alias a directory says belongs to `target` (e.g. a Microsoft 365 proxy address).
+
+    Unlike `add_alias` it may come from a task with no actor; ActionRefused
+    when the address is another member's alias already.
+    """
+    address = address.strip().lower()
+    try:
+        with transaction.atomic():
+            alias = Alias.objects.create(tenant_id=target.tenant_id, membership=target, address=address)
+            _audit(actor, Action.ALIAS_ADDED, target.user.email, ip, alias=address, source=source)
+            return alias
+    except IntegrityError:
+        raise ActionRefused(f"{address} is already an alias of a member.") from None
+
+
+def remove_directory_alias(
+    alias: Alias, *, source: str, actor: Membership | None = None, ip: str | None = None
+) -> None:
+    """Remove an alias the directory no longer lists for its member."""
+    with transaction.atomic():
+        if Alias.objects.filter(pk=alias.pk).delete()[0]:
+            _audit(actor, Action.ALIAS_REMOVED, alias.membership.user.email, ip, alias=alias.address, source=source)
+
+
 def remove_domain(actor: Membership, domain: Domain, ip: str | None = None) -> None:
     with transaction.atomic():
         if Domain.objects.filter(pk=domain.pk, tenant=actor.tenant).delete()[0]:

@@ -590,6 +590,10 @@ class MicrosoftFake:
         """The most requests to this user's mailbox that were being answered at once."""
         return self._max_active.get(self.user(user).id, 0)
 
+    def max_tenant_concurrency(self, tenant_id: str) -> int:
+        """The most Graph requests of this directory (any mailbox or none) that were being answered at once."""
+        return self._max_active.get(f"tenant:{tenant_id.lower()}", 0)
+
     def request_count(self, contains: str = "", method: str | None = None) -> int:
         """How many requests were made whose path contains `contains` (and of that method)."""
         with self.lock:
@@ -830,18 +834,18 @@ class MicrosoftFake:
                     return graph_error(status, code, text, {"Retry-After": retry_after})
         return None
 
-    def enter(self, user_id: str | None) -> None:
-        if user_id is None:
-            return
+    def enter(self, tenant_id: str, user_id: str | None) -> None:
         with self.lock:
-            self._active[user_id] = self._active.get(user_id, 0) + 1
-            self._max_active[user_id] = max(self._max_active.get(user_id, 0), self._active[user_id])
+            for key in (f"tenant:{tenant_id}", user_id):
+                if key is not None:
+                    self._active[key] = self._active.get(key, 0) + 1
+                    self._max_active[key] = max(self._max_active.get(key, 0), self._active[key])
 
-    def leave(self, user_id: str | None) -> None:
-        if user_id is None:
-            return
+    def leave(self, tenant_id: str, user_id: str | None) -> None:
         with self.lock:
-            self._active[user_id] -= 1
+            for key in (f"tenant:{tenant_id}", user_id):
+                if key is not None:
+                    self._active[key] -= 1
 
     # --- Graph: routing -------------------------------------------------------------------
 
@@ -852,13 +856,13 @@ class MicrosoftFake:
         throttled = self.throttled(user.id if user else None)
         if throttled is not None:
             raise throttled
-        self.enter(user.id if user else None)
+        self.enter(tenant.id, user.id if user else None)
         try:
             if self.latency:
                 time.sleep(self.latency)
             return self._route(method, parts, query, headers, body, tenant, app, roles, user)
         finally:
-            self.leave(user.id if user else None)
+            self.leave(tenant.id, user.id if user else None)
 
     def _user_in(self, tenant: FakeTenant, key: str) -> FakeUser:
         needle = key.lower()

@@ -12,10 +12,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "infra", "ingest", "regions", "tenants", "web"]
+PACKAGES = ["archiva", "archive", "infra", "ingest", "m365", "regions", "tenants", "web"]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
+    "Certificate",  # m365
+    "Connection",  # m365
+    "Mailbox",  # m365
+    "SyncedAlias",  # m365
+    "Subscription",  # m365 folder sync
+    "Notification",  # m365 folder sync
+    "FolderDelta",  # m365 folder sync
+    "ItemWatermark",  # m365 folder sync
     "AuditEvent",
     "Delivery",
     "Domain",
@@ -40,6 +48,16 @@ ALLOWED_FILES = {
     "tenants/api_tokens.py",
     "archive/actions.py",
     "archive/items.py",  # the named writers of mailbox items (store, move, delete)
+    # The Microsoft 365 connection's access layer and its writers (of connections, certificates, mailboxes).
+    "m365/access.py",
+    "m365/connection.py",
+    "m365/certificates.py",
+    "m365/directory.py",
+    # Folder sync: its access layer (notifications, subscriptions by tenant) and its writers.
+    "m365/notifications.py",
+    "m365/subscriptions.py",
+    "m365/changes.py",
+    "m365/items.py",
 }
 ALLOWED_DIRS = ("ingest/",)
 

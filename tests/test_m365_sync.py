@@ -29,7 +29,7 @@ from m365.tasks import (
     maintain_subscriptions,
     process_notifications,
     reconcile_connection,
-    reconcile_tenant,
+    reconcile_subscriptions,
     sync_calendars_and_contacts,
 )
 from search import get_backend
@@ -281,10 +281,10 @@ def test_saving_the_connection_asks_a_worker_to_reconcile_its_subscriptions(sync
     published: list[dict] = []
     while not published and time.monotonic() < deadline:
         messages = [json.loads(raw) for raw in queue.lrange("celery", 0, -1)]
-        published = [m for m in messages if m["headers"]["task"] == "m365.tasks.reconcile_tenant"]
+        published = [m for m in messages if m["headers"]["task"] == "m365.tasks.reconcile_subscriptions"]
         time.sleep(0.05)
-    assert [m["headers"]["argsrepr"] for m in published] == [f"({synced.tenant.pk},)"]
-    assert reconcile_tenant(synced.tenant.pk) == 0  # what the worker then runs
+    assert [m["headers"]["argsrepr"] for m in published] == [f"({synced.connection.pk},)"]
+    assert reconcile_subscriptions(synced.connection.pk) == 0  # what the worker then runs
     synced.subscription.refresh_from_db()
     assert synced.subscription.state == Subscription.State.REMOVED
 

@@ -29,7 +29,7 @@ from m365.graph import Graph, GraphError, mailbox_of, retry_after_seconds
 from tests.ms_fake import CLIENT_ASSERTION_TYPE, MicrosoftFake, b64url
 from tests.ms_support import ALL_ROLES, connect
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = pytest.mark.django_db
 
 
 def mime(subject: str, message_id: str | None = None) -> bytes:
@@ -396,6 +396,25 @@ def test_at_most_four_requests_per_mailbox_are_in_flight(ms_fake, org):
     assert errors == []
     assert ms_fake.max_concurrency(alice) == 4
     assert 2 <= ms_fake.max_concurrency(bob) <= 4
+
+
+def test_the_tenant_cap_bounds_requests_across_mailboxes(ms_fake, org, settings):
+    settings.ARCHIVA_MS_TENANT_CONCURRENCY = 3
+    connection = connect(ms_fake, org.tenant)
+    directory = str(connection.directory_id)
+    users = [ms_fake.add_user(directory, f"u{n}@contoso.com") for n in range(8)]
+    ms_fake.latency = 0.15
+    graph = Graph(connection)
+    graph.token()
+
+    threads = [threading.Thread(target=graph.get, args=(f"/users/{user.id}/mailFolders/inbox",)) for user in users * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert ms_fake.max_tenant_concurrency(directory) == 3
+    assert ms_fake.request_count("/mailFolders/inbox") == 16
 
 
 def test_mailbox_of_reads_the_user_segment():

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec
 from allauth.account.utils import has_verified_email
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from tenants import access
@@ -95,6 +97,31 @@ def api_view(
             return api_error("not found", 404)
 
     return wrapper
+
+
+def csrf_refusal(request: HttpRequest) -> HttpResponseBase | None:
+    """Django's CSRF check, for a session-authenticated API request; None when it passes."""
+    checker = CsrfViewMiddleware(lambda _request: HttpResponse())
+    checker.process_request(request)
+    return checker.process_view(request, lambda _request: HttpResponse(), (), {})
+
+
+def api_write_view(
+    view: Callable[Concatenate[ApiRequest, User, P], HttpResponseBase],
+) -> Callable[Concatenate[ApiRequest, P], HttpResponseBase]:
+    """`api_view` for views that change things: a Bearer token needs no CSRF token
+    (no browser sends it on its own), a session still does (403 JSON without)."""
+
+    @wraps(view)
+    def checked(request: ApiRequest, user: User, /, *args: P.args, **kwargs: P.kwargs) -> HttpResponseBase:
+        if request.method not in ("GET", "HEAD", "OPTIONS") and bearer_secret(request) is None:
+            refused = csrf_refusal(request)
+            if refused is not None:
+                return api_error("CSRF check failed: send the csrftoken cookie's value as X-CSRFToken", 403)
+        return view(request, user, *args, **kwargs)
+
+    exempt: Callable[Concatenate[ApiRequest, P], HttpResponseBase] = csrf_exempt(api_view(checked))
+    return exempt
 
 
 @require_GET

@@ -16,6 +16,8 @@ from archive import access as archive_access
 from archive.models import Message
 from ingest import held
 from ingest.models import Delivery
+from m365.connection import expiring_certificate
+from m365.models import Certificate
 from regions.current import current_region
 from regions.registry import Region
 from tenants import access
@@ -79,6 +81,8 @@ class TenantStatus:
     in_grace: list[JournalAddress]
     counters: Counters
     held_validation: tuple[HeldArrival, ...] = ()  # see held_validation_mail
+    # The Microsoft 365 app certificate to replace within 30 days (admins only), if any.
+    expiring_certificate: Certificate | None = None
 
     @property
     def index_failures(self) -> tuple[IndexFailure, ...]:
@@ -155,6 +159,7 @@ def tenant_status(tenant: Tenant, journal: bool = True) -> TenantStatus:
         in_grace=[journal_address(token, region) for token in access.tokens_in_grace(tenant)] if journal else [],
         counters=counters(tenant),
         held_validation=held_validation_mail(tenant),
+        expiring_certificate=expiring_certificate(tenant) if journal else None,
     )
 
 

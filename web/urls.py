@@ -1,6 +1,6 @@
 from django.urls import path
 
-from web import api, audit, charts, domains, health, messages, o365, search, team, tokens, views
+from web import api, audit, charts, domains, health, m365, messages, o365, search, team, tokens, views
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -32,4 +32,16 @@ urlpatterns = [
     path("domains/", domains.domains, name="domains"),
     path("domains/<int:domain_id>/verify/", domains.verify, name="domain-verify"),
     path("domains/<int:domain_id>/remove/", domains.remove, name="domain-remove"),
+    # Microsoft 365 connection.
+    path("settings/m365/", m365.settings_page, name="m365-settings"),
+    path("settings/m365/certificates/", m365.new_certificate, name="m365-certificate-new"),
+    path("settings/m365/certificates/<int:certificate_id>.cer", m365.download_certificate, name="m365-certificate-cer"),
+    path("settings/m365/test/", m365.test, name="m365-test"),
+    path("settings/m365/sync/", m365.sync_now, name="m365-sync"),
+    path("api/v1/m365/connection", m365.api_connection, name="api-m365-connection"),
+    path("api/v1/m365/certificates", m365.api_certificates, name="api-m365-certificates"),
+    path(
+        "api/v1/m365/certificates/<int:certificate_id>.cer", m365.api_certificate_cer, name="api-m365-certificate-cer"
+    ),
+    path("api/v1/m365/test", m365.api_test, name="api-m365-test"),
 ]
