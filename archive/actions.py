@@ -81,7 +81,7 @@ def _fields_or_mark_failed(
     try:
         fields = documents.message_fields(parsed, delivery.received_at)
         if source is not None:
-            fields = documents.item_fields(fields, parsed, source.kind, source.mailbox)
+            fields = documents.item_fields(fields, parsed, source.kind, source.mailbox, source.received)
         return fields
     except Exception as exc:  # building the fields is parsing too
         ingest_delivery.mark_parse_failed(delivery, f"{type(exc).__name__}: {exc}"[:2000])
@@ -284,9 +284,8 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
     """
     from search.backends.base import SearchUnavailable
 
-    folders = mailbox_items.folders_of(
-        [m.pk for m in messages if m.mailboxes]
-    )  # one query for the batch's mailbox copies
+    # Where the batch's mailbox copies are filed, in one query.
+    folders = mailbox_items.folders_of([m.pk for m in messages if m.mailboxes])
     built = []
     for message in messages:
         try:

@@ -131,15 +131,21 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict[str, Any
     return fields
 
 
-def item_fields(fields: dict[str, Any], parsed: ParsedReport, kind: str, mailbox: str) -> dict[str, Any]:
+def item_fields(
+    fields: dict[str, Any], parsed: ParsedReport, kind: str, mailbox: str, received: datetime | None = None
+) -> dict[str, Any]:
     """A mailbox item's Message columns, from `message_fields` of its parsed bytes.
 
-    Its mailbox's owner becomes a participant.  Mail keeps its Message-ID
-    key, so it merges with its journal copies; an event or a contact merges
-    only with identical bytes (the same item in another mailbox, or stored
-    again): each changed version of an item is an item of its own.
+    Its mailbox's owner becomes a participant; without a date of its own (no
+    Date header, a contact) it is dated when the mailbox received it, not
+    when we did.  Mail keeps its Message-ID key, so it merges with its
+    journal copies; an event or a contact merges only with identical bytes
+    (the same item in another mailbox, or stored again): each changed
+    version of an item is an item of its own.
     """
     fields = {**fields, "kind": kind, "mailboxes": [mailbox]}
+    if parsed.date is None and received is not None:
+        fields["date"] = received
     if kind != Message.Kind.MAIL:
         fields["merge_key"] = f"{kind}-sha:{original_sha256(parsed)}"
         fields["message_id"] = ""
@@ -173,13 +179,13 @@ def _content(parsed: ParsedReport) -> Content:
 
 
 def _parse(raw: bytes, kind: str = Message.Kind.MAIL) -> ParsedReport:
-    from archive.parser import items
+    from archive.parser import items as item_parser
     from archive.parser.journal import parse_report
 
     if kind == Message.Kind.EVENT:
-        return items.parse_event(raw)
+        return item_parser.parse_event(raw)
     if kind == Message.Kind.CONTACT:
-        return items.parse_contact(raw)
+        return item_parser.parse_contact(raw)
     return parse_report(raw)
 
 

@@ -155,7 +155,9 @@ def store_items(tenant: Tenant, items: list[Item]) -> list[str]:
     effort (the sweep finds what the broker missed).  Idempotent per
     (tenant, mailbox, graph_id, sha256): an item stored before (a resumed
     import) stores nothing and gets its first queue id; a changed item (new
-    bytes) is a new version.  Every Path given is consumed.  Raises
+    bytes) is a new version.  Every Path given is consumed.  Call it
+    outside a transaction: inside one, "durable" waits for the caller's
+    commit (and so does publishing).  Raises
     StoreFailed when some could not be stored or recorded (the others
     were), ValueError/TypeError for a malformed item (nothing stored).
     """
@@ -174,6 +176,16 @@ def store_items(tenant: Tenant, items: list[Item]) -> list[str]:
     if missing:
         raise StoreFailed(f"{len(missing)} of {len(items)} items could not be stored; store them again")
     return [queue_ids[key] for key in keys]
+
+
+def stored_graph_ids(tenant: Tenant, mailbox: str, graph_ids: Iterable[str]) -> set[str]:
+    """Which of these item ids of the mailbox are archived already (any
+    version): a resumed import skips fetching their content again."""
+    wanted = {graph_id for graph_id in graph_ids if graph_id}
+    if not wanted:
+        return set()
+    found = MessageSource.objects.filter(tenant=tenant, mailbox=normalize_mailbox(mailbox), graph_id__in=wanted)
+    return set(found.values_list("graph_id", flat=True).distinct())
 
 
 def _job(tenant: Tenant, item: Item, sha256: str) -> record.Job:
@@ -220,7 +232,8 @@ def _commit(tenant: Tenant, fresh: dict[ItemKey, tuple[Item, record.Job]]) -> di
     recorded, delivery_ids = _record(tenant, pending)
     if after:
         sync_filesystems(flush)  # SQLite: one flush covers the objects and the WAL
-    enqueue(delivery_ids)
+    # After the commit: inside a caller's transaction a worker could not see the rows yet.
+    transaction.on_commit(lambda: enqueue(delivery_ids), using=record.delivery_connection().alias)
     return recorded
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from django.urls import reverse
@@ -26,6 +27,7 @@ from archive.items import (
     record_deletion,
     record_folder_change,
     store_items,
+    stored_graph_ids,
 )
 from archive.models import Message, MessageSource
 from archive.parser.journal import parse_report
@@ -55,6 +57,9 @@ CONTACT = (
     b"ORG:Northwind Traders;Purchasing\r\nTITLE:Buyer\r\nEMAIL;TYPE=INTERNET:carl@northwind.example\r\n"
     b"TEL;TYPE=WORK:+1 555 0100\r\nEND:VCARD\r\n"
 )
+
+
+CARD_SAVED = datetime(2025, 11, 3, 8, 0, tzinfo=UTC)  # a contact has no date of its own: Graph's time
 
 
 def mail(message_id: str, subject: str, sender: str = "alice@contoso.com", to: str = "bob@fabrikam.com") -> bytes:
@@ -99,7 +104,7 @@ def search_engine(request, settings):
     backend = get_backend()
     yield backend
     if request.param == "elasticsearch":
-        backend.drop_index()  # type: ignore[attr-defined]
+        backend.drop_index()  # type: ignore[attr-defined]  # the Elasticsearch backend's own, not the interface's
     reset_backend()
 
 
@@ -116,6 +121,7 @@ def test_stored_items_are_recorded_and_in_the_bucket_before_store_items_returns(
     assert delivery.sha256 == hashlib.sha256(raw).hexdigest()
     assert delivery.storage_key.startswith("pack/")  # packed like the ingest's small reports
     assert delivery.read_report() == raw  # read back from the bucket, hash checked
+    assert delivery.enqueued_at is not None  # published to the worker once committed (the broker: real Redis)
     source = MessageSource.objects.get(delivery=delivery)
     assert (source.mailbox, source.folder, source.graph_id, source.kind) == (
         "alice@contoso.com",
@@ -138,6 +144,9 @@ def test_storing_the_same_item_again_stores_nothing_new(org):
         ],
     )
     assert twice_in_a_batch == first * 2
+    assert store_items(org.tenant, []) == []
+    assert stored_graph_ids(org.tenant, "ALICE@contoso.com", ["AAMkAD-2", "AAMkAD-new"]) == {"AAMkAD-2"}
+    assert stored_graph_ids(org.tenant, "erin@contoso.com", ["AAMkAD-2"]) == set()
     assert Delivery.objects.filter(tenant=org.tenant).count() == 1
     assert MessageSource.objects.filter(tenant=org.tenant).count() == 1
     # The same id with other bytes (an edited draft, an updated event) is a new version.
@@ -174,7 +183,7 @@ def test_a_large_item_goes_through_its_spool_file_which_is_consumed(org, tmp_pat
 def test_malformed_items_are_refused_with_a_reason_and_nothing_is_stored(org, tmp_path):
     raw = mail("bad-1@contoso.com", "Bad")
     with pytest.raises(ValueError, match="kind"):
-        Item("fax", "alice@contoso.com", "Inbox", "X", raw)  # type: ignore[arg-type]
+        Item("fax", "alice@contoso.com", "Inbox", "X", raw)  # type: ignore[arg-type]  # the wrong kind on purpose
     with pytest.raises(ValueError, match="primary SMTP address"):
         Item("mail", "not an address", "Inbox", "X", raw)
     with pytest.raises(ValueError, match="graph_id"):
@@ -371,7 +380,7 @@ def test_events_and_contacts_are_archived_as_their_own_kinds_and_searchable(org,
         org.tenant,
         [
             Item("event", "alice@contoso.com", "Calendar", "EV-1", EVENT),
-            Item("contact", "alice@contoso.com", "Contacts", "CT-1", CONTACT),
+            Item("contact", "alice@contoso.com", "Contacts", "CT-1", CONTACT, received=CARD_SAVED),
             Item("mail", "alice@contoso.com", "Inbox", "ML-1", mail("budget@contoso.com", "Budget review minutes")),
         ],
     )[:2]
@@ -385,7 +394,7 @@ def test_events_and_contacts_are_archived_as_their_own_kinds_and_searchable(org,
     assert event.date.isoformat() == "2026-03-10T14:00:00+00:00"
     assert event.details["location"] == "Room 4, Building 2"
     assert event.details["end"] == "2026-03-10T15:00:00+00:00"
-    assert (contact.kind, contact.subject) == ("contact", "Carl Contractor")
+    assert (contact.kind, contact.subject, contact.date) == ("contact", "Carl Contractor", CARD_SAVED)
     assert contact.details["emails"] == ["carl@northwind.example"]
     assert contact.details["phones"] == [{"number": "+1 555 0100", "type": "work"}]
     assert contact.details["company"] == "Northwind Traders; Purchasing"
@@ -417,6 +426,13 @@ def test_an_event_or_contact_opens_on_the_message_page_and_downloads_as_itself(c
     page = client.get(reverse("message", args=[event.pk])).content.decode()
     assert "Budget review" in page and "Location: Room 4, Building 2" in page
     assert "alice@contoso.com: Calendar" in page
+    assert (
+        'id="event-details"' in page
+        and "2026-03-10T15:00:00+00:00" in page
+        and "Bob &lt;bob@contoso.com&gt; (accepted)" in page
+    )
+    page = client.get(reverse("message", args=[contact.pk])).content.decode()
+    assert 'id="contact-details"' in page and "+1 555 0100" in page and "Northwind Traders" in page
     download = client.get(reverse("api-message-eml", args=[contact.pk]))
     assert download["Content-Type"] == "text/vcard"
     assert b"".join(download.streaming_content if download.streaming else [download.content]) == CONTACT
@@ -511,3 +527,91 @@ def test_the_message_page_lists_the_sources_each_role_may_see(client, org):
     page = client.get(url).content.decode()
     assert "erin@contoso.com: Inbox/Projects" in page
     assert "Sent Items" not in page and journal.queue_id not in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_imports_storing_the_same_items_at_once_record_each_item_once(org):
+    """Two workers of a resumed import racing on one page of items: the unique
+    constraint settles it, and both get the queue ids that were recorded."""
+    import threading
+
+    from django.db import connection
+
+    raws = [mail(f"race-{n}@contoso.com", f"Race {n}") for n in range(40)]
+    barrier = threading.Barrier(3)
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def store() -> None:
+        try:
+            items = [Item("mail", "alice@contoso.com", "Inbox", f"R-{n}", raw) for n, raw in enumerate(raws)]
+            barrier.wait()
+            results.append(store_items(org.tenant, items))
+        except BaseException as exc:  # reported below, on the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=store) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert results[0] == results[1] == results[2]
+    assert MessageSource.objects.filter(tenant=org.tenant).count() == 40
+    recorded = set(Delivery.objects.filter(tenant=org.tenant, source="mailbox").values_list("queue_id", flat=True))
+    assert recorded == set(results[0])
+
+
+@pytest.mark.django_db
+def test_the_search_page_shows_the_users_own_folder_tree_with_folder_searches(client, org, outsider):
+    archive_items(
+        org.tenant,
+        [
+            Item("mail", "erin@contoso.com", "Inbox/Sent Items", "N-1", mail("tree-1@contoso.com", "Tree one")),
+            Item("mail", "alice@contoso.com", "Board Papers", "N-2", mail("tree-2@contoso.com", "Tree two")),
+        ],
+    )
+    client.force_login(org.user)
+    page = client.get(reverse("search")).content.decode()
+    assert 'id="folder-tree"' in page and "erin@contoso.com" in page
+    assert "?q=folder%3A%22Inbox/Sent%20Items%22" in page
+    assert "Board Papers" not in page
+    found = client.get(reverse("search"), {"q": 'folder:"Inbox/Sent Items"'}).content.decode()
+    assert "Tree one" in found and "Tree two" not in found
+    client.force_login(outsider)
+    assert 'id="folder-tree"' not in client.get(reverse("search")).content.decode()
+
+
+@pytest.mark.django_db
+def test_imported_items_do_not_pass_for_journal_reports_in_the_setup_checks(org):
+    from regions.current import current_region
+    from web.setup import setup_checks
+
+    store_items(org.tenant, [Item("mail", "alice@contoso.com", "Inbox", "J-1", mail("setup-1@contoso.com", "Old"))])
+    assert setup_checks(org.tenant, current_region()).last_journal_report is None
+    journal = archive(org.tenant, corpus("01-simple.eml"))
+    assert setup_checks(org.tenant, current_region()).last_journal_report == journal.received_at
+
+
+@pytest.mark.django_db
+def test_items_are_stored_the_same_way_on_s3(use_s3, org, tmp_path):
+    raw = mail("s3-1@contoso.com", "On S3")
+    large = raw + b"x" * 300_000 + b"\r\n"
+    spool = tmp_path / "large.eml"
+    spool.write_bytes(large)
+    small_id, large_id = store_items(
+        org.tenant,
+        [
+            Item("mail", "alice@contoso.com", "Inbox", "S3-1", raw),
+            Item("mail", "alice@contoso.com", "Inbox", "S3-2", spool),
+        ],
+    )
+    assert not spool.exists()
+    small, big = (Delivery.objects.get(queue_id=q) for q in (small_id, large_id))
+    assert small.storage_key.startswith("pack/") and big.storage_key.startswith("raw/")
+    assert small.read_report() == raw and big.read_report() == large
+    assert use_s3.client.head_object(Bucket=org.tenant.bucket, Key=big.storage_key)["ContentLength"] == len(large)
+    process_deliveries([small.pk, big.pk], index=True)
+    assert message_of(org.tenant, large_id).subject == "On S3"

@@ -18,7 +18,6 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from archive import access as archive_access
-from archive.items import FolderNode, folder_tree
 from archive.models import Message
 from tenants import access
 from tenants.models import AuditEvent, Membership, User
@@ -74,7 +73,14 @@ def search_page(request: SignedInRequest) -> HttpResponse:
 
     membership = access.membership_for(request.user)
     query = request.GET.get("q", "").strip()
-    ctx = {"membership": membership, "query": query, "error": None, "page": None, "trees": own_folder_trees(membership)}
+    ctx = {
+        "membership": membership,
+        "query": query,
+        "error": None,
+        "page": None,
+        # The member's own mailboxes' folders beside the results (`folder:` links).
+        "folder_trees": archive_access.folder_trees(membership),
+    }
     status = 200
     try:
         ctx["page"] = run_search(request, membership, query, page_number(request.GET.get("page")))
@@ -84,18 +90,6 @@ def search_page(request: SignedInRequest) -> HttpResponse:
         log.warning("search backend unavailable", exc_info=True)
         ctx["error"], status = "Search is unavailable right now; please try again in a minute.", 503
     return render(request, "web/search.html", ctx, status=status)
-
-
-def own_folder_trees(membership: Membership) -> list[tuple[str, list[FolderNode]]]:
-    """The folder trees of the member's own mailboxes (their verified addresses
-    and aliases, whatever their role): (address, tree) for each that has
-    archived mailbox items.  Beside the results, each folder a link to
-    `folder:"…"`."""
-    trees = []
-    for address in access.addresses_for(membership):
-        if tree := folder_tree(membership.tenant, address):
-            trees.append((address, tree))
-    return trees
 
 
 @require_GET
