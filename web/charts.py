@@ -119,19 +119,27 @@ def storage_chart(tenant: Tenant, buckets_daily: list[stats.Bucket]) -> BarChart
 def sync_chart(buckets: list[stats.SyncBucket]) -> BarChart:
     received = sum(b.received for b in buckets)
     processed = sum(b.processed for b in buckets)
+    failed = sum(b.failed for b in buckets)
     return bar_chart(
         id="chart-sync",
         title="Microsoft 365 folder sync: notifications per hour, last 48 hours (UTC)",
-        description="Bars per hour: change notifications Microsoft Graph posted to us, and those the worker processed.",
+        description=(
+            "Bars per hour: change notifications Microsoft Graph posted to us, those the worker processed,"
+            " and those it gave up on (Graph refused, or the item could not be read)."
+        ),
         categories=[b.start.strftime("%-d %b %H:00") for b in buckets],
         axis_labels=_hour_axis([b.start for b in buckets]),
         series=[
             Series("received", "Received", [b.received for b in buckets]),
             Series("processed", "Processed", [b.processed for b in buckets]),
+            Series("failed", "Failed", [b.failed for b in buckets]),
         ],
         y_label="notifications",
         category_label="Hour (UTC)",
-        summary=f"{received:,} notifications received and {processed:,} processed in the last 48 hours.",
+        summary=(
+            f"{received:,} notifications received and {processed:,} processed in the last 48 hours"
+            f"{f', {failed:,} of them failed' if failed else ''}."
+        ),
     )
 
 

@@ -80,7 +80,8 @@ def rejections(tenant: Tenant, since: datetime) -> dict[str, int]:
 class SyncBucket:
     start: datetime  # aware, UTC
     received: int  # Graph notifications stored by /o365
-    processed: int  # notifications a worker finished (their error, if any, kept with them)
+    processed: int  # notifications a worker finished
+    failed: int  # of those, the ones given up on (their error kept with them)
 
 
 def sync_hourly(tenant: Tenant, now: datetime, hours: int = HOURS) -> list[SyncBucket]:
@@ -90,7 +91,8 @@ def sync_hourly(tenant: Tenant, now: datetime, hours: int = HOURS) -> list[SyncB
     notifications = m365_notifications.for_tenant(tenant)
     received = _per_bucket(notifications, "received_at", TruncHour, starts[0])
     processed = _per_bucket(notifications, "processed_at", TruncHour, starts[0])
-    return [SyncBucket(s, received.get(s, 0), processed.get(s, 0)) for s in starts]
+    failed = _per_bucket(notifications.exclude(error=""), "processed_at", TruncHour, starts[0])
+    return [SyncBucket(s, received.get(s, 0), processed.get(s, 0), failed.get(s, 0)) for s in starts]
 
 
 def syncs_folders(tenant: Tenant) -> bool:
