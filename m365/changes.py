@@ -1,8 +1,9 @@
 """What a stored notification does to the archive, in a worker.
 
-created → the message's folder and MIME fetched from Graph and stored
-through `archive.items.store_items`; updated → its folder recorded (a move);
-deleted → the deletion recorded (never deleted from the archive).
+created or updated → the message's folder read from Graph and recorded
+(a move) when the archive has the message, else its MIME fetched and stored
+through `archive.items.store_items`; deleted → the deletion recorded (never
+deleted from the archive).
 Lifecycle events: reauthorizationRequired renews the subscription,
 subscriptionRemoved recreates it and resyncs the mailbox by delta, missed
 resyncs.  Everything here is safe to run twice: storing is idempotent per
@@ -122,14 +123,32 @@ def _received(message: dict[str, Any]) -> datetime | None:
     return subscriptions.parse_graph_time(value, timezone.now()) if isinstance(value, str) else None
 
 
-def fetch_and_store(graph: Graph, subscription: Subscription, message_id: str, folder: str | None = None) -> bool:
-    """Store a message as it is in the mailbox now; False when it is gone already."""
-    base = f"/users/{subscription.user_id}/messages/{message_id}"
+def place(graph: Graph, subscription: Subscription, message_id: str) -> bool:
+    """A message created or changed (moved) in the mailbox: its folder recorded
+    when the archive has it (an import or an earlier notification stored it:
+    no download), else fetched and stored.  False when it is gone already
+    (its deletion's own notification records that)."""
     try:
-        message = graph.get(base, {"$select": "id,parentFolderId,receivedDateTime"})
-        if folder is None:
-            folder = folder_path(graph, subscription, str(message.get("parentFolderId") or ""))
-        content = _download(graph, f"{base}/$value")
+        message = graph.get(
+            f"/users/{subscription.user_id}/messages/{message_id}", {"$select": "id,parentFolderId,receivedDateTime"}
+        )
+    except GraphError as exc:
+        if exc.status == 404:
+            log.info("message %s of %s is gone before we could read it", message_id, subscription.graph_id)
+            return False
+        raise
+    folder = folder_path(graph, subscription, str(message.get("parentFolderId") or ""))
+    if record_folder_change(subscription.tenant, subscription.mailbox, message_id, folder):
+        return True
+    return fetch_and_store(graph, subscription, message_id, folder, _received(message))
+
+
+def fetch_and_store(
+    graph: Graph, subscription: Subscription, message_id: str, folder: str, received: datetime | None = None
+) -> bool:
+    """Download a message's MIME and store it in `folder`; False when it is gone already."""
+    try:
+        content = _download(graph, f"/users/{subscription.user_id}/messages/{message_id}/$value")
     except GraphError as exc:
         if exc.status == 404:
             log.info("message %s of %s is gone before we could fetch it", message_id, subscription.graph_id)
@@ -141,7 +160,7 @@ def fetch_and_store(graph: Graph, subscription: Subscription, message_id: str, f
         folder=folder,
         graph_id=message_id,
         content=content,
-        received=_received(message),
+        received=received,
     )
     store_items(subscription.tenant, [item])
     return True
@@ -163,21 +182,6 @@ def _download(graph: Graph, path: str) -> bytes | Path:
         raise
     Path(name).unlink(missing_ok=True)
     return data
-
-
-def moved(graph: Graph, subscription: Subscription, message_id: str) -> None:
-    """An update: record the message's folder now; a message the archive does
-    not know yet (created before the subscription, or its creation not
-    processed yet) is stored instead."""
-    try:
-        message = graph.get(f"/users/{subscription.user_id}/messages/{message_id}", {"$select": "id,parentFolderId"})
-    except GraphError as exc:
-        if exc.status == 404:
-            return  # deleted since: its own notification records that
-        raise
-    folder = folder_path(graph, subscription, str(message.get("parentFolderId") or ""))
-    if not record_folder_change(subscription.tenant, subscription.mailbox, message_id, folder):
-        fetch_and_store(graph, subscription, message_id, folder)
 
 
 def resync(graph: Graph, subscription: Subscription) -> int:
@@ -204,7 +208,7 @@ def resync(graph: Graph, subscription: Subscription) -> int:
             if archived.get(message["id"]) == (path, False):
                 continue  # archived in this very folder: nothing to write (most of a mailbox, most times)
             if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
-                fetch_and_store(graph, subscription, message["id"], path)
+                fetch_and_store(graph, subscription, message["id"], path, _received(message))
         full = full and listing.full
     gone = left - seen
     if full:
@@ -262,10 +266,8 @@ def handle(graph: Graph, notification: Notification) -> None:
         _lifecycle(graph, subscription, notification.event)
         return
     message_id = str(notification.payload.get("resourceData", {}).get("id", ""))
-    if notification.event == "created":
-        fetch_and_store(graph, subscription, message_id)
-    elif notification.event == "updated":
-        moved(graph, subscription, message_id)
+    if notification.event in ("created", "updated"):
+        place(graph, subscription, message_id)
     elif notification.event == "deleted":
         record_deletion(subscription.tenant, subscription.mailbox, message_id)
 

@@ -17,6 +17,7 @@ import redis
 from django.utils import timezone
 
 from archive.actions import index_pending
+from archive.items import Item, store_items
 from archive.models import Message, MessageSource
 from ingest.models import Delivery
 from m365 import changes, subscriptions
@@ -132,6 +133,19 @@ def test_a_move_in_the_mailbox_changes_the_folder(synced):
     backend = get_backend()
     assert search_ids(backend, synced.tenant, 'folder:"Archive/2026"') == [source.message_id]
     assert search_ids(backend, synced.tenant, "folder:Inbox") == []
+
+
+def test_an_imported_message_that_moves_is_not_downloaded_again(synced):
+    fake = synced.fake
+    graph_side = fake.subscriptions.pop(synced.subscription.graph_id)
+    message_id = fake.add_message(synced.anna, "Inbox", mime("Imported"))
+    # The historical import stored it (same Graph id, same bytes) before sync started.
+    store_items(synced.tenant, [Item("mail", "anna@contoso.com", "Inbox", message_id, mime("Imported"))])
+    fake.subscriptions[graph_side.id] = graph_side
+    fake.move_message(synced.anna, message_id, "Inbox/Filed")
+    synced.work()
+    assert [s.folder for s in synced.sources(message_id)] == ["Inbox/Filed"]
+    assert fake.request_count("/$value") == 0
 
 
 def test_a_deletion_in_the_mailbox_is_recorded_and_the_message_kept(synced):
