@@ -149,11 +149,11 @@ def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
     return rejections_since(since, tenant)
 
 
-def mailbox_places(tenant: Tenant, mailbox: str) -> dict[str, tuple[str, bool]]:
-    """Where the archive has each mail item of a tenant's mailbox: Graph id →
-    (folder, deleted in the mailbox).  For the folder sync's resync, which
-    writes only what differs."""
-    rows = MessageSource.objects.filter(tenant=tenant, mailbox=mailbox.lower(), kind=Message.Kind.MAIL)
+def mailbox_places(tenant: Tenant, mailbox: str, kind: str = Message.Kind.MAIL) -> dict[str, tuple[str, bool]]:
+    """Where the archive has each item of that kind of a tenant's mailbox:
+    Graph id → (folder, deleted in the mailbox).  For the folder sync, which
+    writes only what differs and sees deletions by what is no longer listed."""
+    rows = MessageSource.objects.filter(tenant=tenant, mailbox=mailbox.lower(), kind=kind)
     return {
         graph_id: (folder, deleted_at is not None)
         for graph_id, folder, deleted_at in rows.values_list("graph_id", "folder", "deleted_at")

@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from archive.items import Item, Kind, store_items
+from archive import access as archive_access
+from archive.items import Item, Kind, record_deletion, store_items
 from archive.parser.htmltext import html_to_text
 from m365.sync import ItemWatermark, Subscription
 
@@ -181,28 +182,50 @@ PAGE = 100
 
 def sync_items(graph: Graph, subscription: Subscription) -> int:
     """Archive the mailbox's events and contacts changed since the last run
-    (all of them the first time); returns how many were stored or checked."""
+    (all of them the first time), and record as deleted those archived that
+    the mailbox no longer lists; returns how many were stored or checked."""
+    return sum(_sync_kind(graph, subscription, *source) for source in SOURCES)
+
+
+def _sync_kind(
+    graph: Graph,
+    subscription: Subscription,
+    kind: Kind,
+    collection: str,
+    folder: str,
+    writer: Callable[[dict[str, Any]], bytes],
+) -> int:
+    mark = ItemWatermark.objects.filter(tenant=subscription.tenant, user_id=subscription.user_id, kind=kind).first()
+    since = mark.modified_until if mark else None
+    newest = since
+    listed: set[str] = set()
     total = 0
-    for kind, collection, folder, writer in SOURCES:
-        mark = ItemWatermark.objects.filter(tenant=subscription.tenant, user_id=subscription.user_id, kind=kind).first()
-        since = mark.modified_until if mark else None
-        newest = since
-        for page in graph.pages(f"/users/{subscription.user_id}/{collection}", {"$top": str(PAGE)}):
-            batch: list[Item] = []
-            for entry in page.get("value", []):
-                modified = graph_datetime(entry.get("lastModifiedDateTime"))
-                if not isinstance(entry.get("id"), str) or (since and modified and modified < since):
-                    continue
-                newest = max(filter(None, (newest, modified)), default=None)
-                batch.append(Item(kind, subscription.mailbox, folder, entry["id"], writer(entry), received=modified))
-            if batch:
-                store_items(subscription.tenant, batch)
-                total += len(batch)
-        if newest and newest != since:
-            ItemWatermark.objects.update_or_create(
-                tenant=subscription.tenant,
-                user_id=subscription.user_id,
-                kind=kind,
-                defaults={"modified_until": newest},
-            )
+    # The whole collection is listed every time (the JSON only, no bytes are
+    # written for what did not change): that is how deletions are seen.
+    for page in graph.pages(f"/users/{subscription.user_id}/{collection}", {"$top": str(PAGE)}):
+        batch: list[Item] = []
+        for entry in page.get("value", []):
+            if not isinstance(entry.get("id"), str):
+                continue
+            listed.add(entry["id"])
+            modified = graph_datetime(entry.get("lastModifiedDateTime"))
+            if since and modified and modified < since:
+                continue
+            newest = max(filter(None, (newest, modified)), default=None)
+            batch.append(Item(kind, subscription.mailbox, folder, entry["id"], writer(entry), received=modified))
+        if batch:
+            store_items(subscription.tenant, batch)
+            total += len(batch)
+    archived = archive_access.mailbox_places(subscription.tenant, subscription.mailbox, kind)
+    for graph_id, (_, deleted) in archived.items():
+        if not deleted and graph_id not in listed:
+            record_deletion(subscription.tenant, subscription.mailbox, graph_id)
+            total += 1
+    if newest and newest != since:
+        ItemWatermark.objects.update_or_create(
+            tenant=subscription.tenant,
+            user_id=subscription.user_id,
+            kind=kind,
+            defaults={"modified_until": newest},
+        )
     return total

@@ -343,6 +343,14 @@ def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
     # Nothing changed: the next run stores nothing new.
     assert m365_items.sync_items(Graph(synced.connection), synced.subscription) == 2  # the watermark's second again
     assert MessageSource.objects.filter(tenant=synced.tenant).count() == 2
+    # The event deleted in the mailbox (the fake has no helper: its calendar is a dict):
+    # recorded as deleted, kept in the archive.
+    fake.user(synced.anna).events.clear()
+    m365_items.sync_items(Graph(synced.connection), synced.subscription)
+    event_source = MessageSource.objects.get(tenant=synced.tenant, kind="event")
+    assert event_source.deleted_at is not None
+    assert MessageSource.objects.get(tenant=synced.tenant, kind="contact").deleted_at is None
+    assert Message.objects.filter(pk=event.pk).exists()
 
 
 def test_a_stored_notification_survives_a_killed_worker_and_a_lost_task(synced, settings, tls_files, tmp_path):
