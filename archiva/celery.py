@@ -61,7 +61,7 @@ def _schedule(sender, **kwargs):
     sender.add_periodic_task(
         24 * 3600,
         sender.signature("m365.tasks.sync_directories"),
-        name="Microsoft 365 mailbox lists and aliases",
+        name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
     )
 
 

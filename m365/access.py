@@ -52,9 +52,10 @@ def mailbox_count(tenant: Tenant) -> int:
     return Mailbox.objects.filter(tenant=tenant, has_mailbox=True).count()
 
 
-def connections_to_sync() -> list[int]:
-    """Ids of the connections (of every tenant: the daily task's) whose last test passed."""
-    return list(Connection.objects.filter(last_test_ok=True).order_by("id").values_list("id", flat=True))
+def connections_to_check() -> list[int]:
+    """Ids of the connections (of every tenant: the daily task's) with both IDs and a certificate."""
+    configured = Connection.objects.filter(directory_id__isnull=False, client_id__isnull=False)
+    return list(configured.filter(certificates__isnull=False).distinct().order_by("id").values_list("id", flat=True))
 
 
 def connection_by_id(connection_id: int) -> Connection:

@@ -21,7 +21,8 @@ from django.utils import timezone
 
 from tenants import actions
 from tenants.actions import ActionRefused
-from tenants.models import AuditEvent, Membership, Tenant
+from tenants.audit import record_event
+from tenants.models import ApiToken, AuditEvent, Membership, Tenant
 
 from . import access
 from .certificates import Subject, create_certificate
@@ -84,6 +85,7 @@ def update_connection(
     mail_from: str,
     sync_folders: bool,
     ip: str | None = None,
+    token: ApiToken | None = None,
 ) -> Connection:
     """Save the connection's fields (already validated); audited with what changed."""
     with transaction.atomic():
@@ -102,7 +104,7 @@ def update_connection(
             connection.last_test_result = {}
         connection.save()
         changed = {k: {"old": old[k], "new": new[k]} for k in new if new[k] != old[k]}
-        record(actor, SETTING, ip, changed=changed)
+        record(actor, SETTING, ip, token, changed=changed)
     return connection
 
 
@@ -116,15 +118,15 @@ def settings_of(connection: Connection) -> dict[str, Any]:
     }
 
 
-def record(actor: Membership | None, target: str, ip: str | None, **detail: Any) -> None:
-    """An audit entry for a change to the connection (none without a person behind it)."""
+def record(actor: Membership | None, target: str, ip: str | None, token: ApiToken | None, **detail: Any) -> None:
+    """An audit entry for a change to the connection (none without a person behind it), with the API token used."""
     if actor is not None:
-        from tenants.audit import record_event
-
-        record_event(actor, Action.SETTING_CHANGED, detail, ip=ip, target=target)
+        record_event(actor, Action.SETTING_CHANGED, detail, ip=ip, target=target, token=token)
 
 
-def new_certificate(actor: Membership, subject: Subject, ip: str | None = None) -> Certificate:
+def new_certificate(
+    actor: Membership, subject: Subject, ip: str | None = None, token: ApiToken | None = None
+) -> Certificate:
     """A new certificate for the tenant's connection; audited (thumbprint and expiry, never the key)."""
     with transaction.atomic():
         certificate = create_certificate(connection_for(actor.tenant), subject)
@@ -132,6 +134,7 @@ def new_certificate(actor: Membership, subject: Subject, ip: str | None = None) 
             actor,
             "m365.certificate",
             ip,
+            token,
             created=certificate.thumbprint,
             not_after=certificate.not_after.isoformat(),
             subject=subject.checked().common_name,
@@ -191,6 +194,7 @@ def check_connection(
     *,
     actor: Membership | None = None,
     ip: str | None = None,
+    token: ApiToken | None = None,
     session: requests.Session | None = None,
 ) -> CheckResult:
     """Try the connection against Microsoft; on success take over organization, domains and mailboxes.
@@ -214,7 +218,16 @@ def check_connection(
         log.info("m365 connection test of tenant %s failed: %s", connection.tenant_id, exc)
     if result.ok:
         take_over(connection, graph, result, actor=actor, ip=ip)
-    store_result(connection, result, actor=actor, ip=ip)
+    store_result(connection, result)
+    record(
+        actor,
+        "m365.test",
+        ip,
+        token,
+        ok=result.ok,
+        error=result.error,
+        missing=[m["permission"] for m in result.missing],
+    )
     return result
 
 
@@ -262,7 +275,7 @@ def take_over(
             result.mailboxes = synced.mailboxes
 
 
-def store_result(connection: Connection, result: CheckResult, *, actor: Membership | None, ip: str | None) -> None:
+def store_result(connection: Connection, result: CheckResult) -> None:
     connection.last_test_at = timezone.now()
     connection.last_test_ok = result.ok
     connection.last_test_result = result.as_json()
@@ -271,4 +284,3 @@ def store_result(connection: Connection, result: CheckResult, *, actor: Membersh
     connection.save(
         update_fields=["last_test_at", "last_test_ok", "last_test_result", "organization_name", "updated_at"]
     )
-    record(actor, "m365.test", ip, ok=result.ok, error=result.error, missing=[m["permission"] for m in result.missing])

@@ -110,6 +110,17 @@ def retry_after_seconds(value: str | None, attempt: int) -> float:
     return min(MAX_WAIT, max(1.0, (when - timezone.now()).total_seconds()))
 
 
+def transient(method: str, exc: requests.RequestException) -> bool:
+    """Whether a failed request is worth repeating: a reading request that met a broken connection or a timeout.
+
+    Never a TLS verification failure (it will not heal by itself), never a
+    request that changes something (it may have been carried out).
+    """
+    if method not in ("GET", "HEAD") or isinstance(exc, requests.exceptions.SSLError):
+        return False
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
+
+
 def new_session() -> requests.Session:
     """A session that trusts exactly what the settings say, whatever the environment holds.
 
@@ -270,17 +281,27 @@ class Graph:
                         method, url, headers=headers, timeout=TIMEOUT, stream=True, allow_redirects=False, **kwargs
                     )
                 except requests.RequestException as exc:
-                    raise GraphError(
-                        0, "unreachable", f"Microsoft Graph could not be reached ({method} {urlsplit(url).path}): {exc}"
-                    ) from None
-                with response:
-                    status = response.status_code
-                    if status < 300:
-                        return consume(response)
-                    if status == 401 and not renewed:
-                        pass
-                    elif status not in RETRYABLE or attempt == MAX_ATTEMPTS:
-                        raise graph_error(method, url, response)
+                    if not transient(method, exc) or attempt == MAX_ATTEMPTS:
+                        raise GraphError(
+                            0,
+                            "unreachable",
+                            f"Microsoft Graph could not be reached ({method} {urlsplit(url).path}): {exc}",
+                        ) from None
+                    response = None
+                if response is not None:
+                    with response:
+                        status = response.status_code
+                        if status < 300:
+                            return consume(response)
+                        if status == 401 and not renewed:
+                            pass
+                        elif status not in RETRYABLE or attempt == MAX_ATTEMPTS:
+                            raise graph_error(method, url, response)
+            if response is None:  # a broken connection or a timeout of a reading request
+                wait = retry_after_seconds(None, attempt)
+                log.info("graph unreachable: %s %s, retrying in %.1f s", method, urlsplit(url).path, wait)
+                time.sleep(wait)
+                continue
             if status == 401:
                 # A revoked or otherwise refused token: ask for a new one, once.
                 renewed = True

@@ -1,6 +1,7 @@
 """Celery tasks of the Microsoft 365 connection: ids only, thin, safe to run twice.
 
-`sync_directories` (daily) refreshes every connection's mailbox list;
+`sync_directories` (daily) tests every configured connection (organization,
+domains, mailboxes);
 `process_notifications` takes stored notifications through `m365.changes`;
 `sweep_notifications` publishes those a broker fault left behind;
 `maintain_subscriptions` (hourly beat) creates, renews and removes Graph
@@ -20,7 +21,7 @@ from archive.items import StoreFailed
 from infra.storage import StorageError
 from ingest.delivery import publish
 from m365 import access, changes, items, notifications, subscriptions
-from m365.directory import sync_mailboxes
+from m365.connection import check_connection
 from m365.graph import Graph, GraphError
 from m365.models import Connection
 from m365.sync import Notification
@@ -170,18 +171,19 @@ def reconcile_connection(connection: Connection) -> subscriptions.Outcome:
 
 @shared_task(acks_late=True)
 def sync_directories() -> int:
-    """The daily mailbox list of every connection that passed its last test; how many were synced.
+    """The daily test of every configured connection; how many passed.
 
-    One organization's trouble (a revoked consent, an expired certificate)
-    is logged and does not stop the others; the page shows the last sync.
+    A passing test reads the organization, the verified domains and the
+    mailbox list again (with members' aliases); a failing one (a revoked
+    consent, an expired certificate) is stored for the page like a test by
+    hand and does not stop the others.
     """
-    synced = 0
-    for connection_id in access.connections_to_sync():
+    passed = 0
+    for connection_id in access.connections_to_check():
         connection = access.connection_by_id(connection_id)
-        try:
-            sync_mailboxes(connection)
-        except GraphError as exc:
-            log.warning("m365 mailbox sync of tenant %s failed: %s", connection.tenant_id, exc)
-            continue
-        synced += 1
-    return synced
+        result = check_connection(connection)
+        if result.ok:
+            passed += 1
+        else:
+            log.warning("m365 connection of tenant %s failed its daily test: %s", connection.tenant_id, result.error)
+    return passed

@@ -297,6 +297,7 @@ class MicrosoftFake:
         self.notification_log: list[NotificationAnswer] = []
         self.notifications_async = False
         self._throttles: list[tuple[int, str | None, int, str]] = []  # remaining, user id, status, retry-after
+        self._drops = 0  # Graph requests still to be answered by closing the connection
         self._active: dict[str, int] = {}
         self._max_active: dict[str, int] = {}
         self._notify_threads: list[threading.Thread] = []
@@ -498,7 +499,9 @@ class MicrosoftFake:
         folder = self.add_folder(owner, folder_path)
         with self.lock:
             seq = self._next_seq()
-            message = Message(graph_id("AAMk"), mime_bytes, received or now(), folder, [(seq, folder)])
+            when = received or now()
+            when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+            message = Message(graph_id("AAMk"), mime_bytes, when, folder, [(seq, folder)])
             owner.messages[message.id] = message
         self._notify(owner, message.id, "created", None, folder)
         return message.id
@@ -585,6 +588,18 @@ class MicrosoftFake:
         target = self.user(user).id if user is not None else None
         with self.lock:
             self._throttles.append((n, target, status, str(retry_after)))
+
+    def drop(self, n: int) -> None:
+        """The next n Graph requests get no answer: the connection is closed (a network fault)."""
+        with self.lock:
+            self._drops += n
+
+    def take_drop(self) -> bool:
+        with self.lock:
+            if self._drops > 0:
+                self._drops -= 1
+                return True
+            return False
 
     def max_concurrency(self, user: FakeUser | str) -> int:
         """The most requests to this user's mailbox that were being answered at once."""
@@ -1577,6 +1592,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         with fake.lock:
             fake.requests.append((method, self.path))
+        if split.path.startswith("/v1.0/") and fake.take_drop():
+            self.close_connection = True
+            return
         try:
             reply = self._dispatch(fake, method, split.path, query, raw)
         except Reply as answer:

@@ -177,6 +177,32 @@ def test_graph_refuses_requests_without_a_valid_token(ms_fake, org):
     assert forged.status_code == 401 and forged.json()["error"]["code"] == "InvalidAuthenticationToken"
 
 
+def test_an_expired_token_is_refused_by_graph(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    claims = jwt.decode(Graph(connection).token(), options={"verify_signature": False})
+    expired = jwt.encode(
+        {**claims, "exp": int(time.time()) - 60}, ms_fake.signing_key, algorithm="RS256", headers={"kid": "k"}
+    )
+
+    answer = fake_session(ms_fake).get(
+        f"{ms_fake.url}/v1.0/organization", headers={"Authorization": f"Bearer {expired}"}
+    )
+
+    assert answer.status_code == 401 and "expired" in answer.json()["error"]["message"]
+
+
+def test_a_token_graph_stops_accepting_is_replaced_once(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.get("/organization")
+    # Microsoft rolls its signing key: the cached token is refused from now on.
+    ms_fake.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.token_requests == 2
+    assert ms_fake.request_count("/v1.0/organization") == 3
+
+
 def test_a_missing_role_is_a_403_naming_the_denial(ms_fake, org):
     connection = connect(ms_fake, org.tenant, roles={"Mail.Read"})
 
@@ -356,6 +382,21 @@ def test_503_is_retried_and_a_lasting_one_ends_in_a_clear_error(ms_fake, org, mo
     with pytest.raises(GraphError) as gave_up:
         graph.get("/domains")
     assert gave_up.value.status == 503 and gave_up.value.code == "ServiceUnavailable"
+
+
+def test_a_dropped_connection_is_retried_for_reads_but_not_for_changes(ms_fake, org):
+    connection = connect(ms_fake, org.tenant)
+    graph = Graph(connection)
+    graph.token()
+    ms_fake.drop(1)
+
+    assert graph.get("/organization")["value"]
+    assert ms_fake.request_count("/v1.0/organization") == 2
+
+    ms_fake.drop(1)
+    with pytest.raises(GraphError) as broken:
+        graph.post("/subscriptions", {"changeType": "created"})
+    assert broken.value.code == "unreachable" and "POST /v1.0/subscriptions" in broken.value.message
 
 
 def test_retry_after_is_read_as_seconds_or_as_an_http_date():

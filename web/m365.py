@@ -27,7 +27,7 @@ from m365.certificates import Subject, SubjectError, der_bytes
 from m365.directory import sync_mailboxes
 from m365.graph import GraphError
 from m365.models import Certificate, Connection
-from tenants.models import Membership, User
+from tenants.models import ApiToken, Membership, User
 from web.api import ApiRequest, api_error, api_membership, api_view, api_write_view
 from web.audit import client_ip
 from web.roles import SignedInRequest, admin_required
@@ -77,7 +77,7 @@ def connection_json(connection: Connection) -> dict[str, Any]:
 
 class GuidField(forms.CharField):
     def __init__(self, label: str, **kwargs: Any) -> None:
-        super().__init__(label=label, max_length=38, required=False, **kwargs)
+        super().__init__(label=label, max_length=38, **kwargs)
 
     def clean(self, value: Any) -> Any:
         text = super().clean(value)
@@ -146,10 +146,8 @@ def settings_page(request: SignedInRequest, membership: Membership) -> HttpRespo
         )
         messages.success(request, "Connection saved.")
         return redirect("m365-settings")
-    status = 400 if request.method == "POST" else 200
-    return render(
-        request, "web/m365.html", page_context(membership, form=form if form.is_bound else None), status=status
-    )
+    # Errors come back on the page itself (200), like the other settings pages.
+    return render(request, "web/m365.html", page_context(membership, form=form if form.is_bound else None))
 
 
 @require_POST
@@ -168,7 +166,7 @@ def new_certificate(request: SignedInRequest, membership: Membership) -> HttpRes
                 "app registration in Azure (Certificates & secrets).",
             )
             return redirect("m365-settings")
-    return render(request, "web/m365.html", page_context(membership, certificate_form=form), status=400)
+    return render(request, "web/m365.html", page_context(membership, certificate_form=form))
 
 
 @require_GET
@@ -210,6 +208,12 @@ def sync_now(request: SignedInRequest, membership: Membership) -> HttpResponse:
 
 
 # --- the API -----------------------------------------------------------------------
+
+
+def api_token(request: HttpRequest) -> ApiToken | None:
+    """The API token a request came with (for the audit log), None for a session."""
+    token: ApiToken | None = getattr(request, "api_token", None)
+    return token
 
 
 def admin_membership(request: HttpRequest, user: User) -> Membership | None:
@@ -268,6 +272,7 @@ def api_connection(request: ApiRequest, user: User) -> HttpResponseBase:
             mail_from=mail_from,
             sync_folders=sync_folders,
             ip=client_ip(request),
+            token=api_token(request),
         )
     return JsonResponse(connection_json(connection))
 
@@ -288,7 +293,10 @@ def api_certificates(request: ApiRequest, user: User) -> HttpResponseBase:
         return api_error("every subject field is a string", 400)
     try:
         certificate = m365.new_certificate(
-            membership, Subject(**{name: body.get(name, "") for name in CERTIFICATE_FIELDS}), ip=client_ip(request)
+            membership,
+            Subject(**{name: body.get(name, "") for name in CERTIFICATE_FIELDS}),
+            ip=client_ip(request),
+            token=api_token(request),
         )
     except SubjectError as exc:
         return api_error(str(exc), 400)
@@ -313,5 +321,5 @@ def api_test(request: ApiRequest, user: User) -> HttpResponseBase:
     connection = m365.connection_for(membership.tenant)
     if not connection.is_configured:
         return api_error("set tenant_id and client_id first (PUT /api/v1/m365/connection)", 409)
-    result = m365.check_connection(connection, actor=membership, ip=client_ip(request))
+    result = m365.check_connection(connection, actor=membership, ip=client_ip(request), token=api_token(request))
     return JsonResponse(result.as_json())
