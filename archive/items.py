@@ -10,7 +10,17 @@ does it return.  The same task as for journal reports
 (`archive.tasks.process_deliveries`) archives and indexes them: a mail item's
 MIME is the original itself and merges by Message-ID with its journal copies
 (one Message, every source kept); events and contacts become items of their
-own kind.  The Graph side (m365) calls these four functions and nothing else.
+own kind.  The Graph side (m365) calls these functions and nothing else:
+
+    ids = store_items(tenant, [Item("mail", "anna@contoso.com", "Inbox/Projects", graph_id, mime), ...])
+    skip = stored_graph_ids(tenant, "anna@contoso.com", page_of_ids)   # resume: fetch only the rest
+    record_folder_change(tenant, mailbox, graph_id, "Archive/2026")    # False: unknown, fetch and store it
+    record_deletion(tenant, mailbox, graph_id)                         # recorded, never deleted
+    folder_tree(tenant, mailbox)                                       # [FolderNode(name, path, count, …)]
+
+Call `store_items` outside a transaction, with pages of up to a few hundred
+items (one pack, one transaction, one flush each), large items (over
+256 KB, as the SMTP ingest spools them) as spool files.
 """
 
 from __future__ import annotations

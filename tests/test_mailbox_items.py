@@ -431,6 +431,7 @@ def test_an_event_or_contact_opens_on_the_message_page_and_downloads_as_itself(c
         and "2026-03-10T15:00:00+00:00" in page
         and "Bob &lt;bob@contoso.com&gt; (accepted)" in page
     )
+    assert "Download original (.ics)" in page
     page = client.get(reverse("message", args=[contact.pk])).content.decode()
     assert 'id="contact-details"' in page and "+1 555 0100" in page and "Northwind Traders" in page
     download = client.get(reverse("api-message-eml", args=[contact.pk]))
@@ -615,3 +616,31 @@ def test_items_are_stored_the_same_way_on_s3(use_s3, org, tmp_path):
     assert use_s3.client.head_object(Bucket=org.tenant.bucket, Key=big.storage_key)["ContentLength"] == len(large)
     process_deliveries([small.pk, big.pk], index=True)
     assert message_of(org.tenant, large_id).subject == "On S3"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("reparse", [False, True])
+def test_a_reindex_carries_kinds_and_folders(org, search_engine, reparse):
+    import io
+
+    from django.core.management import call_command
+
+    archive_items(
+        org.tenant,
+        [
+            Item("mail", "alice@contoso.com", "Inbox/Projects", "X-1", mail("reindex-1@contoso.com", "Reindexed")),
+            Item("event", "alice@contoso.com", "Calendar", "X-2", EVENT),
+            Item("contact", "alice@contoso.com", "Contacts", "X-3", CONTACT),
+        ],
+    )
+    search_engine.delete_tenant(org.tenant.pk)  # a lost index
+    assert search_ids(search_engine, org.tenant, "") == []
+    call_command("reindex", "--tenant", "Contoso", *(["--reparse"] if reparse else []), stdout=io.StringIO())
+    subjects = dict(Message.objects.filter(tenant=org.tenant).values_list("pk", "subject"))
+
+    def found(query: str) -> list[str]:
+        return [subjects[pk] for pk in search_ids(search_engine, org.tenant, query)]
+
+    assert found("folder:inbox/projects") == ["Reindexed"]
+    assert found("kind:event hiring") == ["Budget review"]  # the text, read again from the iCalendar with --reparse
+    assert found("kind:contact northwind") == ["Carl Contractor"]
