@@ -17,7 +17,7 @@ from m365.notifications import background
 
 log = logging.getLogger(__name__)
 
-RECONCILE_TASK = "m365.tasks.reconcile_subscriptions"
+RECONCILE_TASK = "m365.tasks.reconcile_subscriptions"  # m365.tasks.RECONCILE_TASK (tasks import Graph: not loaded here)
 
 
 def _publish_reconcile(connection_id: int) -> None:

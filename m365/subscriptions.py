@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -32,6 +35,9 @@ CHANGE_TYPES = "created,updated,deleted"
 LIFETIME = timedelta(minutes=4200)
 # Renewed when less than this is left: the hourly beat gets many chances.
 RENEW_BEFORE = timedelta(hours=24)
+# Seconds one reconcile may spend before it leaves the rest to a fresh task
+# (under the worker's 300 s soft limit per task).
+RECONCILE_BUDGET = 200.0
 
 
 @dataclass(frozen=True)
@@ -166,39 +172,53 @@ class Outcome:
     renewed: int = 0
     removed: int = 0
     failed: int = 0
+    more: bool = False  # the time budget ran out with work left: run again
 
 
 def reconcile(
-    graph: Graph, tenant: Tenant, directory_id: str, enabled: bool, targets: list[Target], now: datetime | None = None
+    graph: Graph,
+    tenant: Tenant,
+    directory_id: str,
+    enabled: bool,
+    targets: list[Target],
+    now: datetime | None = None,
+    budget: float = RECONCILE_BUDGET,
 ) -> Outcome:
     """Bring a tenant's subscriptions in line with its connection: one active
     subscription per mailbox in `targets` while `enabled`, none otherwise;
     those expiring within RENEW_BEFORE renewed.  One mailbox's failure is
-    logged and counted, and does not stop the others."""
+    logged and counted, and does not stop the others.  Each change is a
+    Graph round trip (a creation also Graph's validation of `/o365`): after
+    `budget` seconds it stops with `more` set, for a fresh task to go on."""
     now = now or timezone.now()
+    deadline = time.monotonic() + budget
     outcome = Outcome()
     wanted = {t.user_id: t for t in targets} if enabled else {}
     active = list(Subscription.objects.filter(tenant=tenant, state=Subscription.State.ACTIVE))
-    for subscription in active:
-        stale = subscription.user_id not in wanted or subscription.directory_id != directory_id
-        try:
-            if stale:
-                remove(graph, subscription)
-                outcome.removed += 1
-            elif subscription.expires_at - now < RENEW_BEFORE:
-                renew(graph, subscription)
-                outcome.renewed += 1
-        except GraphError as exc:
-            log.warning("subscription %s of tenant %s: %s", subscription.graph_id, tenant.pk, exc)
-            outcome.failed += 1
     covered = {s.user_id for s in active if s.user_id in wanted and s.directory_id == directory_id}
+    work: list[Callable[[], str]] = []
+    for subscription in active:
+        if subscription.user_id not in wanted or subscription.directory_id != directory_id:
+            work.append(partial(_change, "removed", remove, graph, subscription))
+        elif subscription.expires_at - now < RENEW_BEFORE:
+            work.append(partial(_change, "renewed", renew, graph, subscription))
     for user_id, target in wanted.items():
-        if user_id in covered:
-            continue
+        if user_id not in covered:
+            work.append(partial(_change, "created", create, graph, tenant, directory_id, target))
+    for index, step in enumerate(work):
+        if index and time.monotonic() > deadline:  # at least one step a run: progress, whatever the budget
+            outcome.more = True
+            break
         try:
-            create(graph, tenant, directory_id, target)
-            outcome.created += 1
+            done = step()
         except GraphError as exc:
-            log.warning("could not subscribe to mailbox %s of tenant %s: %s", user_id, tenant.pk, exc)
+            log.warning("subscriptions of tenant %s: %s", tenant.pk, exc)
             outcome.failed += 1
+        else:
+            setattr(outcome, done, getattr(outcome, done) + 1)
     return outcome
+
+
+def _change(name: str, action: Callable[..., object], *args: object) -> str:
+    action(*args)
+    return name

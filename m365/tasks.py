@@ -15,6 +15,7 @@ import random
 
 import requests
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.db import OperationalError
 
 from archive.items import StoreFailed
@@ -29,6 +30,9 @@ from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
 
+RECONCILE_TASK = "m365.tasks.reconcile_subscriptions"
+SYNC_ITEMS_TASK = "m365.tasks.sync_mailbox_items"
+
 BACKOFF_FIRST = 5
 BACKOFF_MAX = 600
 
@@ -41,7 +45,17 @@ def backoff(attempts: int) -> int:
 def _transient(exc: Exception) -> bool:
     if isinstance(exc, GraphError):
         return changes.is_transient(exc)
-    passing = changes.Trouble | StoreFailed | requests.RequestException | StorageError | OperationalError | OSError
+    # SoftTimeLimitExceeded: a long resync ran out of time; what it did is
+    # kept (each folder's delta state), so the next try goes on from there.
+    passing = (
+        changes.Trouble
+        | StoreFailed
+        | requests.RequestException
+        | StorageError
+        | OperationalError
+        | OSError
+        | SoftTimeLimitExceeded
+    )
     return isinstance(exc, passing)
 
 
@@ -82,6 +96,10 @@ def process_notifications(ids: list[int]) -> int:
         except Exception as exc:
             if _transient(exc) and attempts < changes.MAX_ATTEMPTS:
                 _retry(notification, exc, attempts)
+                if isinstance(exc, SoftTimeLimitExceeded):
+                    # Out of time: the rest go on in a fresh task before the hard limit.
+                    _republish([pk for pk in ids if pk > notification.pk])
+                    break
                 continue
             log.error("notification %s failed: %s", notification.pk, exc, exc_info=not isinstance(exc, GraphError))
             notifications.finish(notification, f"{type(exc).__name__}: {exc}")
@@ -101,6 +119,15 @@ def _retry(notification: Notification, exc: Exception, attempts: int) -> None:
         log.warning("broker unavailable; notification %s left for the sweep", notification.pk, exc_info=True)
 
 
+def _republish(ids: list[int]) -> None:
+    if not ids:
+        return
+    try:
+        publish(notifications.PROCESS_TASK, (ids,))
+    except Exception:
+        log.warning("broker unavailable; %d notifications left for the sweep", len(ids), exc_info=True)
+
+
 @shared_task
 def sweep_notifications(at_start: bool = False) -> int:
     """The periodic sweep; at a worker's start without the grace period, so
@@ -110,45 +137,55 @@ def sweep_notifications(at_start: bool = False) -> int:
 
 @shared_task
 def sync_calendars_and_contacts() -> int:
-    """Archive the events and contacts that changed in every synchronised
-    mailbox (periodic: Graph's notifications here cover messages only);
-    returns how many mailboxes failed (logged; the next run tries again)."""
-    graphs = _Graphs()
-    failed = 0
-    for subscription in notifications.active_subscriptions():
-        try:
-            items.sync_items(graphs.of(subscription.tenant), subscription)
-        except Exception:
-            log.warning("events and contacts of %s could not be read", subscription.graph_id, exc_info=True)
-            failed += 1
-    return failed
+    """Have every synchronised mailbox's events and contacts read (periodic:
+    Graph's notifications here cover messages only), one task per mailbox so
+    that a large one holds up no other; returns how many were published."""
+    ids = list(notifications.active_subscriptions().values_list("pk", flat=True))
+    return _fan_out(SYNC_ITEMS_TASK, ids)
+
+
+@shared_task(acks_late=True)
+def sync_mailbox_items(subscription_id: int) -> int:
+    """Archive one mailbox's changed events and contacts; how many were stored or recorded."""
+    subscription = notifications.active_subscriptions().filter(pk=subscription_id).first()
+    if subscription is None:
+        return 0  # removed since
+    return items.sync_items(_Graphs().of(subscription.tenant), subscription)
 
 
 @shared_task
 def maintain_subscriptions() -> int:
-    """Reconcile every connection's subscriptions (create, renew, remove);
-    returns how many changes failed (logged; the next run tries again)."""
-    failed = 0
-    for connection_id in access.connection_ids():
-        connection = access.connection_by_id(connection_id)
-        try:
-            outcome = reconcile_connection(connection)
-        except Exception:
-            log.warning("subscriptions of tenant %s could not be reconciled", connection.tenant_id, exc_info=True)
-            failed += 1
-            continue
-        failed += outcome.failed
-    return failed
+    """Have every connection's subscriptions reconciled (created, renewed,
+    removed), one task per connection; returns how many were published."""
+    return _fan_out(RECONCILE_TASK, access.connection_ids())
 
 
-@shared_task
+@shared_task(acks_late=True)
 def reconcile_subscriptions(connection_id: int) -> int:
-    """Reconcile one connection's subscriptions now (it was saved); returns the failures."""
+    """Reconcile one connection's subscriptions (hourly, and when it is saved);
+    returns the failures (logged; the next run tries again).  A tenant with
+    more changes than one task's budget goes on in a fresh task."""
     try:
         connection = access.connection_by_id(connection_id)
     except Connection.DoesNotExist:
         return 0  # removed since: its subscriptions were stopped with it
-    return reconcile_connection(connection).failed
+    outcome = reconcile_connection(connection)
+    if outcome.more:
+        publish(RECONCILE_TASK, (connection_id,))
+    return outcome.failed
+
+
+def _fan_out(task: str, ids: list[int]) -> int:
+    """Publish `task` once per id; what the broker refuses waits for the next period."""
+    published = 0
+    for pk in ids:
+        try:
+            publish(task, (pk,))
+        except Exception:
+            log.warning("broker unavailable; %d %s tasks left for the next run", len(ids) - published, task)
+            break
+        published += 1
+    return published
 
 
 def reconcile_connection(connection: Connection) -> subscriptions.Outcome:

@@ -32,6 +32,7 @@ from m365.tasks import (
     reconcile_connection,
     reconcile_subscriptions,
     sync_calendars_and_contacts,
+    sync_mailbox_items,
 )
 from search import get_backend
 from tests.archive_support import process, search_ids
@@ -266,15 +267,35 @@ def test_the_renewal_beat_renews_only_subscriptions_near_expiry(synced, ms_fake)
     )
     soon = timezone.now() + timedelta(hours=3)
     Subscription.objects.filter(pk=synced.subscription.pk).update(expires_at=soon)
-    assert maintain_subscriptions() == 0
+    assert maintain_subscriptions() == 1  # one reconcile task per connection, published
+    assert reconcile_subscriptions(synced.connection.pk) == 0  # what the worker runs
     synced.subscription.refresh_from_db()
     assert synced.subscription.expires_at > soon + timedelta(hours=48)
     bert_subscription = Subscription.objects.get(user_id=bert.id, state=Subscription.State.ACTIVE)
     before = bert_subscription.expires_at
-    assert maintain_subscriptions() == 0  # nothing near expiry now: nothing renewed, nothing created
+    assert reconcile_subscriptions(synced.connection.pk) == 0  # nothing near expiry now: nothing renewed or created
     bert_subscription.refresh_from_db()
     assert bert_subscription.expires_at == before
     assert Subscription.objects.filter(state=Subscription.State.ACTIVE).count() == 2
+
+
+def test_a_reconcile_out_of_time_leaves_the_rest_to_a_fresh_run(synced, ms_fake):
+    """Each creation costs Graph's validation round trip: a tenant of many
+    mailboxes is reconciled in several tasks, never past the worker's time limit."""
+    for name in ("bert", "carl"):
+        user = ms_fake.add_user(str(synced.connection.directory_id), f"{name}@contoso.com")
+        Mailbox.objects.create(
+            tenant=synced.tenant, graph_id=user.id, user_principal_name=user.upn, primary_address=user.upn
+        )
+    targets = [
+        subscriptions.Target(m.graph_id, m.primary_address) for m in Mailbox.objects.filter(tenant=synced.tenant)
+    ]
+    graph, directory = Graph(synced.connection), str(synced.connection.directory_id)
+    first = subscriptions.reconcile(graph, synced.tenant, directory, True, targets, budget=0)
+    assert (first.created, first.more) == (1, True)  # one step, then out of time
+    second = subscriptions.reconcile(graph, synced.tenant, directory, True, targets)
+    assert (second.created, second.more) == (1, False)
+    assert Subscription.objects.filter(state=Subscription.State.ACTIVE).count() == 3
 
 
 def test_switching_folder_sync_off_removes_the_subscriptions(synced):
@@ -326,7 +347,8 @@ def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
             "companyName": "Fabrikam",
         },
     )
-    assert sync_calendars_and_contacts() == 0
+    assert sync_calendars_and_contacts() == 1  # one task per synchronised mailbox, published
+    assert sync_mailbox_items(synced.subscription.pk) == 2  # what the worker runs
     kinds = sorted(MessageSource.objects.filter(tenant=synced.tenant).values_list("kind", "folder"))
     assert kinds == [("contact", "Contacts"), ("event", "Calendar")]
     # The archive reads what we wrote: searchable by kind and by its fields.
