@@ -62,16 +62,12 @@ def graph_time(moment: datetime) -> str:
 
 
 def parse_graph_time(value: object, fallback: datetime) -> datetime:
-    """Graph's expirationDateTime (up to 7 fractional digits), or `fallback`."""
+    """Graph's expirationDateTime or receivedDateTime (`…Z`, up to 7
+    fractional digits: Python 3.11 reads both), or `fallback`."""
     if not isinstance(value, str):
         return fallback
-    text = value.replace("Z", "+00:00")
-    if "." in text:  # Python takes at most 6 fractional digits
-        head, _, tail = text.partition(".")
-        digits = "".join(c for c in tail if c.isdigit())
-        text = f"{head}.{digits[:6]}{tail[len(digits) :]}"
     try:
-        parsed = datetime.fromisoformat(text)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return fallback
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

@@ -97,3 +97,15 @@ def test_graph_datetimes_are_read_as_utc():
     moment = graph_datetime("2026-12-06T04:30:12.1234567Z")
     assert moment is not None and moment.isoformat() == "2026-12-06T04:30:12+00:00"
     assert graph_datetime("yesterday") is None and graph_datetime(None) is None
+
+
+def test_graph_expiry_times_are_read_with_seven_fractional_digits():
+    from datetime import UTC, datetime
+
+    from m365.subscriptions import graph_time, parse_graph_time
+
+    fallback = datetime(2000, 1, 1, tzinfo=UTC)
+    for text in ("2026-12-09T05:00:00.1234567Z", "2026-12-09T05:00:00.1234567+00:00", "2026-12-09T05:00:00"):
+        assert parse_graph_time(text, fallback).replace(microsecond=0) == datetime(2026, 12, 9, 5, tzinfo=UTC)
+    assert parse_graph_time("soon", fallback) is fallback and parse_graph_time(None, fallback) is fallback
+    assert graph_time(datetime(2026, 12, 9, 5, 0, 0, 999, tzinfo=UTC)) == "2026-12-09T05:00:00Z"
