@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from m365.graph import Graph, GraphError
@@ -93,18 +93,34 @@ def create(graph: Graph, tenant: Tenant, directory_id: str, target: Target) -> S
     graph_id = answer.get("id")
     if not isinstance(graph_id, str) or not graph_id:
         raise GraphError(200, "InvalidResponse", "Graph created a subscription without an id")
-    subscription = Subscription.objects.create(
-        tenant=tenant,
-        directory_id=directory_id,
-        user_id=target.user_id,
-        mailbox=target.address.lower(),
-        resource=messages_resource(target.user_id),
-        graph_id=graph_id,
-        client_state_sha256=client_state_digest(client_state),
-        expires_at=parse_graph_time(answer.get("expirationDateTime"), wanted),
-    )
+    try:
+        with transaction.atomic():
+            subscription = Subscription.objects.create(
+                tenant=tenant,
+                directory_id=directory_id,
+                user_id=target.user_id,
+                mailbox=target.address.lower(),
+                resource=messages_resource(target.user_id),
+                graph_id=graph_id,
+                client_state_sha256=client_state_digest(client_state),
+                expires_at=parse_graph_time(answer.get("expirationDateTime"), wanted),
+            )
+    except IntegrityError:
+        # Another reconcile subscribed this mailbox meanwhile: ours goes again.
+        log.info(
+            "mailbox %s of tenant %s was subscribed concurrently; dropping %s", target.user_id, tenant.pk, graph_id
+        )
+        _delete_quietly(graph, graph_id)
+        return Subscription.objects.get(tenant=tenant, user_id=target.user_id, state=Subscription.State.ACTIVE)
     log.info("subscribed to %s of tenant %s: %s", subscription.resource, tenant.pk, graph_id)
     return subscription
+
+
+def _delete_quietly(graph: Graph, graph_id: str) -> None:
+    try:
+        graph.delete(f"/subscriptions/{graph_id}")
+    except GraphError as exc:  # it expires within three days, its notifications refused meanwhile
+        log.warning("could not delete the duplicate subscription %s: %s", graph_id, exc)
 
 
 def renew(graph: Graph, subscription: Subscription) -> Subscription:
@@ -155,9 +171,8 @@ def recreate(graph: Graph, subscription: Subscription) -> Subscription:
     """A new subscription for the same mailbox (after subscriptionRemoved, or a
     renewal of one Graph forgot); the old one is marked removed first, so its
     late notifications are refused like any unknown subscription's."""
-    with transaction.atomic():
-        if subscription.state == Subscription.State.ACTIVE:
-            mark_removed(subscription)
+    if subscription.state == Subscription.State.ACTIVE:
+        mark_removed(subscription)
     target = Target(subscription.user_id, subscription.mailbox)
     return create(graph, subscription.tenant, subscription.directory_id, target)
 

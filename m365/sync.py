@@ -42,6 +42,14 @@ class Subscription(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["state", "expires_at"])]
+        constraints = [
+            # Two reconciles at once (the hourly one, a save's) must not both subscribe a mailbox.
+            models.UniqueConstraint(
+                fields=["tenant", "user_id"],
+                condition=models.Q(state="active"),
+                name="m365_one_active_subscription_per_mailbox",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.resource} ({self.state}, {self.graph_id})"

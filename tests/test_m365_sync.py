@@ -298,6 +298,16 @@ def test_a_reconcile_out_of_time_leaves_the_rest_to_a_fresh_run(synced, ms_fake)
     assert Subscription.objects.filter(state=Subscription.State.ACTIVE).count() == 3
 
 
+def test_a_mailbox_subscribed_twice_at_once_keeps_one_subscription(synced):
+    """Two reconciles at once (the hourly one and a save's): the second
+    subscription Graph made is deleted again, the first one kept."""
+    target = subscriptions.Target(synced.anna.id, "anna@contoso.com")
+    graph, directory = Graph(synced.connection), str(synced.connection.directory_id)
+    again = subscriptions.create(graph, synced.tenant, directory, target)
+    assert again.pk == synced.subscription.pk
+    assert list(synced.fake.subscriptions) == [synced.subscription.graph_id]
+
+
 def test_switching_folder_sync_off_removes_the_subscriptions(synced):
     synced.connection.sync_folders = False
     synced.connection.save()
