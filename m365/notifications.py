@@ -36,6 +36,7 @@ CHANGE_TYPES = frozenset({"created", "updated", "deleted"})
 LIFECYCLE_EVENTS = frozenset({"reauthorizationRequired", "subscriptionRemoved", "missed"})
 MAX_ITEMS = 1000  # Graph sends at most a few hundred per batch; more is not Graph
 PUBLISH_CHUNK = 100
+KEEP = timedelta(days=30)  # processed notifications are kept this long, for the record
 
 # Publishing off the request's thread (one thread: publishes are short and in order).
 background = ThreadPoolExecutor(max_workers=1, thread_name_prefix="m365-publish")
@@ -145,9 +146,9 @@ def accept(body: bytes) -> list[int]:
     return ids
 
 
-def enqueue(ids: list[int]) -> bool:
+def enqueue(ids: list[int]) -> int:
     """Publish processing tasks for these notifications and mark them enqueued;
-    on broker trouble leave them for the sweep.  True when all were published."""
+    on broker trouble leave them for the sweep.  How many were published."""
     published: list[int] = []
     try:
         for start in range(0, len(ids), PUBLISH_CHUNK):
@@ -161,7 +162,7 @@ def enqueue(ids: list[int]) -> bool:
             Notification.objects.filter(pk__in=published).update(enqueued_at=timezone.now())
         except Exception:
             log.warning("could not mark %d notifications enqueued", len(published), exc_info=True)
-    return len(published) == len(ids)
+    return len(published)
 
 
 def _enqueue_in_background(ids: list[int]) -> None:
@@ -184,10 +185,20 @@ def stranded(now: datetime | None = None, grace: float | None = None) -> QuerySe
 def sweep(limit: int = 10_000, grace: float | None = None) -> int:
     """Publish stranded notifications, oldest first; returns how many were published."""
     ids = list(stranded(grace=grace).order_by("received_at").values_list("pk", flat=True)[:limit])
-    if ids and enqueue(ids):
-        log.info("sweep enqueued %d stranded notifications", len(ids))
-        return len(ids)
-    return 0
+    published = enqueue(ids) if ids else 0
+    if published:
+        log.info("sweep enqueued %d stranded notifications", published)
+    return published
+
+
+def prune(now: datetime | None = None, batch: int = 10_000) -> int:
+    """Delete processed notifications older than KEEP (the charts show two
+    days; the archive keeps what they did), a batch at a time; how many."""
+    cutoff = (now or timezone.now()) - KEEP
+    old = list(Notification.objects.filter(processed_at__lt=cutoff).order_by("pk").values_list("pk", flat=True)[:batch])
+    if old:
+        Notification.objects.filter(pk__in=old).delete()
+    return len(old)
 
 
 # --- the worker's bookkeeping --------------------------------------------------------

@@ -131,7 +131,10 @@ def _republish(ids: list[int]) -> None:
 @shared_task
 def sweep_notifications(at_start: bool = False) -> int:
     """The periodic sweep; at a worker's start without the grace period, so
-    what a broker fault left behind is processed at once."""
+    what a broker fault left behind is processed at once.  Also deletes
+    processed notifications past notifications.KEEP."""
+    if not at_start:
+        notifications.prune()
     return notifications.sweep(grace=0 if at_start else None)
 
 

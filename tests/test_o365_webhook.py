@@ -208,3 +208,20 @@ def test_the_sweep_publishes_notifications_nobody_was_given(org, redis_broker):
     assert lost.enqueued_at is not None
     assert fresh.enqueued_at is None and done.enqueued_at is None
     assert notifications.sweep() == 0  # given to a worker now: left alone for ARCHIVA_REQUEUE_AFTER
+
+
+def test_processed_notifications_are_pruned_after_thirty_days(org):
+    subscription, _ = subscribe(org.tenant)
+    now = timezone.now()
+
+    def stored(days_ago: float, processed: bool = True) -> Notification:
+        when = now - timedelta(days=days_ago)
+        return Notification.objects.create(
+            tenant=org.tenant, subscription=subscription, kind="change", event="created", payload={},
+            received_at=when, processed_at=when if processed else None,
+        )  # fmt: skip
+
+    old, recent, unprocessed = stored(31), stored(29), stored(40, processed=False)
+    assert notifications.prune(now) == 1
+    assert set(Notification.objects.values_list("pk", flat=True)) == {recent.pk, unprocessed.pk}
+    assert not Notification.objects.filter(pk=old.pk).exists()
