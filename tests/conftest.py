@@ -12,9 +12,6 @@ from tenants.actions import accept_invitation, create_tenant, create_user, invit
 from tenants.models import Membership, Role, Tenant, User
 from tests.servers import free_port, missing, port_open
 
-# The Microsoft identity/Graph fake (`ms_fake`), for the Microsoft 365 connection's tests.
-pytest_plugins = ["tests.ms_support"]
-
 PASSWORD = "correct horse battery staple 42"
 
 
@@ -141,7 +138,8 @@ def redis_broker():
     return os.environ["CELERY_BROKER_URL"]
 
 
-# SMTP, DNS and browser fixtures live beside their helpers.
+# SMTP, DNS, browser and Microsoft (ms_fake) fixtures live beside their helpers.
 from tests.browser_support import browser, page, shots  # noqa: E402,F401
 from tests.dns_support import dns_server, dns_server_session  # noqa: E402,F401
+from tests.ms_support import ms_fake  # noqa: E402,F401
 from tests.smtp_support import ingest, tls_files  # noqa: E402,F401

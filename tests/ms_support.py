@@ -1,6 +1,6 @@
 """The Microsoft fake as a pytest fixture, and a tenant connected to it the way an admin does it.
 
-Registered in tests/conftest.py (`pytest_plugins`), so any test can ask for
+Imported by tests/conftest.py, so any test can ask for
 `ms_fake`: a running MicrosoftFake with ARCHIVA_MS_LOGIN_URL,
 ARCHIVA_MS_GRAPH_URL and ARCHIVA_MS_CA_BUNDLE pointing at it.
 """
