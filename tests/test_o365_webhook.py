@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -185,6 +186,25 @@ def test_stored_notifications_are_published_to_the_worker_queue_after_commit(liv
     while Notification.objects.filter(enqueued_at__isnull=True).exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Notification.objects.filter(enqueued_at__isnull=True).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_batches_is_answered_within_graphs_three_seconds(live_server, org, redis_broker):
+    """Graph posts many batches at once when a mailbox is busy: each answered 202 in time, every item stored once."""
+    subscription, client_state = subscribe(org.tenant)
+
+    def post_batch(n: int) -> tuple[int, float]:
+        batch = {"value": [change(subscription, client_state, message_id=f"m{n}-{i}") for i in range(20)]}
+        started = time.monotonic()
+        response = requests.post(f"{live_server.url}/o365", json=batch, timeout=10)
+        return response.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(post_batch, range(40)))
+    assert {status for status, _ in answers} == {202}
+    assert max(seconds for _, seconds in answers) < 3
+    assert Notification.objects.count() == 800
+    assert Notification.objects.values("payload__resourceData__id").distinct().count() == 800
 
 
 def test_the_sweep_publishes_notifications_nobody_was_given(org, redis_broker):
