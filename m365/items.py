@@ -11,18 +11,19 @@ item stores nothing new (`store_items` is idempotent per content hash).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from archive import access as archive_access
 from archive.items import Item, Kind, record_deletion, store_items
 from archive.parser.htmltext import html_to_text
+from m365.graph import Graph, GraphError
 from m365.sync import ItemWatermark, Subscription
 
-if TYPE_CHECKING:
-    from m365.graph import Graph
+log = logging.getLogger(__name__)
 
 PRODID = "-//Archiva Cloud//Microsoft 365 sync//EN"
 _GRAPH_DATETIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})")
@@ -184,7 +185,17 @@ def sync_items(graph: Graph, subscription: Subscription) -> int:
     """Archive the mailbox's events and contacts changed since the last run
     (all of them the first time), and record as deleted those archived that
     the mailbox no longer lists; returns how many were stored or checked."""
-    return sum(_sync_kind(graph, subscription, *source) for source in SOURCES)
+    total = 0
+    for source in SOURCES:
+        try:
+            total += _sync_kind(graph, subscription, *source)
+        except GraphError as exc:
+            if exc.status != 403:
+                raise
+            # Calendars.Read or Contacts.Read not granted: the connection page names
+            # the missing permission; the other kind still syncs.
+            log.warning("%ss of %s not readable: %s", source[0], subscription.mailbox, exc)
+    return total
 
 
 def _sync_kind(
