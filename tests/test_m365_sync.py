@@ -36,7 +36,7 @@ from m365.tasks import (
 )
 from search import get_backend
 from tests.archive_support import process, search_ids
-from tests.ms_support import connect
+from tests.ms_support import ALL_ROLES, connect
 from tests.test_ingest_process import ROOT, process_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -78,17 +78,22 @@ class Synced:
 @pytest.fixture
 def synced(ms_fake, live_server, settings, org, redis_broker) -> Synced:
     settings.SITE_ROOT = live_server.url
-    connection = connect(ms_fake, org.tenant)
-    anna = ms_fake.add_user(str(connection.directory_id), "anna@contoso.com", "Anna")
+    return sync_anna(ms_fake, org.tenant, ALL_ROLES)
+
+
+def sync_anna(fake, tenant, roles) -> Synced:
+    """Contoso connected with `roles` granted, folder sync switched on, anna's mailbox subscribed."""
+    connection = connect(fake, tenant, roles=roles)
+    anna = fake.add_user(str(connection.directory_id), "anna@contoso.com", "Anna")
     Mailbox.objects.create(
-        tenant=org.tenant, graph_id=anna.id, user_principal_name=anna.upn, primary_address="anna@contoso.com"
+        tenant=tenant, graph_id=anna.id, user_principal_name=anna.upn, primary_address="anna@contoso.com"
     )
     connection.sync_folders = True
     connection.save()
     outcome = reconcile_connection(connection)
     assert (outcome.created, outcome.failed) == (1, 0)
-    subscription = Subscription.objects.get(tenant=org.tenant, state=Subscription.State.ACTIVE)
-    return Synced(ms_fake, org.tenant, connection, anna, subscription)
+    subscription = Subscription.objects.get(tenant=tenant, state=Subscription.State.ACTIVE)
+    return Synced(fake, tenant, connection, anna, subscription)
 
 
 def test_a_subscription_is_created_through_graphs_validation_of_our_webhook(synced):
@@ -383,6 +388,15 @@ def test_events_and_contacts_are_archived_as_their_own_kinds(synced):
     assert event_source.deleted_at is not None
     assert MessageSource.objects.get(tenant=synced.tenant, kind="contact").deleted_at is None
     assert Message.objects.filter(pk=event.pk).exists()
+
+
+def test_without_calendars_read_the_contacts_still_sync(ms_fake, live_server, settings, org, redis_broker):
+    settings.SITE_ROOT = live_server.url
+    synced = sync_anna(ms_fake, org.tenant, ALL_ROLES - {"Calendars.Read"})
+    ms_fake.add_event(synced.anna, {"subject": "Not readable"})
+    ms_fake.add_contact(synced.anna, {"displayName": "Readable", "emailAddresses": [{"address": "r@fabrikam.com"}]})
+    assert sync_mailbox_items(synced.subscription.pk) == 1
+    assert list(MessageSource.objects.filter(tenant=org.tenant).values_list("kind", flat=True)) == ["contact"]
 
 
 def test_a_stored_notification_survives_a_killed_worker_and_a_lost_task(synced, settings, tls_files, tmp_path):
