@@ -17,7 +17,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 IN_MEMORY = 256 * 1024
 MAX_ATTEMPTS = 8  # then the notification is set aside with its error (System Status shows it)
 FOLDER_CACHE_MAILBOXES = 256
+RESYNC_BATCH = 50  # messages stored together by a resync (≤ 50 × IN_MEMORY in memory, the rest spooled)
 
 
 class Trouble(Exception):
@@ -147,14 +148,25 @@ def fetch_and_store(
     graph: Graph, subscription: Subscription, message_id: str, folder: str, received: datetime | None = None
 ) -> bool:
     """Download a message's MIME and store it in `folder`; False when it is gone already."""
+    item = fetch(graph, subscription, message_id, folder, received)
+    if item is None:
+        return False
+    store_items(subscription.tenant, [item])
+    return True
+
+
+def fetch(
+    graph: Graph, subscription: Subscription, message_id: str, folder: str, received: datetime | None = None
+) -> Item | None:
+    """A message of the mailbox as an archive item (its MIME downloaded); None when it is gone already."""
     try:
         content = _download(graph, f"/users/{subscription.user_id}/messages/{message_id}/$value")
     except GraphError as exc:
         if exc.status == 404:
             log.info("message %s of %s is gone before we could fetch it", message_id, subscription.graph_id)
-            return False
+            return None
         raise
-    item = Item(
+    return Item(
         kind="mail",
         mailbox=subscription.mailbox,
         folder=folder,
@@ -162,8 +174,34 @@ def fetch_and_store(
         content=content,
         received=received,
     )
-    store_items(subscription.tenant, [item])
-    return True
+
+
+class _Batch:
+    """Items fetched during a resync, stored RESYNC_BATCH at a time (one
+    transaction and flush each, as the import does) and always before a
+    folder's delta state is saved: the state never runs ahead of the archive."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.items: list[Item] = []
+
+    def add(self, item: Item | None) -> None:
+        if item is not None:
+            self.items.append(item)
+            if len(self.items) >= RESYNC_BATCH:
+                self.flush()
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        if items:
+            store_items(self.subscription.tenant, items)
+
+    def discard(self) -> None:
+        """On failure: the spool files of items not stored are removed."""
+        for item in self.items:
+            if isinstance(item.content, Path):
+                item.content.unlink(missing_ok=True)
+        self.items = []
 
 
 def _download(graph: Graph, path: str) -> bytes | Path:
@@ -197,19 +235,24 @@ def resync(graph: Graph, subscription: Subscription) -> int:
     seen: set[str] = set()
     left: set[str] = set()
     full = True
-    for folder_id in folders.by_id:
-        path = folders.path(folder_id) or ""
-        listing = _FolderListing(graph, subscription, folder_id)
-        for message in listing:
-            if "@removed" in message:
-                left.add(message["id"])
-                continue
-            seen.add(message["id"])
-            if archived.get(message["id"]) == (path, False):
-                continue  # archived in this very folder: nothing to write (most of a mailbox, most times)
-            if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
-                fetch_and_store(graph, subscription, message["id"], path, _received(message))
-        full = full and listing.full
+    batch = _Batch(subscription)
+    try:
+        for folder_id in folders.by_id:
+            path = folders.path(folder_id) or ""
+            listing = _FolderListing(graph, subscription, folder_id, before_checkpoint=batch.flush)
+            for message in listing:
+                if "@removed" in message:
+                    left.add(message["id"])
+                    continue
+                seen.add(message["id"])
+                if archived.get(message["id"]) == (path, False):
+                    continue  # archived in this very folder: nothing to write (most of a mailbox, most times)
+                if not record_folder_change(subscription.tenant, subscription.mailbox, message["id"], path):
+                    batch.add(fetch(graph, subscription, message["id"], path, _received(message)))
+            full = full and listing.full
+        batch.flush()
+    finally:
+        batch.discard()
     gone = left - seen
     if full:
         gone |= {graph_id for graph_id, (_, deleted) in archived.items() if not deleted} - seen
@@ -223,8 +266,11 @@ class _FolderListing:
     (`full`) the first time or when Graph no longer knows the state (410);
     the new deltaLink is stored once the pages are through."""
 
-    def __init__(self, graph: Graph, subscription: Subscription, folder_id: str) -> None:
+    def __init__(
+        self, graph: Graph, subscription: Subscription, folder_id: str, before_checkpoint: Callable[[], None]
+    ) -> None:
         self.graph, self.subscription, self.folder_id = graph, subscription, folder_id
+        self.before_checkpoint = before_checkpoint
         self.saved = FolderDelta.objects.filter(
             tenant=subscription.tenant, user_id=subscription.user_id, folder_id=folder_id
         ).first()
@@ -249,6 +295,7 @@ class _FolderListing:
                 if isinstance(message.get("id"), str):
                     yield message
             if link := page.get("@odata.deltaLink"):
+                self.before_checkpoint()
                 FolderDelta.objects.update_or_create(
                     tenant=self.subscription.tenant,
                     user_id=user_id,

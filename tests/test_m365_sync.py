@@ -17,15 +17,16 @@ import redis
 from django.utils import timezone
 
 from archive.actions import index_pending
-from archive.items import Item, store_items
+from archive.items import Item, StoreFailed, store_items
 from archive.models import Message, MessageSource
+from infra.storage import get_store
 from ingest.models import Delivery
 from m365 import changes, subscriptions
 from m365 import graph as graph_client
 from m365 import items as m365_items
 from m365.graph import Graph
 from m365.models import Mailbox
-from m365.sync import ItemWatermark, Notification, Subscription
+from m365.sync import FolderDelta, ItemWatermark, Notification, Subscription
 from m365.tasks import (
     maintain_subscriptions,
     process_notifications,
@@ -255,6 +256,40 @@ def test_a_removed_connection_stops_its_subscriptions_at_once(synced):
     synced.fake.add_message(synced.anna, "Inbox", mime("After removal"))
     assert synced.fake.notification_responses[-1] == 403
     assert not Notification.objects.exists()
+
+
+def test_a_resync_stores_in_batches_and_its_delta_state_never_runs_ahead(synced, monkeypatch):
+    """120 messages Graph never told us about: stored 50 at a time (one pack
+    each), and a failure in the middle leaves no folder's deltaLink saved past
+    what is archived, so the next resync finds the rest."""
+    fake = synced.fake
+    graph_side = fake.subscriptions.pop(synced.subscription.graph_id)
+    ids = [fake.add_message(synced.anna, "Inbox/Bulk", mime(f"Bulk {n}")) for n in range(120)]
+    fake.subscriptions[graph_side.id] = graph_side
+    graph = Graph(synced.connection)
+
+    # The storage fails on the second batch (a full disk), as the archive's own tests inject it.
+    store = get_store()
+    real_put = store.put_objects
+    puts = []
+
+    def full_disk_on_the_second_batch(items, **options):
+        puts.append(len(items))
+        return [OSError("disk full")] * len(items) if len(puts) == 2 else real_put(items, **options)
+
+    monkeypatch.setattr(store, "put_objects", full_disk_on_the_second_batch)
+    with pytest.raises(StoreFailed):
+        changes.resync(graph, synced.subscription)
+    bulk = fake.folder_id(synced.anna, "Inbox/Bulk")
+    assert not FolderDelta.objects.filter(folder_id=bulk).exists()
+    assert MessageSource.objects.filter(tenant=synced.tenant, graph_id__in=ids).count() == 50
+    monkeypatch.setattr(store, "put_objects", real_put)
+
+    assert changes.resync(graph, synced.subscription) == 120
+    archived = MessageSource.objects.filter(tenant=synced.tenant, graph_id__in=ids)
+    assert archived.count() == 120
+    assert archived.values("delivery__storage_key").distinct().count() == 1 + 2  # the first batch, then 50 + 20
+    assert FolderDelta.objects.filter(folder_id=bulk).exists()
 
 
 def test_a_notification_with_a_forged_client_state_is_refused(synced):
