@@ -112,12 +112,13 @@ def check(items: list[Item]) -> dict[str, Subscription]:
     known = {s.graph_id: s for s in Subscription.objects.filter(graph_id__in=ids, state=Subscription.State.ACTIVE)}
     for item in items:
         subscription = known.get(item.subscription_id)
+        named = repr(item.subscription_id[:64])  # for the log: whatever the sender put there, short and escaped
         if subscription is None:
-            raise Refused(f"unknown subscription {item.subscription_id[:64]!r}")
+            raise Refused(f"unknown subscription {named}")
         if not hmac.compare_digest(client_state_digest(item.client_state), subscription.client_state_sha256):
-            raise Refused(f"clientState does not match for subscription {item.subscription_id!r}")
+            raise Refused(f"clientState does not match for subscription {named}")
         if item.directory_id.lower() != subscription.directory_id.lower():
-            raise Refused(f"tenantId does not match for subscription {item.subscription_id!r}")
+            raise Refused(f"tenantId does not match for subscription {named}")
     return known
 
 
