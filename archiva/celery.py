@@ -49,6 +49,21 @@ def _schedule(sender, **kwargs):
         name="expire exports after 7 days; publish again builds and imports the broker lost",
     )
     sender.add_periodic_task(
+        settings.ARCHIVA_SWEEP_INTERVAL,
+        sender.signature("m365.tasks.sweep_notifications"),
+        name="process Graph notifications a broker fault left behind",
+    )
+    sender.add_periodic_task(
+        3600,  # subscriptions live ~70 hours and are renewed in their last 24: many chances
+        sender.signature("m365.tasks.maintain_subscriptions"),
+        name="create, renew and remove Graph subscriptions",
+    )
+    sender.add_periodic_task(
+        settings.ARCHIVA_M365_ITEMS_INTERVAL,
+        sender.signature("m365.tasks.sync_calendars_and_contacts"),
+        name="archive changed Microsoft 365 events and contacts",
+    )
+    sender.add_periodic_task(
         24 * 3600,
         sender.signature("m365.tasks.sync_directories"),
         name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
@@ -78,10 +93,12 @@ def _schedule(sender, **kwargs):
 @worker_ready.connect
 def _sweep_at_start(sender, **kwargs):
     """A starting worker has the deliveries a crashed ingest or worker left
-    published at once (by one of its own processes), not at the first sweep."""
+    (and the Graph notifications a broker fault left) published at once (by
+    one of its own processes), not at the first sweep."""
     try:
         sender.app.signature("archive.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
         # Imports a crashed worker was running go on once their heartbeat is stale.
         sender.app.signature("m365.tasks.resume_stale_imports").apply_async(retry=False)
+        sender.app.signature("m365.tasks.sweep_notifications", kwargs={"at_start": True}).apply_async(retry=False)
     except Exception:  # the broker went away again: the periodic sweep will do it
         logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)

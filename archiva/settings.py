@@ -201,6 +201,10 @@ ARCHIVA_M365_IMPORT_BATCH = envint("ARCHIVA_M365_IMPORT_BATCH", 200, minimum=1, 
 # An import whose worker has not shown life for this many seconds is taken over by another.
 ARCHIVA_M365_IMPORT_STALE = envint("ARCHIVA_M365_IMPORT_STALE", 60, minimum=2)
 
+# How often Microsoft 365 events and contacts that changed are read and
+# archived (folder sync on; messages come by change notification instead).
+ARCHIVA_M365_ITEMS_INTERVAL = envint("ARCHIVA_M365_ITEMS_INTERVAL", 900, minimum=60)
+
 # --- SMTP ingest ---------------------------------------------------------
 ARCHIVA_SMTP_HOST = env("ARCHIVA_SMTP_HOST", "127.0.0.1")
 ARCHIVA_SMTP_PORT = envport("ARCHIVA_SMTP_PORT", 2525)

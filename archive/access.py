@@ -199,3 +199,14 @@ def foreign_originators(tenant: Tenant) -> QuerySet[Delivery, str]:
 def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:
     """How many deliveries to this tenant the ingest refused since then, by reason."""
     return rejections_since(since, tenant)
+
+
+def mailbox_places(tenant: Tenant, mailbox: str, kind: str = Message.Kind.MAIL) -> dict[str, tuple[str, bool]]:
+    """Where the archive has each item of that kind of a tenant's mailbox:
+    Graph id → (folder, deleted in the mailbox).  For the folder sync, which
+    writes only what differs and sees deletions by what is no longer listed."""
+    rows = MessageSource.objects.filter(tenant=tenant, mailbox=mailbox.lower(), kind=kind)
+    return {
+        graph_id: (folder, deleted_at is not None)
+        for graph_id, folder, deleted_at in rows.values_list("graph_id", "folder", "deleted_at")
+    }

@@ -61,3 +61,9 @@ def connections_to_check() -> list[int]:
 def connection_by_id(connection_id: int) -> Connection:
     """A connection by id, for tasks that carry ids only (no tenant to scope by)."""
     return Connection.objects.select_related("tenant").get(pk=connection_id)
+
+
+def connection_ids() -> list[int]:
+    """Ids of every connection (of every tenant: the hourly subscription upkeep's,
+    which also removes the subscriptions of a connection that stopped working)."""
+    return list(Connection.objects.order_by("id").values_list("id", flat=True))

@@ -116,5 +116,8 @@ class SyncedAlias(models.Model):
         return f"alias {self.alias_id} from mailbox {self.mailbox_id}"
 
 
-# The historical import keeps its models beside its logic (m365/importing.py).
+# The historical import (m365/importing.py) and folder synchronisation (m365/sync.py)
+# keep their models beside their logic; the sync's signal receivers load with the app.
+from m365 import signals  # noqa: E402,F401  (subscriptions follow their connection)
 from m365.importing import ImportDay, ImportMailbox, ImportRun, ImportSource  # noqa: E402,F401
+from m365.sync import FolderDelta, ItemWatermark, Notification, Subscription  # noqa: E402,F401

@@ -22,6 +22,10 @@ TENANT_OWNED = {
     "SyncedAlias",  # m365
     "ImportRun",  # m365, the historical import (its mailboxes and sources are reached through it)
     "ImportDay",  # m365
+    "Subscription",  # m365 folder sync
+    "Notification",  # m365 folder sync
+    "FolderDelta",  # m365 folder sync
+    "ItemWatermark",  # m365 folder sync
     "AuditEvent",
     "AuditChain",
     "AuditRoot",
@@ -71,6 +75,11 @@ ALLOWED_FILES = {
     # eDiscovery exports and upload imports: their access functions and named writers.
     "compliance/exports.py",
     "compliance/imports.py",
+    # Folder sync: its access layer (notifications, subscriptions by tenant) and its writers.
+    "m365/notifications.py",
+    "m365/subscriptions.py",
+    "m365/changes.py",
+    "m365/items.py",
 }
 ALLOWED_DIRS = ("ingest/",)
 

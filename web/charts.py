@@ -46,13 +46,13 @@ REASONS = {
 }
 
 
-def _hour_axis(buckets: list[stats.Bucket]) -> list[str]:
+def _hour_axis(starts: list[datetime]) -> list[str]:
     labels = []
-    for b in buckets:
-        if b.start.hour == 0:
-            labels.append(b.start.strftime("%-d %b"))
-        elif b.start.hour % 6 == 0:
-            labels.append(b.start.strftime("%H:00"))
+    for start in starts:
+        if start.hour == 0:
+            labels.append(start.strftime("%-d %b"))
+        elif start.hour % 6 == 0:
+            labels.append(start.strftime("%H:00"))
         else:
             labels.append("")
     return labels
@@ -70,7 +70,7 @@ def traffic_charts(buckets_hourly: list[stats.Bucket], buckets_daily: list[stats
         title="Messages per hour, last 48 hours (UTC)",
         description="Bars per hour: messages received over SMTP and messages archived.",
         categories=[b.start.strftime("%-d %b %H:00") for b in buckets_hourly],
-        axis_labels=_hour_axis(buckets_hourly),
+        axis_labels=_hour_axis([b.start for b in buckets_hourly]),
         series=[
             Series("received", "Received", [b.received for b in buckets_hourly]),
             Series("archived", "Archived", [b.archived for b in buckets_hourly]),
@@ -117,6 +117,33 @@ def storage_chart(tenant: Tenant, buckets_daily: list[stats.Bucket]) -> BarChart
     )
 
 
+def sync_chart(buckets: list[stats.SyncBucket]) -> BarChart:
+    received = sum(b.received for b in buckets)
+    processed = sum(b.processed for b in buckets)
+    failed = sum(b.failed for b in buckets)
+    return bar_chart(
+        id="chart-sync",
+        title="Microsoft 365 folder sync: notifications per hour, last 48 hours (UTC)",
+        description=(
+            "Bars per hour: change notifications Microsoft Graph posted to us, those the worker processed,"
+            " and those it gave up on (Graph refused, or the item could not be read)."
+        ),
+        categories=[b.start.strftime("%-d %b %H:00") for b in buckets],
+        axis_labels=_hour_axis([b.start for b in buckets]),
+        series=[
+            Series("received", "Received", [b.received for b in buckets]),
+            Series("processed", "Processed", [b.processed for b in buckets]),
+            Series("failed", "Failed", [b.failed for b in buckets]),
+        ],
+        y_label="notifications",
+        category_label="Hour (UTC)",
+        summary=(
+            f"{received:,} notifications received and {processed:,} processed in the last 48 hours"
+            f"{f', {failed:,} of them failed' if failed else ''}."
+        ),
+    )
+
+
 @require_GET
 @member_required
 def charts(request: SignedInRequest, membership: Membership) -> HttpResponse:
@@ -154,6 +181,7 @@ def charts(request: SignedInRequest, membership: Membership) -> HttpResponse:
         "now": now,
         "untenanted_chart": _untenanted_chart(request.user, buckets_daily[0].start),
         "import_chart": _import_chart(tenant, buckets_daily),
+        "sync_chart": sync_chart(stats.sync_hourly(tenant, now)) if stats.syncs_folders(tenant) else None,
     }
     return render(request, "web/charts.html", context)
 

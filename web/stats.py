@@ -15,6 +15,7 @@ from django.db.models.functions import TruncDay, TruncHour
 from django.db.models.functions.datetime import TruncBase
 
 from archive import access as archive_access
+from m365 import notifications as m365_notifications
 from tenants.models import Tenant
 
 HOURS = 48
@@ -73,3 +74,27 @@ def stored_before(tenant: Tenant, moment: datetime) -> int:
 def rejections(tenant: Tenant, since: datetime) -> dict[str, int]:
     """Rejected deliveries by reason, from the ingest's own statistics."""
     return archive_access.rejections_by_reason(tenant, since)
+
+
+@dataclass(frozen=True)
+class SyncBucket:
+    start: datetime  # aware, UTC
+    received: int  # Graph notifications stored by /o365
+    processed: int  # notifications a worker finished
+    failed: int  # of those, the ones given up on (their error kept with them)
+
+
+def sync_hourly(tenant: Tenant, now: datetime, hours: int = HOURS) -> list[SyncBucket]:
+    """Folder-sync notifications received and processed per hour, the last `hours` hours."""
+    current = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    starts = [current - timedelta(hours=h) for h in range(hours - 1, -1, -1)]
+    notifications = m365_notifications.for_tenant(tenant)
+    received = _per_bucket(notifications, "received_at", TruncHour, starts[0])
+    processed = _per_bucket(notifications, "processed_at", TruncHour, starts[0])
+    failed = _per_bucket(notifications.exclude(error=""), "processed_at", TruncHour, starts[0])
+    return [SyncBucket(s, received.get(s, 0), processed.get(s, 0), failed.get(s, 0)) for s in starts]
+
+
+def syncs_folders(tenant: Tenant) -> bool:
+    """Whether the tenant has ever had a folder-sync subscription (the sync chart is shown then)."""
+    return m365_notifications.subscriptions_of(tenant).exists()
