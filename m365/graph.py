@@ -44,6 +44,9 @@ MAILBOX_CONCURRENCY = 4  # Exchange Online's limit of concurrent requests per ma
 MAX_ATTEMPTS = 6  # a throttled request is tried this many times in all
 MAX_WAIT = 120.0  # seconds: a longer Retry-After is capped (and the attempts bound the total)
 TIMEOUT = (10.0, 120.0)  # connect, read
+# Immutable ids: a message keeps its id when it moves between folders, so what the
+# import and the folder sync record of it agree (Graph's default id changes on a move).
+IMMUTABLE_IDS = 'IdType="ImmutableId"'
 MICROSOFT_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "login.partner.microsoftonline.cn"}
 RETRYABLE = {429, 503, 504}
 
@@ -275,6 +278,8 @@ class Graph:
         renewed = False
         for attempt in range(1, MAX_ATTEMPTS + 1):
             headers = {"Authorization": f"Bearer {self.token()}", "Accept": "application/json"}
+            preferences = self.session.headers.get("Prefer")
+            headers["Prefer"] = f"{IMMUTABLE_IDS}, {preferences}" if preferences else IMMUTABLE_IDS
             with self._slots(url):
                 try:
                     response = self.session.request(

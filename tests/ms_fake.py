@@ -292,6 +292,7 @@ class MicrosoftFake:
         self.token_lifetime = TOKEN_LIFETIME
         self.latency = 0.0  # seconds each Graph answer waits (to make concurrency visible)
         self.requests: list[tuple[str, str]] = []  # (method, path with query), Graph and identity
+        self.mutable_id_requests: list[str] = []  # mailbox item requests without Prefer: IdType="ImmutableId"
         self.token_requests = 0
         self.notification_responses: list[int] = []
         self.notification_log: list[NotificationAnswer] = []
@@ -1595,6 +1596,12 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         with fake.lock:
             fake.requests.append((method, self.path))
+            # Real Graph gives a message a new id when it moves, unless the client asks for
+            # immutable ids: requests for mailbox items without that preference are noted.
+            if re.match(r"/v1\.0/users/[^/]+/(messages|mailFolders|events|calendarView|contacts)", split.path) and (
+                'IdType="ImmutableId"' not in (self.headers.get("Prefer") or "")
+            ):
+                fake.mutable_id_requests.append(self.path)
         if split.path.startswith("/v1.0/") and fake.take_drop():
             self.close_connection = True
             return

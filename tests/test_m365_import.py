@@ -93,6 +93,8 @@ def test_a_mailbox_of_thousands_of_messages_in_nested_folders_is_archived_whole_
     assert len(search_ids(backend, org.tenant, "kind:event zeppelin")) == 1
     assert len(search_ids(backend, org.tenant, "kind:contact quokka")) == 1
     assert ImportDay.objects.get(tenant=org.tenant).messages == 2000
+    # Every mailbox request asked for immutable ids, which survive a move (the folder sync relies on it).
+    assert ms_fake.mutable_id_requests == []
 
 
 def test_since_imports_only_mail_received_from_that_day(ms_fake, org, connected):

@@ -140,6 +140,7 @@ def test_a_move_in_the_mailbox_changes_the_folder(synced):
     backend = get_backend()
     assert search_ids(backend, synced.tenant, 'folder:"Archive/2026"') == [source.message_id]
     assert search_ids(backend, synced.tenant, "folder:Inbox") == []
+    assert synced.fake.mutable_id_requests == []  # the moved message kept its id: immutable ids asked for
 
 
 def test_an_imported_message_that_moves_is_not_downloaded_again(synced):
