@@ -514,6 +514,8 @@ def test_only_retention_deletes_archived_mail_and_it_checks_holds_first():
         "compliance/worm.py",  # HeldObject rows: the record of S3 legal holds, not mail
         "ingest/held.py",  # mail for no tenant yet (holding bucket), never archived mail
         "ingest/management/commands/update_sender_networks.py",  # the SMTP allow-list
+        "m365/notifications.py",  # processed Graph notifications after 30 days (bookkeeping, not mail)
+        "m365/subscriptions.py",  # Graph subscriptions at Microsoft (DELETE /subscriptions/<id>)
         "infra/storage.py",  # the stores' own delete and purge
         "search/backends/elastic.py",  # dropping a whole index (tests, upgrades)
         "tenants/actions.py",  # invitations, members, aliases, domains
