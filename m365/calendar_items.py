@@ -1,7 +1,9 @@
 """Graph events and contacts as the archive keeps them: iCalendar and vCard bytes.
 
 Graph gives events and contacts as JSON only (there is no `$value` for them),
-so the importer writes each as a standard object of its own: an event as an
+so the import and the folder sync (m365/items.py) write each as a standard
+object of its own, the same bytes for the same JSON (an unchanged item is
+stored once, whichever of them reads it): an event as an
 iCalendar VEVENT (RFC 5545), a contact as a vCard 3.0 (RFC 2426), with the
 fields that matter to an archive: who, when, where, what.  Lines are folded
 at 75 octets and text escaped as the RFCs say, so any calendar or address
@@ -18,7 +20,8 @@ from django.utils.dateparse import parse_datetime
 
 from archive.items import Item
 
-PRODID = "-//Archiva Cloud//Microsoft 365 import//EN"
+PRODID = "-//Archiva Cloud//Microsoft 365//EN"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _HTML_TAG = re.compile(r"<[^>]*>")
 
 
@@ -26,15 +29,16 @@ def to_item(kind: str, mailbox: str, folder: str, entry: dict[str, Any]) -> tupl
     """An event or contact of `mailbox` as an archive Item (and nothing skipped)."""
     item_kind: Literal["event", "contact"] = "event" if kind == "event" else "contact"
     content = event_ics(entry) if item_kind == "event" else contact_vcard(entry)
-    received = _instant(entry.get("createdDateTime"))
+    received = graph_instant(entry.get("createdDateTime"))
     return Item(item_kind, mailbox, folder, entry["id"], content, received=received), {}
 
 
 def event_ics(event: dict[str, Any]) -> bytes:
     lines = ["BEGIN:VCALENDAR", "VERSION:2.0", f"PRODID:{PRODID}", "METHOD:PUBLISH", "BEGIN:VEVENT"]
     lines.append(f"UID:{_text(event.get('iCalUId') or event['id'])}")
-    stamp = _instant(event.get("lastModifiedDateTime")) or _instant(event.get("createdDateTime"))
-    lines.append(f"DTSTAMP:{_utc(stamp or datetime.now(tz=UTC))}")
+    stamp = graph_instant(event.get("lastModifiedDateTime")) or graph_instant(event.get("createdDateTime"))
+    # Never the time of writing: the same JSON must give the same bytes (the item is stored once).
+    lines.append(f"DTSTAMP:{_utc(stamp or EPOCH)}")
     all_day = bool(event.get("isAllDay"))
     for name, key in (("DTSTART", "start"), ("DTEND", "end")):
         value = _event_time(event.get(key), all_day)
@@ -54,7 +58,7 @@ def event_ics(event: dict[str, Any]) -> bytes:
             params = f"{_cn(attendee['emailAddress'])};ROLE={role};PARTSTAT={status}"
             lines.append(f"ATTENDEE{params}:mailto:{address}")
     for name, key in (("CREATED", "createdDateTime"), ("LAST-MODIFIED", "lastModifiedDateTime")):
-        moment = _instant(event.get(key))
+        moment = graph_instant(event.get(key))
         if moment:
             lines.append(f"{name}:{_utc(moment)}")
     rule = recurrence_rule(event.get("recurrence"))
@@ -134,11 +138,11 @@ def contact_vcard(contact: dict[str, Any]) -> bytes:
         parts = [address.get(k) or "" for k in ("street", "city", "state", "postalCode", "countryOrRegion")]
         if any(parts):
             lines.append(f"ADR;TYPE={kind}:;;" + ";".join(_text(p) for p in parts))
-    birthday = _instant(contact.get("birthday"))
+    birthday = graph_instant(contact.get("birthday"))
     if birthday:
         lines.append(f"BDAY:{birthday.date().isoformat()}")
     _add(lines, "NOTE", contact.get("personalNotes"))
-    modified = _instant(contact.get("lastModifiedDateTime"))
+    modified = graph_instant(contact.get("lastModifiedDateTime"))
     if modified:
         lines.append(f"REV:{_utc(modified)}")
     lines.append("END:VCARD")
@@ -189,7 +193,8 @@ def _serialize(lines: list[str]) -> bytes:
     return ("\r\n".join(_fold(line) for line in lines) + "\r\n").encode()
 
 
-def _instant(value: object) -> datetime | None:
+def graph_instant(value: object) -> datetime | None:
+    """A Graph timestamp (`2026-12-06T10:00:00.1234567Z`, UTC when it names no zone), or None."""
     if not isinstance(value, str) or not value:
         return None
     parsed = parse_datetime(value)  # Graph's seven fractional digits: Django keeps six, drops the rest
@@ -206,7 +211,7 @@ def _event_time(value: object, all_day: bool) -> str:
     """`;VALUE=DATE:20260302`, `:20260302T093000Z`, or `;TZID=…:20260302T093000` for Graph's {dateTime, timeZone}."""
     if not isinstance(value, dict) or not value.get("dateTime"):
         return ""
-    moment = _instant(value["dateTime"])
+    moment = graph_instant(value["dateTime"])
     if moment is None:
         return ""
     zone = str(value.get("timeZone") or "UTC")

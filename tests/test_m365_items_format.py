@@ -1,12 +1,13 @@
-"""Graph events and contacts written as iCalendar and vCard: the properties
-search needs, RFC escaping and folding, and the same bytes for the same JSON
-(so an unchanged item is never stored twice)."""
+"""Graph events and contacts as the import and the folder sync write them
+(one writer, m365/calendar_items.py): RFC folding and the same bytes for the
+same JSON, so an unchanged item is never stored twice.  The properties
+themselves: tests/test_m365_calendar_items.py."""
 
 from __future__ import annotations
 
 import copy
 
-from m365.items import contact_vcf, event_ics, graph_datetime
+from m365.calendar_items import event_ics, graph_instant
 
 EVENT = {
     "id": "AAMkEv1",
@@ -31,72 +32,28 @@ def unfold(data: bytes) -> list[str]:
     return data.decode().replace("\r\n ", "").split("\r\n")
 
 
-def test_an_event_becomes_a_vevent_with_what_search_needs():
-    lines = unfold(event_ics(EVENT))
-    assert lines[:4] == ["BEGIN:VCALENDAR", "VERSION:2.0", lines[2], "BEGIN:VEVENT"]
-    assert "UID:040000008200E00074C5B7101A82E0080000000001" in lines
-    assert "DTSTAMP:20261206T043012Z" in lines
-    assert "DTSTART:20261208T090000Z" in lines and "DTEND:20261208T103000Z" in lines
-    assert "SUMMARY:Budget\\; Q1\\, Q2 \\\\ review" in lines
-    assert "LOCATION:Room 4" in lines
-    assert 'ORGANIZER;CN="Anna Example":mailto:anna@contoso.com' in lines
-    assert 'ATTENDEE;ROLE=REQ-PARTICIPANT;CN="Bert B Example":mailto:bert@fabrikam.com' in lines
-    assert "ATTENDEE;ROLE=OPT-PARTICIPANT:mailto:carl@fabrikam.com" in lines
-    assert not any("No address" in line for line in lines)
-    [description] = [line for line in lines if line.startswith("DESCRIPTION:")]
-    assert "Agenda:" in description and "Figures" in description and "x()" not in description
-    assert lines[-3:] == ["END:VEVENT", "END:VCALENDAR", ""]
-
-
-def test_all_day_and_zoned_times_keep_their_meaning():
-    event = {**EVENT, "isAllDay": True}
-    assert "DTSTART;VALUE=DATE:20261208" in unfold(event_ics(event))
-    zoned = {**EVENT, "start": {"dateTime": "2026-12-08T09:00:00.0000000", "timeZone": "W. Europe Standard Time"}}
-    assert 'DTSTART;TZID="W. Europe Standard Time":20261208T090000' in unfold(event_ics(zoned))
-
-
 def test_long_lines_fold_without_splitting_a_character():
     event = {**EVENT, "subject": "Ünïcödé " * 30}
     data = event_ics(event)
     data.decode()  # every folded piece is still valid UTF-8 once joined
     for piece in data.split(b"\r\n"):
         piece.decode()  # and each physical line on its own
-    assert "SUMMARY:" + ("Ünïcödé " * 30).strip() in unfold(data)
+    assert "SUMMARY:" + "Ünïcödé " * 30 in unfold(data)  # the subject as Graph gave it
 
 
 def test_the_same_json_gives_the_same_bytes():
     assert event_ics(copy.deepcopy(EVENT)) == event_ics(EVENT)
+    undated = {key: value for key, value in EVENT.items() if key != "lastModifiedDateTime"}
+    assert event_ics(undated) == event_ics(copy.deepcopy(undated))  # no clock in DTSTAMP
     changed = {**EVENT, "subject": "Moved", "lastModifiedDateTime": "2026-12-06T05:00:00Z"}
     assert event_ics(changed) != event_ics(EVENT)
 
 
-def test_a_contact_becomes_a_vcard():
-    contact = {
-        "id": "AAMkCt1",
-        "displayName": "Bert Example",
-        "givenName": "Bert",
-        "surname": "Example",
-        "emailAddresses": [{"address": "bert@fabrikam.com"}, {"address": ""}],
-        "businessPhones": ["+1 555 0100"],
-        "mobilePhone": "+1 555 0199",
-        "companyName": "Fabrikam, Inc.",
-        "department": "Sales",
-        "jobTitle": "Buyer",
-        "lastModifiedDateTime": "2026-12-06T04:30:12Z",
-    }
-    lines = unfold(contact_vcf(contact))
-    assert lines[:2] == ["BEGIN:VCARD", "VERSION:4.0"]
-    assert "FN:Bert Example" in lines and "N:Example;Bert;;;" in lines
-    assert "EMAIL:bert@fabrikam.com" in lines and sum(line.startswith("EMAIL") for line in lines) == 1
-    assert "TEL;TYPE=work:+1 555 0100" in lines and "TEL;TYPE=cell:+1 555 0199" in lines
-    assert "ORG:Fabrikam\\, Inc.;Sales" in lines and "TITLE:Buyer" in lines
-    assert "REV:20261206T043012Z" in lines and lines[-2:] == ["END:VCARD", ""]
-
-
 def test_graph_datetimes_are_read_as_utc():
-    moment = graph_datetime("2026-12-06T04:30:12.1234567Z")
-    assert moment is not None and moment.isoformat() == "2026-12-06T04:30:12+00:00"
-    assert graph_datetime("yesterday") is None and graph_datetime(None) is None
+    moment = graph_instant("2026-12-06T04:30:12.1234567Z")
+    assert moment is not None and moment.isoformat() == "2026-12-06T04:30:12.123456+00:00"  # the 7th digit dropped
+    assert graph_instant("yesterday") is None and graph_instant(None) is None
+    assert graph_instant("2026-12-06T04:30:12") == moment.replace(microsecond=0)  # no zone: UTC
 
 
 def test_graph_expiry_times_are_read_with_seven_fractional_digits():
