@@ -29,65 +29,42 @@ def _prepare(sender, **kwargs):
     _make_broker_folders()
 
 
+DAY = 24 * 3600
+
+
+def periodic_tasks(settings) -> list[tuple[float, str, str]]:
+    """The beat's schedule: (every how many seconds, task, what it is for)."""
+    sweep = settings.ARCHIVA_SWEEP_INTERVAL
+    return [
+        (sweep, "archive.tasks.sweep_stranded", "sweep stranded deliveries"),
+        (sweep, "ingest.held.tend_held_mail", "deliver, release and expire held mail"),
+        (
+            3600,
+            "compliance.tasks.tend_exports",
+            "expire exports after 7 days; publish again builds and imports the broker lost",
+        ),
+        (sweep, "m365.tasks.sweep_notifications", "process Graph notifications a broker fault left behind"),
+        # Subscriptions live ~70 hours and are renewed in their last 24: many chances.
+        (3600, "m365.tasks.maintain_subscriptions", "create, renew and remove Graph subscriptions"),
+        (
+            settings.ARCHIVA_M365_ITEMS_INTERVAL,
+            "m365.tasks.sync_calendars_and_contacts",
+            "archive changed Microsoft 365 events and contacts",
+        ),
+        (DAY, "m365.tasks.sync_directories", "Microsoft 365 daily test: organization, domains, mailboxes and aliases"),
+        (sweep, "m365.tasks.resume_stale_imports", "go on with Microsoft 365 imports whose worker died"),
+        (DAY, "compliance.tasks.apply_retention", "retention: delete expired messages no legal hold covers"),
+        (DAY, "tenants.tasks.audit_daily", "audit log: the day's root of each hash chain, and its verification"),
+        (DAY, "compliance.tasks.scrub_storage", "storage integrity scrub: the day's slice of every bucket"),
+    ]
+
+
 @app.on_after_finalize.connect
 def _schedule(sender, **kwargs):
     from django.conf import settings
 
-    sender.add_periodic_task(
-        settings.ARCHIVA_SWEEP_INTERVAL,
-        sender.signature("archive.tasks.sweep_stranded"),
-        name="sweep stranded deliveries",
-    )
-    sender.add_periodic_task(
-        settings.ARCHIVA_SWEEP_INTERVAL,
-        sender.signature("ingest.held.tend_held_mail"),
-        name="deliver, release and expire held mail",
-    )
-    sender.add_periodic_task(
-        3600,
-        sender.signature("compliance.tasks.tend_exports"),
-        name="expire exports after 7 days; publish again builds and imports the broker lost",
-    )
-    sender.add_periodic_task(
-        settings.ARCHIVA_SWEEP_INTERVAL,
-        sender.signature("m365.tasks.sweep_notifications"),
-        name="process Graph notifications a broker fault left behind",
-    )
-    sender.add_periodic_task(
-        3600,  # subscriptions live ~70 hours and are renewed in their last 24: many chances
-        sender.signature("m365.tasks.maintain_subscriptions"),
-        name="create, renew and remove Graph subscriptions",
-    )
-    sender.add_periodic_task(
-        settings.ARCHIVA_M365_ITEMS_INTERVAL,
-        sender.signature("m365.tasks.sync_calendars_and_contacts"),
-        name="archive changed Microsoft 365 events and contacts",
-    )
-    sender.add_periodic_task(
-        24 * 3600,
-        sender.signature("m365.tasks.sync_directories"),
-        name="Microsoft 365 daily test: organization, domains, mailboxes and aliases",
-    )
-    sender.add_periodic_task(
-        settings.ARCHIVA_SWEEP_INTERVAL,
-        sender.signature("m365.tasks.resume_stale_imports"),
-        name="go on with Microsoft 365 imports whose worker died",
-    )
-    sender.add_periodic_task(
-        24 * 3600,
-        sender.signature("compliance.tasks.apply_retention"),
-        name="retention: delete expired messages no legal hold covers",
-    )
-    sender.add_periodic_task(
-        24 * 3600,
-        sender.signature("tenants.tasks.audit_daily"),
-        name="audit log: the day's root of each hash chain, and its verification",
-    )
-    sender.add_periodic_task(
-        24 * 3600,
-        sender.signature("compliance.tasks.scrub_storage"),
-        name="storage integrity scrub: the day's slice of every bucket",
-    )
+    for every, task, name in periodic_tasks(settings):
+        sender.add_periodic_task(every, sender.signature(task), name=name)
 
 
 @worker_ready.connect
