@@ -29,7 +29,6 @@ from django.utils import timezone
 
 from archive import access as archive_access
 from infra.storage import BlobStore, IntegrityError, StorageError, get_store
-from tenants import access as tenant_access
 from tenants.models import Tenant
 
 log = logging.getLogger(__name__)
@@ -282,13 +281,6 @@ def state_of(tenant: Tenant) -> ScrubState | None:
     return ScrubState.objects.filter(tenant=tenant).first()
 
 
-def tenants_to_scrub() -> list[int]:
-    """Every tenant's id: each bucket is scrubbed, however idle."""
-    return tenant_access.tenant_ids()
-
-
-def tenant_by_id(tenant_id: int) -> Tenant:
-    return tenant_access.tenant_by_id(tenant_id)
 
 
 def totals() -> dict[str, int]:

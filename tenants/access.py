@@ -73,18 +73,9 @@ def tenant_by_reference(reference: str) -> Tenant:
 
 
 def tenants_of_region(region: str) -> QuerySet[Tenant]:
-    """Every tenant of a region, for the scheduled jobs that visit each (retention)."""
+    """Every tenant of a region, for the scheduled jobs that visit each (retention,
+    the storage scrub); `.get(pk=…)` finds the one a task names."""
     return Tenant.objects.filter(region=region).order_by("pk")
-
-
-def tenant_ids() -> list[int]:
-    """Every tenant's id, for the tasks that visit each (the storage scrub)."""
-    return list(Tenant.objects.order_by("pk").values_list("pk", flat=True))
-
-
-def tenant_by_id(tenant_id: int) -> Tenant:
-    """A tenant by its id, as a task carries it."""
-    return Tenant.objects.get(pk=tenant_id)
 
 
 def audit_events(tenant: Tenant) -> QuerySet[AuditEvent]:

@@ -12,6 +12,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from compliance import scrub
+from regions.current import current_region
 from tenants import access
 
 
@@ -29,7 +30,7 @@ class Command(BaseCommand):
             except LookupError as exc:
                 raise CommandError(str(exc)) from None
         else:
-            tenants = [scrub.tenant_by_id(pk) for pk in scrub.tenants_to_scrub()]
+            tenants = list(access.tenants_of_region(current_region().code))
         bad = 0
         for row in tenants:
             result = scrub.scrub_tenant(row, whole=all)
