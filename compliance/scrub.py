@@ -281,8 +281,6 @@ def state_of(tenant: Tenant) -> ScrubState | None:
     return ScrubState.objects.filter(tenant=tenant).first()
 
 
-
-
 def totals() -> dict[str, int]:
     """Open findings by problem across tenants, and objects checked, for the metrics."""
     counts = dict(

@@ -13,8 +13,6 @@ resyncs.  Everything here is safe to run twice: storing is idempotent per
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -23,22 +21,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.utils import timezone
 
 from archive import access as archive_access
 from archive.items import Item, record_deletion, record_folder_change, store_items
 from m365 import subscriptions
 from m365.graph import Graph, GraphError
+from m365.spool import Spool, spool_dir
 from m365.sync import FolderDelta, Notification, Subscription
 
 log = logging.getLogger(__name__)
 
 # A message up to this size is passed as bytes; a larger one as its spool file.
-IN_MEMORY = 256 * 1024
 MAX_ATTEMPTS = 8  # then the notification is set aside with its error (System Status shows it)
 FOLDER_CACHE_MAILBOXES = 256
-RESYNC_BATCH = 50  # messages stored together by a resync (≤ 50 × IN_MEMORY in memory, the rest spooled)
+RESYNC_BATCH = 50  # messages stored together by a resync (≤ 50 × the spool's threshold in memory, the rest spooled)
 
 
 class Trouble(Exception):
@@ -205,21 +202,14 @@ class _Batch:
 
 
 def _download(graph: Graph, path: str) -> bytes | Path:
-    """The MIME bytes; over IN_MEMORY the spool file itself (store_items consumes it)."""
-    spool = Path(settings.ARCHIVA_SPOOL_DIR)
-    spool.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix="m365-", suffix=".eml", dir=spool)
+    """The MIME bytes, or over the spool's threshold its file (store_items consumes it)."""
+    sink = Spool(spool_dir())
     try:
-        with os.fdopen(fd, "wb") as sink:
-            size = graph.download(path, sink)
-        if size > IN_MEMORY:
-            return Path(name)
-        data = Path(name).read_bytes()
+        graph.download(path, sink)
+        return sink.content()
     except BaseException:
-        Path(name).unlink(missing_ok=True)
+        sink.discard()
         raise
-    Path(name).unlink(missing_ok=True)
-    return data
 
 
 def resync(graph: Graph, subscription: Subscription) -> int:

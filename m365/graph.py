@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import jwt
@@ -49,6 +49,12 @@ TIMEOUT = (10.0, 120.0)  # connect, read
 IMMUTABLE_IDS = 'IdType="ImmutableId"'
 MICROSOFT_LOGIN_HOSTS = {"login.microsoftonline.com", "login.microsoftonline.us", "login.partner.microsoftonline.cn"}
 RETRYABLE = {429, 503, 504}
+
+
+class Sink(Protocol):
+    """Where a download goes: a file, or m365.spool.Spool."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 class GraphError(Exception):
@@ -361,7 +367,7 @@ class Graph:
             page = self.get(link)
             yield page
 
-    def download(self, path: str, sink: BinaryIO, max_in_memory: int = 1024 * 1024) -> int:
+    def download(self, path: str, sink: Sink, max_in_memory: int = 1024 * 1024) -> int:
         """The body of `path` (e.g. a message's `$value`) streamed into sink; the number of bytes.
 
         At most `max_in_memory` bytes are held at a time: large messages go

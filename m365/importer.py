@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, connections, transaction
@@ -41,7 +41,7 @@ from archive.items import Item, store_items, stored_graph_ids
 from m365 import calendar_items
 from m365.graph import Graph, GraphError
 from m365.importing import ImportDay, ImportMailbox, ImportRun, ImportSource
-from m365.spool import Spool
+from m365.spool import Spool, spool_dir
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,6 @@ def run_slice(run_id: int, budget: float = TIME_BUDGET, graph: Graph | None = No
         return _finish_or_release(run, owner)
     finally:
         beat.stop()
-
-
-def spool_dir() -> Path:
-    return Path(settings.ARCHIVA_SPOOL_DIR) / "m365"
 
 
 def remove_orphans(directory: Path, older_than: float = ORPHAN_AGE) -> int:
@@ -468,7 +464,7 @@ def _download(
         raise Stopped
     spool = Spool(spool_dir())
     try:
-        ctx.graph.download(f"/users/{mailbox.user_id}/messages/{entry['id']}/$value", cast(Any, spool))
+        ctx.graph.download(f"/users/{mailbox.user_id}/messages/{entry['id']}/$value", spool)
     except GraphError as exc:
         spool.discard()
         if getattr(exc, "code", "") in GONE or getattr(exc, "status", 0) == 404:

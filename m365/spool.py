@@ -16,8 +16,15 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
+from django.conf import settings
+
 # The same threshold as SMTP's: a message over 256 KB gets a file of its own there too.
 THRESHOLD = 256 * 1024
+
+
+def spool_dir() -> Path:
+    """Where the import and the folder sync spool large downloads (orphans are removed by the importer)."""
+    return Path(settings.ARCHIVA_SPOOL_DIR) / "m365"
 
 
 class Spool(io.RawIOBase):
