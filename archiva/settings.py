@@ -74,6 +74,9 @@ INSTALLED_APPS = [
     "archive",
     "m365",
     "compliance",
+    "signin",
+    "imapjournal",
+    "billing",
     "web",
 ]
 

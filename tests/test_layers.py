@@ -7,6 +7,8 @@
     5  ingest                      SMTP, committer, Delivery and its state machine
     6  archive                     archived messages, archiving, indexing, archive.access
     7  m365, compliance            the Microsoft 365 connection; retention, holds, export, import
+    7b signin, imapjournal,       Entra sign-in, role rules, MFA policy; IMAP journaling;
+       billing                     Stripe billing (each may use m365 and compliance)
     8  web                         views, API, forms
     9  archiva                     URLs, the Celery app (settings: see below)
 
@@ -29,7 +31,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("infra", "regions", "tenants", "search", "ingest", "archive", "m365", "compliance", "web", "archiva")
+PACKAGES = (
+    "infra",
+    "regions",
+    "tenants",
+    "search",
+    "ingest",
+    "archive",
+    "m365",
+    "compliance",
+    "signin",
+    "imapjournal",
+    "billing",
+    "web",
+    "archiva",
+)
 SKIPPED_DIRS = {"migrations", "tests", "bench", "scripts"}
 
 # What each package may import besides itself: the layers below it, except
@@ -37,7 +53,8 @@ SKIPPED_DIRS = {"migrations", "tests", "bench", "scripts"}
 # does the archiving and indexing).  The most specific package wins
 # (archive.parser before archive).
 BELOW_M365 = {"infra", "regions", "archive.parser", "tenants", "search", "ingest", "archive"}
-BELOW_WEB = BELOW_M365 | {"m365", "compliance"}
+BELOW_FEATURES = BELOW_M365 | {"m365", "compliance"}
+BELOW_WEB = BELOW_FEATURES | {"signin", "imapjournal", "billing"}
 MAY_IMPORT = {
     "infra": set(),
     "regions": {"infra"},
@@ -48,6 +65,9 @@ MAY_IMPORT = {
     "archive": {"infra", "regions", "archive.parser", "tenants", "search", "ingest"},
     "m365": BELOW_M365,
     "compliance": BELOW_M365,
+    "signin": BELOW_FEATURES,
+    "imapjournal": BELOW_FEATURES,
+    "billing": BELOW_FEATURES,
     "web": BELOW_WEB,
     "archiva": BELOW_WEB | {"web"},
 }

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class ImapjournalConfig(AppConfig):
+    name = "imapjournal"
+    verbose_name = "IMAP journaling with OAuth2"

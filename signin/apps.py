@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SigninConfig(AppConfig):
+    name = "signin"
+    verbose_name = "Sign-in with Microsoft Entra ID, role rules and MFA policy"
