@@ -121,6 +121,9 @@ def _schema() -> tantivy.Schema:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+TS_MIN = -(2**63)
+# Ids an export's scan holds at once (`_scan`).
+SCAN_PAGE = 5000
 
 
 def _micros(moment: datetime) -> int:
@@ -302,17 +305,34 @@ class EmbeddedBackend(SearchBackend):
         return [row for row in rows if row[0] != oldest] + self._rows(searcher, extra)
 
     def _scan(self, query: ScopedQuery) -> Iterator[int]:
+        """Every match, newest first, a page at a time (an export of 100,000
+        messages holds one page of ids, not all of them).  Tantivy has no
+        search_after: each page asks for the newest SCAN_PAGE matches older
+        than the previous page, and completes the page's oldest timestamp
+        (`_complete_ties`) so that the next page can start strictly below it.
+        One searcher for the whole scan: a consistent snapshot."""
         tenant = self._tenant(query.tenant_id, create=False)
         if tenant is None:
-            return iter(())
+            return
         searcher = tenant.searcher()
         translated = self._translate(query.root, query.tenant_id)
-        total = searcher.search(translated, limit=1, count=True).count
-        if not total:
-            return iter(())
-        rows = self._rows(searcher, searcher.search(translated, limit=total, count=False, order_by_field="ts").hits)
-        rows.sort(reverse=True)
-        return (doc_id for _, doc_id in rows)
+        below: int | None = None  # the previous page's oldest timestamp
+        while True:
+            page = translated
+            if below is not None:
+                older = Query.range_query(self.schema, "ts", tantivy.FieldType.Integer, TS_MIN, below, True, False)
+                page = Query.boolean_query([(Occur.Must, translated), (Occur.Must, older)])
+            hits = searcher.search(page, limit=SCAN_PAGE, count=False, order_by_field="ts").hits
+            rows = self._rows(searcher, hits)
+            if not rows:
+                return
+            if len(rows) == SCAN_PAGE:
+                rows = self._complete_ties(searcher, page, rows)
+            rows.sort(reverse=True)
+            yield from (doc_id for _, doc_id in rows)
+            if len(hits) < SCAN_PAGE:
+                return
+            below = rows[-1][0]
 
     def refresh(self) -> None:
         with self._thread_lock:
