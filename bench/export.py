@@ -178,13 +178,13 @@ def main() -> None:
             results[label] = json.loads(out.stdout.strip().splitlines()[-1])
             r = results[label]
             print(
-                f"  export {label:>5}: {r['total']:>7,} messages in {r['seconds']:6.1f} s  peak RSS {r['rss_peak'] / 1e6:7.1f} MB"
+                f"  export {label:>5}: {r['total']:>7,} messages in {r['seconds']:6.1f} s"
+                f"  peak RSS {r['rss_peak'] / 1e6:7.1f} MB"
                 f"  Python peak {r['python_peak'] / 1e6:6.2f} MB  ({r['checked']:,} files match the manifest)"
             )
         tenth, whole = results["tenth"], results["all"]
-        print(
-            f"  ratio all / tenth, peak RSS      {whole['rss_peak'] / tenth['rss_peak']:5.2f}   (flat: ~1; growing: ~10)"
-        )
+        rss_ratio = whole["rss_peak"] / tenth["rss_peak"]
+        print(f"  ratio all / tenth, peak RSS      {rss_ratio:5.2f}   (flat: ~1; growing: ~10)")
         print(f"  ratio all / tenth, Python peak   {whole['python_peak'] / tenth['python_peak']:5.2f}")
     finally:
         if opts.keep:

@@ -389,11 +389,9 @@ def test_the_embedded_scan_holds_a_page_of_ids_not_all_of_them(tmp_path, monkeyp
     monkeypatch.setattr(embedded, "SCAN_PAGE", 500)
     backend = embedded_backend(tmp_path / "index")
     try:
-        for tenant_id, count in ((1, 2_000), (2, 20_000)):
-            docs = [
-                make_doc(tenant_id, doc_id=n + 1, date=datetime(2024, 1, 1, tzinfo=UTC) + timedelta(minutes=n))
-                for n in range(count)
-            ]
+        start = datetime(2024, 1, 1, tzinfo=UTC)
+        for tenant_id, count, step in ((1, 2_000, 1), (2, 20_000, 1), (3, 20_000, 0)):  # 3: all of the same second
+            docs = [make_doc(tenant_id, doc_id=n + 1, date=start + timedelta(minutes=n * step)) for n in range(count)]
             backend.index(docs)
         backend.refresh()
 
@@ -406,10 +404,12 @@ def test_the_embedded_scan_holds_a_page_of_ids_not_all_of_them(tmp_path, monkeyp
                 tracemalloc.stop()
 
         peak(1)  # warm up
-        (few, few_peak), (many, many_peak) = peak(1), peak(2)
-        assert (few, many) == (2_000, 20_000)
+        (few, few_peak), (many, many_peak), (tied, tied_peak) = peak(1), peak(2), peak(3)
+        assert (few, many, tied) == (2_000, 20_000, 20_000)
         # Holding all 20,000 (date, id) pairs, as the scan did before, peaked at 1.8 MB here.
         assert many_peak < few_peak * 1.5, (few_peak, many_peak)
+        assert tied_peak < few_peak * 1.5, (few_peak, tied_peak)
+        assert list(backend.scan(Scope(3), "")) == list(range(20_000, 0, -1))
     finally:
         backend.close()
 

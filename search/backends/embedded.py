@@ -121,7 +121,8 @@ def _schema() -> tantivy.Schema:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-TS_MIN = -(2**63)
+TS_MIN = ID_MIN = -(2**63)
+ID_MAX = 2**63 - 1
 # Ids an export's scan holds at once (`_scan`).
 SCAN_PAGE = 5000
 
@@ -305,34 +306,51 @@ class EmbeddedBackend(SearchBackend):
         return [row for row in rows if row[0] != oldest] + self._rows(searcher, extra)
 
     def _scan(self, query: ScopedQuery) -> Iterator[int]:
-        """Every match, newest first, a page at a time (an export of 100,000
-        messages holds one page of ids, not all of them).  Tantivy has no
-        search_after: each page asks for the newest SCAN_PAGE matches older
-        than the previous page, and completes the page's oldest timestamp
-        (`_complete_ties`) so that the next page can start strictly below it.
+        """Every match, newest first (date, then id), a page of SCAN_PAGE ids
+        at a time: an export of 100,000 messages holds one page, not all of
+        them.  Tantivy has no search_after, so the cursor is kept here: a page
+        of the newest matches older than the cursor's date, of which every
+        date but the page's oldest is complete; the oldest date's messages
+        are then read by id, a page at a time too (a date shared by more
+        messages than a page, as in an import of undated mail, costs no more).
         One searcher for the whole scan: a consistent snapshot."""
         tenant = self._tenant(query.tenant_id, create=False)
         if tenant is None:
             return
         searcher = tenant.searcher()
         translated = self._translate(query.root, query.tenant_id)
-        below: int | None = None  # the previous page's oldest timestamp
+
+        def both(*queries: Query) -> Query:
+            return Query.boolean_query([(Occur.Must, q) for q in (translated, *queries)])
+
+        def integer_range(field: str, lower: int, upper: int, include_upper: bool) -> Query:
+            return Query.range_query(self.schema, field, tantivy.FieldType.Integer, lower, upper, True, include_upper)
+
+        page = translated
         while True:
-            page = translated
-            if below is not None:
-                older = Query.range_query(self.schema, "ts", tantivy.FieldType.Integer, TS_MIN, below, True, False)
-                page = Query.boolean_query([(Occur.Must, translated), (Occur.Must, older)])
-            hits = searcher.search(page, limit=SCAN_PAGE, count=False, order_by_field="ts").hits
-            rows = self._rows(searcher, hits)
-            if not rows:
-                return
-            if len(rows) == SCAN_PAGE:
-                rows = self._complete_ties(searcher, page, rows)
+            rows = self._rows(searcher, searcher.search(page, limit=SCAN_PAGE, count=False, order_by_field="ts").hits)
             rows.sort(reverse=True)
-            yield from (doc_id for _, doc_id in rows)
-            if len(hits) < SCAN_PAGE:
+            if len(rows) < SCAN_PAGE:
+                yield from (doc_id for _, doc_id in rows)
                 return
-            below = rows[-1][0]
+            oldest = rows[-1][0]
+            yield from (doc_id for ts, doc_id in rows if ts != oldest)
+            del rows
+            same_date = integer_range("ts", oldest, oldest, True)
+            below_id = ID_MAX
+            while True:  # the oldest date's messages, by id
+                hits = searcher.search(
+                    both(same_date, integer_range("id", ID_MIN, below_id, False)),
+                    limit=SCAN_PAGE,
+                    count=False,
+                    order_by_field="id",
+                ).hits
+                ids = sorted(searcher.fast_field_values("id", [address for _, address in hits]), reverse=True)
+                yield from ids
+                if len(ids) < SCAN_PAGE:
+                    break
+                below_id = ids[-1]
+            page = both(integer_range("ts", TS_MIN, oldest, False))
 
     def refresh(self) -> None:
         with self._thread_lock:
