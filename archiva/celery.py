@@ -54,6 +54,7 @@ def periodic_tasks(settings) -> list[tuple[float, str, str]]:
         (DAY, "m365.tasks.sync_directories", "Microsoft 365 daily test: organization, domains, mailboxes and aliases"),
         (sweep, "m365.tasks.resume_stale_imports", "go on with Microsoft 365 imports whose worker died"),
         (DAY, "compliance.tasks.apply_retention", "retention: delete expired messages no legal hold covers"),
+        (sweep, "tenants.tasks.link_audit_events", "audit log: link events a crash left out of their chain"),
         (DAY, "tenants.tasks.audit_daily", "audit log: the day's root of each hash chain, and its verification"),
         (DAY, "compliance.tasks.scrub_storage", "storage integrity scrub: the day's slice of every bucket"),
     ]

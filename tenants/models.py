@@ -260,24 +260,31 @@ class AuditEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # The tenant's hash chain (tenants.audit_chain): `hash` is SHA-256 of
     # `prev_hash` and this event's content, so an edited, removed or inserted
-    # row no longer matches the events after it.
+    # row no longer matches the events after it.  `seq` is the event's place
+    # in the chain (1, 2, …), given when it is linked, shortly after it is
+    # written (`tenants.audit.link_pending`); until then the three are empty.
+    seq = models.BigIntegerField(null=True, blank=True)
     prev_hash = models.CharField(max_length=64, blank=True)
     hash = models.CharField(max_length=64, blank=True)
 
     class Meta:
         db_table = "archive_auditevent"  # made by the archive app, moved here without copying
         indexes = [models.Index(fields=["tenant", "-created_at"], name="audit_tenant_recent")]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "seq"], name="one_audit_event_per_chain_place"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} by {self.user_id} in {self.tenant_id}"
 
 
 class AuditChain(models.Model):
-    """The head of a tenant's audit hash chain, and the lock its writers take.
+    """The head of a tenant's audit hash chain, and the lock its linker takes.
 
-    Every `record_event` first updates this row (a row lock on PostgreSQL, the
-    write lock on SQLite), so two writers of one tenant take turns and never
-    both link to the same previous event.  Also keeps the last verification's
+    Whoever links the tenant's pending events (`tenants.audit.link_pending`)
+    holds this row's lock meanwhile (a row lock on PostgreSQL, the write lock
+    on SQLite), so two linkers never both link to the same previous event;
+    `events` is the head's place in the chain.  Also keeps the last verification's
     outcome for System Status (verifying on every page view would read the whole chain).
     """
 

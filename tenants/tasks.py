@@ -1,4 +1,4 @@
-"""Celery tasks of the tenants app: the audit log's daily root and verification."""
+"""Celery tasks of the tenants app: the audit log's linking sweep, daily root and verification."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def audit_daily() -> int:
                 "audit chain of tenant %s is broken at event %s: %s", tenant.pk, verdict.broken_event_id, verdict.reason
             )
     return broken
+
+
+@shared_task(acks_late=True)
+def link_audit_events() -> int:
+    """Link audit events a crash left pending between their commit and their
+    linking (normally each is linked right after its commit); how many."""
+    return audit.link_all_pending()

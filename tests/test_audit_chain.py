@@ -13,7 +13,7 @@ import threading
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection
+from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 
@@ -21,21 +21,23 @@ from tenants import audit, audit_chain
 from tenants.actions import add_domain
 from tenants.api_tokens import create_api_token
 from tenants.models import AuditChain, AuditEvent, AuditRoot, Membership
-from tenants.tasks import audit_daily
+from tenants.tasks import audit_daily, link_audit_events
 from tests.conftest import make_org, membership_of
 
 Action = AuditEvent.Action
 
 
 def write_events(member: Membership, n: int) -> list[AuditEvent]:
-    """Searches and views with varied detail (unicode, nesting, IPv6), as the web layer records them."""
+    """Searches and views with varied detail (unicode, nesting, IPv6), as the web layer records them,
+    then linked as their commits would have them linked (a test's transaction never commits)."""
     events = []
     for i in range(n):
         detail = {"query": f"from:sam@fabrikam.com Ünïcødé {i}", "page": i % 3 + 1, "nested": {"ids": [i, i + 1]}}
         ip = "2001:0db8:0000::0001" if i % 2 else "198.51.100.7"
         action = Action.SEARCH if i % 2 else Action.VIEW
         events.append(audit.record_event(member, action, detail, ip=ip, target=f"target {i}"))
-    return events
+    audit.link_pending(member.tenant_id)
+    return list(AuditEvent.objects.filter(pk__in=[e.pk for e in events]).order_by("pk"))
 
 
 def verify(tenant=None) -> tuple[int, str]:
@@ -58,7 +60,9 @@ def status_html(client, user) -> str:
 def test_many_events_make_one_intact_chain_per_tenant(org, outsider):
     events = write_events(membership_of(org.auditor), 150)
     add_domain(membership_of(outsider), "fabrikam.com", ip="203.0.113.9")
+    audit.link_pending(outsider.memberships.get().tenant_id)
     chain = list(AuditEvent.objects.filter(tenant=org.tenant).order_by("pk"))
+    assert [e.seq for e in chain] == list(range(1, len(chain) + 1))
     assert chain[0].prev_hash == audit_chain.GENESIS
     for before, after in zip(chain, chain[1:], strict=False):
         assert after.prev_hash == before.hash
@@ -148,6 +152,7 @@ def test_deleting_an_account_leaves_the_chain_intact(org):
 def test_blaming_another_api_token_breaks_the_chain(org):
     token, _ = create_api_token(membership_of(org.admin), "bob's script")
     event = audit.record_event(membership_of(org.admin), Action.SEARCH, {"query": "x"}, token=token)
+    audit.link_pending(org.tenant.pk)
     AuditEvent.objects.filter(pk=event.pk).update(token_label="alice's script (arc_0000…)")
     assert audit.verify_tenant(org.tenant).broken_event_id == event.pk
 
@@ -218,6 +223,73 @@ def test_concurrent_writers_of_one_tenant_keep_one_chain():
     events = list(AuditEvent.objects.filter(tenant=org.tenant).order_by("pk"))
     assert sum(e.action == Action.SEARCH for e in events) == 120
     assert len({e.prev_hash for e in events}) == len(events)  # no fork: every hash is followed at most once
+    assert audit.verify_tenant(org.tenant).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_is_linked_as_soon_as_it_is_committed():
+    org = make_org()
+    member = membership_of(org.auditor)
+    first = audit.record_event(member, Action.SEARCH, {"query": "outside a transaction"})
+    with transaction.atomic():
+        second = audit.record_event(member, Action.VIEW, {"message": 7})
+        assert AuditEvent.objects.get(pk=second.pk).seq is None  # not before its commit
+    stored = {e.pk: e for e in AuditEvent.objects.filter(pk__in=[first.pk, second.pk])}
+    assert stored[first.pk].hash and stored[second.pk].prev_hash == stored[first.pk].hash
+    assert stored[second.pk].seq == stored[first.pk].seq + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reader_does_not_wait_while_another_links_the_chain():
+    """While a linker holds the tenant's chain head, a search's event is
+    written and the search goes on; the linker, looking again before it
+    stops, links it after its own."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time anyway")
+    org = make_org()
+    member = membership_of(org.auditor)
+    audit.record_event(member, Action.SEARCH, {"query": "first"})
+    holding, release, released = threading.Event(), threading.Event(), threading.Event()
+
+    def hold_the_head() -> None:
+        try:
+            with transaction.atomic():
+                AuditChain.objects.select_for_update().get(tenant=org.tenant)
+                holding.set()
+                release.wait(60)
+            released.set()
+        finally:
+            connection.close()
+
+    holder = threading.Thread(target=hold_the_head)
+    holder.start()
+    try:
+        assert holding.wait(30)
+        event = audit.record_event(member, Action.SEARCH, {"query": "while the head is held"})
+        # The search got its event written while the head was still held (the old chain waited here).
+        assert not released.is_set()
+        assert AuditEvent.objects.get(pk=event.pk).seq is None
+    finally:
+        release.set()
+        holder.join(60)
+    assert audit.link_pending(org.tenant.pk) == 1
+    assert audit.verify_tenant(org.tenant).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_beat_links_what_a_crash_left_pending(monkeypatch):
+    org = make_org()
+    member = membership_of(org.auditor)
+    audit.record_event(member, Action.SEARCH, {"query": "linked"})
+    # A crash between an event's commit and its linking: the row is there, unlinked.
+    with monkeypatch.context() as crash:
+        crash.setattr(audit, "link_pending", lambda tenant_id, wait=False: 0)
+        crashed = audit.record_event(member, Action.VIEW, {"message": 1})
+    assert AuditEvent.objects.get(pk=crashed.pk).seq is None
+    assert link_audit_events() == 1
+    linked = AuditEvent.objects.get(pk=crashed.pk)
+    assert linked.hash and linked.seq == AuditChain.objects.get(tenant=org.tenant).events
+    assert link_audit_events() == 0
     assert audit.verify_tenant(org.tenant).ok
 
 

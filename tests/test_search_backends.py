@@ -406,9 +406,11 @@ def test_the_embedded_scan_holds_a_page_of_ids_not_all_of_them(tmp_path, monkeyp
         peak(1)  # warm up
         (few, few_peak), (many, many_peak), (tied, tied_peak) = peak(1), peak(2), peak(3)
         assert (few, many, tied) == (2_000, 20_000, 20_000)
-        # Holding all 20,000 (date, id) pairs, as the scan did before, peaked at 1.8 MB here.
-        assert many_peak < few_peak * 1.5, (few_peak, many_peak)
-        assert tied_peak < few_peak * 1.5, (few_peak, tied_peak)
+        # Holding all 20,000 (date, id) pairs, as the scan did before, peaked at
+        # 1.8 MB here, 30 times a page's; a page's own peak varies by up to half
+        # with the allocator's state (CI once saw 1.54 times for the tied dates).
+        assert many_peak < few_peak * 3, (few_peak, many_peak)
+        assert tied_peak < few_peak * 3, (few_peak, tied_peak)
         assert list(backend.scan(Scope(3), "")) == list(range(20_000, 0, -1))
     finally:
         backend.close()

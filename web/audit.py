@@ -27,7 +27,7 @@ from django.utils.dateparse import parse_date, parse_datetime
 from django.views.decorators.http import require_GET
 
 from tenants import access
-from tenants.audit import record_event
+from tenants.audit import link_pending, record_event
 from tenants.models import AuditEvent, Membership, User
 from web.api import api_error, api_membership, api_view
 from web.roles import SignedInRequest
@@ -156,6 +156,7 @@ def audit_log(request: SignedInRequest) -> HttpResponse:
     except BadFilter as exc:
         ctx["error"] = str(exc)
         return render(request, "web/audit.html", ctx, status=400)
+    link_pending(membership.tenant.pk, wait=True)  # what is shown carries its place in the chain
     events = chosen.apply(access.audit_events(membership.tenant))
     ctx["page"] = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     ctx["filter_query"] = urlencode(chosen.as_params())
@@ -252,6 +253,7 @@ def api_audit(request: HttpRequest, user: User) -> HttpResponseBase:
         return api_error(str(exc), 400)
     except ValueError:
         return api_error(f"after: {request.GET.get('after')!r} is not an event id", 400)
+    link_pending(membership.tenant.pk, wait=True)  # what is shown carries its place in the chain
     events = chosen.apply(access.audit_events(membership.tenant))
     if wants_csv(request):
         audit(request, membership, AuditEvent.Action.AUDIT_EXPORTED, format="csv", filters=chosen.as_params())

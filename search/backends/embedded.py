@@ -346,6 +346,7 @@ class EmbeddedBackend(SearchBackend):
                     order_by_field="id",
                 ).hits
                 ids = sorted(searcher.fast_field_values("id", [address for _, address in hits]), reverse=True)
+                del hits
                 yield from ids
                 if len(ids) < SCAN_PAGE:
                     break
