@@ -236,6 +236,8 @@ ARCHIVA_PEER_RATE = envfloat("ARCHIVA_PEER_RATE", 0.0, minimum=0)
 ARCHIVA_PEER_BURST = envfloat("ARCHIVA_PEER_BURST", 1000.0, minimum=1)
 ARCHIVA_METRICS_HOST = env("ARCHIVA_METRICS_HOST", "127.0.0.1")
 ARCHIVA_METRICS_PORT = envport("ARCHIVA_METRICS_PORT", 9325)
+# Bearer token the web app's /metrics asks for; unset: /metrics answers loopback clients only.
+ARCHIVA_METRICS_TOKEN = env("ARCHIVA_METRICS_TOKEN")
 ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minimum=0.1)
 
 # --- Search (issue: indexing) -------------------------------------------

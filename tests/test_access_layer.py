@@ -59,6 +59,7 @@ ALLOWED_FILES = {
     "tenants/api_tokens.py",
     "archive/actions.py",
     "archive/items.py",  # the named writers of mailbox items (store, move, delete)
+    "archive/metrics.py",  # the operator's read-only counts across tenants (/metrics)
     # The Microsoft 365 connection's access layer and its writers (of connections, certificates, mailboxes).
     "m365/access.py",
     "m365/connection.py",

@@ -28,6 +28,12 @@ def serve(host: str, port: int, index: int, committer_address: str) -> None:
     from ingest.metrics import serve_metrics
 
     if settings.ARCHIVA_METRICS_PORT:
+        if settings.ARCHIVA_TLS_CERT:
+            from prometheus_client import REGISTRY
+
+            from infra.certmetrics import CertificateCollector
+
+            REGISTRY.register(CertificateCollector(settings.ARCHIVA_TLS_CERT))
         serve_metrics(settings.ARCHIVA_METRICS_HOST, settings.ARCHIVA_METRICS_PORT + index)
     server = IngestServer(host, port, reuse_port=True, committer_address=committer_address)
     settle_heap()

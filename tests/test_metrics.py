@@ -1,0 +1,143 @@
+"""GET /metrics: the pipeline's state from the database, behind a bearer token."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from django.utils import timezone
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ingest.models import Delivery
+from tests.archive_support import archive, corpus, corpus_names, deliver, fail_verification, received_at
+from tests.smtp_support import tls_files  # noqa: F401 (fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "infra" / "monitoring" / "grafana-dashboard.json"
+
+
+@pytest.fixture(autouse=True)
+def _no_broker(monkeypatch):
+    monkeypatch.setattr("archive.tasks.schedule_indexing", lambda: None)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape(client, **headers) -> str:
+    response = client.get("/metrics", **headers)
+    assert response.status_code == 200, response.content
+    assert response["Content-Type"].startswith("text/plain; version=0.0.4")
+    return response.content.decode()
+
+
+def test_metrics_need_the_bearer_token_when_one_is_set(client, settings, db):
+    settings.ARCHIVA_METRICS_TOKEN = "s3cret-metrics"
+    response = client.get("/metrics")
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == 'Bearer realm="metrics"'
+    assert b"Authorization: Bearer" in response.content
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert "archiva_queue_depth" in scrape(client, HTTP_AUTHORIZATION="Bearer s3cret-metrics")
+
+
+def test_without_a_token_only_loopback_clients_are_answered(client, settings, db):
+    settings.ARCHIVA_METRICS_TOKEN = None
+    assert "archiva_queue_depth" in scrape(client)  # the test client is 127.0.0.1
+    response = client.get("/metrics", REMOTE_ADDR="203.0.113.9")
+    assert response.status_code == 403
+    assert b"ARCHIVA_METRICS_TOKEN" in response.content
+
+
+def test_the_pipeline_figures_follow_the_deliveries(client, org, outsider):
+    names = corpus_names()
+    archived = archive(org.tenant, corpus(names[0]))
+    unindexed = archive(org.tenant, corpus(names[1]), index=False)
+    failed = fail_verification(deliver(org.tenant, corpus(names[2])))
+    waiting = received_at(deliver(org.tenant, corpus(names[3])), timezone.now() - dt.timedelta(minutes=10))
+    assert archived.status == unindexed.status == Delivery.Status.ARCHIVED
+
+    values = samples(scrape(client))
+    assert values[("archiva_deliveries", (("status", "archived"),))] == 2
+    assert values[("archiva_deliveries", (("status", "failed"),))] == 1
+    assert values[("archiva_deliveries", (("status", "stored"),))] == 1
+    assert values[("archiva_queue_depth", ())] == 1
+    # the one waiting arrived ten minutes ago (shifted), so the backlog is at least that old
+    assert values[("archiva_backlog_age_seconds", ())] >= 600
+    # `deliver` records without publishing, as after a broker failure
+    assert values[("archiva_deliveries_unpublished", ())] == 1
+    assert values[("archiva_index_pending_messages", ())] == 1
+    assert values[("archiva_index_lag_seconds", ())] > 0
+    last = values[("archiva_tenant_last_journal_report_timestamp_seconds", (("tenant", str(org.tenant.public_id)),))]
+    newest = max(d.received_at for d in Delivery.objects.filter(pk__in=[archived.pk, unindexed.pk, failed.pk]))
+    assert last == newest.timestamp() > waiting.received_at.timestamp()
+    # the outsider's tenant never sent a journal report: no series for it
+    assert not [
+        key
+        for key in values
+        if key[0].startswith("archiva_tenant_last")
+        and key != ("archiva_tenant_last_journal_report_timestamp_seconds", (("tenant", str(org.tenant.public_id)),))
+    ]
+
+
+def test_an_empty_pipeline_reports_zeros(client, db):
+    values = samples(scrape(client))
+    assert values[("archiva_queue_depth", ())] == 0
+    assert values[("archiva_backlog_age_seconds", ())] == 0
+    assert values[("archiva_index_lag_seconds", ())] == 0
+    assert values[("archiva_storage_scrub_findings", (("problem", "missing"),))] == 0
+
+
+def test_the_smtp_certificate_expiry_is_read_from_its_file(client, settings, db, tls_files, tmp_path):  # noqa: F811
+    settings.ARCHIVA_TLS_CERT = str(tls_files.cert)
+    expected = x509.load_pem_x509_certificate(tls_files.cert.read_bytes()).not_valid_after_utc.timestamp()
+    values = samples(scrape(client))
+    label = (("path", str(tls_files.cert)),)
+    assert values[("archiva_smtp_tls_certificate_not_after_timestamp_seconds", label)] == expected
+    assert values[("archiva_smtp_tls_certificate_readable", label)] == 1
+
+    settings.ARCHIVA_TLS_CERT = str(tmp_path / "gone.pem")
+    values = samples(scrape(client))
+    assert values[("archiva_smtp_tls_certificate_readable", (("path", str(tmp_path / "gone.pem")),))] == 0
+
+
+SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "gauge": [""]}
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every series name the text exposes, also for families with no sample yet (no reply sent so far)."""
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in SUFFIXES.get(family.type, [""])
+    }
+
+
+def test_every_dashboard_panel_queries_metrics_that_exist(client, settings, db, tls_files):  # noqa: F811
+    import re
+
+    import ingest.metrics  # noqa: F401 (the ingest's own collectors, on its metrics port)
+
+    settings.ARCHIVA_TLS_CERT = str(tls_files.cert)
+    names = exposed_names(scrape(client)) | exposed_names(generate_latest(REGISTRY).decode())
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["title"] and dashboard["uid"]
+    panels = dashboard["panels"]
+    assert len(panels) >= 8
+    used = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            used |= {n for n in re.findall(r"\b(archiva_[a-z_]+)", target["expr"])}
+    assert used, "the dashboard queries no Archiva metric"
+    # a histogram's _bucket/_count/_sum and a counter's _total are exposed names too
+    assert sorted(used - names) == []
