@@ -6,6 +6,9 @@ are the same whichever pod answers, survive restarts, and need no per-process
 counters added up.  Every query here uses an index and touches no message
 body: counts per status (delivery_sweep), the oldest row of a state, and one
 `ORDER BY received_at DESC LIMIT 1` per tenant (delivery_tenant_recent).
+The count per status reads the whole delivery_sweep index (an index-only
+scan, O(deliveries)): at hundreds of millions of rows scrape every 60 s or
+more (docs/operations.md).
 
 Cross-tenant by design (an operator's view), read-only, labelled by the
 tenant's public id, never its name.
