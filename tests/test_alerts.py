@@ -43,6 +43,22 @@ def test_the_rules_are_valid(promtool):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_example_prometheus_configuration_is_valid(promtool, tmp_path):
+    # credentials_file must exist for promtool; the rule file is found beside the configuration.
+    config = (MONITORING / "prometheus.yml").read_text()
+    token = tmp_path / "token"
+    token.write_text("t")
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace("/etc/prometheus/secrets/archiva_metrics_token", str(token))
+    )
+    shutil.copy(MONITORING / "alerts.yml", tmp_path)
+    result = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 12 rules found" in result.stdout
+
+
 def test_the_rules_fire_as_their_tests_expect(promtool):
     result = subprocess.run(
         [promtool, "test", "rules", "alerts_test.yml"], cwd=MONITORING, capture_output=True, text=True
