@@ -98,3 +98,16 @@ def test_secrets_are_files_and_all_are_declared(compose):
             assert not re.search(r"(PASSWORD|SECRET_KEY|TOKEN)$", variable), (name, variable)
     named = {volume.split(":")[0] for s in compose["services"].values() for volume in s.get("volumes", [])}
     assert named <= set(compose["volumes"])
+
+
+def test_every_archiva_variable_the_services_set_is_read_by_the_code(compose):
+    names = {
+        name.removesuffix("_FILE")
+        for service in compose["services"].values()
+        for name in (service.get("environment") or {})
+        if name.startswith("ARCHIVA_")
+    }
+    sources = [*ROOT.glob("*/*.py"), *ROOT.glob("*/*/*.py"), *ROOT.glob("*/*/*/*.py")]
+    code = "\n".join(p.read_text() for p in sources if ".venv" not in p.parts and "tests" not in p.parts)
+    code += (ROOT / "scripts" / "docker-entrypoint.sh").read_text()
+    assert sorted(name for name in names if name not in code) == []

@@ -176,7 +176,13 @@ def test_the_roles_probes_and_hooks(helmrender, tmp_path):
 
     (hpa,) = by_kind(docs, "HorizontalPodAutoscaler").values()
     assert hpa["spec"]["scaleTargetRef"]["name"] == "eu1-archiva-worker"
-    assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "archiva_queue_depth"
+    assert hpa["spec"]["metrics"][0]["external"]["metric"] == {"name": "archiva_queue_depth"}
+    worker_values = {**yaml.safe_load((CHART / "values.yaml").read_text())["worker"]}
+    worker_values["autoscaling"] = {**worker_values["autoscaling"], "selector": {"namespace": "archiva-eu"}}
+    (hpa,) = by_kind(manifests(helmrender, tmp_path, {"worker": worker_values}), "HorizontalPodAutoscaler").values()
+    metric = hpa["spec"]["metrics"][0]["external"]["metric"]
+    assert metric["selector"] == {"matchLabels": {"namespace": "archiva-eu"}}
+    assert schema_errors(hpa) == []
 
     for name, deployment in deployments.items():
         spec = deployment["spec"]
