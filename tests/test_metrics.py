@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ingest.models import Delivery
 from tests.archive_support import archive, corpus, corpus_names, deliver, fail_verification, received_at
 from tests.smtp_support import tls_files  # noqa: F401 (fixture)
+from tests.test_ingest_process import ingest_process  # noqa: F401 (fixture: a real `manage.py smtpd`)
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "infra" / "monitoring" / "grafana-dashboard.json"
@@ -141,3 +142,20 @@ def test_every_dashboard_panel_queries_metrics_that_exist(client, settings, db, 
     assert used, "the dashboard queries no Archiva metric"
     # a histogram's _bucket/_count/_sum and a counter's _total are exposed names too
     assert sorted(used - names) == []
+
+
+def test_the_ingest_serves_its_certificate_expiry_on_its_metrics_port(ingest_process, tls_files):  # noqa: F811
+    import urllib.request
+
+    from tests.servers import free_port, wait_for_port
+
+    port = free_port()
+    ingest_process(ARCHIVA_METRICS_PORT=str(port), ARCHIVA_METRICS_HOST="127.0.0.1")
+    wait_for_port(port, timeout=30)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    expected = x509.load_pem_x509_certificate(tls_files.cert.read_bytes()).not_valid_after_utc.timestamp()
+    label = (("path", str(tls_files.cert)),)
+    values = samples(text)
+    assert values[("archiva_smtp_tls_certificate_not_after_timestamp_seconds", label)] == expected
+    assert values[("archiva_smtp_tls_certificate_readable", label)] == 1
