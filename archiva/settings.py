@@ -81,6 +81,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the probes answer on any Host (a pod IP) and over plain HTTP.
+    "web.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -188,6 +190,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minimum=0.1)
 CELERY_TASK_PUBLISH_RETRY = False
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
+# The worker refreshes this file every ARCHIVA_WORKER_HEARTBEAT_INTERVAL seconds while
+# it is connected to the broker; `manage.py worker_health` (the liveness
+# probe) fails when it is older than three intervals.
+ARCHIVA_WORKER_HEARTBEAT_INTERVAL = envfloat("ARCHIVA_WORKER_HEARTBEAT_INTERVAL", 10.0, minimum=0.1)
+ARCHIVA_WORKER_HEARTBEAT_PATH = Path(env("ARCHIVA_WORKER_HEARTBEAT_PATH") or DATA_DIR / "worker.heartbeat")
 ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # A delivery published this long ago and still not processed is published
 # again (its task may have been lost with a crashed worker or broker).
