@@ -227,6 +227,9 @@ ARCHIVA_TLS_CERT = env("ARCHIVA_TLS_CERT")
 ARCHIVA_TLS_KEY = env("ARCHIVA_TLS_KEY")
 if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
     raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
+# Seconds between looks at the certificate files: a renewed certificate is
+# used by the next STARTTLS after it, without a restart (ingest.tls).
+ARCHIVA_TLS_RELOAD_INTERVAL = envfloat("ARCHIVA_TLS_RELOAD_INTERVAL", 10.0, minimum=0.1)
 ARCHIVA_SMTP_PROCESSES = envint("ARCHIVA_SMTP_PROCESSES", 1, minimum=1, maximum=64)
 ARCHIVA_SMTP_MAX_SESSIONS = envint("ARCHIVA_SMTP_MAX_SESSIONS", 500, minimum=1)
 # Of them, from one peer address (per process, like the cap above): one peer cannot take every slot.

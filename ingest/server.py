@@ -23,7 +23,7 @@ from ingest.commitd import CommitterClient, CommitterHost
 from ingest.directory import TokenDirectory
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.smtp import Policy, Service, SMTPSession
-from ingest.tls import ensure_self_signed, server_context
+from ingest.tls import ReloadingContext, ensure_self_signed
 from ingest.tuning import STALE_SPOOL_AGE
 from regions.current import current_region, foreign_journal_domains
 
@@ -50,11 +50,13 @@ def policy_from_settings() -> Policy:
     )
 
 
-def tls_context_from_settings() -> ssl.SSLContext:
+def tls_context_from_settings() -> ReloadingContext:
+    """The configured certificate (or the development one), followed for renewals."""
     if settings.ARCHIVA_TLS_CERT:
-        return server_context(settings.ARCHIVA_TLS_CERT, settings.ARCHIVA_TLS_KEY)
-    cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
-    return server_context(cert, key)
+        cert, key = Path(settings.ARCHIVA_TLS_CERT), Path(settings.ARCHIVA_TLS_KEY)
+    else:
+        cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
+    return ReloadingContext(cert, key, check_interval=settings.ARCHIVA_TLS_RELOAD_INTERVAL)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -93,7 +95,7 @@ class IngestServer:
         port: int,
         *,
         policy: Policy | None = None,
-        tls_context: ssl.SSLContext | None = None,
+        tls_context: ssl.SSLContext | ReloadingContext | None = None,
         directory: TokenDirectory | None = None,
         timeout: int | None = None,
         shutdown_grace: float = 30.0,
