@@ -244,6 +244,9 @@ ARCHIVA_TENANT_RATE = envfloat("ARCHIVA_TENANT_RATE", 200.0, minimum=0)
 ARCHIVA_TENANT_BURST = envfloat("ARCHIVA_TENANT_BURST", 2000.0, minimum=1)
 ARCHIVA_PEER_RATE = envfloat("ARCHIVA_PEER_RATE", 0.0, minimum=0)
 ARCHIVA_PEER_BURST = envfloat("ARCHIVA_PEER_BURST", 1000.0, minimum=1)
+# With ARCHIVA_CACHE_URL set, the tenant and peer limits are shared by every
+# ingest process and machine (Redis keys under this prefix); unset, per process.
+ARCHIVA_RATE_LIMIT_PREFIX = env("ARCHIVA_RATE_LIMIT_PREFIX", "archiva:ratelimit")
 ARCHIVA_METRICS_HOST = env("ARCHIVA_METRICS_HOST", "127.0.0.1")
 ARCHIVA_METRICS_PORT = envport("ARCHIVA_METRICS_PORT", 9325)
 ARCHIVA_TOKEN_CACHE_REFRESH = envfloat("ARCHIVA_TOKEN_CACHE_REFRESH", 2.0, minimum=0.1)
