@@ -190,6 +190,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minimum=0.1)
 CELERY_TASK_PUBLISH_RETRY = False
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
+# The index commit interval: messages archived within this many seconds are
+# indexed in one batch (one commit) of at most ARCHIVA_INDEX_BATCH; a longer
+# interval costs that much more delay before a message is searchable.
+ARCHIVA_INDEX_DELAY = envfloat("ARCHIVA_INDEX_DELAY", 1.0, minimum=0.01)
+ARCHIVA_INDEX_BATCH = envint("ARCHIVA_INDEX_BATCH", 500, minimum=1, maximum=50000)
 # The worker refreshes this file every ARCHIVA_WORKER_HEARTBEAT_INTERVAL seconds while
 # it is connected to the broker; `manage.py worker_health` (the liveness
 # probe) fails when it is older than three intervals.
