@@ -171,6 +171,9 @@ if not CELERY_BROKER_URL:
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # How often a worker looks for new task files (kombu's default: 1 s,
+        # which was most of the 250 -> searchable time of the embedded default).
+        "polling_interval": envfloat("ARCHIVA_BROKER_POLL_INTERVAL", 0.1, minimum=0.01),
     }
 else:
     if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
@@ -193,7 +196,7 @@ ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
 # The index commit interval: messages archived within this many seconds are
 # indexed in one batch (one commit) of at most ARCHIVA_INDEX_BATCH; a longer
 # interval costs that much more delay before a message is searchable.
-ARCHIVA_INDEX_DELAY = envfloat("ARCHIVA_INDEX_DELAY", 1.0, minimum=0.01)
+ARCHIVA_INDEX_DELAY = envfloat("ARCHIVA_INDEX_DELAY", 0.2, minimum=0.01)
 ARCHIVA_INDEX_BATCH = envint("ARCHIVA_INDEX_BATCH", 500, minimum=1, maximum=50000)
 # The worker refreshes this file every ARCHIVA_WORKER_HEARTBEAT_INTERVAL seconds while
 # it is connected to the broker; `manage.py worker_health` (the liveness

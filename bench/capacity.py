@@ -30,7 +30,8 @@ worker(s) and beat; the web is not needed.
 The knobs (each also a setting of the product): --workers and
 --concurrency (Celery worker processes), --index-delay and --index-batch
 (ARCHIVA_INDEX_DELAY, ARCHIVA_INDEX_BATCH: the index commit interval and
-batch), --committer-nice (ARCHIVA_COMMITTER_NICE), --smtp-processes
+batch), --broker-poll (ARCHIVA_BROKER_POLL_INTERVAL, the embedded broker's polling),
+--committer-nice (ARCHIVA_COMMITTER_NICE), --smtp-processes
 (ARCHIVA_SMTP_PROCESSES).
 """
 
@@ -68,6 +69,7 @@ from smtp import (  # noqa: E402  (bench/smtp.py: smtp-sink, smtp-source, the mi
     start_process,
     stop_process,
     tail,
+    tree_cpu_seconds,
     wait_listening,
 )
 
@@ -139,6 +141,7 @@ class Pipeline:
             ARCHIVA_COMMITTER_NICE=str(opts.committer_nice),
             ARCHIVA_INDEX_DELAY=str(opts.index_delay),
             ARCHIVA_INDEX_BATCH=str(opts.index_batch),
+            ARCHIVA_BROKER_POLL_INTERVAL=str(opts.broker_poll),
             ARCHIVA_WORKER_HEARTBEAT_INTERVAL="0.5",
             ARCHIVA_LOG_LEVEL="warning",
         )
@@ -171,6 +174,10 @@ class Pipeline:
             code = stop_process(proc, grace=30)
             if code not in (0, None, -signal.SIGTERM):
                 log(f"  {name} exited with {code}:\n{tail(self.data_dir / f'{name}.log')}")
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by each process tree (smtpd includes its committer and ingest processes)."""
+        return {name: tree_cpu_seconds(proc.pid) for name, proc in self.procs}
 
     def alive(self) -> None:
         for name, proc in self.procs:
@@ -265,8 +272,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1, help="Celery worker processes (each with --concurrency)")
     parser.add_argument("--concurrency", type=int, default=2, help="pool processes per worker (make run: 2)")
-    parser.add_argument("--index-delay", type=float, default=1.0, help="ARCHIVA_INDEX_DELAY, seconds")
+    parser.add_argument("--index-delay", type=float, default=0.2, help="ARCHIVA_INDEX_DELAY, seconds")
     parser.add_argument("--index-batch", type=int, default=500, help="ARCHIVA_INDEX_BATCH")
+    parser.add_argument("--broker-poll", type=float, default=0.1, help="ARCHIVA_BROKER_POLL_INTERVAL, seconds")
     parser.add_argument("--committer-nice", type=int, default=5, help="ARCHIVA_COMMITTER_NICE")
     parser.add_argument("--smtp-processes", type=int, default=1, help="ARCHIVA_SMTP_PROCESSES")
     parser.add_argument("--latency-messages", type=int, default=200)
@@ -285,7 +293,10 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
     shape = Shape("capacity", opts.messages, opts.size, opts.sessions, True)
     archiva = Archiva(workdir, make_tls(workdir / "tls"))
     archiva.prepare()
-    knobs = {k: getattr(opts, k) for k in ("workers", "concurrency", "index_delay", "index_batch", "committer_nice")}
+    knobs = {
+        k: getattr(opts, k)
+        for k in ("workers", "concurrency", "index_delay", "index_batch", "broker_poll", "committer_nice")
+    }
     knobs["smtp_processes"] = opts.smtp_processes
     log(f"capacity: {shape.title}; knobs {knobs}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
 
@@ -300,6 +311,7 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
     try:
         pipeline.start()
         counts.start()
+        cpu_before = pipeline.cpu()
         started = time.monotonic()
         sent = run_smtp_source(pipeline.port, shape, archiva.address)
         accepted_at = time.monotonic()
@@ -308,8 +320,12 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
         done_at = drain(pipeline, counts, sent.accepted, opts.drain_timeout)
         if done_at is None:
             raise RuntimeError(f"not archived and indexed within {opts.drain_timeout:.0f} s: {counts.latest()}")
+        cpu = {name: used - cpu_before[name] for name, used in pipeline.cpu().items()}
         _, stored, archived, indexed, messages = counts.latest()
         print_timeline(counts, started)
+        per_message = {name: round(1000 * used / sent.accepted, 2) for name, used in cpu.items()}
+        log(f"  CPU ms per message:      {per_message}  (sum {sum(per_message.values()):.2f} ms)")
+        log(f"  CPU-bound limit here:    {os.cpu_count() * 1000 / sum(per_message.values()):7.0f} msgs/s")
         end_to_end = sent.accepted / (done_at - started)
         log(f"  archiva ingest alone:    {sent.rate:7.0f} msgs/s accepted ({sent.elapsed:.1f} s)")
         log(
@@ -337,6 +353,7 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
         "stored": stored,
         "archived": archived,
         "messages_indexed": indexed,
+        "cpu_ms_per_message": per_message,
     }
     if latencies:
         missing = sum(1 for v in latencies if v == float("inf"))
