@@ -265,6 +265,70 @@ def measure_latency(pipeline: Pipeline, address: str, tenant_id: int, count: int
     return [found[m] - acked[m] for m in acked]
 
 
+def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Namespace) -> dict:
+    """Send at a fixed rate for a while; is the backlog (stored, not yet indexed) flat?
+
+    --sessions-sustain sessions share --sustain-rate; each message is a ~--size
+    journal report with its own Message-ID.  The backlog's slope is fitted
+    over the window after its first fifth (the pipeline's start-up):
+    flat when it grows by less than 2% of the rate (or 1 message) per second."""
+    rate, seconds, sessions = opts.sustain_rate, opts.sustain_seconds, opts.sustain_sessions
+    filler = "".join(
+        f"line {n} of the body, to make the report about the size asked\r\n" for n in range(opts.size // 60)
+    )
+    sent = [0] * sessions
+    refused = [0] * sessions
+    started = time.monotonic()
+
+    def session(k: int) -> None:
+        with smtplib.SMTP(HOST, pipeline.port, timeout=60) as client:
+            client.ehlo("capacity.bench")
+            n = 0
+            while True:
+                due = started + (n * sessions + k) / rate
+                if due - started >= seconds:
+                    return
+                time.sleep(max(0.0, due - time.monotonic()))
+                body = report_message(f"s{k}x{n}", address).replace(b"--b1--", filler.encode() + b"--b1--")
+                client.mail("ndr@contoso.com")
+                client.rcpt(address)
+                if client.data(body)[0] == 250:
+                    sent[k] += 1
+                else:
+                    refused[k] += 1
+                n += 1
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ended = time.monotonic()
+    window = [
+        (t, stored - indexed) for t, stored, _, indexed, _ in counts.samples if started + seconds / 5 <= t <= ended
+    ]
+    slope = 0.0
+    if len(window) > 2:
+        mean_t = statistics.fmean(t for t, _ in window)
+        mean_b = statistics.fmean(b for _, b in window)
+        slope = sum((t - mean_t) * (b - mean_b) for t, b in window) / sum((t - mean_t) ** 2 for t, _ in window)
+    achieved = sum(sent) / (ended - started)
+    flat = slope <= max(1.0, 0.02 * rate) and not sum(refused)
+    backlog = [b for _, b in window]
+    log(
+        f"  sustained {rate:g}/s for {seconds:g} s: {sum(sent)} accepted ({achieved:.0f}/s), {sum(refused)} refused; "
+        f"backlog {min(backlog, default=0)}..{max(backlog, default=0)}, slope {slope:+.1f} msgs/s: "
+        f"{'FLAT' if flat else 'GROWING'}"
+    )
+    return {
+        "sustain_rate": rate,
+        "sustain_seconds": seconds,
+        "sustain_achieved": round(achieved, 1),
+        "sustain_backlog_slope": round(slope, 2),
+        "sustain_flat": flat,
+    }
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=10_000)
@@ -279,6 +343,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--smtp-processes", type=int, default=1, help="ARCHIVA_SMTP_PROCESSES")
     parser.add_argument("--latency-messages", type=int, default=200)
     parser.add_argument("--latency-rate", type=float, default=20.0)
+    parser.add_argument("--sustain-rate", type=float, default=0, help="also send at this rate (msgs/s) ...")
+    parser.add_argument("--sustain-seconds", type=float, default=600, help="... for this long (default 10 min)")
+    parser.add_argument("--sustain-sessions", type=int, default=4, help="... over this many sessions")
     parser.add_argument("--drain-timeout", type=float, default=900.0)
     parser.add_argument("--quick", action="store_true", help="1,000 messages and 100 for the latency")
     parser.add_argument("--json", type=Path, help="write the figures here too")
@@ -334,6 +401,7 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
         )
         ratio = end_to_end / sink.rate
         log(f"  ratio to smtp-sink:      {ratio:7.2f}  (goal >= 0.4)")
+        sustained = sustain(pipeline, counts, archiva.address, opts) if opts.sustain_rate else {}
         latencies: list[float] = []
         if opts.latency_messages:
             latencies = measure_latency(
@@ -354,7 +422,7 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
         "archived": archived,
         "messages_indexed": indexed,
         "cpu_ms_per_message": per_message,
-    }
+    } | sustained
     if latencies:
         missing = sum(1 for v in latencies if v == float("inf"))
         found = [v for v in latencies if v != float("inf")]
