@@ -13,6 +13,13 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+def _add_heartbeat() -> None:
+    """The heartbeat file of `manage.py worker_health`, written while the consumer runs."""
+    from archive.heartbeat import Heartbeat
+
+    app.steps["consumer"].add(Heartbeat)
+
+
 def _make_broker_folders() -> None:
     """The filesystem broker (embedded default) needs its folders to exist."""
     from pathlib import Path
@@ -27,6 +34,7 @@ def _make_broker_folders() -> None:
 @app.on_after_configure.connect
 def _prepare(sender, **kwargs):
     _make_broker_folders()
+    _add_heartbeat()
 
 
 DAY = 24 * 3600

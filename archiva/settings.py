@@ -81,6 +81,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the probes answer on any Host (a pod IP) and over plain HTTP.
+    "web.health.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -169,6 +171,9 @@ if not CELERY_BROKER_URL:
         "processed_folder": str(_broker_dir / "processed"),
         "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
+        # How often a worker looks for new task files (kombu's default: 1 s,
+        # which was most of the 250 -> searchable time of the embedded default).
+        "polling_interval": envfloat("ARCHIVA_BROKER_POLL_INTERVAL", 0.1, minimum=0.01),
     }
 else:
     if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
@@ -188,6 +193,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minimum=0.1)
 CELERY_TASK_PUBLISH_RETRY = False
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
+# The index commit interval: messages archived within this many seconds are
+# indexed in one batch (one commit) of at most ARCHIVA_INDEX_BATCH; a longer
+# interval costs that much more delay before a message is searchable.
+ARCHIVA_INDEX_DELAY = envfloat("ARCHIVA_INDEX_DELAY", 0.2, minimum=0.01)
+ARCHIVA_INDEX_BATCH = envint("ARCHIVA_INDEX_BATCH", 500, minimum=1, maximum=50000)
+# The worker refreshes this file every ARCHIVA_WORKER_HEARTBEAT_INTERVAL seconds while
+# it is connected to the broker; `manage.py worker_health` (the liveness
+# probe) fails when it is older than three intervals.
+ARCHIVA_WORKER_HEARTBEAT_INTERVAL = envfloat("ARCHIVA_WORKER_HEARTBEAT_INTERVAL", 10.0, minimum=0.1)
+ARCHIVA_WORKER_HEARTBEAT_PATH = Path(env("ARCHIVA_WORKER_HEARTBEAT_PATH") or DATA_DIR / "worker.heartbeat")
 ARCHIVA_SWEEP_GRACE = envint("ARCHIVA_SWEEP_GRACE", 30, minimum=0)
 # A delivery published this long ago and still not processed is published
 # again (its task may have been lost with a crashed worker or broker).
@@ -220,6 +235,9 @@ ARCHIVA_TLS_CERT = env("ARCHIVA_TLS_CERT")
 ARCHIVA_TLS_KEY = env("ARCHIVA_TLS_KEY")
 if bool(ARCHIVA_TLS_CERT) != bool(ARCHIVA_TLS_KEY):
     raise ConfigError("ARCHIVA_TLS_CERT and ARCHIVA_TLS_KEY must be set together")
+# Seconds between looks at the certificate files: a renewed certificate is
+# used by the next STARTTLS after it, without a restart (ingest.tls).
+ARCHIVA_TLS_RELOAD_INTERVAL = envfloat("ARCHIVA_TLS_RELOAD_INTERVAL", 10.0, minimum=0.1)
 ARCHIVA_SMTP_PROCESSES = envint("ARCHIVA_SMTP_PROCESSES", 1, minimum=1, maximum=64)
 ARCHIVA_SMTP_MAX_SESSIONS = envint("ARCHIVA_SMTP_MAX_SESSIONS", 500, minimum=1)
 # Of them, from one peer address (per process, like the cap above): one peer cannot take every slot.
@@ -234,6 +252,9 @@ ARCHIVA_TENANT_RATE = envfloat("ARCHIVA_TENANT_RATE", 200.0, minimum=0)
 ARCHIVA_TENANT_BURST = envfloat("ARCHIVA_TENANT_BURST", 2000.0, minimum=1)
 ARCHIVA_PEER_RATE = envfloat("ARCHIVA_PEER_RATE", 0.0, minimum=0)
 ARCHIVA_PEER_BURST = envfloat("ARCHIVA_PEER_BURST", 1000.0, minimum=1)
+# With ARCHIVA_CACHE_URL set, the tenant and peer limits are shared by every
+# ingest process and machine (Redis keys under this prefix); unset, per process.
+ARCHIVA_RATE_LIMIT_PREFIX = env("ARCHIVA_RATE_LIMIT_PREFIX", "archiva:ratelimit")
 ARCHIVA_METRICS_HOST = env("ARCHIVA_METRICS_HOST", "127.0.0.1")
 ARCHIVA_METRICS_PORT = envport("ARCHIVA_METRICS_PORT", 9325)
 # Bearer token the web app's /metrics asks for; unset: /metrics answers loopback clients only.

@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING, NoReturn
 
 from celery import shared_task
+from django.conf import settings
 
 from archive import actions, processing
 from ingest import delivery as lifecycle
@@ -26,10 +27,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 5
 BACKOFF_MAX = 600
-# Messages archived within this many seconds are indexed in one batch: the
-# price of batching is this much delay before a message is searchable.
-INDEX_DELAY = 1.0
-INDEX_BATCH = 500
+# The index commit interval and batch are settings (ARCHIVA_INDEX_DELAY,
+# ARCHIVA_INDEX_BATCH): bench/capacity.py turns them.
 INDEX_TIME_BUDGET = 60.0
 
 
@@ -66,7 +65,7 @@ def index_pending(self: Task) -> int:
     deadline = time.monotonic() + INDEX_TIME_BUDGET
     total = 0
     try:
-        while (done := actions.index_pending(INDEX_BATCH)) and time.monotonic() < deadline:
+        while (done := actions.index_pending(settings.ARCHIVA_INDEX_BATCH)) and time.monotonic() < deadline:
             total += done
     except processing.retryable() as exc:
         _retry_later(self, exc)
@@ -93,14 +92,15 @@ _schedule_lock = threading.Lock()
 
 
 def schedule_indexing() -> None:
-    """Ask for an `index_pending` run in INDEX_DELAY seconds, at most once per
-    INDEX_DELAY per process: messages archived meanwhile go into one batch
+    """Ask for an `index_pending` run in ARCHIVA_INDEX_DELAY seconds, at most once
+    per that delay per process: messages archived meanwhile go into one batch
     (an index commit costs far more than one message)."""
     global _next_schedule
+    delay = settings.ARCHIVA_INDEX_DELAY
     with _schedule_lock:
         now = time.monotonic()
         if now < _next_schedule:
             return
-        _next_schedule = now + INDEX_DELAY
-    if not lifecycle.publish_indexing(countdown=INDEX_DELAY):
+        _next_schedule = now + delay
+    if not lifecycle.publish_indexing(countdown=delay):
         _next_schedule = 0.0

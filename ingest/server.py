@@ -21,9 +21,10 @@ from django.conf import settings
 
 from ingest.commitd import CommitterClient, CommitterHost
 from ingest.directory import TokenDirectory
-from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
+from ingest.policy import FCrDNS, SenderAllowList
+from ingest.ratelimit import rate_limiter
 from ingest.smtp import Policy, Service, SMTPSession
-from ingest.tls import ensure_self_signed, server_context
+from ingest.tls import ReloadingContext, ensure_self_signed
 from ingest.tuning import STALE_SPOOL_AGE
 from regions.current import current_region, foreign_journal_domains
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 def policy_from_settings() -> Policy:
     region = current_region()
+    cache_url, prefix = settings.ARCHIVA_CACHE_URL, f"{settings.ARCHIVA_RATE_LIMIT_PREFIX}:{region.code}"
     return Policy(
         journal_domain=region.journal_domain,
         foreign_domains=foreign_journal_domains(),
@@ -45,16 +47,23 @@ def policy_from_settings() -> Policy:
         max_sessions_per_peer=settings.ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER,
         allowlist=SenderAllowList(enabled=settings.ARCHIVA_SENDER_ALLOWLIST),
         fcrdns=FCrDNS(enabled=settings.ARCHIVA_SENDER_FCRDNS),
-        tenant_limiter=RateLimiter(settings.ARCHIVA_TENANT_RATE, settings.ARCHIVA_TENANT_BURST),
-        peer_limiter=RateLimiter(settings.ARCHIVA_PEER_RATE, settings.ARCHIVA_PEER_BURST),
+        # Shared by every ingest of the region through ARCHIVA_CACHE_URL (ingest.ratelimit).
+        tenant_limiter=rate_limiter(
+            "tenant", settings.ARCHIVA_TENANT_RATE, settings.ARCHIVA_TENANT_BURST, cache_url=cache_url, prefix=prefix
+        ),
+        peer_limiter=rate_limiter(
+            "peer", settings.ARCHIVA_PEER_RATE, settings.ARCHIVA_PEER_BURST, cache_url=cache_url, prefix=prefix
+        ),
     )
 
 
-def tls_context_from_settings() -> ssl.SSLContext:
+def tls_context_from_settings() -> ReloadingContext:
+    """The configured certificate (or the development one), followed for renewals."""
     if settings.ARCHIVA_TLS_CERT:
-        return server_context(settings.ARCHIVA_TLS_CERT, settings.ARCHIVA_TLS_KEY)
-    cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
-    return server_context(cert, key)
+        cert, key = Path(settings.ARCHIVA_TLS_CERT), Path(settings.ARCHIVA_TLS_KEY)
+    else:
+        cert, key = ensure_self_signed(settings.DATA_DIR / "tls", settings.ARCHIVA_SMTP_HOSTNAME)
+    return ReloadingContext(cert, key, check_interval=settings.ARCHIVA_TLS_RELOAD_INTERVAL)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -93,7 +102,7 @@ class IngestServer:
         port: int,
         *,
         policy: Policy | None = None,
-        tls_context: ssl.SSLContext | None = None,
+        tls_context: ssl.SSLContext | ReloadingContext | None = None,
         directory: TokenDirectory | None = None,
         timeout: int | None = None,
         shutdown_grace: float = 30.0,

@@ -32,6 +32,7 @@ from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route, is_held
 from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
+from ingest.tls import ReloadingContext
 from ingest.tuning import (
     ACCEPTED_LOG_DELAY,
     DATA_MIN_RATE,
@@ -362,19 +363,26 @@ class Service:
         directory: TokenDirectory,
         *,
         hostname: str,
-        tls_context: ssl.SSLContext | None,
+        tls_context: ssl.SSLContext | ReloadingContext | None,
         timeout: float,
     ):
         self.policy = policy
         self.router = Router(policy, directory)
         self.committer: CommitterClient | None = None
         self.hostname = hostname
-        self.tls_context = tls_context
+        self._tls = tls_context
         self.timeout = timeout
         self.sessions: set[SMTPSession] = set()
         self.accepted_log = AcceptedLog()
         self.counts = metrics.loop_counts(self.sessions)  # this loop's share of /metrics
         self._idle_check: asyncio.TimerHandle | None = None
+
+    @property
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The context for the next handshake: a renewed certificate is used without a restart."""
+        if isinstance(self._tls, ReloadingContext):
+            return self._tls.current()
+        return self._tls
 
     def watch_idle(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close sessions silent for `timeout` seconds, or past a deadline (started by the first session).
@@ -666,12 +674,13 @@ class SMTPSession(asyncio.Protocol):
             self._wait(self._start_tls())
 
     async def _start_tls(self) -> None:
-        assert self.transport is not None and self.service.tls_context is not None  # smtp_STARTTLS checked
+        context = self.service.tls_context
+        assert self.transport is not None and context is not None  # smtp_STARTTLS checked
         try:
             transport = await self._loop.start_tls(
                 self.transport,
                 self,
-                self.service.tls_context,
+                context,
                 server_side=True,
                 ssl_handshake_timeout=self.service.timeout,
             )

@@ -57,6 +57,8 @@ except OSError as exc:
 sys.exit(0 if banner.startswith(b"220") else 1)
 PY
         ;;
+    # The heartbeat the worker writes while connected to its broker.
+    worker) exec python manage.py worker_health ;;
     *) exit 0 ;;
     esac
 }

@@ -53,8 +53,34 @@ def test_healthz_answers_ok_without_touching_the_database(client):
     """No `db` fixture: pytest-django would fail this test on any query."""
     response = client.get("/healthz")
     assert response.status_code == 200
-    assert response.content == b"ok"
-    assert response["Content-Type"].startswith("text/plain")
+    assert response.json() == {"status": "ok", "checks": {"process": "ok"}}
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_healthz_and_readyz_answer_on_a_pod_ip_that_no_allowed_host_names(client, settings):
+    """The kubelet probes http://<pod IP>:8000/healthz: neither 400 (ALLOWED_HOSTS) nor a redirect to https."""
+    settings.ALLOWED_HOSTS = ["archiva.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    assert client.get("/status/", HTTP_HOST="10.42.7.19:8000").status_code == 400  # any other page
+    response = client.get("/healthz", HTTP_HOST="10.42.7.19:8000")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert client.head("/healthz", HTTP_HOST="[fd00::7]:8000").status_code == 200
+
+
+@pytest.mark.django_db
+def test_readyz_answers_on_any_host_too(client, settings, redis_broker):
+    settings.ALLOWED_HOSTS = ["archiva.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    response = client.get("/readyz", HTTP_HOST="10.42.7.19:8000")
+    assert response.status_code == 200
+    assert response.json()["checks"]["database"] == "ok"
+
+
+def test_probes_refuse_other_methods_with_405(client):
+    response = client.post("/healthz")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
 
 
 # --- /readyz --------------------------------------------------------------
@@ -75,8 +101,8 @@ def test_readyz_names_the_broker_when_it_is_down(client, settings):
     started = time.monotonic()
     status, body = readyz(client)
     assert time.monotonic() - started < checks.TIMEOUT + 1
-    assert status == 503
-    assert body["status"] == "fail"
+    assert status == 200  # degraded, not dead: the pod stays in its Service
+    assert body["status"] == "degraded"
     assert body["failed"] == ["broker"]
     assert body["checks"]["database"] == "ok"
 
@@ -88,7 +114,8 @@ def test_readyz_names_storage_when_the_store_does_not_answer(client, monkeypatch
 
     monkeypatch.setattr(FolderStore, "ping", refuse)
     status, body = readyz(client)
-    assert status == 503
+    assert status == 200
+    assert body["status"] == "degraded"
     assert body["failed"] == ["storage"]
     assert "/srv/archiva" not in json.dumps(body)  # reasons go to the log, not to the public
 
@@ -107,7 +134,8 @@ def test_readyz_checks_search_when_it_is_configured(client, settings, http_serve
 def test_readyz_names_search_when_it_is_configured_but_down(client, settings, redis_broker):
     settings.ARCHIVA_SEARCH_URL = f"http://elastic:s3cret@127.0.0.1:{free_port()}/"
     status, body = readyz(client)
-    assert status == 503
+    assert status == 200
+    assert body["status"] == "degraded"
     assert body["failed"] == ["search"]
     assert "s3cret" not in json.dumps(body)
 
@@ -132,6 +160,38 @@ def test_a_check_that_raises_counts_as_failed():
     results = checks.run_checks({"database": broken}, timeout=1)
     assert results == {"database": "unavailable"}
     assert checks.failed(results) == ["database"]
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_when_the_database_does_not_answer(client, redis_broker):
+    """The one dependency without which no page works: the pod leaves its Service."""
+    from django.db import connections
+
+    default = connections.settings["default"]
+    port = default["PORT"]
+    default["PORT"] = str(free_port())  # the checks' thread opens its own connection, to nothing
+    try:
+        status, body = readyz(client)
+    finally:
+        default["PORT"] = port
+    assert status == 503
+    assert body["status"] == "fail"
+    assert body["failed"] == ["database"]
+    assert body["checks"]["broker"] == "ok"
+
+
+def test_readyz_with_the_database_and_search_down_is_503_and_names_both(client, monkeypatch):
+    def down():
+        raise ConnectionRefusedError("no")
+
+    monkeypatch.setattr(checks, "CHECKS", {"database": down, "search": down, "broker": lambda: None})
+    status, body = readyz(client)
+    assert status == 503
+    assert body == {
+        "status": "fail",
+        "failed": ["database", "search"],
+        "checks": {"database": "unavailable", "search": "unavailable", "broker": "ok"},
+    }
 
 
 # --- /o365 ----------------------------------------------------------------
@@ -171,5 +231,6 @@ def test_readyz_names_the_embedded_index_when_its_folder_is_unusable(client, set
         status, body = readyz(client)
     finally:
         reset_backend()
-    assert status == 503
+    assert status == 200
+    assert body["status"] == "degraded"
     assert body["failed"] == ["search"]
