@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import kombu
+import kombu.exceptions
 import pytest
 from celery import Celery
 
@@ -221,3 +223,41 @@ def test_a_worker_with_tasks_in_flight_survives_a_rabbitmq_restart_and_nothing_a
         restart_under_load(stack(rabbit.url), rabbit, tls_files, org)
     finally:
         rabbit.stop()
+
+
+def queued(url: str, queue: str = "celery") -> int:
+    """How many messages wait in `queue` of the broker at `url` (no worker consumes them here)."""
+    with kombu.Connection(url, connect_timeout=5) as connection:
+        return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+
+
+def test_beat_goes_on_publishing_after_a_rabbitmq_restart(stack, tmp_path):
+    """Beat's connection dies with the broker; its next due task is published
+    on a new one (it used to fail with `Server unexpectedly closed connection`
+    for minutes)."""
+    rabbit = RabbitNode(tmp_path / "rabbitmq").start()
+    try:
+        running = stack(rabbit.url, ARCHIVA_SWEEP_INTERVAL="1")
+        beat = running.beat()
+        deadline = time.monotonic() + 60
+        while not _queued_or_zero(rabbit.url):
+            assert time.monotonic() < deadline, running.log("beat")[-3000:]
+            time.sleep(0.2)
+        rabbit.restart()
+        before = queued(rabbit.url)  # durable queue, persistent messages: kept across the restart
+        deadline = time.monotonic() + RECOVERY
+        while queued(rabbit.url) <= before:
+            assert time.monotonic() < deadline, running.log("beat")[-3000:]
+            time.sleep(0.2)
+        assert beat.poll() is None, running.log("beat")[-3000:]
+    finally:
+        rabbit.stop()
+
+
+def _queued_or_zero(url: str) -> int:
+    try:
+        return queued(url)
+    except kombu.exceptions.OperationalError:
+        raise
+    except Exception:  # the queue is declared by the first publish
+        return 0
