@@ -16,14 +16,18 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import kombu
 import kombu.exceptions
 import pytest
 from celery import Celery
+from django.utils import timezone
 
+from ingest.delivery import mark_enqueued, stranded_deliveries
 from ingest.models import Delivery
+from tests.archive_support import deliver
 from tests.broker_support import RabbitNode, RedisServer
 from tests.smtp_support import journal_address
 from tests.test_ingest_process import ROOT, IngestProcess, process_env
@@ -261,3 +265,17 @@ def _queued_or_zero(url: str) -> int:
         raise
     except Exception:  # the queue is declared by the first publish
         return 0
+
+
+def test_a_worker_back_on_its_broker_sweeps_what_was_published_before_the_restart(org, settings):
+    """Tasks published before a broker restart may be gone with it (a Redis
+    without persistence): the reconnect sweep takes their deliveries again at
+    once, not ARCHIVA_REQUEUE_AFTER later; those published since are left alone."""
+    before = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: before\r\n\r\nx\r\n")
+    mark_enqueued([before.pk])
+    reconnected = timezone.now() + timedelta(microseconds=1)
+    assert before not in stranded_deliveries(grace=0)  # published, inside the requeue window
+    assert list(stranded_deliveries(grace=0, published_before=reconnected)) == [before]
+    after = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: after\r\n\r\nx\r\n")
+    mark_enqueued([after.pk])
+    assert list(stranded_deliveries(grace=0, published_before=reconnected)) == [before]
