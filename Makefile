@@ -21,7 +21,7 @@ MANAGE    := $(BIN)/honcho run -- $(PY) manage.py
 .PHONY: help run migrate collectstatic test lint fmt clean bench venv venv-dev
 
 help:
-	@echo "make run      create .venv, migrate, collect static files, run web + smtpd + worker (Ctrl-C stops all)"
+	@echo "make run      create .venv, migrate, collect static files, run web + smtpd + worker + beat, each restarted if it dies (Ctrl-C stops all)"
 	@echo "make test     create .venv with dev tools, run ruff, mypy and the whole pytest suite (artifacts in $(ARTIFACTS)/)"
 	@echo "make lint     ruff check, ruff format --check and mypy"
 	@echo "make fmt      ruff format and ruff check --fix"
@@ -60,7 +60,7 @@ run: migrate collectstatic
 	$(BIN)/honcho run -- $(PY) scripts/prepare_data_dir.py
 	@echo "Archiva: web http://localhost:$${ARCHIVA_HTTP_PORT:-8000}/  SMTP 127.0.0.1:$${ARCHIVA_SMTP_PORT:-2525}" \
 	      " outbox $${ARCHIVA_DATA_DIR:-var}/outbox/  (Ctrl-C stops everything)"
-	exec $(BIN)/honcho start -f Procfile
+	exec $(BIN)/honcho run -- $(PY) scripts/supervise.py Procfile
 
 # --- checking -----------------------------------------------------------------
 

@@ -3,8 +3,7 @@
 import logging
 import os
 
-from celery import Celery
-from celery.signals import worker_ready
+from celery import Celery, bootsteps
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "archiva.settings")
 
@@ -76,15 +75,37 @@ def _schedule(sender, **kwargs):
         sender.add_periodic_task(every, sender.signature(task), name=name)
 
 
-@worker_ready.connect
-def _sweep_at_start(sender, **kwargs):
-    """A starting worker has the deliveries a crashed ingest or worker left
-    (and the Graph notifications a broker fault left) published at once (by
-    one of its own processes), not at the first sweep."""
-    try:
-        sender.app.signature("archive.tasks.sweep_stranded", kwargs={"at_start": True}).apply_async(retry=False)
-        # Imports a crashed worker was running go on once their heartbeat is stale.
-        sender.app.signature("m365.tasks.resume_stale_imports").apply_async(retry=False)
-        sender.app.signature("m365.tasks.sweep_notifications", kwargs={"at_start": True}).apply_async(retry=False)
-    except Exception:  # the broker went away again: the periodic sweep will do it
-        logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)
+class SweepOnConnect(bootsteps.StartStopStep):
+    """Each time the worker's consumer connects to the broker, ask for the
+    sweeps (run by one of this worker's own processes), not at the first
+    periodic one: at the worker's start, the deliveries a crashed ingest or
+    worker left, the imports a crashed worker was running and the Graph
+    notifications a broker fault left; after a lost connection (a broker
+    restart, which may have lost the queued tasks: a Redis without
+    persistence loses them all), also whatever was published before it."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
+        self.connections = 0
+
+    def start(self, parent) -> None:
+        self.connections += 1
+        again = self.connections > 1
+        sweep: dict[str, object] = {"at_start": True}
+        if again:
+            from django.utils import timezone
+
+            sweep["published_before"] = timezone.now().isoformat()
+            logging.getLogger(__name__).info("broker connection back: sweeping what its restart may have lost")
+        try:
+            parent.app.signature("archive.tasks.sweep_stranded", kwargs=sweep).apply_async()
+            # Imports a crashed worker was running go on once their heartbeat is stale.
+            parent.app.signature("m365.tasks.resume_stale_imports").apply_async()
+            parent.app.signature("m365.tasks.sweep_notifications", kwargs={"at_start": True}).apply_async()
+        except Exception:  # the broker went away again: the periodic sweep will do it
+            logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)
+
+
+app.steps["consumer"].add(SweepOnConnect)

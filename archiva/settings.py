@@ -179,6 +179,10 @@ else:
     if not CELERY_BROKER_URL.startswith(("redis://", "rediss://", "amqp://", "amqps://", "pyamqp://")):
         raise ConfigError("CELERY_BROKER_URL must be a redis:// or amqp:// URL")
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport with the fix that keeps a worker up when
+        # Redis restarts under load (archiva/broker.py says what and why).
+        CELERY_BROKER_TRANSPORT = "archiva.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
@@ -191,7 +195,17 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Publishing must fail fast when the broker is down: the ingest records the
 # message first and the sweep enqueues it later.
 CELERY_BROKER_CONNECTION_TIMEOUT = envfloat("ARCHIVA_BROKER_TIMEOUT", 3.0, minimum=0.1)
-CELERY_TASK_PUBLISH_RETRY = False
+# ...but a publish on a pooled connection that a broker restart closed is
+# made again on a new one (the first publish after a restart would fail,
+# and beat would go on failing on its dead connection): ARCHIVA_PUBLISH_RETRIES
+# more attempts, at once and then 0.5 s apart, each within ARCHIVA_BROKER_TIMEOUT.
+CELERY_TASK_PUBLISH_RETRY = True
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": envint("ARCHIVA_PUBLISH_RETRIES", 2, minimum=0, maximum=10),
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 0.5,
+}
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
 # The index commit interval: messages archived within this many seconds are
 # indexed in one batch (one commit) of at most ARCHIVA_INDEX_BATCH; a longer

@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from celery import shared_task
@@ -75,8 +76,14 @@ def index_pending(self: Task) -> int:
 
 
 @shared_task
-def sweep_stranded(at_start: bool = False) -> int:
-    return lifecycle.sweep_at_start("worker") if at_start else lifecycle.sweep()
+def sweep_stranded(at_start: bool = False, published_before: str | None = None) -> int:
+    """The periodic sweep; `at_start` (a worker started or got its broker
+    back), the start-up one, which with `published_before` (ISO 8601) also
+    publishes again what was published before the broker connection was lost."""
+    if not at_start:
+        return lifecycle.sweep()
+    before = datetime.fromisoformat(published_before) if published_before else None
+    return lifecycle.sweep_at_start("worker", published_before=before)
 
 
 def _retry_later(task: Task, exc: Exception, delivery_ids: list[int] | None = None) -> NoReturn:

@@ -45,8 +45,12 @@ INDEX_PENDING = "pending"
 
 
 def publish(task: str, args: tuple[object, ...] = (), countdown: float | None = None) -> None:
-    """Publish a task by name; raises on broker trouble (never retries: the sweep does)."""
-    current_app.send_task(task, args=args, countdown=countdown, retry=False)
+    """Publish a task by name; raises on broker trouble.
+
+    A connection a broker restart closed is replaced and the publish made
+    again (CELERY_TASK_PUBLISH_RETRY_POLICY: a few attempts within seconds);
+    a broker that stays away is the sweep's business."""
+    current_app.send_task(task, args=args, countdown=countdown)
 
 
 def enqueue(delivery_ids: list[int]) -> bool:
@@ -228,30 +232,38 @@ def requeue_after() -> timedelta:
     return timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
 
 
-def stranded_deliveries(now: datetime | None = None, grace: float | None = None) -> QuerySet[Delivery]:
+def stranded_deliveries(
+    now: datetime | None = None, grace: float | None = None, published_before: datetime | None = None
+) -> QuerySet[Delivery]:
     """Deliveries not yet archived and indexed that no worker has (recently) been given.
 
     Those never published are taken once `grace` seconds old (default
     ARCHIVA_SWEEP_GRACE: the ingest publishes within a fraction of a second);
     those published ARCHIVA_REQUEUE_AFTER ago (or whose retry is that
-    overdue) are taken again.
+    overdue) are taken again, and with `published_before` (a worker that
+    lost its broker connection) those published before then, whose tasks a
+    broker restart may have lost.
     """
     now = now or timezone.now()
     window = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
     unfinished = Q(status__in=UNFINISHED) | Q(status=Delivery.Status.ARCHIVED, message__index_status=INDEX_PENDING)
+    requeue = now - requeue_after()
+    if published_before is not None:
+        requeue = max(requeue, published_before)
     return Delivery.objects.filter(unfinished).filter(
-        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=now - requeue_after())
+        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=requeue)
     )
 
 
-def sweep(limit: int = 10_000, grace: float | None = None) -> int:
+def sweep(limit: int = 10_000, grace: float | None = None, published_before: datetime | None = None) -> int:
     """Enqueue stranded deliveries; returns how many were published.
 
     Reports not yet archived get processing tasks; archived ones whose
     message waits to be indexed get one indexing run.  Each is marked
     enqueued only once its task is published.
     """
-    stranded = list(stranded_deliveries(grace=grace).order_by("received_at").values_list("pk", "status")[:limit])
+    due = stranded_deliveries(grace=grace, published_before=published_before)
+    stranded = list(due.order_by("received_at").values_list("pk", "status")[:limit])
     if not stranded:
         return 0
     unarchived = [pk for pk, status in stranded if status != Delivery.Status.ARCHIVED]
@@ -270,13 +282,14 @@ def sweep(limit: int = 10_000, grace: float | None = None) -> int:
     return published
 
 
-def sweep_at_start(who: str) -> int:
+def sweep_at_start(who: str, published_before: datetime | None = None) -> int:
     """The sweep a starting ingest or worker runs once: whatever a crashed one
     recorded but never published is published at once (no grace: a
     duplicate of a task another process is publishing right now is harmless),
-    instead of after the first sweep interval."""
+    instead of after the first sweep interval.  A worker back on its broker
+    after losing it passes `published_before` (see `stranded_deliveries`)."""
     try:
-        published = sweep(grace=0)
+        published = sweep(grace=0, published_before=published_before)
     except Exception:
         log.warning("the start-up sweep of the %s failed; the periodic sweep will do it", who, exc_info=True)
         return 0

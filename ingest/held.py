@@ -195,7 +195,7 @@ def _publish_soon(ids: list[int]) -> None:
 
 def _publish(ids: list[int]) -> None:
     try:
-        deliver_held.apply_async((ids,), retry=False)
+        deliver_held.apply_async((ids,))
     except Exception:
         log.warning("broker unavailable; %d postmaster messages left for the periodic task", len(ids), exc_info=True)
 

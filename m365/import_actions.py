@@ -353,7 +353,7 @@ def cancel_import(
 def publish_run(run_id: int, countdown: float | None = None) -> bool:
     """Ask a worker to run (or go on with) the import; on broker trouble the periodic `resume_stale` does."""
     try:
-        current_app.send_task(RUN_TASK, args=(run_id,), countdown=countdown, retry=False)
+        current_app.send_task(RUN_TASK, args=(run_id,), countdown=countdown)
     except Exception:
         log.warning("could not publish import %s; the next resume sweep will", run_id, exc_info=True)
         return False

@@ -1,0 +1,281 @@
+"""Broker restarts under load, on real servers (issue 21, broker faults).
+
+The ingest, a worker (prefork, as `make run` starts it) and beat run as real
+processes against a broker of the test's own (tests/broker_support.py),
+which the test restarts while mail flows and tasks are in flight: the worker
+and beat stay up, the ingest keeps answering 250, and every acknowledged
+message is archived and indexed within a minute of the broker's return.
+"""
+
+from __future__ import annotations
+
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import kombu
+import kombu.exceptions
+import pytest
+from celery import Celery
+from django.utils import timezone
+
+from ingest.delivery import mark_enqueued, stranded_deliveries
+from ingest.models import Delivery
+from tests.archive_support import deliver
+from tests.broker_support import RabbitNode, RedisServer
+from tests.smtp_support import journal_address
+from tests.test_ingest_process import ROOT, IngestProcess, process_env
+
+# After the broker is back, everything acknowledged is archived and indexed within this.
+RECOVERY = 60.0
+
+
+class Stack:
+    """The ingest, a worker and beat on one broker URL, with their logs in `folder`."""
+
+    def __init__(self, settings, tls_files, folder: Path, broker_url: str, **extra: str):
+        self.env = process_env(settings, tls_files, CELERY_BROKER_URL=broker_url, **extra)
+        self.folder = folder
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ingest = IngestProcess(self.env, folder / "smtpd.log")
+
+    def celery(self, role: str, *args: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "celery", "-A", "archiva", role, "--loglevel", "info", *args]
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=self.env, stdout=(self.folder / f"{role}.log").open("ab"), stderr=subprocess.STDOUT
+        )
+        self.procs[role] = proc
+        return proc
+
+    def worker(self) -> subprocess.Popen[bytes]:
+        return self.celery("worker", "--concurrency", "2")
+
+    def beat(self) -> subprocess.Popen[bytes]:
+        return self.celery("beat", "--schedule", str(self.folder / "celerybeat-schedule"))
+
+    def log(self, role: str) -> str:
+        return (self.folder / f"{role}.log").read_text(errors="replace")
+
+    def stop(self) -> None:
+        self.ingest.stop()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def stack(transactional_db, settings, tls_files, tmp_path, org, outsider) -> Iterator[Callable[..., Stack]]:
+    made: list[Stack] = []
+
+    def make(broker_url: str, **extra: str) -> Stack:
+        made.append(Stack(settings, tls_files, tmp_path, broker_url, **extra))
+        return made[-1]
+
+    yield make
+    for each in made:
+        each.stop()
+
+
+class Sender(threading.Thread):
+    """Sends journal reports over one STARTTLS session after another until
+    stopped, noting the queue id of every one that got 250."""
+
+    def __init__(self, port: int, tls_files, address: str):
+        super().__init__(daemon=True)
+        self.port, self.tls_files, self.address = port, tls_files, address
+        self.acknowledged: list[str] = []
+        self.refused: list[str] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        while not self.halt.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+                    client.ehlo("outbound.protection.outlook.com")
+                    client.starttls(context=self.tls_files.client_context())
+                    client.ehlo("outbound.protection.outlook.com")
+                    for _ in range(20):
+                        n += 1
+                        body = f"From: a@contoso.com\r\nSubject: fault {n}\r\n\r\nmessage {n}\r\n".encode()
+                        client.mail("ndr@contoso.com")
+                        client.rcpt(self.address)
+                        code, reply = client.data(body)
+                        if code == 250:
+                            self.acknowledged.append(reply.decode().split()[1])
+                        else:
+                            self.refused.append(f"{code} {reply!r}")
+                        if self.halt.is_set():
+                            return
+            except smtplib.SMTPException as exc:
+                self.refused.append(repr(exc))
+                time.sleep(0.1)
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged) < count:
+            assert time.monotonic() < deadline, f"{len(self.acknowledged)} of {count} accepted: {self.refused[-3:]}"
+            time.sleep(0.05)
+
+
+def unfinished(queue_ids: list[str]) -> list[str]:
+    """Those of these acknowledged messages not yet archived and indexed."""
+    done = set(
+        Delivery.objects.filter(
+            queue_id__in=queue_ids, status=Delivery.Status.ARCHIVED, message__index_status="indexed"
+        ).values_list("queue_id", flat=True)
+    )
+    return [queue_id for queue_id in queue_ids if queue_id not in done]
+
+
+def wait_until_archived(queue_ids: list[str], timeout: float) -> list[str]:
+    """Wait up to `timeout` seconds for every one to be archived and indexed; those still waiting."""
+    deadline = time.monotonic() + timeout
+    while (left := unfinished(queue_ids)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def wait_for_log(stack: Stack, role: str, text: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while text not in stack.log(role):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def hold_a_task(stack: Stack, broker_url: str) -> None:
+    """Have the worker hold a task it has taken and not acknowledged: an
+    indexing run due in two minutes (like a retry waiting for its backoff)."""
+    app = Celery("test")
+    # The URL goes to the connection: Celery's broker_url prefers CELERY_BROKER_URL from the environment.
+    with app.connection_for_write(broker_url) as connection:
+        task_id = app.send_task("archive.tasks.index_pending", countdown=120, connection=connection).id
+    assert wait_for_log(stack, "worker", f"{task_id}] received"), stack.log("worker")[-3000:]
+
+
+def restart_under_load(stack: Stack, broker, tls_files, org) -> None:
+    """Mail flows and the worker has tasks in flight when the broker goes
+    away and when it restarts; the ingest answers 250 throughout, and every
+    acknowledged message is archived and indexed within RECOVERY of the
+    broker's return, by the same worker and beat.
+
+    First the worker finds its broker gone while it holds a task and waits
+    for the next; then it is paused (SIGSTOP) while the broker restarts, so
+    that tasks it has taken and tasks waiting in the broker's queue (which a
+    Redis without persistence loses) meet the restart whatever the machine's speed."""
+    worker, beat = stack.worker(), stack.beat()
+    stack.ingest.start()
+    sender = Sender(stack.ingest.port, tls_files, journal_address(org.tenant))
+    sender.start()
+    try:
+        sender.wait_for(40)
+        assert not wait_until_archived(sender.acknowledged[:20], 60), stack.log("worker")[-3000:]
+        hold_a_task(stack, broker.url)
+        broker.stop()
+        assert wait_for_log(stack, "worker", "Connection to broker lost"), stack.log("worker")[-3000:]
+        sender.wait_for(len(sender.acknowledged) + 20)  # the ingest goes on answering 250
+        broker.start()
+        sender.wait_for(len(sender.acknowledged) + 20)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            sender.wait_for(len(sender.acknowledged) + 30)  # published into the queue, waiting
+            broker.restart()
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        sender.wait_for(len(sender.acknowledged) + 40)
+    finally:
+        sender.halt.set()
+        sender.join(30)
+    left = wait_until_archived(sender.acknowledged, RECOVERY)
+    assert not left, f"{len(left)} of {len(sender.acknowledged)} not archived:\n{stack.log('worker')[-4000:]}"
+    assert worker.poll() is None, stack.log("worker")[-4000:]
+    assert beat.poll() is None, stack.log("beat")[-4000:]
+    assert not sender.refused, sender.refused[:5]
+
+
+def test_a_worker_with_tasks_in_flight_survives_a_redis_restart_and_nothing_acknowledged_is_lost(
+    stack, tls_files, org, tmp_path
+):
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        running = stack(redis.url)
+        restart_under_load(running, redis, tls_files, org)
+        # The restart met tasks the worker had taken and not yet acknowledged.
+        assert "unacknowledged message" in running.log("worker")
+    finally:
+        redis.stop()
+
+
+def test_a_worker_with_tasks_in_flight_survives_a_rabbitmq_restart_and_nothing_acknowledged_is_lost(
+    stack, tls_files, org, tmp_path
+):
+    rabbit = RabbitNode(tmp_path / "rabbitmq").start()
+    try:
+        restart_under_load(stack(rabbit.url), rabbit, tls_files, org)
+    finally:
+        rabbit.stop()
+
+
+def queued(url: str, queue: str = "celery") -> int:
+    """How many messages wait in `queue` of the broker at `url` (no worker consumes them here)."""
+    with kombu.Connection(url, connect_timeout=5) as connection:
+        return int(connection.default_channel.queue_declare(queue, passive=True).message_count)
+
+
+def test_beat_goes_on_publishing_after_a_rabbitmq_restart(stack, tmp_path):
+    """Beat's connection dies with the broker; its next due task is published
+    on a new one (it used to fail with `Server unexpectedly closed connection`
+    for minutes)."""
+    rabbit = RabbitNode(tmp_path / "rabbitmq").start()
+    try:
+        running = stack(rabbit.url, ARCHIVA_SWEEP_INTERVAL="1")
+        beat = running.beat()
+        deadline = time.monotonic() + 60
+        while not _queued_or_zero(rabbit.url):
+            assert time.monotonic() < deadline, running.log("beat")[-3000:]
+            time.sleep(0.2)
+        rabbit.restart()
+        before = queued(rabbit.url)  # durable queue, persistent messages: kept across the restart
+        deadline = time.monotonic() + RECOVERY
+        while queued(rabbit.url) <= before:
+            assert time.monotonic() < deadline, running.log("beat")[-3000:]
+            time.sleep(0.2)
+        assert beat.poll() is None, running.log("beat")[-3000:]
+    finally:
+        rabbit.stop()
+
+
+def _queued_or_zero(url: str) -> int:
+    try:
+        return queued(url)
+    except kombu.exceptions.OperationalError:
+        raise
+    except Exception:  # the queue is declared by the first publish
+        return 0
+
+
+def test_a_worker_back_on_its_broker_sweeps_what_was_published_before_the_restart(org, settings):
+    """Tasks published before a broker restart may be gone with it (a Redis
+    without persistence): the reconnect sweep takes their deliveries again at
+    once, not ARCHIVA_REQUEUE_AFTER later; those published since are left alone."""
+    before = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: before\r\n\r\nx\r\n")
+    mark_enqueued([before.pk])
+    reconnected = timezone.now() + timedelta(microseconds=1)
+    assert before not in stranded_deliveries(grace=0)  # published, inside the requeue window
+    assert list(stranded_deliveries(grace=0, published_before=reconnected)) == [before]
+    after = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: after\r\n\r\nx\r\n")
+    mark_enqueued([after.pk])
+    assert list(stranded_deliveries(grace=0, published_before=reconnected)) == [before]
