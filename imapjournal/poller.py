@@ -208,7 +208,9 @@ class Session:
         """Store every report in INBOX and take it off the server; how many were new."""
         new = 0
         while True:
-            uids = sorted(int(uid) for uid in self.client.search(["NOT", "DELETED"]))
+            # ALL, flagged \Deleted too: a crash between STORE \Deleted and EXPUNGE leaves
+            # durable reports flagged, and a report someone else flagged is still archived.
+            uids = sorted(int(uid) for uid in self.client.search(["ALL"]))
             waiting = [uid for uid in uids if uid <= self.journal.last_uid]
             if waiting:  # durable already: a crash (or a failed move) came between 3 and 4
                 self.take_off(waiting)

@@ -190,11 +190,23 @@ protocol imap {{
     def messages(self, address: str, folder: str = "INBOX") -> list[bytes]:
         """The messages in a folder now, as stored (those flagged deleted but not expunged included)."""
         maildir = self.maildir(address, folder)
-        found = []
-        for sub in ("new", "cur"):
-            if (maildir / sub).is_dir():
-                found += [path.read_bytes() for path in sorted((maildir / sub).iterdir())]
-        return found
+        while True:  # Dovecot renames (new/ to cur/, flags) and expunges files while we read: look again
+            try:
+                return [
+                    path.read_bytes()
+                    for sub in ("new", "cur")
+                    if (maildir / sub).is_dir()
+                    for path in sorted((maildir / sub).iterdir())
+                ]
+            except FileNotFoundError:
+                time.sleep(0.01)
+
+    def flag_deleted(self, address: str) -> None:
+        """Flag the INBOX's new messages \\Deleted without expunging them (maildir's `T` flag), as a
+        client that died between STORE +FLAGS (\\Deleted) and EXPUNGE leaves them."""
+        maildir = self.maildir(address)
+        for path in list((maildir / "new").iterdir()):
+            os.rename(path, maildir / "cur" / f"{path.name}:2,T")
 
     def reset_uidvalidity(self, address: str) -> None:
         """Forget the mailbox's UIDs (as a restore or a rebuilt mailbox does): a new UIDVALIDITY, UIDs from 1."""

@@ -136,15 +136,18 @@ def test_reports_noted_durable_before_a_crash_are_deleted_without_storing_them_a
         dovecot.deliver(MAILBOX, raw)
     assert poll_once(journal)
     dovecot.deliver(MAILBOX, reports(1, "Next")[0])
-    # The poller got as far as noting UID 3 durable (its report recorded), then died before deleting it.
+    dovecot.deliver(MAILBOX, reports(1, "Flagged")[0])
+    # The poller got as far as noting UIDs 3 and 4 durable (their reports recorded), then died
+    # before deleting them: one of them flagged \Deleted but not expunged.
     from imapjournal.poller import Peer
 
     store_reports(journal, Peer("127.0.0.1"), dovecot.messages(MAILBOX))
-    note_durable(journal, 3, 1)
+    note_durable(journal, 4, 2)
+    dovecot.flag_deleted(MAILBOX)
 
     assert poll_once(journal), journal.last_error
-    assert dovecot.messages(MAILBOX) == []
-    assert len(deliveries(org)) == 3
+    assert dovecot.messages(MAILBOX) == []  # expunged too, not left flagged for ever
+    assert len(deliveries(org)) == 4
 
 
 def test_a_new_uidvalidity_means_reading_the_mailbox_again_without_losing_or_doubling(org, outsider, ms_fake, dovecot):

@@ -11,7 +11,7 @@ import signal
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from imapjournal.poller import SESSION_SECONDS, Poller
 
@@ -29,8 +29,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["session_seconds"] <= 0:
-            self.stderr.write("--session-seconds must be more than 0")
-            raise SystemExit(2)
+            raise CommandError(f"--session-seconds must be more than 0, not {options['session_seconds']:g}")
         poller = Poller(lifetime=options["session_seconds"])
 
         def stop(signum: int, frame: FrameType | None) -> None:
