@@ -370,3 +370,30 @@ def test_kill_9_of_the_poller_mid_run_loses_nothing_and_doubles_nothing(
     assert second.returncode == 0  # SIGTERM: a clean stop
     journal.refresh_from_db()
     assert journal.last_error == ""
+
+
+def test_two_pollers_on_one_mailbox_at_once_store_each_report_once(transactional_db, org, outsider, ms_fake, dovecot):
+    """Two processes on one mailbox (a deploy's overlap): the loser of each race finds the report recorded."""
+    journal, _ = set_up(org, ms_fake, dovecot)
+    sent = reports(40, "Raced")
+    for raw in sent:
+        dovecot.deliver(MAILBOX, raw)
+    outcomes: list[bool] = []
+
+    def poll() -> None:
+        try:
+            outcomes.append(poll_once(ImapJournal.objects.get(pk=journal.pk)))
+        finally:
+            db_connection.close()
+
+    threads = [threading.Thread(target=poll) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    journal.refresh_from_db()
+    assert outcomes == [True, True], journal.last_error
+    stored = deliveries(org)
+    assert len(stored) == len(sent)
+    assert {d.sha256 for d in stored} == {hashlib.sha256(raw).hexdigest() for raw in sent}
+    assert dovecot.messages(MAILBOX) == []
