@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,8 +36,9 @@ DOVECOT = "/usr/sbin/dovecot"
 
 
 class Dovecot:
-    def __init__(self, fake: MicrosoftFake) -> None:
+    def __init__(self, fake: MicrosoftFake, *, idle: bool = True) -> None:
         self.fake = fake
+        self.idle = idle  # False: the capabilities offered after login leave IDLE out (a server without it)
         self.folder = Path(tempfile.mkdtemp(prefix="dovecot-"))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,6 +122,9 @@ class Dovecot:
 
     def dovecot_conf(self) -> str:
         d = self.folder
+        capabilities = (
+            "" if self.idle else "  imap_capability = IMAP4rev1 SASL-IR LITERAL+ ENABLE UIDPLUS MOVE NAMESPACE\n"
+        )
         return f"""
 base_dir = {d}/run
 state_dir = {d}/state
@@ -168,7 +171,7 @@ service stats {{
 }}
 protocol imap {{
   mail_max_userip_connections = 100
-}}
+{capabilities}}}
 """
 
     # --- mailboxes ---------------------------------------------------------------------
@@ -219,9 +222,12 @@ protocol imap {{
             # Files keep their names' UID-less part; moving them back to new/ makes Dovecot list them afresh.
             os.rename(path, maildir / "new" / path.name.split(":")[0])
 
-    def wait_listening(self) -> None:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-            pass
+    def capabilities(self, address: str, journal) -> set[str]:
+        """What the server offers once `address` signed in (with the product's own token and TLS)."""
+        from imapjournal.client import signed_in
+
+        with signed_in(journal) as client:
+            return {c.decode() for c in client.capabilities()}
 
 
 @pytest.fixture

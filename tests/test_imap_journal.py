@@ -300,6 +300,29 @@ def test_the_poller_reads_new_mail_at_once_through_idle(transactional_db, org, o
     assert not thread.is_alive()
 
 
+def test_a_server_without_idle_is_polled(transactional_db, org, outsider, ms_fake, settings):
+    settings.ARCHIVA_IMAP_POLL_INTERVAL = 0.3
+    server = Dovecot(ms_fake, idle=False).start()
+    try:
+        journal, _ = set_up(org, ms_fake, server)
+        assert "IDLE" not in server.capabilities(MAILBOX, journal)
+        server.deliver(MAILBOX, reports(1)[0])
+        poller = Poller()
+        thread = threading.Thread(target=poller.run, daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: len(deliveries(org)) == 1, "the first report")
+            server.deliver(MAILBOX, reports(1, "Polled")[0])
+            wait_until(lambda: len(deliveries(org)) == 2, "the report the next poll found")
+        finally:
+            poller.stop.set()
+            thread.join(30)
+        journal.refresh_from_db()
+        assert journal.last_error == ""
+    finally:
+        server.stop()
+
+
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
