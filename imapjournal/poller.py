@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 BACKOFF_FIRST = 30.0  # seconds after the first failure; doubled for each one after
 SESSION_SECONDS = 20 * 60  # a session ends (and signs in again, with a fresh token) after this long
 CHECK_EVERY = 1.0  # seconds between looks at the stop flag while idling
+# A batch stops growing at this many bytes (reports are held in memory until stored);
+# a larger report is a batch of its own.
+BATCH_BYTES = 32 * 1024 * 1024
 
 
 def report_queue_id(mailbox: str, sha256: str) -> str:
@@ -217,8 +220,26 @@ class Session:
             fresh = [uid for uid in uids if uid > self.journal.last_uid]
             if not fresh:
                 return new
-            for batch in chunks(fresh, settings.ARCHIVA_IMAP_BATCH):
+            for batch in self.batches(fresh):
                 new += self.archive_batch(batch)
+
+    def batches(self, uids: list[int]) -> Iterator[list[int]]:
+        """The UIDs in batches of at most ARCHIVA_IMAP_BATCH messages and about BATCH_BYTES."""
+        sizes: dict[int, int] = {}
+        for part in chunks(uids, 1000):
+            for uid, data in self.client.fetch(part, [b"RFC822.SIZE"]).items():
+                sizes[int(uid)] = int(data.get(b"RFC822.SIZE") or 0)
+        batch: list[int] = []
+        total = 0
+        for uid in uids:
+            size = sizes.get(uid, 0)
+            if batch and (len(batch) >= settings.ARCHIVA_IMAP_BATCH or total + size > BATCH_BYTES):
+                yield batch
+                batch, total = [], 0
+            batch.append(uid)
+            total += size
+        if batch:
+            yield batch
 
     def archive_batch(self, uids: list[int]) -> int:
         fetched = self.client.fetch(uids, [b"BODY.PEEK[]"])

@@ -420,3 +420,23 @@ def test_two_pollers_on_one_mailbox_at_once_store_each_report_once(transactional
     assert len(stored) == len(sent)
     assert {d.sha256 for d in stored} == {hashlib.sha256(raw).hexdigest() for raw in sent}
     assert dovecot.messages(MAILBOX) == []
+
+
+def test_large_reports_are_read_in_batches_bounded_by_size(org, outsider, ms_fake, dovecot, monkeypatch):
+    monkeypatch.setattr("imapjournal.poller.BATCH_BYTES", 150_000)
+    stored_batches: list[int] = []
+    real = store_reports
+
+    def counting(journal, peer, batch):
+        stored_batches.append(len(batch))
+        return real(journal, peer, batch)
+
+    monkeypatch.setattr("imapjournal.poller.store_reports", counting)
+    journal, _ = set_up(org, ms_fake, dovecot)
+    from tests.archive_support import padded_report
+
+    for i in range(5):
+        dovecot.deliver(MAILBOX, padded_report(f"big-{i}@contoso.com", 60_000))
+    assert poll_once(journal), journal.last_error
+    assert stored_batches == [2, 2, 1]  # 2 x 60 KB fit in 150 KB, a third would not
+    assert len(deliveries(org)) == 5
