@@ -312,6 +312,16 @@ if ARCHIVA_RETENTION_DELAY < 7 * 24 * 3600 and env("DATABASE_URL"):
     raise ConfigError("ARCHIVA_RETENTION_DELAY below 604800 (7 days) is for the embedded default only")
 ARCHIVA_MS_TENANT_CONCURRENCY = envint("ARCHIVA_MS_TENANT_CONCURRENCY", 16, minimum=1, maximum=256)
 
+# --- IMAP journaling (imapjournal; `manage.py imap_journal`) --------------
+# Reports fetched, stored and recorded together (one commit, then one delete or move).
+ARCHIVA_IMAP_BATCH = envint("ARCHIVA_IMAP_BATCH", 50, minimum=1, maximum=1000)
+# Seconds between polls of a server without IDLE (and the longest an IDLE waits before a check).
+ARCHIVA_IMAP_POLL_INTERVAL = envfloat("ARCHIVA_IMAP_POLL_INTERVAL", 60.0, minimum=0.1)
+# The backoff after errors doubles from 30 s up to this many seconds.
+ARCHIVA_IMAP_BACKOFF_MAX = envfloat("ARCHIVA_IMAP_BACKOFF_MAX", 3600.0, minimum=1.0)
+# Seconds an IMAP connect or command may take before the server counts as unreachable.
+ARCHIVA_IMAP_TIMEOUT = envfloat("ARCHIVA_IMAP_TIMEOUT", 60.0, minimum=1.0)
+
 # Keys that encrypt secrets at rest (certificate private keys): Fernet keys,
 # comma-separated, the first encrypts and every one decrypts (rotation).
 ARCHIVA_SECRETS_KEY = env("ARCHIVA_SECRETS_KEY").strip()

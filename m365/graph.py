@@ -224,10 +224,12 @@ class Graph:
                 0, "authority_unreachable", f"the Microsoft sign-in authority {authority} cannot be used: {exc}"
             ) from None
 
-    def token(self) -> str:
-        """An app-only access token for Graph (msal caches it until shortly before it expires)."""
+    def token(self, scope: str | None = None) -> str:
+        """An app-only access token for Graph, or for another resource's `scope`
+        (e.g. Exchange's IMAP, `https://outlook.office365.com/.default`); msal
+        caches it until shortly before it expires."""
         try:
-            result = self._application().acquire_token_for_client(scopes=[f"{self.base}/.default"])
+            result = self._application().acquire_token_for_client(scopes=[scope or f"{self.base}/.default"])
         except requests.RequestException as exc:
             raise GraphError(0, "unreachable", f"Microsoft sign-in could not be reached: {exc}") from None
         if "access_token" not in result:

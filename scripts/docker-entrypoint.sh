@@ -3,6 +3,7 @@
 #
 #   web          gunicorn on 0.0.0.0:$ARCHIVA_HTTP_PORT (default 8000)
 #   smtpd        the SMTP ingest on $ARCHIVA_SMTP_HOST:$ARCHIVA_SMTP_PORT (image default 0.0.0.0:2525)
+#   imap         the IMAP journal poller (manage.py imap_journal); one is enough, a second is harmless
 #   worker       the Celery worker, with the beat scheduler unless ARCHIVA_WORKER_BEAT=0
 #   migrate      apply database migrations, then exit (run once per release, before the others)
 #   manage ARGS  any manage.py command, e.g. `manage createsuperuser`
@@ -82,6 +83,10 @@ web)
 smtpd)
     prepare
     exec python manage.py smtpd "$@"
+    ;;
+imap)
+    prepare
+    exec python manage.py imap_journal "$@"
     ;;
 worker)
     prepare

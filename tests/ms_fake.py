@@ -10,7 +10,11 @@ assertion's RS256 signature is verified with the public key of the
 certificate uploaded to the app (found by the JWT header's `x5t`), with its
 `aud`, `iss`/`sub` and time range; anything else is refused with AADSTS
 errors as Microsoft words them.  Access tokens are JWTs signed by the fake's
-own key, with `tid`, `appid` and `roles` (the app's granted permissions).
+own key, with `tid`, `appid`, `roles` (the app's granted permissions) and
+the `aud` the scope names (Graph, or Exchange's `https://outlook.office365.com`
+for IMAP).  `POST /imap/introspect` is RFC 7662 introspection of those
+Exchange tokens for a local IMAP server (Dovecot's oauth2 passdb); a
+mailbox is opened to an app with `grant_mailbox`.
 
 Graph v1.0: organization, domains, users (with mailbox settings), mail
 folders and messages with delta queries, `$value`, events, calendarView,
@@ -151,6 +155,15 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+EXCHANGE_RESOURCE = "https://outlook.office365.com"
+
+
+def scope_resource(scope: str) -> str:
+    """The resource a client-credentials scope names: `https://outlook.office365.com/.default` -> its origin."""
+    first = next((s for s in scope.split() if s.endswith("/.default")), "")
+    return first.removesuffix("/.default")
+
+
 # --- state ---------------------------------------------------------------------
 
 
@@ -285,6 +298,7 @@ class MicrosoftFake:
         self.tenants: dict[str, FakeTenant] = {}
         self.apps: dict[str, FakeApp] = {}
         self.subscriptions: dict[str, Subscription] = {}
+        self.imap_mailboxes: dict[str, list[str]] = {}  # app (client id) -> mailboxes it has FullAccess to
         self.cursors: dict[str, Cursor] = {}
         self.seq = itertools.count(1)
         self.current_seq = 0
@@ -580,6 +594,57 @@ class MicrosoftFake:
             owner.contacts[item["id"]] = item
             return str(item["id"])
 
+    # --- Exchange Online's IMAP (app-only XOAUTH2) -------------------------------------
+
+    def grant_mailbox(self, client_id: str, address: str) -> None:
+        """`Add-MailboxPermission -User <service principal> -AccessRights FullAccess`: the app may
+        open this mailbox over IMAP (with IMAP.AccessAsApp among its roles)."""
+        with self.lock:
+            granted = self.imap_mailboxes.setdefault(client_id.lower(), [])
+            if address.lower() not in granted:
+                granted.append(address.lower())
+
+    def revoke_mailbox(self, client_id: str, address: str) -> None:
+        with self.lock:
+            granted = self.imap_mailboxes.get(client_id.lower(), [])
+            if address.lower() in granted:
+                granted.remove(address.lower())
+
+    def introspect(self, form: dict[str, str]) -> dict[str, Any]:
+        """RFC 7662 token introspection for an IMAP server (Dovecot's oauth2 passdb, `introspection_mode = post`).
+
+        Active only for a token this fake issued (signature, expiry) for
+        Exchange (`aud` https://outlook.office365.com) to an app of a known
+        directory that holds IMAP.AccessAsApp and was granted a mailbox; the
+        `username` is that mailbox (Dovecot compares it with the XOAUTH2 user).
+        An app granted several mailboxes is answered with its first: the
+        introspection request does not say which one the client asked for.
+        """
+        try:
+            claims = jwt.decode(
+                form.get("token", ""),
+                self.signing_key.public_key(),
+                algorithms=["RS256"],
+                audience=EXCHANGE_RESOURCE,
+                options={"require": ["exp", "tid", "appid"]},
+            )
+        except jwt.PyJWTError:
+            return {"active": False}
+        with self.lock:
+            app = self.apps.get(str(claims["appid"]))
+            granted = list(self.imap_mailboxes.get(str(claims["appid"]), []))
+        if app is None or app.tenant_id != claims["tid"] or "IMAP.AccessAsApp" not in (claims.get("roles") or []):
+            return {"active": False}
+        if not granted:
+            return {"active": False}
+        return {
+            "active": True,
+            "username": granted[0],
+            "client_id": app.client_id,
+            "scope": " ".join(claims.get("roles") or []),
+            "exp": claims["exp"],
+        }
+
     # --- test knobs and records -------------------------------------------------------
 
     def throttle(
@@ -718,7 +783,8 @@ class MicrosoftFake:
         self._verify_assertion(app, tenant, assertion)
         issued = int(time.time())
         claims = {
-            "aud": self.url,
+            # The resource the scope names: Graph (this fake's URL) or e.g. Exchange's IMAP.
+            "aud": scope_resource(scope),
             "iss": f"https://sts.windows.net/{tenant.id}/",
             "iat": issued,
             "nbf": issued,
@@ -1638,6 +1704,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 4 and parts[1:] == ["discovery", "v2.0", "keys"] and method == "GET":
             fake.tenant_named(parts[0])
             return Reply(200, fake.jwks())
+        if parts == ["imap", "introspect"] and method == "POST":
+            form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+            return Reply(200, fake.introspect(form), {"Content-Type": "application/json"})
         if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"] and method == "POST":
             form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
             return Reply(200, fake.token(parts[0], form))

@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "compliance", "infra", "ingest", "m365", "regions", "tenants", "web"]
+PACKAGES = ["archiva", "archive", "compliance", "imapjournal", "infra", "ingest", "m365", "regions", "tenants", "web"]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
@@ -41,6 +41,7 @@ TENANT_OWNED = {
     "RejectionCount",
     "Tenant",
     "Hold",  # compliance
+    "ImapJournal",  # imapjournal
     "HeldObject",  # compliance
     "PendingPurge",  # compliance
     "RetentionChange",  # compliance
@@ -81,6 +82,10 @@ ALLOWED_FILES = {
     "m365/subscriptions.py",
     "m365/changes.py",
     "m365/items.py",
+    # IMAP journaling: its access layer, the settings' writer and the poller's state.
+    "imapjournal/access.py",
+    "imapjournal/config.py",
+    "imapjournal/poller.py",
 }
 ALLOWED_DIRS = ("ingest/",)
 

@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from imapjournal import access as imap_access
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
 from tenants.models import Membership, User
@@ -46,6 +47,8 @@ def status(request: SignedInRequest) -> HttpResponse:
         "membership": membership,
         "status": status,
         "checks": setup_checks(membership.tenant, status.region) if membership.is_admin else None,
+        # IMAP journaling's errors (server, mailbox): for the admins who can fix them.
+        "imap": imap_access.enabled_journal(membership.tenant) if membership.is_admin else None,
         "grace_days": DEFAULT_ROTATION_GRACE.days,
         "scrub_period": settings.ARCHIVA_SCRUB_PERIOD,
     }
