@@ -194,3 +194,35 @@ def test_account_pages_and_the_sign_up_region_at_both_widths(page, shots, org, w
     page.goto("/accounts/email/")
     assert page.get_by_role("button", name="Remove").count() == 0
     assert page.get_by_role("button", name=re.compile("Make")).count() == 0
+
+
+def test_a_security_key_is_added_and_signs_in_instead_of_a_code(page, shots, org):
+    """WebAuthn through Chromium's virtual authenticator (DevTools protocol), as a key would answer."""
+    devtools = page.context.new_cdp_session(page)
+    devtools.send("WebAuthn.enable")
+    options = {"protocol": "ctap2", "transport": "usb", "hasResidentKey": True, "hasUserVerification": True}
+    devtools.send("WebAuthn.addVirtualAuthenticator", {"options": {**options, "isUserVerified": True}})
+    sign_in(page, org.user.email)
+    page.goto("/accounts/2fa/")
+    page.get_by_role("link", name="Add a security key").click()
+    if "/reauthenticate/" in page.url:
+        page.fill("#id_password", PASSWORD)
+        page.get_by_role("button", name="Confirm").click()
+    page.wait_for_url("**/2fa/webauthn/add/")
+    page.fill("#id_name", "Desk key")
+    shots(page, "add-key")
+    page.get_by_role("button", name="Add key").click()
+    page.wait_for_url(re.compile(r"/accounts/2fa/(recovery-codes|webauthn)/"))
+    assert Authenticator.objects.filter(user=org.user, type=Authenticator.Type.WEBAUTHN).count() == 1
+    page.goto("/accounts/2fa/webauthn/")
+    assert "Desk key" in page.inner_text("#webauthn-keys")
+    shots(page, "keys")
+
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_load_state()
+    sign_in(page, org.user.email)
+    page.wait_for_url("**/2fa/authenticate/")
+    shots(page, "key-asked")
+    page.get_by_role("button", name="Use a security key").click()
+    page.wait_for_url("**/search/")
+    assert page.console_errors == []
