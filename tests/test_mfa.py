@@ -180,3 +180,33 @@ def test_the_owner_enrols_first_then_requires_mfa_and_it_is_audited(client, org,
     assert changes == [{"old": False, "new": True}, {"old": True, "new": False}]
     added = events.filter(action=AuditEvent.Action.MFA_ADDED, target=org.owner.email)
     assert {e.detail["type"] for e in added} == {"totp", "recovery_codes"}
+
+
+def test_every_two_factor_page_renders_in_the_sites_layout(client, org):
+    sign_in(client, org.user.email)
+    enrol(client)
+    for path in (
+        "/accounts/2fa/",
+        "/accounts/2fa/totp/deactivate/",
+        "/accounts/2fa/recovery-codes/",
+        "/accounts/2fa/recovery-codes/generate/",
+        "/accounts/2fa/webauthn/",
+        "/accounts/2fa/webauthn/add/",
+    ):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert 'aria-label="Account"' in answer.content.decode(), path  # the account pages' sub-navigation
+
+
+def test_turning_the_app_off_is_audited_and_sign_in_asks_no_code_again(client, org, django_capture_on_commit_callbacks):
+    sign_in(client, org.user.email)
+    enrol(client)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.post("/accounts/2fa/totp/deactivate/").status_code == 302
+    assert not Authenticator.objects.filter(user=org.user, type=Authenticator.Type.TOTP).exists()
+    removed = AuditEvent.objects.filter(tenant=org.tenant, action=AuditEvent.Action.MFA_REMOVED)
+    # The recovery codes go with the last factor.
+    assert sorted(e.detail["type"] for e in removed) == ["recovery_codes", "totp"]
+    client.logout()
+    answer = sign_in(client, org.user.email)
+    assert answer["Location"] == "/search/"
