@@ -17,6 +17,18 @@ from tenants import access
 
 
 class MFAAdapter(DefaultMFAAdapter):  # type: ignore[misc]  # allauth ships no types
+    error_messages = {
+        **DefaultMFAAdapter.error_messages,
+        "cannot_delete_authenticator": (
+            "Your organization requires two-factor authentication for password sign-in: "
+            "add a security key before turning this one off."
+        ),
+        "add_email_blocked": (
+            "While two-factor authentication is on, new addresses cannot be added here. "
+            "Turn it off first, or ask an owner to invite the new address."
+        ),
+    }
+
     def encrypt(self, text: str) -> str:
         """The TOTP secret and the recovery codes' seed, encrypted with ARCHIVA_SECRETS_KEY."""
         return secrets.encrypt(text.encode())

@@ -143,6 +143,7 @@ def test_the_last_second_factor_cannot_be_removed_while_the_tenant_requires_one(
     page = client.get("/accounts/2fa/totp/deactivate/")
     refused = client.post("/accounts/2fa/totp/deactivate/")
     assert page.status_code == 200 and refused.status_code == 200
+    assert b"Your organization requires two-factor authentication" in refused.content
     assert Authenticator.objects.filter(user=org.user, type=Authenticator.Type.TOTP).exists()
 
 
