@@ -10,8 +10,8 @@ accounts without a usable password (created by that sign-in).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
+from functools import cache
 
 from allauth.mfa.models import Authenticator
 from django.conf import settings
@@ -24,8 +24,6 @@ from django.urls import reverse
 from tenants import access
 from tenants.audit import record_event
 from tenants.models import AuditEvent, Membership, Role, Tenant, User
-
-logger = logging.getLogger(__name__)
 
 # Set by the Entra sign-in in the session of a person it signed in.
 SIGNIN_METHOD_KEY = "archiva_signin_method"
@@ -105,6 +103,7 @@ def record_authenticator_change(user: User, action: str, kind: str, ip: str | No
 # --- the middleware -------------------------------------------------------------
 
 
+@cache
 def exempt_prefixes() -> tuple[str, ...]:
     """Where a member who must enrol may still go: enrolment itself (with the
     reauthentication it may ask for), signing out, static files, health."""
