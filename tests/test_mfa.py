@@ -211,3 +211,14 @@ def test_turning_the_app_off_is_audited_and_sign_in_asks_no_code_again(client, o
     client.logout()
     answer = sign_in(client, org.user.email)
     assert answer["Location"] == "/search/"
+
+
+def test_new_recovery_codes_replace_the_old_ones(client, org):
+    sign_in(client, org.user.email)
+    enrol(client)
+    old = recovery_codes(client)
+    page = client.get("/accounts/2fa/recovery-codes/generate/")
+    assert b"The 10 codes you have now stop working" in page.content
+    assert client.post("/accounts/2fa/recovery-codes/generate/").status_code == 302
+    new = recovery_codes(client)
+    assert len(new) == 10 and not set(old) & set(new)
