@@ -42,6 +42,9 @@ def phone_page(browser, live_server):
 def sign_in(page, email: str) -> None:
     page.goto("/accounts/login/")
     page.fill("#id_login", email)
+    if not page.locator("#id_password").is_visible():  # a login page that asks for the email first
+        page.locator("button[type=submit]").first.click()
+        page.wait_for_selector("#id_password")
     page.fill("#id_password", PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state()
