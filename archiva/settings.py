@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "allauth",
     "allauth.account",
+    "allauth.mfa",
     "regions",
     "tenants",
     "ingest",
@@ -93,6 +94,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # After authentication: members of a tenant that requires MFA who signed
+    # in with a password and have no second factor are sent to enrolment.
+    "signin.mfa.RequireMFAMiddleware",
 ]
 
 ROOT_URLCONF = "archiva.urls"
@@ -377,6 +381,17 @@ ACCOUNT_EMAIL_SUBJECT_PREFIX = "[Archiva] "
 # login_failed: per IP, and per IP *and* account (the adapter's key), so that
 # failing on purpose from one address cannot lock the account out elsewhere.
 ACCOUNT_RATE_LIMITS = False if TESTING else {"login_failed": "10/m/ip,5/5m/key", "signup": "20/m/ip"}
+# Two-factor authentication (allauth.mfa) for password accounts: TOTP apps,
+# security keys and passkeys (WebAuthn, as a second factor; passkey-only login
+# stays off: the login page asks for the email first, signin owns it)
+# and recovery codes; the TOTP secret and the recovery codes' seed are
+# encrypted with ARCHIVA_SECRETS_KEY (signin.mfa_adapter).
+MFA_ADAPTER = "signin.mfa_adapter.MFAAdapter"
+MFA_SUPPORTED_TYPES = ["totp", "recovery_codes", "webauthn"]
+MFA_TOTP_ISSUER = "Archiva"
+MFA_RECOVERY_CODE_COUNT = 10
+# One period either side: phones whose clocks drift by up to 30 s still work.
+MFA_TOTP_TOLERANCE = 1
 LOGIN_REDIRECT_URL = "/status/"
 LOGIN_URL = "/accounts/login/"
 

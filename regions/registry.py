@@ -22,6 +22,11 @@ class Region:
         return f"archive.{self.site}"
 
     @property
+    def signup_url(self) -> str:
+        """Where a new customer signs up for an archive in this region."""
+        return f"https://{self.site}/accounts/signup/"
+
+    @property
     def validation_address(self) -> str:
         """Where the Exchange send connector's validation mail goes."""
         return f"archive@{self.journal_domain}"

@@ -60,6 +60,9 @@ class Tenant(models.Model):
     # (e.g. contoso.onmicrosoft.com); reports from another organization
     # (X-OriginatorOrg) are archived but flagged.  Blank: not known yet.
     m365_organization = models.CharField(max_length=253, blank=True)
+    # Members who sign in with a password must have a second factor (TOTP);
+    # sessions signed in with Microsoft are Entra's to protect (signin.mfa).
+    require_mfa = models.BooleanField(default=False)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.region})"
@@ -245,6 +248,9 @@ class AuditEvent(models.Model):
         IMPORT_FINISHED = "import-finished", "import finished"
         M365_SYNCED = "m365-synced", "Microsoft 365 mailboxes synchronised"
         AUDIT_EXPORTED = "audit-exported", "audit log exported"
+        # Two-factor authentication (signin.mfa): a member's own methods.
+        MFA_ADDED = "mfa-added", "two-factor method added"
+        MFA_REMOVED = "mfa-removed", "two-factor method removed"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")

@@ -266,17 +266,20 @@ def test_sign_in_change_of_email_password_reset_and_sign_out(page, shots, outbox
     # Change of email: add the new address, confirm it from the mail, make it primary, remove the old.
     nav(page, "Account").click()
     page.fill("#id_email", "alice@contoso.net")
-    page.get_by_role("button", name="Add Email").click()
+    page.get_by_role("button", name="Add address").click()
     assert "alice@contoso.net" in page.inner_text("main")
     page.goto(last_mail_link(outbox, CONFIRM_RE))
     page.get_by_role("button", name="Confirm").click()
     page.goto("/accounts/email/")
     page.get_by_label(re.compile(r"alice@contoso\.net")).check()
-    page.get_by_role("button", name="Make Primary").click()
+    page.get_by_role("button", name="Make main address").click()
     page.get_by_label(re.compile(r"alice@contoso\.com")).check()
     page.get_by_role("button", name="Remove").click()
     page.wait_for_selector("text=Removed email address alice@contoso.com.")
-    assert page.locator("input[name=email][type=radio]").count() == 1
+    # One address left: shown plainly, with no Make main address or Remove to press.
+    assert page.locator("input[name=email][type=radio]").count() == 0
+    assert page.inner_text("#account-email") == "alice@contoso.net"
+    assert page.get_by_role("button", name="Remove").count() == 0
     shots(page, "email-changed")
     assert addresses_for(Membership.objects.get(user=org.owner)) == ["alice@contoso.net"]
 
@@ -288,15 +291,17 @@ def test_sign_in_change_of_email_password_reset_and_sign_out(page, shots, outbox
     page.get_by_role("link", name=re.compile("Forgot your password")).click()
     page.fill("#id_email", "alice@contoso.net")
     shots(page, "password-reset")
-    page.get_by_role("button", name="Reset My Password").click()
+    page.get_by_role("button", name="Send the link").click()
     page.wait_for_url("**/password/reset/done/")
     shots(page, "password-reset-sent")
     page.goto(last_mail_link(outbox, RESET_RE))
     page.fill("#id_password1", NEW_PASSWORD)
     page.fill("#id_password2", NEW_PASSWORD)
     shots(page, "password-reset-new")
-    page.get_by_role("button", name="Change Password").click()
-    assert "Your password is now changed." in page.inner_text("main")
+    page.get_by_role("button", name="Save new password").click()
+    assert "Your new password is set." in page.inner_text("main")
+    page.click("#reset-done-continue")  # the page leads on to sign-in
+    page.wait_for_url("**/accounts/login/")
 
     page.goto("/accounts/login/")
     page.fill("#id_login", "alice@contoso.net")

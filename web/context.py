@@ -4,7 +4,7 @@ from django.conf import settings
 from django.http import Http404, HttpRequest
 from django.utils.functional import SimpleLazyObject
 
-from regions.current import current_region
+from regions.current import current_region, other_regions
 from tenants import access
 from tenants.models import Membership
 
@@ -27,6 +27,7 @@ def site(request: HttpRequest) -> dict[str, Any]:
     `membership` takes precedence)."""
     return {
         "region": current_region(),
+        "other_regions": other_regions(),
         "mail_to_outbox": settings.EMAIL_BACKEND == OUTBOX_BACKEND,
         "membership": SimpleLazyObject(lambda: _membership_or_none(request)),
     }

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from web import (
+    account_pages,
     api,
     audit,
     charts,
@@ -14,6 +15,7 @@ from web import (
     m365_import,
     messages,
     metrics,
+    mfa_policy,
     o365,
     retention,
     search,
@@ -46,6 +48,8 @@ urlpatterns = [
     path("api/v1/imports", imports.api_imports, name="api-imports"),
     path("api/v1/imports/<str:public_id>", imports.api_import, name="api-import"),
     path("settings/tokens/", tokens.tokens, name="tokens"),
+    path("settings/mfa/", mfa_policy.mfa_policy, name="mfa-policy"),
+    path("accounts/resend-confirmation/", account_pages.resend_confirmation, name="resend-confirmation"),
     path("settings/tokens/<int:token_id>/revoke", tokens.revoke, name="token-revoke"),
     path("audit/", audit.audit_log, name="audit"),
     path("api/v1/audit", audit.api_audit, name="api-audit"),
