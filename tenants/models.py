@@ -245,6 +245,9 @@ class AuditEvent(models.Model):
         IMPORT_FINISHED = "import-finished", "import finished"
         M365_SYNCED = "m365-synced", "Microsoft 365 mailboxes synchronised"
         AUDIT_EXPORTED = "audit-exported", "audit log exported"
+        # Sign-in with Microsoft Entra ID (signin).
+        SIGNIN_REFUSED = "signin-refused", "Microsoft sign-in refused"
+        MEMBER_JOINED = "member-joined", "member joined by Microsoft sign-in"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
