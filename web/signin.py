@@ -12,10 +12,13 @@ change goes through `signin.actions` and is audited there.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from allauth.account.forms import LoginForm as AllauthLoginForm
 from allauth.account.utils import perform_login
+from allauth.account.views import LoginView
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -32,6 +35,7 @@ from signin.rules import RULE_ROLES
 from tenants.actions import ActionRefused
 from tenants.models import Membership, Role, Tenant
 from web.audit import client_ip
+from web.csp import HEADER, policy_with
 from web.roles import SignedInRequest, admin_required
 
 FLOW_KEY = "archiva_microsoft_flow"
@@ -75,6 +79,21 @@ class LoginForm(AllauthLoginForm):  # type: ignore[misc]  # allauth's forms carr
             return start(request, self.microsoft_tenant, str(self.cleaned_data["login"]), redirect_url)
         response: HttpResponse = super().login(request, redirect_url=redirect_url)
         return response
+
+
+allauth_login = LoginView.as_view()
+
+
+def login(request: HttpRequest) -> HttpResponse:
+    """allauth's login page, its policy letting the form's redirect go on to Microsoft's sign-in.
+
+    CSP's form-action also governs where a submitted form is redirected: without
+    the login host the browser would stop at our 302 to Microsoft.
+    """
+    response: HttpResponse = allauth_login(request)
+    split = urlsplit(settings.ARCHIVA_MS_LOGIN_URL)
+    response[HEADER] = policy_with(form_action=["'self'", f"{split.scheme}://{split.netloc}"])
+    return response
 
 
 def password_refused(user: Any, email: str) -> bool:
