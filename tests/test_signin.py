@@ -229,6 +229,7 @@ def test_the_settings_page_turns_sign_in_on_and_shows_the_callback(client, ms_fa
     assert "http://testserver/accounts/microsoft/callback" in page.content.decode()
     saved = client.post(reverse("signin-settings"), {"enabled": "on", "default_role": "auditor"})
     assert saved.status_code == 302
+    assert 'name="enabled" id="id_enabled" checked' in client.get(reverse("signin-settings")).content.decode()
     config = access.signin_settings(org.tenant)
     assert config.enabled and config.default_role == Role.AUDITOR
     [event] = events(org.tenant, Action.SETTING_CHANGED)[-1:]

@@ -71,6 +71,7 @@ def test_an_employee_signs_in_with_microsoft_and_gets_the_rules_role(
     page.check("#id_enabled")
     page.click("#save-signin")
     assert "Sign-in settings saved." in page.inner_text("main")
+    assert page.is_checked("#id_enabled") and "on" in page.inner_text("#signin-state")
     page.fill("#id_email", "kim@contoso.com")
     page.click("#lookup-button")
     assert "Archive Auditors" in page.inner_text("#lookup-groups")

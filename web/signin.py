@@ -222,8 +222,9 @@ def settings_page(request: SignedInRequest, membership: Membership) -> HttpRespo
         else:
             messages.success(request, "Sign-in settings saved.")
             return redirect("signin-settings")
-    status = 400 if form.is_bound else 200
-    return render(request, "signin/settings.html", page_context(membership, form=form), status=status)
+    if not form.is_bound:
+        return render(request, "signin/settings.html", page_context(membership))
+    return render(request, "signin/settings.html", page_context(membership, form=form), status=400)
 
 
 @require_POST
