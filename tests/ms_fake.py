@@ -345,6 +345,7 @@ class MicrosoftFake:
         self.codes: dict[str, AuthCode] = {}
         self.cross_tenant_tokens = False  # see the module docstring
         self.id_tokens: list[dict[str, Any]] = []  # claims of every ID token issued
+        self.id_token_key: rsa.RSAPrivateKey | None = None  # sign ID tokens with this (forged) key instead
         self._throttles: list[tuple[int, str | None, int, str]] = []  # remaining, user id, status, retry-after
         self._drops = 0  # Graph requests still to be answered by closing the connection
         self._active: dict[str, int] = {}
@@ -1033,7 +1034,9 @@ class MicrosoftFake:
             claims["email"] = user.mail
         with self.lock:
             self.id_tokens.append(claims)
-        id_token = jwt.encode(claims, self.signing_key, algorithm="RS256", headers={"kid": self.signing_kid})
+        id_token = jwt.encode(
+            claims, self.id_token_key or self.signing_key, algorithm="RS256", headers={"kid": self.signing_kid}
+        )
         access = jwt.encode(
             {**claims, "aud": "00000003-0000-0000-c000-000000000000", "scp": "email openid profile User.Read"},
             self.signing_key,

@@ -20,12 +20,14 @@ from signin.entra import callback_url
 from tenants.models import Role
 from tests.conftest import Org, membership_of
 from tests.ms_fake import MicrosoftFake
-from tests.ms_support import connect
+from tests.ms_support import ALL_ROLES, connect
 
 
-def entra_org(fake: MicrosoftFake, org: Org, *, default_role: str = Role.USER) -> Connection:
-    """Contoso connected to a new directory (contoso.com verified), sign-in with Microsoft on."""
-    connection = connect(fake, org.tenant, domains=[("contoso.com", True)])
+def entra_org(
+    fake: MicrosoftFake, org: Org, *, default_role: str = Role.USER, roles: frozenset[str] = ALL_ROLES
+) -> Connection:
+    """Contoso connected to a new directory (contoso.com verified), its app granted `roles`, sign-in on."""
+    connection = connect(fake, org.tenant, domains=[("contoso.com", True)], roles=roles)
     result = check_connection(connection)
     assert result.ok, result.error
     fake.add_redirect_uri(str(connection.client_id), callback_url())

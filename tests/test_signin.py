@@ -176,6 +176,53 @@ def test_a_wrong_pkce_verifier_is_refused_by_the_token_endpoint(client, ms_fake,
     assert not User.objects.filter(email="kim@contoso.com").exists()
 
 
+def test_an_id_token_with_a_forged_signature_is_refused(client, ms_fake, org):
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    connection = entra_org(ms_fake, org)
+    ms_fake.add_user(str(connection.directory_id), "kim@contoso.com")
+    ms_fake.id_token_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    response = sign_in(client, ms_fake, "kim@contoso.com")
+
+    assert response.status_code == 403
+    [refused] = events(org.tenant, Action.SIGNIN_REFUSED)
+    assert refused.detail["reason"] == "invalid_id_token" and "Signature" in refused.detail["error"]
+    assert not User.objects.filter(email="kim@contoso.com").exists()
+
+
+def test_without_graph_permissions_rules_refuse_and_no_rules_still_sign_in(client, ms_fake, org):
+    # The app may read the organization and its domains, not users or their groups.
+    connection = entra_org(ms_fake, org, roles=frozenset({"Domain.Read.All", "Organization.Read.All"}))
+    ms_fake.add_user(str(connection.directory_id), "kim@contoso.com", aliases=["k.lee@contoso.com"])
+
+    assert sign_in(client, ms_fake, "kim@contoso.com").status_code == 302
+    assert addresses_for(membership_of(User.objects.get(email="kim@contoso.com"))) == ["kim@contoso.com"]
+    client.logout()
+    add_rule(membership_of(org.owner), "department", "Legal", Role.AUDITOR)
+
+    response = sign_in(client, ms_fake, "kim@contoso.com")
+
+    assert response.status_code == 403 and "role cannot be decided" in response.content.decode()
+    assert [e.detail["reason"] for e in events(org.tenant, Action.SIGNIN_REFUSED)] == ["graph_failed"]
+
+
+def test_an_account_of_another_archiva_organization_is_not_taken_over(client, ms_fake, org):
+    from tenants.actions import create_tenant
+    from tests.conftest import make_user
+
+    create_tenant("Zoe's own archive", make_user("zoe@contoso.com"))
+    connection = entra_org(ms_fake, org)
+    ms_fake.add_user(str(connection.directory_id), "zoe@contoso.com")
+
+    response = sign_in(client, ms_fake, "zoe@contoso.com")
+
+    assert response.status_code == 403
+    assert membership_of(User.objects.get(email="zoe@contoso.com")).tenant.name == "Zoe's own archive"
+    [refused] = events(org.tenant, Action.SIGNIN_REFUSED)
+    assert refused.detail["reason"] == "account_of_another_organization"
+
+
 def test_a_callback_cannot_be_replayed(client, ms_fake, org):
     connection = entra_org(ms_fake, org)
     ms_fake.add_user(str(connection.directory_id), "kim@contoso.com")
