@@ -372,6 +372,8 @@ ACCOUNT_PREVENT_ENUMERATION = True
 ACCOUNT_USER_MODEL_USERNAME_FIELD = None
 ACCOUNT_SIGNUP_FORM_CLASS = "web.forms.SignupForm"
 ACCOUNT_ADAPTER = "web.adapter.AccountAdapter"
+# The login form routes addresses of tenants with "Sign in with Microsoft" on to Microsoft (issue 20).
+ACCOUNT_FORMS = {"login": "web.signin.LoginForm"}
 ACCOUNT_CONFIRM_EMAIL_ON_GET = False
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_DEFAULT_HTTP_PROTOCOL = "https" if SITE_ROOT.startswith("https") else "http"

@@ -251,6 +251,9 @@ class AuditEvent(models.Model):
         # Two-factor authentication (signin.mfa): a member's own methods.
         MFA_ADDED = "mfa-added", "two-factor method added"
         MFA_REMOVED = "mfa-removed", "two-factor method removed"
+        # Sign-in with Microsoft Entra ID (signin).
+        SIGNIN_REFUSED = "signin-refused", "Microsoft sign-in refused"
+        MEMBER_JOINED = "member-joined", "member joined by Microsoft sign-in"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")

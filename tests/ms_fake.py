@@ -24,10 +24,24 @@ expiry, audience, tenant) and the role it needs.  `throttle()` injects 429
 or 503 answers with Retry-After; per-mailbox concurrency and request counts
 are recorded for assertions.
 
+Sign-in (OpenID Connect, authorization-code flow with PKCE): the authorize
+endpoint shows a small sign-in page (the account field holds `login_hint`;
+the person may pick another account) and redirects back with a code, after
+checking the client, the registered redirect URI and the S256 code
+challenge; the token endpoint redeems a code once, for the same client and
+redirect URI, with the verifier that matches the challenge and a
+certificate client assertion checked as above, and answers an RS256 ID
+token (`tid`, `oid`, `preferred_username`, `email`, the flow's `nonce`)
+signed with the key of the JWKS.  A user of another directory is refused
+(AADSTS50020) unless `cross_tenant_tokens` is set: then the token is their
+home directory's (a misbehaving or misconfigured authority, for tests of
+the `tid` check).  Graph lists a user's `memberOf` (groups and directory
+roles), `department` and `jobTitle`.
+
 Admin side (what a test does in "Azure"): `add_tenant`, `register_app`,
-`upload_certificate`, `add_user`, `add_folder`, `add_message`,
-`move_message`, `delete_message`, `add_event`, `add_contact`,
-`send_lifecycle`.
+`upload_certificate`, `add_redirect_uri`, `add_user`, `add_group`,
+`add_directory_role`, `add_folder`, `add_message`, `move_message`,
+`delete_message`, `add_event`, `add_contact`, `send_lifecycle`.
 """
 
 from __future__ import annotations
@@ -38,6 +52,7 @@ import email
 import email.policy
 import email.utils
 import hashlib
+import html
 import itertools
 import json
 import re
@@ -48,11 +63,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 import jwt
 import requests
@@ -174,6 +190,32 @@ class FakeApp:
     roles: set[str]
     display_name: str
     certificates: dict[str, x509.Certificate] = field(default_factory=dict)  # x5t -> certificate
+    redirect_uris: set[str] = field(default_factory=set)  # "Web" platform redirect URIs
+
+
+@dataclass
+class FakeGroup:
+    """A security group or a directory role (its `kind`), with its members' user ids."""
+
+    id: str
+    display_name: str
+    kind: str  # "group" or "directoryRole"
+    members: set[str] = field(default_factory=set)
+    role_template_id: str = ""
+
+
+@dataclass
+class AuthCode:
+    code: str
+    client_id: str
+    redirect_uri: str
+    challenge: str
+    nonce: str
+    scope: str
+    user_id: str
+    tenant_id: str  # the directory whose token it becomes
+    expires: float
+    used: bool = False
 
 
 @dataclass
@@ -212,6 +254,8 @@ class FakeUser:
     proxy_addresses: list[str]
     mailbox: str | None  # "user", "shared", "room", "equipment", or None: no Exchange mailbox
     account_enabled: bool = True
+    department: str | None = None
+    job_title: str | None = None
     folders: dict[str, Folder] = field(default_factory=dict)
     root_id: str = ""
     messages: dict[str, Message] = field(default_factory=dict)
@@ -227,6 +271,7 @@ class FakeTenant:
     domains: list[tuple[str, bool]]
     initial_domain: str
     users: dict[str, FakeUser] = field(default_factory=dict)
+    groups: dict[str, FakeGroup] = field(default_factory=dict)
 
 
 @dataclass
@@ -311,6 +356,10 @@ class MicrosoftFake:
         self.notification_responses: list[int] = []
         self.notification_log: list[NotificationAnswer] = []
         self.notifications_async = False
+        self.codes: dict[str, AuthCode] = {}
+        self.cross_tenant_tokens = False  # see the module docstring
+        self.id_tokens: list[dict[str, Any]] = []  # claims of every ID token issued
+        self.id_token_key: rsa.RSAPrivateKey | None = None  # sign ID tokens with this (forged) key instead
         self._throttles: list[tuple[int, str | None, int, str]] = []  # remaining, user id, status, retry-after
         self._drops = 0  # Graph requests still to be answered by closing the connection
         self._active: dict[str, int] = {}
@@ -399,6 +448,29 @@ class MicrosoftFake:
             self.apps[client_id.lower()].certificates[x5t] = cert
         return x5t
 
+    def add_redirect_uri(self, client_id: str, uri: str) -> None:
+        """ "Authentication" → Web platform → redirect URI."""
+        with self.lock:
+            self.apps[client_id.lower()].redirect_uris.add(uri)
+
+    def add_group(self, tenant_id: str, name: str, members: Sequence[FakeUser | str] = ()) -> FakeGroup:
+        """A security group of the directory with these members."""
+        return self._add_group(tenant_id, name, "group", members, "")
+
+    def add_directory_role(
+        self, tenant_id: str, name: str, members: Sequence[FakeUser | str] = (), template_id: str = ""
+    ) -> FakeGroup:
+        """An activated directory role (e.g. "Global Administrator") with these members."""
+        return self._add_group(tenant_id, name, "directoryRole", members, template_id or str(uuid.uuid4()))
+
+    def _add_group(
+        self, tenant_id: str, name: str, kind: str, members: Sequence[FakeUser | str], template_id: str
+    ) -> FakeGroup:
+        with self.lock:
+            group = FakeGroup(str(uuid.uuid4()), name, kind, {self.user(m).id for m in members}, template_id)
+            self.tenants[tenant_id.lower()].groups[group.id] = group
+            return group
+
     def remove_certificate(self, client_id: str, x5t: str) -> None:
         with self.lock:
             self.apps[client_id.lower()].certificates.pop(x5t, None)
@@ -416,6 +488,8 @@ class MicrosoftFake:
         mail: str | None = None,
         account_enabled: bool | None = None,
         user_id: str | None = None,
+        department: str | None = None,
+        job_title: str | None = None,
     ) -> FakeUser:
         """A directory user; `mailbox` is "user", "shared", "room", "equipment" or None (no mailbox).
 
@@ -439,6 +513,8 @@ class MicrosoftFake:
                 proxy_addresses=proxies,
                 mailbox=mailbox,
                 account_enabled=account_enabled,
+                department=department,
+                job_title=job_title,
             )
             if mailbox:
                 seq = self._next_seq()
@@ -749,6 +825,8 @@ class MicrosoftFake:
         with self.lock:
             self.token_requests += 1
         tenant = self.tenant_named(tenant_name)
+        if form.get("grant_type") == "authorization_code":
+            return self.redeem_code(tenant, form)
         if form.get("grant_type") != "client_credentials":
             raise aad_error(
                 400, "unsupported_grant_type", "AADSTS70003", "The app requested an unsupported grant type ''."
@@ -869,6 +947,179 @@ class MicrosoftFake:
                 "documentation at https://docs.microsoft.com/en-us/azure/active-directory/develop/"
                 "active-directory-certificate-credentials .",
             )
+
+    # --- identity platform: the sign-in of a person (authorization code with PKCE) ----------
+
+    def authorize(self, tenant_name: str, params: dict[str, str], chosen: str | None) -> Reply:
+        """GET: the sign-in page; POST (`chosen` account): a code, redirected to the app."""
+        tenant = self.tenant_named(tenant_name)
+        client_id = (params.get("client_id") or "").lower()
+        app = self.apps.get(client_id)
+        if app is None or app.tenant_id != tenant.id:
+            return self.error_page(
+                "AADSTS700016",
+                f"Application with identifier '{client_id}' was not found in the directory '{tenant.org_name}'.",
+            )
+        redirect_uri = params.get("redirect_uri") or ""
+        if redirect_uri not in app.redirect_uris:
+            return self.error_page(
+                "AADSTS50011",
+                f"The redirect URI '{redirect_uri}' specified in the request does not match the redirect URIs "
+                f"configured for the application '{client_id}'.",
+            )
+        state = params.get("state")
+
+        def back(**answer: str) -> Reply:
+            query = {**answer, **({"state": state} if state is not None else {})}
+            return Reply(302, None, {"Location": f"{redirect_uri}?{urlencode(query)}"})
+
+        if params.get("response_type") != "code":
+            return back(error="unsupported_response_type", error_description="AADSTS700054: response_type 'code'.")
+        challenge = params.get("code_challenge") or ""
+        if not challenge or params.get("code_challenge_method") != "S256":
+            return back(
+                error="invalid_request",
+                error_description="AADSTS9002325: Proof Key for Code Exchange is required (S256).",
+            )
+        if "openid" not in (params.get("scope") or "").split():
+            return back(error="invalid_request", error_description="AADSTS900144: scope must include openid.")
+        if chosen is None:
+            return self.signin_page(tenant, params)
+        try:
+            user = self.user(chosen)
+        except KeyError:
+            return self.signin_page(tenant, params, error="We couldn't find an account with that username.")
+        home = self.tenants[user.tenant_id]
+        if user.tenant_id != tenant.id and not self.cross_tenant_tokens:
+            return self.error_page(
+                "AADSTS50020",
+                f"User account '{user.upn}' from identity provider 'https://sts.windows.net/{home.id}/' does not "
+                f"exist in tenant '{tenant.org_name}' and cannot access the application '{client_id}'.",
+            )
+        code = AuthCode(
+            code=b64url(secrets.token_bytes(48)),
+            client_id=client_id,
+            redirect_uri=redirect_uri,
+            challenge=challenge,
+            nonce=params.get("nonce") or "",
+            scope=params.get("scope") or "",
+            user_id=user.id,
+            tenant_id=home.id,
+            expires=time.time() + 600,
+        )
+        with self.lock:
+            self.codes[code.code] = code
+        return back(code=code.code, session_state=str(uuid.uuid4()))
+
+    def signin_page(self, tenant: FakeTenant, params: dict[str, str], error: str = "") -> Reply:
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+            for k, v in params.items()
+            if k != "account"
+        )
+        hint = html.escape(params.get("login_hint") or "")
+        page = (
+            "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Sign in to your account</title></head>"
+            f"<body><h1>Sign in</h1><p id=org>{html.escape(tenant.org_name)}</p>"
+            f"{f'<p id=error role=alert>{html.escape(error)}</p>' if error else ''}"
+            f"<form method=post>{hidden}<label for=account>Email, phone, or Skype</label>"
+            f'<input id=account name=account type=email value="{hint}">'
+            "<button type=submit id=idSIButton9>Sign in</button></form></body></html>"
+        )
+        return Reply(200, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8"})
+
+    @staticmethod
+    def error_page(code: str, text: str) -> Reply:
+        page = (
+            "<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Sign in to your account</title></head>"
+            f"<body><h1>Sorry, but we're having trouble signing you in.</h1><p id=error>{code}: "
+            f"{html.escape(text)}</p></body></html>"
+        )
+        return Reply(400, page.encode("utf-8"), {"Content-Type": "text/html; charset=utf-8"})
+
+    def redeem_code(self, tenant: FakeTenant, form: dict[str, str]) -> dict[str, Any]:
+        """The token endpoint's authorization_code grant: the code once, PKCE, the certificate assertion."""
+        client_id = (form.get("client_id") or "").lower()
+        app = self.apps.get(client_id)
+        if app is None or app.tenant_id != tenant.id:
+            raise aad_error(400, "unauthorized_client", "AADSTS700016", f"Application '{client_id}' was not found.")
+        assertion = form.get("client_assertion")
+        if not assertion or form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            raise aad_error(
+                401,
+                "invalid_client",
+                "AADSTS7000218",
+                "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+            )
+        self._verify_assertion(app, tenant, assertion)
+        with self.lock:
+            code = self.codes.get(form.get("code") or "")
+            if code is None or code.used or code.expires < time.time() or code.client_id != client_id:
+                raise aad_error(
+                    400,
+                    "invalid_grant",
+                    "AADSTS70008",
+                    "The provided authorization code or refresh token has expired due to inactivity or was "
+                    "already redeemed.",
+                )
+            code.used = True
+        if form.get("redirect_uri") != code.redirect_uri:
+            raise aad_error(
+                400, "invalid_grant", "AADSTS50148", "The redirect_uri does not match the one of the authorization."
+            )
+        verifier = form.get("code_verifier") or ""
+        if b64url(hashlib.sha256(verifier.encode("ascii")).digest()) != code.challenge:
+            raise aad_error(
+                400,
+                "invalid_grant",
+                "AADSTS501481",
+                "The Code_Verifier does not match the code_challenge supplied in the authorization request.",
+            )
+        return self._user_tokens(app, code)
+
+    def _user_tokens(self, app: FakeApp, code: AuthCode) -> dict[str, Any]:
+        user = self.user(code.user_id)
+        issued = int(time.time())
+        claims: dict[str, Any] = {
+            "aud": app.client_id,
+            "iss": f"{self.url}/{code.tenant_id}/v2.0",
+            "iat": issued,
+            "nbf": issued,
+            "exp": issued + self.token_lifetime,
+            "name": user.display_name,
+            "nonce": code.nonce,
+            "oid": user.id,
+            "preferred_username": user.upn,
+            "rh": b64url(secrets.token_bytes(16)),
+            "sub": b64url(hashlib.sha256(f"{user.id}:{app.client_id}".encode()).digest()),
+            "tid": code.tenant_id,
+            "uti": b64url(secrets.token_bytes(16)),
+            "ver": "2.0",
+        }
+        if "email" in code.scope.split() and user.mail:
+            claims["email"] = user.mail
+        with self.lock:
+            self.id_tokens.append(claims)
+        id_token = jwt.encode(
+            claims, self.id_token_key or self.signing_key, algorithm="RS256", headers={"kid": self.signing_kid}
+        )
+        access = jwt.encode(
+            {**claims, "aud": "00000003-0000-0000-c000-000000000000", "scp": "email openid profile User.Read"},
+            self.signing_key,
+            algorithm="RS256",
+            headers={"kid": self.signing_kid},
+        )
+        client_info = b64url(json.dumps({"uid": user.id, "utid": code.tenant_id}).encode())
+        return {
+            "token_type": "Bearer",
+            "scope": "email openid profile https://graph.microsoft.com/User.Read",
+            "expires_in": self.token_lifetime,
+            "ext_expires_in": self.token_lifetime,
+            "access_token": access,
+            "refresh_token": b64url(secrets.token_bytes(64)),
+            "id_token": id_token,
+            "client_info": client_info,
+        }
 
     # --- Graph: authentication, throttling, concurrency -----------------------------------
 
@@ -994,7 +1245,14 @@ class MicrosoftFake:
             if user is None:
                 self.need(roles, "users")
                 users = sorted(tenant.users.values(), key=lambda u: u.upn)
+                wanted = re.fullmatch(r"mail eq '((?:[^']|'')*)'", query.get("$filter", "").strip())
+                if wanted:
+                    address = wanted.group(1).replace("''", "'").lower()
+                    users = [u for u in users if (u.mail or "").lower() == address]
+                    return Reply(200, {"value": [self._select(self._user_json(u), query) for u in users]})
                 return self._paged("users", [self._user_json(u) for u in users], query, headers, "/v1.0/users", 100)
+            if parts[2:3] == ["memberOf"]:
+                return self._member_of(query, headers, roles, tenant, user)
             return self._user_routes(parts[2:], query, headers, roles, user)
         raise graph_error(400, "BadRequest", f"Resource not found for the segment '{parts[0] if parts else ''}'.")
 
@@ -1024,6 +1282,24 @@ class MicrosoftFake:
             items = sorted(user.contacts.values(), key=lambda c: str(c["createdDateTime"]))
             return self._paged("contacts", items, query, headers, f"{base}/contacts", 10)
         raise graph_error(400, "BadRequest", f"Resource not found for the segment '{head}'.")
+
+    def _member_of(
+        self, query: dict[str, str], headers: Any, roles: set[str], tenant: FakeTenant, user: FakeUser
+    ) -> Reply:
+        if not roles & {"GroupMember.Read.All", "Group.Read.All", "Directory.Read.All"}:
+            raise graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+        items = []
+        for group in sorted(tenant.groups.values(), key=lambda g: g.display_name):
+            if user.id in group.members:
+                item: dict[str, Any] = {
+                    "@odata.type": f"#microsoft.graph.{group.kind}",
+                    "id": group.id,
+                    "displayName": group.display_name,
+                }
+                if group.kind == "directoryRole":
+                    item["roleTemplateId"] = group.role_template_id
+                items.append(item)
+        return self._paged("memberOf", items, query, headers, f"/v1.0/users/{user.id}/memberOf", 100)
 
     @staticmethod
     def _has_mailbox(user: FakeUser) -> None:
@@ -1084,7 +1360,8 @@ class MicrosoftFake:
             "businessPhones": [],
             "displayName": user.display_name,
             "givenName": None,
-            "jobTitle": None,
+            "jobTitle": user.job_title,
+            "department": user.department,
             "mail": user.mail,
             "mobilePhone": None,
             "officeLocation": None,
@@ -1707,6 +1984,11 @@ class _Handler(BaseHTTPRequestHandler):
         if parts == ["imap", "introspect"] and method == "POST":
             form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
             return Reply(200, fake.introspect(form), {"Content-Type": "application/json"})
+        if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "authorize"] and method in ("GET", "POST"):
+            if method == "GET":
+                return fake.authorize(parts[0], query, None)
+            form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True).items()}
+            return fake.authorize(parts[0], form, form.get("account", ""))
         if len(parts) == 4 and parts[1:] == ["oauth2", "v2.0", "token"] and method == "POST":
             form = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
             return Reply(200, fake.token(parts[0], form))

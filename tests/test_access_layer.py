@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "compliance", "imapjournal", "infra", "ingest", "m365", "regions", "tenants", "web"]
+PACKAGES = ["archiva", "archive", "compliance", "imapjournal", "infra", "ingest", "m365", "regions", "signin", "tenants", "web"]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
@@ -46,6 +46,9 @@ TENANT_OWNED = {
     "PendingPurge",  # compliance
     "RetentionChange",  # compliance
     "RetentionPolicy",  # compliance
+    "EntraSignin",  # signin
+    "RoleRule",  # signin
+    "EntraIdentity",  # signin
 }
 MANAGERS = {"objects", "_default_manager", "_base_manager"}
 
@@ -86,6 +89,10 @@ ALLOWED_FILES = {
     "imapjournal/access.py",
     "imapjournal/config.py",
     "imapjournal/poller.py",
+    # Sign-in with Microsoft: its access layer (and the routing of an address's domain to its
+    # tenant) and its named writers (settings, rules, the account and membership of a sign-in).
+    "signin/access.py",
+    "signin/actions.py",
 }
 ALLOWED_DIRS = ("ingest/",)
 

@@ -19,6 +19,7 @@ from web import (
     o365,
     retention,
     search,
+    signin,
     team,
     tokens,
     views,
@@ -88,6 +89,12 @@ urlpatterns = [
     path("settings/m365/import/resume", m365_import.resume, name="m365-import-resume"),
     path("settings/m365/import/cancel", m365_import.cancel, name="m365-import-cancel"),
     path("api/v1/m365/import", m365_import.api_import, name="api-m365-import"),
+    # Sign-in with Microsoft Entra ID (the callback sits beside allauth's pages).
+    path("accounts/microsoft/callback", signin.callback, name="microsoft-callback"),
+    path("settings/login/", signin.settings_page, name="signin-settings"),
+    path("settings/login/rules/", signin.add_rule, name="signin-rule-add"),
+    path("settings/login/rules/<int:rule_id>/<str:action>/", signin.rule_action, name="signin-rule"),
+    path("settings/login/lookup/", signin.lookup, name="signin-lookup"),
     # Retention and legal hold.
     path("settings/retention/", retention.retention_page, name="retention"),
     path(
