@@ -245,6 +245,13 @@ class AuditEvent(models.Model):
         IMPORT_FINISHED = "import-finished", "import finished"
         M365_SYNCED = "m365-synced", "Microsoft 365 mailboxes synchronised"
         AUDIT_EXPORTED = "audit-exported", "audit log exported"
+        # Billing (billing.actions, billing.webhooks).
+        BILLING_SUBSCRIBED = "billing-subscribed", "subscription started"
+        BILLING_CANCELED = "billing-canceled", "subscription canceled"
+        BILLING_RESUMED = "billing-resumed", "subscription resumed"
+        BILLING_EMAIL_CHANGED = "billing-email-changed", "billing email changed"
+        BILLING_QUANTITY_CHANGED = "billing-quantity", "billed mailboxes changed"
+        BILLING_STATUS_CHANGED = "billing-status", "billing status changed"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
