@@ -21,6 +21,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from importlib import import_module
 
 import pytest
 import requests
@@ -157,10 +158,21 @@ def localstripe_server():
     thread.join(10)
 
 
+def seed_plans() -> None:
+    """The plans the data migration seeds, as it seeds them.  A transactional test
+    (the SMTP ingest's, the browser's) empties every table after it, migrations'
+    data included; the tests after it get the plans back this way."""
+    from django.apps import apps
+
+    import_module("billing.migrations.0002_seed_plans").seed(apps, None)
+
+
 @pytest.fixture
-def stripe_server(localstripe_server, settings):
-    """Billing on, against an empty localstripe."""
+def stripe_server(localstripe_server, settings, django_db_blocker):
+    """Billing on, against an empty localstripe, with the seeded plans."""
     localstripe_server.flush()
+    with django_db_blocker.unblock():
+        seed_plans()
     settings.STRIPE_SECRET_KEY = SECRET_KEY
     settings.STRIPE_PUBLISHABLE_KEY = PUBLISHABLE_KEY
     settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET

@@ -479,3 +479,23 @@ def test_subscribing_in_the_trial_keeps_the_rest_of_it_free(client, org, stripe_
     assert account.status == BillingStatus.TRIAL
     assert stripe_server.call("GET", f"/v1/invoices?customer={account.stripe_customer_id}")["data"] == []
     assert "already has a subscription" in subscribe(client).content.decode()
+
+
+def test_journal_reports_are_accepted_read_only_and_closed_alike(org, ingest, tls_files, dns_server, stripe_server):
+    """Never lose mail for money: past the grace and 30 days after a cancellation, still 250 and archived."""
+    verified_domain(dns_server, owner_membership(org), "contoso.com")
+    account = billing_access.account(org.tenant)
+    now = timezone.now()
+    shifts = [  # time-shifts: the states a failed payment and an ended subscription reach after days
+        {"status": BillingStatus.PAST_DUE, "past_due_since": now - dt.timedelta(days=20)},
+        {"status": BillingStatus.CANCELED, "canceled_at": now - dt.timedelta(days=40)},
+    ]
+    for shift, access in zip(shifts, (Access.READ_ONLY, Access.CLOSED), strict=True):
+        BillingAccount.objects.filter(pk=account.pk).update(**shift)
+        account.refresh_from_db()
+        assert standing_of(account, timezone.now()).access == access
+        raw = journal("alice@contoso.com", ["bob@contoso.com"], subject=f"while {access}")
+        code, reply = send(ingest, tls_files, [journal_address(org.tenant)], raw)
+        assert code == 250 and reply.startswith(b"2.0.0")
+        delivery = Delivery.objects.get(queue_id=reply.decode().split()[1])
+        assert process(delivery.pk) == Delivery.Status.ARCHIVED
