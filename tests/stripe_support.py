@@ -46,8 +46,18 @@ class LocalStripe:
         return response.json()
 
     def flush(self) -> None:
+        from localstripe.webhooks import _webhooks
+
         requests.delete(f"{self.url}/_config/data", timeout=10).raise_for_status()
+        _webhooks.clear()  # the endpoints a test registered (the store's flush keeps them)
         self.delivered.clear()
+
+    def send_webhooks_to(self, url: str) -> None:
+        """Have localstripe post its events to `url` itself, signed with the suite's webhook secret."""
+        response = requests.post(
+            f"{self.url}/_config/webhooks/archiva", data={"url": url, "secret": WEBHOOK_SECRET}, timeout=10
+        )
+        response.raise_for_status()
 
     def payment_method(self, number: str = GOOD_CARD) -> str:
         """A card payment method, as Stripe Elements would make it in the browser."""

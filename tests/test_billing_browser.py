@@ -5,11 +5,13 @@ payment (Stripe's webhook over real HTTP) sees the banner.  Screenshots go to te
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import requests
 
 from billing import access as billing_access
+from billing.models import StripeEvent
 from tests.archive_support import archive
 from tests.conftest import membership_of
 from tests.dns_support import verified_domain
@@ -41,6 +43,7 @@ def test_a_new_owner_sees_the_trial_and_count_then_subscribes_and_sees_a_failed_
     assert rows.all_inner_texts() == ["alice@contoso.com", "bob@contoso.com", "carol@contoso.com"]
     shots(page, "trial")
 
+    stripe_server.send_webhooks_to(f"{live_server.url}/stripe/webhook")
     page.select_option("#id_interval", "month")
     page.select_option("#id_test_payment_method", "pm_card_visa")
     page.click("#subscribe")
@@ -54,6 +57,12 @@ def test_a_new_owner_sees_the_trial_and_count_then_subscribes_and_sees_a_failed_
     assert [(s["id"], s["quantity"], s["plan"]["id"]) for s in listed] == [
         (account.stripe_subscription_id, 3, "archiva-us-mailbox-month")
     ]
+
+    # localstripe itself posts the subscription's events, signed; the server verifies and records them.
+    deadline = time.monotonic() + 15
+    while not StripeEvent.objects.filter(tenant=org.tenant, type="customer.subscription.created").exists():
+        assert time.monotonic() < deadline, "localstripe's webhook did not arrive"
+        time.sleep(0.2)
 
     # Stripe reports a failed payment to the running server.
     invoice = {
