@@ -49,8 +49,15 @@ def _status_from_stripe(subscription: dict[str, Any], now: dt.datetime) -> str:
     return BillingStatus.PAST_DUE  # past_due, unpaid, incomplete (the first payment failed)
 
 
-def apply_subscription(account: BillingAccount, subscription: dict[str, Any], now: dt.datetime) -> list[str]:
-    """Take the subscription's state as Stripe reports it; the fields that changed (saved)."""
+def apply_subscription(
+    account: BillingAccount, subscription: dict[str, Any], now: dt.datetime, why: str = ""
+) -> list[str]:
+    """Take the subscription's state as Stripe reports it; the fields that changed (saved).
+
+    With `why` (a webhook's event type) a change of status goes to the audit log as the
+    system's; an owner's own change is logged by the action that made it.
+    """
+    before = account.status
     item = stripe_api.subscription_item(subscription)
     values: dict[str, Any] = {
         "stripe_subscription_id": subscription.get("id", account.stripe_subscription_id),
@@ -66,6 +73,11 @@ def apply_subscription(account: BillingAccount, subscription: dict[str, Any], no
         setattr(account, name, values[name])
     if changed:
         account.save(update_fields=[*changed, "updated_at"])
+    if why and account.status != before:
+        detail = {"from": before, "to": account.status, "why": why}
+        record_system_event(
+            account.tenant_id, Action.BILLING_STATUS_CHANGED, detail, target=account.stripe_subscription_id
+        )
     return changed
 
 

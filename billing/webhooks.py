@@ -53,10 +53,7 @@ def _invoice_failed(account: BillingAccount, obj: dict[str, Any], now: dt.dateti
 
 
 def _subscription_updated(account: BillingAccount, obj: dict[str, Any], now: dt.datetime) -> str:
-    before = account.status
-    changed = actions.apply_subscription(account, obj, now)
-    if account.status != before:
-        actions.record_status(account, account.status, now, "customer.subscription.updated")
+    changed = actions.apply_subscription(account, obj, now, why="customer.subscription.updated")
     return f"subscription: {', '.join(changed) or 'unchanged'}"
 
 

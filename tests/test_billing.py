@@ -29,6 +29,7 @@ from m365.access import connection as m365_connection
 from m365.directory import DirectoryUser, store_mailboxes
 from m365.models import MailboxKind
 from tenants.actions import create_tenant
+from tenants.api_tokens import create_api_token
 from tenants.models import AuditEvent
 from tests.archive_support import archive, process
 from tests.conftest import create_tenant_in, make_user
@@ -403,6 +404,13 @@ def test_after_the_grace_period_the_archive_is_read_only_and_the_admins_are_told
     assert [m.subject for m in mailoutbox] == ["Archiva: your archive is read-only"]
     assert client.post("/api/v1/holds", data={"name": "x"}, content_type="application/json").status_code == 402
     assert client.get(reverse("api-messages")).status_code == 200
+    _token, secret = create_api_token(owner_membership(org), "script")
+    client.logout()
+    bearer = {"HTTP_AUTHORIZATION": f"Bearer {secret}"}
+    refused = client.post("/api/v1/holds", data={"name": "x"}, content_type="application/json", **bearer)
+    assert refused.status_code == 402 and "read-only" in refused.json()["error"]
+    assert client.get(reverse("api-messages"), **bearer).status_code == 200
+    client.force_login(org.owner)
     assert "read-only" in client.get(reverse("status")).content.decode()
 
 
@@ -499,3 +507,19 @@ def test_journal_reports_are_accepted_read_only_and_closed_alike(org, ingest, tl
         assert code == 250 and reply.startswith(b"2.0.0")
         delivery = Delivery.objects.get(queue_id=reply.decode().split()[1])
         assert process(delivery.pk) == Delivery.Status.ARCHIVED
+
+
+def test_a_subscription_update_from_stripe_is_taken_and_audited(client, org, stripe_server):
+    account = subscribed(client, org, stripe_server)
+    sub = stripe_server.call("POST", f"/v1/subscriptions/{account.stripe_subscription_id}", cancel_at_period_end="true")
+    assert post_event(client, event_about(sub, "customer.subscription.updated")).status_code == 200
+    account.refresh_from_db()
+    assert account.cancel_at_period_end and account.status == BillingStatus.ACTIVE
+    assert "Your subscription ends on" in client.get(reverse("status")).content.decode()
+    # Stripe gave up retrying a payment: the subscription is unpaid.
+    unpaid = {**sub, "status": "unpaid", "cancel_at_period_end": False}
+    post_event(client, event_about(unpaid, "customer.subscription.updated"))
+    account.refresh_from_db()
+    assert account.status == BillingStatus.PAST_DUE and account.past_due_since is not None
+    change = AuditEvent.objects.get(tenant=org.tenant, action=AuditEvent.Action.BILLING_STATUS_CHANGED)
+    assert change.detail == {"from": "active", "to": "past_due", "why": "customer.subscription.updated"}
