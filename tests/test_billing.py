@@ -378,6 +378,10 @@ def test_cancel_resume_and_the_read_only_then_closed_archive(client, org, outsid
     assert client.get(reverse("search")).url == reverse("billing")
     assert client.get(reverse("api-messages")).status_code == 402
     assert client.get(reverse("billing")).status_code == 200
+    client.force_login(org.user)  # a plain user is told why, not sent to a page they may not open
+    closed = client.get(reverse("search"))
+    assert closed.status_code == 402 and "The archive is closed" in closed.content.decode()
+    client.force_login(org.owner)
     assert "Subscription resumed." in client.post(reverse("billing-resume"), follow=True).content.decode()
     account.refresh_from_db()
     assert account.status == BillingStatus.ACTIVE and account.stripe_subscription_id

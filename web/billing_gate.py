@@ -6,9 +6,10 @@ in a way that refuses anything.  With billing off (no STRIPE_SECRET_KEY)
 nothing here does anything.
 
 Read-only (`billing.standing`): search, reading mail and export still work,
-every other change is refused (402 for the API, back to /billing/ with a
-message for pages).  Closed (30 days after a cancellation): reading mail
-and exports are refused too; billing, status, audit and account pages stay open.
+every other change is refused (402 for the API; pages send owners and
+admins back to /billing/ with a message, and tell others with a 402 page).
+Closed (30 days after a cancellation): reading mail and exports are refused
+too; billing, status, audit and account pages stay open.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from django.contrib import messages
 from django.http import Http404, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.functional import SimpleLazyObject
 
@@ -84,7 +85,7 @@ def _membership(request: HttpRequest) -> Membership | None:
         return None
 
 
-def refusal(request: HttpRequest, standing: Standing) -> HttpResponseBase | None:
+def refusal(request: HttpRequest, standing: Standing, *, admin: bool = True) -> HttpResponseBase | None:
     """The response refusing this request for `standing`, or None when it may go on."""
     match = request.resolver_match
     name = match.url_name if match else None
@@ -95,6 +96,8 @@ def refusal(request: HttpRequest, standing: Standing) -> HttpResponseBase | None
         return None
     if request.path.startswith("/api/"):
         return JsonResponse({"error": standing.notice, "billing": standing.status}, status=402)
+    if not admin:  # /billing/ is for owners and admins: tell the others here
+        return render(request, "web/billing_refused.html", {"standing": standing}, status=402)
     messages.error(request, standing.notice)
     return redirect("billing")
 
@@ -117,7 +120,7 @@ class BillingGateMiddleware:
         membership = _membership(request)
         if membership is None:
             return None
-        return refusal(request, standing_for(membership))
+        return refusal(request, standing_for(membership), admin=membership.is_admin)
 
 
 def banner(request: HttpRequest) -> dict[str, Any]:
