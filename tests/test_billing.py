@@ -366,6 +366,11 @@ def test_cancel_resume_and_the_read_only_then_closed_archive(client, org, outsid
         ).status_code
         != 402
     )
+    # Taking access away is never refused: a leaked journal address can be rotated.
+    rotated = client.post(reverse("rotate-token"), follow=True)
+    assert (
+        rotated.redirect_chain[-1][0] == reverse("status") and "New journal address issued" in rotated.content.decode()
+    )
     # Another tenant is not affected.
     client.force_login(outsider)
     assert client.post(reverse("team"), {"email": "x@fabrikam.com", "role": "user"}).status_code != 402

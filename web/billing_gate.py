@@ -44,8 +44,16 @@ ALWAYS_OPEN = {
     "healthz",
     "readyz",
 }
-# Changes read-only mode still allows: starting an export.
-READ_ONLY_WRITES = {"export-new", "api-exports"}
+# Changes read-only mode still allows: starting an export, and taking access away
+# (a leaked journal address or API token, a member who left): security never waits for a payment.
+READ_ONLY_WRITES = {
+    "export-new",
+    "api-exports",
+    "rotate-token",
+    "token-revoke",
+    "team-remove",
+    "team-invitation-revoke",
+}
 # What a closed archive refuses even to read.
 MAIL_READING = {
     "search",
