@@ -64,6 +64,7 @@ def periodic_tasks(settings) -> list[tuple[float, str, str]]:
         (sweep, "tenants.tasks.link_audit_events", "audit log: link events a crash left out of their chain"),
         (DAY, "tenants.tasks.audit_daily", "audit log: the day's root of each hash chain, and its verification"),
         (DAY, "compliance.tasks.scrub_storage", "storage integrity scrub: the day's slice of every bucket"),
+        (DAY, "billing.tasks.sync_billing", "billing: subscription quantity to the mailbox count, read-only notices"),
     ]
 
 

@@ -97,6 +97,7 @@ MIDDLEWARE = [
     # After authentication: members of a tenant that requires MFA who signed
     # in with a password and have no second factor are sent to enrolment.
     "signin.mfa.RequireMFAMiddleware",
+    "web.billing_gate.BillingGateMiddleware",
 ]
 
 ROOT_URLCONF = "archiva.urls"
@@ -113,6 +114,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "web.context.site",
+                "web.billing_gate.banner",
             ],
         },
     },
@@ -344,6 +346,22 @@ if not ARCHIVA_SECRETS_KEY:
         _secrets_key_file.write_text(ARCHIVA_SECRETS_KEY)
         _secrets_key_file.chmod(0o600)
 ARCHIVA_SECRETS_KEYS = parse_secrets_keys("ARCHIVA_SECRETS_KEY", ARCHIVA_SECRETS_KEY)
+
+# --- Billing (Stripe) ----------------------------------------------------
+# Unset STRIPE_SECRET_KEY: billing is off and everything is free (the embedded
+# default).  The webhook secret verifies /stripe/webhook; the publishable key
+# lets /billing/ collect a card with Stripe.js (the card never reaches us).
+STRIPE_SECRET_KEY = env("STRIPE_SECRET_KEY").strip()
+STRIPE_PUBLISHABLE_KEY = env("STRIPE_PUBLISHABLE_KEY").strip()
+STRIPE_WEBHOOK_SECRET = env("STRIPE_WEBHOOK_SECRET").strip()
+# Another Stripe-compatible API (tests: localstripe); unset means Stripe's own.
+ARCHIVA_STRIPE_API_BASE = env("ARCHIVA_STRIPE_API_BASE").strip().rstrip("/")
+if STRIPE_SECRET_KEY and not STRIPE_SECRET_KEY.startswith(("sk_test_", "sk_live_", "rk_test_", "rk_live_")):
+    raise ConfigError("STRIPE_SECRET_KEY must be a Stripe secret key (sk_live_… or sk_test_…)")
+if STRIPE_SECRET_KEY and not STRIPE_WEBHOOK_SECRET:
+    raise ConfigError("STRIPE_WEBHOOK_SECRET is required with STRIPE_SECRET_KEY: /stripe/webhook must verify events")
+if ARCHIVA_STRIPE_API_BASE and not ARCHIVA_STRIPE_API_BASE.startswith(("http://", "https://")):
+    raise ConfigError(f"ARCHIVA_STRIPE_API_BASE={ARCHIVA_STRIPE_API_BASE!r} must be an http(s):// URL")
 
 # --- Cache (rate limits) ------------------------------------------------
 # Unset: memory of each process, so limits count per web worker; set a

@@ -254,6 +254,13 @@ class AuditEvent(models.Model):
         # Sign-in with Microsoft Entra ID (signin).
         SIGNIN_REFUSED = "signin-refused", "Microsoft sign-in refused"
         MEMBER_JOINED = "member-joined", "member joined by Microsoft sign-in"
+        # Billing (billing.actions, billing.webhooks).
+        BILLING_SUBSCRIBED = "billing-subscribed", "subscription started"
+        BILLING_CANCELED = "billing-canceled", "subscription canceled"
+        BILLING_RESUMED = "billing-resumed", "subscription resumed"
+        BILLING_EMAIL_CHANGED = "billing-email-changed", "billing email changed"
+        BILLING_QUANTITY_CHANGED = "billing-quantity", "billed mailboxes changed"
+        BILLING_STATUS_CHANGED = "billing-status", "billing status changed"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="audit_events")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")

@@ -12,7 +12,20 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ["archiva", "archive", "compliance", "imapjournal", "infra", "ingest", "m365", "regions", "signin", "tenants", "web"]
+PACKAGES = [
+    "archiva",
+    "archive",
+    "billing",
+    "compliance",
+    "imapjournal",
+    "infra",
+    "ingest",
+    "m365",
+    "regions",
+    "signin",
+    "tenants",
+    "web",
+]
 TENANT_OWNED = {
     "Alias",
     "ApiToken",
@@ -28,6 +41,8 @@ TENANT_OWNED = {
     "ItemWatermark",  # m365 folder sync
     "AuditEvent",
     "AuditChain",
+    "BillingAccount",  # billing
+    "StripeEvent",  # billing
     "AuditRoot",
     "Delivery",
     "Domain",
@@ -93,6 +108,7 @@ ALLOWED_FILES = {
     # tenant) and its named writers (settings, rules, the account and membership of a sign-in).
     "signin/access.py",
     "signin/actions.py",
+    "billing/access.py",  # billing accounts and Stripe events: their one way in
 }
 ALLOWED_DIRS = ("ingest/",)
 

@@ -227,6 +227,10 @@ BAD_VALUES = [
     ("SECURE_SSL_REDIRECT", {"SECURE_SSL_REDIRECT": "always"}),
     ("ARCHIVA_S3_OBJECT_LOCK", {"ARCHIVA_S3_OBJECT_LOCK": "always"}),
     ("ARCHIVA_RETENTION_DELAY", {"ARCHIVA_RETENTION_DELAY": "soon"}),
+    # Billing: a key that is not Stripe's, a key without the secret that verifies its webhooks, a bad API base.
+    ("STRIPE_SECRET_KEY", {"STRIPE_SECRET_KEY": "pk_live_oops", "STRIPE_WEBHOOK_SECRET": "whsec_x"}),
+    ("STRIPE_WEBHOOK_SECRET", {"STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": ""}),
+    ("ARCHIVA_STRIPE_API_BASE", {"ARCHIVA_STRIPE_API_BASE": "localhost:8420"}),
     # A deployment at scale keeps the 7 days a shortened retention waits after its approval.
     ("ARCHIVA_RETENTION_DELAY", {"ARCHIVA_RETENTION_DELAY": "60", "DATABASE_URL": "postgresql://a@127.0.0.1/b"}),
 ]

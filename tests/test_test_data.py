@@ -20,7 +20,7 @@ from django.apps import apps
 
 TESTS = Path(__file__).resolve().parent
 WRITES = {"create", "bulk_create", "get_or_create", "update_or_create", "create_user", "create_superuser"}
-PRODUCT_APPS = ("tenants", "archive", "ingest", "account")  # account: allauth's EmailAddress
+PRODUCT_APPS = ("tenants", "archive", "ingest", "billing", "account")  # account: allauth's EmailAddress
 
 # (file, reason): the only places that may write rows directly.
 ALLOWED = {

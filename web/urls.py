@@ -4,6 +4,7 @@ from web import (
     account_pages,
     api,
     audit,
+    billing,
     charts,
     domains,
     exports,
@@ -113,4 +114,12 @@ urlpatterns = [
     path("api/v1/holds", holds.api_holds, name="api-holds"),
     path("api/v1/holds/<int:hold_id>", holds.api_hold, name="api-hold"),
     path("api/v1/holds/<int:hold_id>/<str:action>", holds.api_hold, name="api-hold-action"),
+    # Billing per mailbox (Stripe).
+    path("billing/", billing.billing_page, name="billing"),
+    path("billing/subscribe", billing.subscribe, name="billing-subscribe"),
+    path("billing/cancel", billing.cancel, name="billing-cancel"),
+    path("billing/resume", billing.resume, name="billing-resume"),
+    path("billing/email", billing.billing_email, name="billing-email"),
+    path("api/v1/billing", billing.api_billing, name="api-billing"),
+    path("stripe/webhook", billing.stripe_webhook, name="stripe-webhook"),
 ]
