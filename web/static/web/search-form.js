@@ -36,7 +36,6 @@
   });
   builder.addEventListener("submit", function (event) {
     event.preventDefault();
-    Array.prototype.forEach.call(inputs, write);
     boxForm.submit();
   });
 }());
