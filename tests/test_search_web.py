@@ -407,7 +407,7 @@ def test_the_messages_api_without_credentials_is_401(client, org, mail):
 
 def create_token(client, org, name="export script") -> str:
     login(client, org, "admin")
-    response = client.post(reverse("tokens"), {"name": name})
+    response = client.post(reverse("tokens"), {"name": name, "scope": "admin"})
     assert response.status_code == 200
     return re.search(r'id="new-token">([^<]+)<', response.content.decode()).group(1)
 
@@ -637,3 +637,74 @@ def test_bad_syntax_says_what_to_type(client, org, mail, query, says):
     response = client.get(reverse("search"), {"q": query})
     assert response.status_code == 400
     assert says in response.content.decode()
+
+
+# --- API token scopes and expiry (issue 23, point 5) -------------------------------------------------------
+
+
+def test_a_search_read_token_searches_and_downloads_only(client, org, mail):
+    owner = Membership.objects.get(user=org.owner)
+    token, secret = create_api_token(owner, "reader", scope="search:read")
+    assert token.scope == "search:read"
+    assert client.get(reverse("api-messages"), {"q": "quarterly"}, **bearer(secret)).status_code == 200
+    eml = client.get(reverse("api-message-eml", args=[next(iter(mail.ids.values()))]), **bearer(secret))
+    assert eml.status_code == 200
+    refused = client.get(reverse("api-status"), **bearer(secret))
+    assert refused.status_code == 403 and "search:read" in refused.json()["error"]
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code == 403
+    posted = client.post(reverse("api-exports"), {"q": "x"}, content_type="application/json", **bearer(secret))
+    assert posted.status_code == 403
+    _, admin_secret = create_api_token(owner, "admin script", scope="admin")
+    assert client.get(reverse("api-status"), **bearer(admin_secret)).status_code == 200
+
+
+def test_a_token_never_has_more_than_its_creators_role(client, org, mail):
+    # A plain user's "admin" token is still only a plain user: no audit log, only her own mail.
+    erin = Membership.objects.get(user=org.user)
+    _, erins = create_api_token(erin, "wants admin", scope="admin")
+    assert client.get(reverse("api-audit"), **bearer(erins)).status_code in (403, 404)
+    assert 0 < client.get(reverse("api-messages"), **bearer(erins)).json()["count"] < len(set(mail.ids.values()))
+    with pytest.raises(ValueError, match="scope must be one of"):
+        create_api_token(Membership.objects.get(user=org.owner), "odd", scope="write:all")
+    # An admin token of someone demoted acts with their new role: no more admin pages.
+    bob = Membership.objects.get(user=org.admin)
+    _, secret = create_api_token(bob, "bob's admin token", scope="admin")
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code == 200
+    change_role(Membership.objects.get(user=org.owner), bob, Role.USER)
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code in (403, 404)
+
+
+def test_an_expired_token_stops_working_and_the_page_says_so(client, org, mail, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    owner = Membership.objects.get(user=org.owner)
+    with pytest.raises(ValueError, match="future"):
+        create_api_token(owner, "past", expires_at=timezone.now() - timedelta(days=1))
+    token, secret = create_api_token(
+        owner, "short-lived", scope="search:read", expires_at=timezone.now() + timedelta(days=1)
+    )
+    assert client.get(reverse("api-messages"), **bearer(secret)).status_code == 200
+    later = timezone.now() + timedelta(days=2)
+    monkeypatch.setattr("django.utils.timezone.now", lambda: later)
+    assert client.get(reverse("api-messages"), **bearer(secret)).status_code == 401
+    login(client, org, "owner")
+    html = client.get(reverse("tokens")).content.decode()
+    assert "expired" in html and "short-lived" in html
+
+
+def test_the_tokens_page_creates_a_scoped_expiring_token_with_a_copy_button(client, org, mail):
+    from django.utils import timezone
+
+    login(client, org, "owner")
+    day = (timezone.now().date().replace(day=1) + __import__("datetime").timedelta(days=62)).isoformat()
+    html = client.post(
+        reverse("tokens"), {"name": "reader", "scope": "search:read", "expires_on": day}
+    ).content.decode()
+    assert 'data-copy="new-token" id="copy-new-token"' in html
+    assert 'id="new-token-scope">search:read<' in html
+    token = ApiToken.objects.get(tenant=org.tenant, name="reader")
+    assert token.scope == "search:read" and token.expires_at.date().isoformat() == day
+    past = client.post(reverse("tokens"), {"name": "x", "scope": "admin", "expires_on": "2001-01-01"}).content.decode()
+    assert "Pick a day after today" in past

@@ -81,11 +81,28 @@ def fits(page, name: str, width: int) -> None:
     scroll = page.evaluate("document.documentElement.scrollWidth")
     if scroll > width:
         wide = page.evaluate(
-            """(w) => [...document.querySelectorAll('main *')].filter(e => e.getBoundingClientRect().right > w)
-                .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""",
+            """(w) => [...document.querySelectorAll('main *')]
+                .filter(e => e.getBoundingClientRect().right > w).slice(0, 5)
+                .map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""",
             width,
         )
         raise AssertionError(f"{name} scrolls sideways at {width}px ({scroll}px): {wide}")
+
+
+def charts_are_readable(page) -> None:
+    """Every label inside its drawing (none cut by an edge), text no smaller than 9 px on screen."""
+    cut = page.evaluate(
+        """() => [...document.querySelectorAll('svg.chart__svg')].flatMap(svg => {
+            const box = svg.getBoundingClientRect();
+            return [...svg.querySelectorAll('text')].filter(t => {
+                const r = t.getBoundingClientRect();
+                return r.left < box.left - 1 || r.right > box.right + 1 || r.height < 9;
+            }).map(t => `${svg.closest('figure').id}: ${t.textContent}`);
+        })"""
+    )
+    assert not cut, f"chart labels cut or too small: {cut[:10]}"
+    # The backlog says there is nothing waiting, rather than labels over empty tracks.
+    assert page.locator("#chart-backlog-nothing").is_visible()
 
 
 def sign_in(page, email: str) -> None:
@@ -129,6 +146,8 @@ def test_every_page_is_accessible_and_fits_at_both_widths(browser, live_server, 
         assert response.status == 200, path
         fits(page, name, width)
         check_accessibility(page, name)
+        if name == "charts":
+            charts_are_readable(page)
         shots(page, name)
     # A message, reached from the results, and its print view.
     page.goto("/search/")

@@ -10,6 +10,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
+from archive import access as archive_access
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
 from tenants.models import Membership, User
@@ -48,6 +49,8 @@ def status(request: SignedInRequest) -> HttpResponse:
         "checks": setup_checks(membership.tenant, status.region) if membership.is_admin else None,
         "grace_days": DEFAULT_ROTATION_GRACE.days,
         "scrub_period": settings.ARCHIVA_SCRUB_PERIOD,
+        # X-OriginatorOrg values seen in the reports: what the organization check should expect.
+        "seen_originators": archive_access.seen_originators(membership.tenant) if membership.is_admin else [],
     }
     return render(request, "web/status.html", ctx)
 
