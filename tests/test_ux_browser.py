@@ -52,7 +52,7 @@ PUBLIC_PAGES = [
 class Shots:
     """`ux-<width>-NN-<name>.png`, full page."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int | str):
         self.width = width
         self.count = 0
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -81,8 +81,9 @@ def fits(page, name: str, width: int) -> None:
     scroll = page.evaluate("document.documentElement.scrollWidth")
     if scroll > width:
         wide = page.evaluate(
-            """(w) => [...document.querySelectorAll('main *')]
-                .filter(e => e.getBoundingClientRect().right > w).slice(0, 5)
+            """(w) => [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > w)
+                .filter(e => !(e.parentElement && e.parentElement.closest('.table-wrap'))).slice(0, 8)
                 .map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)""",
             width,
         )
@@ -270,4 +271,55 @@ def test_keyboard_only_sign_up_search_and_message(browser, live_server, org, set
     tab_to("#back-to-search")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/search/\?q=subject%3Aquarterly$"))
+    context.close()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_setup_first_tokens_and_team_at_both_widths(browser, live_server, org, width):
+    """A new tenant's System Status leads with the four steps; an admin makes a
+    search:read token and copies it; invites three people at once; leaves."""
+    context = context_at(browser, live_server, width)
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
+    page = context.new_page()
+    sign_in(page, "bob@contoso.com")
+    shots = Shots(f"{width}-admin")
+    assert page.locator("#setup").bounding_box()["y"] < page.locator("#counters-heading").bounding_box()["y"]
+    assert page.locator("#setup-checks li").count() == 4
+    assert "only mail sent or received from now on" in page.inner_text("#from-now-on")
+    page.click("#setup-reload")
+    page.wait_for_url("**/status/#setup")
+    # The journal address wraps at its @ or not at all: its local part stays on one line.
+    local = page.locator("#journal-recipient .nowrap").first
+    assert local.bounding_box()["height"] < 30
+    fits(page, "status", width)
+    shots(page, "status-setup")
+
+    page.goto("/settings/tokens/")
+    page.fill("#id_name", "reader")
+    page.select_option("#id_scope", "search:read")
+    page.click("form.form button[type=submit]")
+    secret = page.inner_text("#new-token").strip()
+    assert secret.startswith("arc_") and page.inner_text("#new-token-scope") == "search:read"
+    page.click("#copy-new-token")
+    assert page.evaluate("navigator.clipboard.readText()") == secret
+    check_accessibility(page, "tokens-created")
+    shots(page, "token-created")
+    api = page.request.get("/api/v1/status", headers={"Authorization": f"Bearer {secret}"})
+    assert api.status == 403 and "search:read" in api.json()["error"]
+
+    page.goto("/team/")
+    page.click("#invite-many summary")
+    page.fill("#id_addresses", "frank@contoso.com\ngina@contoso.com, auditor\nhal@contoso.com")
+    page.click("#send-invitations")
+    page.wait_for_url("**/team/")
+    text = page.inner_text("#pending-invitations")
+    assert all(a in text for a in ("frank@contoso.com", "gina@contoso.com", "hal@contoso.com"))
+    assert "Auditor" in page.locator("#pending-invitations tr", has_text="gina@contoso.com").inner_text()
+    fits(page, "team", width)
+    check_accessibility(page, "team-invited")
+    shots(page, "team-invited")
+    own = page.locator("details", has=page.locator("#leave-team"))
+    own.locator("summary").click()
+    assert page.inner_text("#leave-team") == "Leave"
+    shots(page, "team-leave")
     context.close()
