@@ -708,3 +708,12 @@ def test_the_tokens_page_creates_a_scoped_expiring_token_with_a_copy_button(clie
     assert token.scope == "search:read" and token.expires_at.date().isoformat() == day
     past = client.post(reverse("tokens"), {"name": "x", "scope": "admin", "expires_on": "2001-01-01"}).content.decode()
     assert "Pick a day after today" in past
+
+
+def test_the_messages_api_sorts_both_ways(client, org, mail):
+    login(client, org, "owner")
+    newest = [m["id"] for m in client.get(reverse("api-messages")).json()["results"]]
+    oldest = [m["id"] for m in client.get(reverse("api-messages"), {"sort": "oldest"}).json()["results"]]
+    assert len(newest) > 3 and oldest == newest[::-1]
+    unknown = [m["id"] for m in client.get(reverse("api-messages"), {"sort": "sideways"}).json()["results"]]
+    assert unknown == newest  # an unknown order falls back to newest first

@@ -46,6 +46,7 @@ PUBLIC_PAGES = [
     ("sign-in", "/accounts/login/"),
     ("sign-up", "/accounts/signup/"),
     ("password-reset", "/accounts/password/reset/"),
+    ("password-reset-done", "/accounts/password/reset/done/"),
 ]
 
 
@@ -254,6 +255,7 @@ def test_keyboard_only_sign_up_search_and_message(browser, live_server, org, set
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
     page.wait_for_url("**/accounts/confirm-email/**")
+    check_accessibility(page, "verification-sent")
 
     # Search and the message page, as the owner of Contoso, keys only.
     page2 = context_at(browser, live_server, 1280).new_page()
