@@ -563,13 +563,14 @@ def test_the_search_form_without_javascript_writes_the_query_into_the_box(client
     response = client.get(
         reverse("search"),
         {"q": "budget from:old@x.com", "sort": "oldest", "f_from": "alice@contoso.com", "f_subject": "q3 plan",
-         "f_after": "2026-03-01", "f_before": "", "f_to": "", "f_has": "attachment"},
+         "f_after": "2026-03-01", "f_before": "", "f_to": "", "f_cc": "carol@contoso.com", "f_has": "attachment"},
     )  # fmt: skip
     assert response.status_code == 302
     target = response["Location"]
     followed = client.get(target)
     assert (
-        followed.context["query"] == 'budget from:alice@contoso.com subject:"q3 plan" after:2026-03-01 has:attachment'
+        followed.context["query"]
+        == 'budget from:alice@contoso.com cc:carol@contoso.com subject:"q3 plan" after:2026-03-01 has:attachment'
     )
     assert followed.context["sort"] == "oldest"
     html = followed.content.decode()

@@ -61,7 +61,7 @@ def sort_of(value: str | None) -> str:
 
 
 # The search form's fields, each writing one term of the query language.
-FORM_FIELDS = ("from", "to", "subject", "folder", "after", "before")
+FORM_FIELDS = ("from", "to", "cc", "bcc", "subject", "folder", "after", "before")
 
 
 def composed_query(params: QueryDict) -> str | None:
