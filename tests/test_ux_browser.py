@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.archive_support import archive_corpus
+from tests.archive_support import archive, archive_corpus, corpus
 from tests.browser_support import SCREENSHOTS, TIMEOUT_MS
 from tests.conftest import PASSWORD
 
@@ -290,6 +290,13 @@ def test_setup_first_tokens_and_team_at_both_widths(browser, live_server, org, w
     assert "only mail sent or received from now on" in page.inner_text("#from-now-on")
     page.click("#setup-reload")
     page.wait_for_url("**/status/#setup")
+    # A journal report arrives while the page is open: the checks refresh in place
+    # (every 20 s, or at once when the tab becomes visible again, as here).
+    assert "check--ok" not in page.get_attribute("#check-journal", "class")
+    archive(org.tenant, corpus("01-simple.eml"))
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    page.wait_for_selector("#check-journal.check--ok")
+    assert page.get_attribute("#setup-checks", "data-refreshed") == "1"
     # The journal address wraps at its @ or not at all: its local part stays on one line.
     local = page.locator("#journal-recipient .nowrap").first
     assert local.bounding_box()["height"] < 30
