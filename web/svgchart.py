@@ -134,7 +134,7 @@ def bar_chart(
     values = [i * step for i in range(int(round(top / step)) + 1)]
     # The y labels decide the margins: "20.0 KB" needs more room than "15".
     room = label_room([fmt(v) for v in values])
-    chart.left = room + 12 + (20 if y_label else 0)
+    chart.left = room + 12 + (28 if y_label else 0)  # the rotated axis title sits left of the labels
     chart.right = chart.width - room - 12
     plot_width = chart.right - chart.left
     chart.y_ticks = [Tick(round(y_of(v), 1), fmt(v)) for v in values]
