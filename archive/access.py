@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from django.core.cache import cache
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import Http404
 
 from archive import items
@@ -194,6 +194,19 @@ def foreign_originators(tenant: Tenant) -> QuerySet[Delivery, str]:
         .order_by("originator_org")
         .distinct()
     )
+
+
+def seen_originators(tenant: Tenant) -> list[str]:
+    """The organizations (X-OriginatorOrg) of this tenant's journal reports,
+    most reports first: what the organization check should expect."""
+    rows = (
+        deliveries(tenant)
+        .exclude(originator_org="")
+        .values("originator_org")
+        .annotate(n=Count("id"))
+        .order_by("-n", "originator_org")[:5]
+    )
+    return [row["originator_org"] for row in rows]
 
 
 def rejections_by_reason(tenant: Tenant, since: datetime) -> dict[str, int]:

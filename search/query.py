@@ -297,7 +297,11 @@ def _lex_word(text: str, i: int, tokens: list[_Token]) -> int:
             return j + 1
         value, j = _read_word(text, j)
         if not value:
-            raise QueryError(f"{prefix.group(1)}: needs a value, e.g. {prefix.group(1)}:something.")
+            name = prefix.group(1)
+            raise QueryError(
+                f"{name}: needs {_EXAMPLES.get(field, ('a value', name + ':something'))[0]}, e.g. "
+                f"{_EXAMPLES.get(field, ('', name + ':something'))[1]}"
+            )
         tokens.append(_Token(TERM, field=field, value=value, pos=i))
         return j
     word, j = _read_word(text, i)
@@ -306,6 +310,36 @@ def _lex_word(text: str, i: int, tokens: list[_Token]) -> int:
     else:
         tokens.append(_Token(TERM, value=word, pos=i))
     return j
+
+
+# What a field needs, and an example to type, for the error of an empty field.
+_EXAMPLES: dict[str | None, tuple[str, str]] = {
+    "from": ("an address", "from:anna@contoso.com"),
+    "to": ("an address", "to:anna@contoso.com"),
+    "cc": ("an address", "cc:anna@contoso.com"),
+    "bcc": ("an address", "bcc:anna@contoso.com"),
+    "subject": ("a word or a quoted phrase", 'subject:"quarterly report"'),
+    "body": ("a word or a quoted phrase", 'body:"quarterly report"'),
+    "after": ("a date as YYYY-MM-DD", "after:2026-03-01"),
+    "before": ("a date as YYYY-MM-DD", "before:2026-04-01"),
+    "has": ("attachment", "has:attachment"),
+    "kind": ("mail, event or contact", "kind:mail"),
+}
+
+_FIELD_TERM = r'(?:(?<=\s)|^)-?{field}:(?:"[^"]*"?|\S*)'
+
+
+def with_field(query: str, field: str, value: str) -> str:
+    """The query with every `field:` term replaced by `field:value` (quoted
+    when it has spaces), or removed when the value is empty. The search
+    form's fields write the query language into the box through this."""
+    kept = re.sub(_FIELD_TERM.format(field=re.escape(field)), " ", query, flags=re.IGNORECASE)
+    kept = " ".join(kept.split())
+    value = " ".join(value.replace('"', " ").split())
+    if not value:
+        return kept
+    term = f'{field}:"{value}"' if " " in value else f"{field}:{value}"
+    return f"{kept} {term}".strip()
 
 
 # --- parser --------------------------------------------------------------------

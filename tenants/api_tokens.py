@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
@@ -31,8 +32,22 @@ def display_prefix(secret: str) -> str:
     return secret[: len(PREFIX) + 6]
 
 
-def create_api_token(membership: Membership, name: str, ip: str | None = None) -> tuple[ApiToken, str]:
-    """A new token acting as `membership`'s user; returns it with the secret, shown once."""
+def create_api_token(
+    membership: Membership,
+    name: str,
+    ip: str | None = None,
+    scope: str = ApiToken.Scope.ADMIN,
+    expires_at: datetime | None = None,
+) -> tuple[ApiToken, str]:
+    """A new token acting as `membership`'s user; returns it with the secret, shown once.
+
+    A token never has more than its creator: it acts with the creator's role
+    as it is at each request (a demoted creator's tokens lose what the old role
+    allowed), and `search:read` narrows that further to searching and downloading."""
+    if scope not in ApiToken.Scope.values:
+        raise ValueError(f"scope must be one of {', '.join(ApiToken.Scope.values)}")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValueError("the expiry must be in the future")
     secret = new_secret()
     with transaction.atomic():
         token = ApiToken.objects.create(
@@ -41,8 +56,15 @@ def create_api_token(membership: Membership, name: str, ip: str | None = None) -
             name=name.strip()[:100] or "API token",
             token_hash=hash_token(secret),
             prefix=display_prefix(secret),
+            scope=scope,
+            expires_at=expires_at,
         )
-        detail = {"token": token.pk, "name": token.name}
+        detail = {
+            "token": token.pk,
+            "name": token.name,
+            "scope": scope,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
         record_event(membership, AuditEvent.Action.TOKEN_CREATED, detail, ip=ip, target=token.name)
     return token, secret
 

@@ -340,8 +340,16 @@ class AuditRoot(models.Model):
         return f"audit root of tenant {self.tenant_id} on {self.day}: {self.hash[:12]}"
 
 
+class TokenScope(models.TextChoices):
+    SEARCH_READ = "search:read", "search:read — search and download"
+    ADMIN = "admin", "admin — everything its creator's role allows"
+
+
 class ApiToken(models.Model):
-    """A Bearer token for `/api/v1/`; acts as the member who created it.
+    Scope = TokenScope
+
+    """A Bearer token for `/api/v1/`; acts as the member who created it, with
+    that member's current role, narrowed by its scope, until it expires.
 
     Only the SHA-256 of the token is kept (the token has 256 random bits, so
     a fast hash is enough); the token itself is shown once, at creation.
@@ -355,6 +363,10 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    # What the token may do: search and download only, or all its creator's role allows.
+    # Tokens made before scopes existed keep working as they did ("admin").
+    scope = models.CharField(max_length=20, choices=TokenScope.choices, default=TokenScope.ADMIN)
+    expires_at = models.DateTimeField(null=True, blank=True)  # None: until revoked
 
     class Meta:
         db_table = "archive_apitoken"  # made by the archive app, moved here without copying
@@ -364,4 +376,8 @@ class ApiToken(models.Model):
 
     @property
     def is_active(self) -> bool:
-        return self.revoked_at is None
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()

@@ -101,7 +101,7 @@ def test_rotating_the_journal_address_is_audited_without_the_address(client, org
 
 
 def test_creating_and_revoking_an_api_token_are_audited(client, org):
-    post_as(client, org.owner, reverse("tokens"), {"name": "export script"})
+    post_as(client, org.owner, reverse("tokens"), {"name": "export script", "scope": "admin"})
     assert_event(org, Action.TOKEN_CREATED, org.owner, "export script")
     token_id = last_event(org).detail["token"]
     post_as(client, org.admin, reverse("token-revoke", args=[token_id]))

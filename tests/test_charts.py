@@ -248,3 +248,29 @@ def test_bars_stand_on_the_axis_and_scale_to_their_values():
     assert high.y == chart.top  # 8 is the top of a 0…8 scale
     assert [t.label for t in chart.y_ticks] == ["0", "2", "4", "6", "8"]
     assert [t.label for t in chart.x_ticks] == ["a"]
+
+
+def test_axis_labels_fit_inside_the_drawing_at_both_ends():
+    """Issue 23: "20.0 KI" and "ec" were cut by the edges of the drawing."""
+    from web.svgchart import CHAR_WIDTH, Series, bar_chart, hbar_chart
+
+    def kib(value: float) -> str:
+        return f"{value / 1024:.1f} KiB"
+
+    labels = ["1 Dec"] + [""] * 28 + ["30 Dec"]
+    chart = bar_chart(
+        id="c", title="t", description="d", categories=[f"day {i}" for i in range(30)], axis_labels=labels,
+        series=[Series("stored", "Stored", [20480.0] * 30)], y_label="bytes", fmt=kib, binary=True,
+    )  # fmt: skip
+    widest = max(len(t.label) for t in chart.y_ticks) * CHAR_WIDTH
+    assert chart.left - 8 - widest >= 20  # the left labels, and the rotated axis title beside them
+    assert chart.right + 8 + widest <= chart.width  # the right labels
+    first, last = chart.x_ticks[0], chart.x_ticks[-1]
+    for tick in (first, last):
+        half = len(tick.label) * CHAR_WIDTH / 2
+        inside = {"middle": (tick.position - half, tick.position + half), "start": (tick.position, 0),
+                  "end": (0, tick.position)}[tick.anchor]  # fmt: skip
+        assert inside[0] >= 0 and inside[1] <= chart.width
+    empty = hbar_chart(id="b", title="Backlog", description="d", items=[("a", 0), ("b", 0)], nothing="Nothing waiting.")
+    assert empty.all_zero and empty.nothing == "Nothing waiting."
+    assert not hbar_chart(id="b", title="B", description="d", items=[("a", 0), ("b", 2)]).all_zero

@@ -350,6 +350,46 @@ def test_paging_is_newest_first_with_id_tiebreak_and_a_total_count(backend):
     assert list(backend.scan(Scope(corpus.tenant_id), "report")) == [corpus.docs[n].id for n in expected]
 
 
+def test_paging_oldest_first_walks_the_same_matches_in_reverse(backend):
+    corpus = Corpus(backend)
+    for n in range(23):
+        corpus.add(f"m{n:02d}", date=at(f"2024-05-0{1 + n % 5} 10:00"), subject="report", doc_id=None)
+    corpus.add("unrelated", date=at("2024-06-01 10:00"), subject="other")
+    corpus.index()
+    scope = Scope(corpus.tenant_id)
+    newest = [i for offset in range(0, 23, 4) for i in backend.search(scope, "report", offset=offset, limit=4).ids]
+    oldest = []
+    for offset in range(0, 23, 4):
+        hits = backend.search(scope, "report", offset=offset, limit=4, sort="oldest")
+        assert hits.count == 23
+        oldest += hits.ids
+    assert len(set(oldest)) == 23
+    assert oldest == newest[::-1]
+
+
+def test_relevance_puts_the_better_match_first_and_ties_newest_first(backend):
+    corpus = Corpus(backend)
+    corpus.add("weak-old", date=at("2024-05-01 10:00"), subject="tender", body="a long note about many other things")
+    corpus.add("strong", date=at("2024-05-02 10:00"), subject="tender tender tender", body="tender offer tender")
+    corpus.add("weak-new", date=at("2024-05-03 10:00"), subject="tender", body="a long note about many other things")
+    corpus.add("newer-unrelated", date=at("2024-06-01 10:00"), subject="other")
+    corpus.index()
+    scope = Scope(corpus.tenant_id)
+    hits = backend.search(scope, "tender", sort="relevance")
+    assert hits.count == 3
+    assert corpus.names(hits.ids) == ["strong", "weak-new", "weak-old"]
+    assert corpus.names(backend.search(scope, "tender").ids) == ["weak-new", "strong", "weak-old"]
+    paged = [
+        i for offset in range(3) for i in backend.search(scope, "tender", offset=offset, limit=1, sort="relevance").ids
+    ]
+    assert paged == hits.ids
+
+
+def test_an_unknown_sort_is_refused(contoso):
+    with pytest.raises(ValueError, match="sort must be one of"):
+        contoso.backend.search(Scope(contoso.tenant_id), "report", sort="sideways")
+
+
 def test_messages_with_the_same_date_are_ordered_by_id(backend):
     corpus = Corpus(backend)
     for n in range(30):

@@ -103,7 +103,7 @@ def login(client, org, role):
 
 
 def result_ids(html: str) -> list[int]:
-    return [int(i) for i in re.findall(r'href="/messages/(\d+)/"', html)]
+    return [int(i) for i in re.findall(r'href="/messages/(\d+)/[?"]', html)]
 
 
 def events(org, action) -> list[AuditEvent]:
@@ -120,7 +120,7 @@ def test_admins_and_auditors_find_all_of_the_tenants_mail_newest_first(client, o
     assert response.status_code == 200
     html = response.content.decode()
     total = len(set(mail.ids.values()))
-    assert re.search(rf'id="result-count"[^>]*>{total} messages', html)
+    assert re.search(rf'id="result-count"[^>]*>1–{total} of {total} messages archived, newest first', html)
     found = result_ids(html)
     assert set(found) == set(mail.ids.values()) and mail.fabrikam_id not in found
     dates = [Message.objects.get(pk=i).date for i in found]
@@ -200,7 +200,7 @@ def test_results_are_paged(client, org, mail, monkeypatch):
     assert [len(p) for p in pages] == [4, 4, 4, 0]
     assert len({i for p in pages for i in p}) == 12
     html = client.get(reverse("search"), {"page": 2}).content.decode()
-    assert "page=1" in html and "page=3" in html and "Page 2 of 3" in html
+    assert "page=1" in html and "page=3" in html and "page 2 of 3" in html
 
 
 def test_every_search_is_in_the_audit_log(client, org, mail):
@@ -407,7 +407,7 @@ def test_the_messages_api_without_credentials_is_401(client, org, mail):
 
 def create_token(client, org, name="export script") -> str:
     login(client, org, "admin")
-    response = client.post(reverse("tokens"), {"name": name})
+    response = client.post(reverse("tokens"), {"name": name, "scope": "admin"})
     assert response.status_code == 200
     return re.search(r'id="new-token">([^<]+)<', response.content.decode()).group(1)
 
@@ -553,3 +553,168 @@ def test_admins_see_links_to_the_audit_log_and_tokens_auditors_the_audit_log_use
     login(client, org, "user")
     html = client.get(reverse("search")).content.decode()
     assert reverse("search") in html and reverse("audit") not in html
+
+
+# --- everyday search (issue 23, point 2) ------------------------------------------------------------------
+
+
+def test_the_search_form_without_javascript_writes_the_query_into_the_box(client, org, mail):
+    login(client, org, "owner")
+    response = client.get(
+        reverse("search"),
+        {"q": "budget from:old@x.com", "sort": "oldest", "f_from": "alice@contoso.com", "f_subject": "q3 plan",
+         "f_after": "2026-03-01", "f_before": "", "f_to": "", "f_cc": "carol@contoso.com", "f_has": "attachment"},
+    )  # fmt: skip
+    assert response.status_code == 302
+    target = response["Location"]
+    followed = client.get(target)
+    assert (
+        followed.context["query"]
+        == 'budget from:alice@contoso.com cc:carol@contoso.com subject:"q3 plan" after:2026-03-01 has:attachment'
+    )
+    assert followed.context["sort"] == "oldest"
+    html = followed.content.decode()
+    # The form shows what the box says, so the next change starts from it.
+    assert 'id="f_from" name="f_from" data-field="from" value="alice@contoso.com"' in html
+    assert 'id="f_has" name="f_has" value="attachment" data-field="has" checked' in html
+
+
+def test_results_are_counted_n_to_m_of_n_and_sort_both_ways(client, org, mail, monkeypatch):
+    monkeypatch.setattr("web.search.PAGE_SIZE", 2)
+    login(client, org, "owner")
+    total = len(set(mail.ids.values()))
+    newest = client.get(reverse("search"))
+    assert re.search(rf'id="result-count"[^>]*>1–2 of {total} messages archived, newest first', newest.content.decode())
+    second = client.get(reverse("search"), {"page": 2, "sort": "oldest"}).content.decode()
+    assert re.search(rf'id="result-count"[^>]*>3–4 of {total} messages archived, oldest first', second)
+    assert f"3–4 of {total}" in second and "sort=oldest&amp;page=1" in second and "sort=oldest&amp;page=3" in second
+    oldest_all = [i for n in range(1, total // 2 + 2) for i in result_ids(
+        client.get(reverse("search"), {"page": n, "sort": "oldest"}).content.decode())]  # fmt: skip
+    newest_all = [i for n in range(1, total // 2 + 2) for i in result_ids(
+        client.get(reverse("search"), {"page": n}).content.decode())]  # fmt: skip
+    assert sorted(oldest_all) == sorted(newest_all) and len(oldest_all) == total
+    assert oldest_all == newest_all[::-1]
+    assert client.get(reverse("search"), {"sort": "relevance", "q": "report"}).status_code == 200
+
+
+def test_a_message_opened_from_results_links_back_and_to_its_neighbours(client, org, mail, monkeypatch):
+    monkeypatch.setattr("web.search.PAGE_SIZE", 2)
+    login(client, org, "owner")
+    page2 = client.get(reverse("search"), {"page": 2}).content.decode()
+    links = re.findall(r'href="(/messages/\d+/\?[^"]+)"', page2)
+    first_of_page2 = links[0].replace("&amp;", "&")
+    assert "n=2" in first_of_page2
+    html = client.get(first_of_page2).content.decode()
+    assert 'href="/search/?page=2" id="back-to-search"' in html
+    ordered = [i for n in (1, 2) for i in result_ids(client.get(reverse("search"), {"page": n}).content.decode())]
+    previous = re.search(r'href="/messages/(\d+)/\?q=&amp;sort=newest&amp;n=1" rel="prev"', html)
+    following = re.search(r'href="/messages/(\d+)/\?q=&amp;sort=newest&amp;n=3" rel="next"', html)
+    assert previous and int(previous.group(1)) == ordered[1]
+    assert following and int(following.group(1)) == ordered[3]
+    print_view = client.get(first_of_page2 + "&view=print").content.decode()
+    assert 'class="wrap print-view"' in print_view and 'id="print-note"' in print_view
+    assert 'rel="next"' not in print_view
+
+
+def test_a_message_opened_directly_links_back_to_an_empty_search(client, org, mail):
+    login(client, org, "owner")
+    html = client.get(
+        reverse("message", args=[mail["plain.eml"] if "plain.eml" in mail.ids else next(iter(mail.ids.values()))])
+    ).content.decode()
+    assert 'href="/search/" id="back-to-search"' in html and 'rel="prev"' not in html
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ("from:", "from: needs an address, e.g. from:anna@contoso.com"),
+        ("budget to:", "to: needs an address, e.g. to:anna@contoso.com"),
+        ("after:", "after: needs a date as YYYY-MM-DD, e.g. after:2026-03-01"),
+        ("subject:", "subject: needs a word or a quoted phrase, e.g. subject:&quot;quarterly report&quot;"),
+    ],
+)
+def test_bad_syntax_says_what_to_type(client, org, mail, query, says):
+    login(client, org, "owner")
+    response = client.get(reverse("search"), {"q": query})
+    assert response.status_code == 400
+    assert says in response.content.decode()
+
+
+# --- API token scopes and expiry (issue 23, point 5) -------------------------------------------------------
+
+
+def test_a_search_read_token_searches_and_downloads_only(client, org, mail):
+    owner = Membership.objects.get(user=org.owner)
+    token, secret = create_api_token(owner, "reader", scope="search:read")
+    assert token.scope == "search:read"
+    assert client.get(reverse("api-messages"), {"q": "quarterly"}, **bearer(secret)).status_code == 200
+    eml = client.get(reverse("api-message-eml", args=[next(iter(mail.ids.values()))]), **bearer(secret))
+    assert eml.status_code == 200
+    refused = client.get(reverse("api-status"), **bearer(secret))
+    assert refused.status_code == 403 and "search:read" in refused.json()["error"]
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code == 403
+    posted = client.post(reverse("api-exports"), {"q": "x"}, content_type="application/json", **bearer(secret))
+    assert posted.status_code == 403
+    _, admin_secret = create_api_token(owner, "admin script", scope="admin")
+    assert client.get(reverse("api-status"), **bearer(admin_secret)).status_code == 200
+
+
+def test_a_token_never_has_more_than_its_creators_role(client, org, mail):
+    # A plain user's "admin" token is still only a plain user: no audit log, only her own mail.
+    erin = Membership.objects.get(user=org.user)
+    _, erins = create_api_token(erin, "wants admin", scope="admin")
+    assert client.get(reverse("api-audit"), **bearer(erins)).status_code in (403, 404)
+    assert 0 < client.get(reverse("api-messages"), **bearer(erins)).json()["count"] < len(set(mail.ids.values()))
+    with pytest.raises(ValueError, match="scope must be one of"):
+        create_api_token(Membership.objects.get(user=org.owner), "odd", scope="write:all")
+    # An admin token of someone demoted acts with their new role: no more admin pages.
+    bob = Membership.objects.get(user=org.admin)
+    _, secret = create_api_token(bob, "bob's admin token", scope="admin")
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code == 200
+    change_role(Membership.objects.get(user=org.owner), bob, Role.USER)
+    assert client.get(reverse("api-audit"), **bearer(secret)).status_code in (403, 404)
+
+
+def test_an_expired_token_stops_working_and_the_page_says_so(client, org, mail, monkeypatch):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    owner = Membership.objects.get(user=org.owner)
+    with pytest.raises(ValueError, match="future"):
+        create_api_token(owner, "past", expires_at=timezone.now() - timedelta(days=1))
+    token, secret = create_api_token(
+        owner, "short-lived", scope="search:read", expires_at=timezone.now() + timedelta(days=1)
+    )
+    assert client.get(reverse("api-messages"), **bearer(secret)).status_code == 200
+    later = timezone.now() + timedelta(days=2)
+    monkeypatch.setattr("django.utils.timezone.now", lambda: later)
+    assert client.get(reverse("api-messages"), **bearer(secret)).status_code == 401
+    login(client, org, "owner")
+    html = client.get(reverse("tokens")).content.decode()
+    assert "expired" in html and "short-lived" in html
+
+
+def test_the_tokens_page_creates_a_scoped_expiring_token_with_a_copy_button(client, org, mail):
+    from django.utils import timezone
+
+    login(client, org, "owner")
+    day = (timezone.now().date().replace(day=1) + __import__("datetime").timedelta(days=62)).isoformat()
+    html = client.post(
+        reverse("tokens"), {"name": "reader", "scope": "search:read", "expires_on": day}
+    ).content.decode()
+    assert 'data-copy="new-token" id="copy-new-token"' in html
+    assert 'id="new-token-scope">search:read<' in html
+    token = ApiToken.objects.get(tenant=org.tenant, name="reader")
+    assert token.scope == "search:read" and token.expires_at.date().isoformat() == day
+    past = client.post(reverse("tokens"), {"name": "x", "scope": "admin", "expires_on": "2001-01-01"}).content.decode()
+    assert "Pick a day after today" in past
+
+
+def test_the_messages_api_sorts_both_ways(client, org, mail):
+    login(client, org, "owner")
+    newest = [m["id"] for m in client.get(reverse("api-messages")).json()["results"]]
+    oldest = [m["id"] for m in client.get(reverse("api-messages"), {"sort": "oldest"}).json()["results"]]
+    assert len(newest) > 3 and oldest == newest[::-1]
+    unknown = [m["id"] for m in client.get(reverse("api-messages"), {"sort": "sideways"}).json()["results"]]
+    assert unknown == newest  # an unknown order falls back to newest first

@@ -28,7 +28,7 @@ def current(tenant) -> JournalToken:
 
 
 def recipient(html: str) -> str:
-    return re.search(r'id="journal-recipient">([^<]*)<', html).group(1)
+    return re.sub(r"<[^>]+>", "", re.search(r'id="journal-recipient"[^>]*>(.*?)</code>', html).group(1))
 
 
 def deliver(tenant, rcpt: list[str], when=None):
@@ -123,7 +123,28 @@ def test_a_new_tenant_has_every_check_open(client, org):
     found = checks(client)
     assert found["domain"].startswith("open: Domain verified not yet")
     assert found["validation"] == "open: Connector validation mail received not yet"
-    assert found["journal"] == "open: Last journal report received none yet"
+    assert found["journal"] == "open: Journal report received none yet"
+    assert found["search"] == "open: First search not yet · Search your archive"
+
+
+def test_setup_comes_first_with_a_reload_link_and_the_from_now_on_sentence(client, org):
+    client.force_login(org.owner)
+    html = client.get(reverse("status")).content.decode()
+    assert html.index('id="setup"') < html.index('id="counters-heading"')
+    assert 'id="setup-reload"' in html and "status-refresh.js" in html
+    assert "archives only mail sent or received from now on" in html and 'href="/import/"' in html
+    client.get(reverse("search"), {"q": "anything"})
+    assert checks(client)["search"].startswith("done: ✓ First search done:")
+
+
+def test_the_organization_check_suggests_what_the_reports_carry(client, org):
+    from tests.archive_support import archive, corpus
+
+    archive(org.tenant, corpus("01-simple.eml"))  # Exchange's reports carry X-OriginatorOrg
+    client.force_login(org.owner)
+    html = client.get(reverse("status")).content.decode()
+    assert 'value="contoso.onmicrosoft.com" maxlength="253" list="seen-originators"' in html
+    assert "Seen in your journal reports: <code>contoso.onmicrosoft.com</code>" in html
 
 
 def test_checks_turn_done_as_mail_arrives_and_the_domain_is_verified(client, org, dns_server):

@@ -445,3 +445,57 @@ def test_admins_see_team_and_domains_in_the_navigation_and_others_do_not(client,
     client.force_login(org.user)
     html = client.get(reverse("status")).content.decode()
     assert 'href="/team/"' not in html
+
+
+# --- several at once, re-inviting, leaving (issue 23, point 6) ---------------------------------------------
+
+
+def test_an_admin_invites_several_people_from_a_textarea_with_roles(client, org, outbox):
+    client.force_login(org.admin)
+    text = "email,role\nFrank@Contoso.com\ngina@contoso.com, Auditor\nhal@contoso.com;admin\nfrank@contoso.com\n"
+    response = client.post(reverse("team-invite-many"), {"addresses": text, "role": "user"}, follow=True)
+    assert response.status_code == 200
+    got = {i.email: i.role for i in Invitation.objects.filter(tenant=org.tenant, accepted_at__isnull=True)}
+    assert got == {"frank@contoso.com": "user", "gina@contoso.com": "auditor", "hal@contoso.com": "admin"}
+    assert sorted(m["To"] for m in mails(outbox)) == ["frank@contoso.com", "gina@contoso.com", "hal@contoso.com"]
+    html = response.content.decode()
+    assert "Invitation sent to gina@contoso.com." in html
+
+
+def test_a_csv_file_of_invitations_is_read_and_bad_lines_are_named(client, org, outbox):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.force_login(org.admin)
+    upload = SimpleUploadedFile("team.csv", b"\xef\xbb\xbfemail,role\r\nivy@contoso.com,auditor\r\n", "text/csv")
+    client.post(reverse("team-invite-many"), {"csv_file": upload, "role": "user"})
+    assert Invitation.objects.get(tenant=org.tenant, email="ivy@contoso.com").role == "auditor"
+    bad = client.post(
+        reverse("team-invite-many"), {"addresses": "not-an-address\njo@contoso.com, boss", "role": "user"}
+    )
+    assert bad.status_code == 400
+    html = bad.content.decode()
+    assert "Line 1: “not-an-address” is not an email address." in html
+    assert "Line 2: “boss” is not a role; use user, auditor, admin or owner." in html
+    assert not Invitation.objects.filter(tenant=org.tenant, email="jo@contoso.com").exists()  # nothing half-sent
+    # An admin's batch cannot make owners: refused per line, the others still go out.
+    client.post(reverse("team-invite-many"), {"addresses": "kim@contoso.com, owner\nlee@contoso.com", "role": "user"})
+    assert not Invitation.objects.filter(tenant=org.tenant, email="kim@contoso.com").exists()
+    assert Invitation.objects.filter(tenant=org.tenant, email="lee@contoso.com").exists()
+
+
+def test_reinviting_says_the_earlier_link_stops_working(client, org, outbox):
+    client.force_login(org.admin)
+    invite(client, "frank@contoso.com", "user")
+    html = client.post(reverse("team"), {"email": "frank@contoso.com", "role": "user"}, follow=True).content.decode()
+    assert "Invitation sent again to frank@contoso.com: the link in the earlier mail no longer works." in html
+    assert "the link in the earlier mail stops working" in client.get(reverse("team")).content.decode()
+
+
+def test_your_own_row_says_leave(client, org):
+    client.force_login(org.admin)
+    html = client.get(reverse("team")).content.decode()
+    assert html.count('id="leave-team">Leave</button>') == 1
+    bob = Membership.objects.get(user=org.admin, tenant=org.tenant)
+    response = client.post(reverse("team-remove", args=[bob.pk]))
+    assert response.status_code == 302 and response["Location"] == reverse("home")
+    assert not Membership.objects.filter(pk=bob.pk).exists()

@@ -75,6 +75,22 @@ def api_user(request: ApiRequest) -> User | None:
     return None
 
 
+# What a `search:read` token may call: searching and downloading, reading only.
+SEARCH_READ_VIEWS = frozenset({"api-messages", "api-message-eml", "api-exports", "api-export", "api-export-download"})
+
+
+def scope_refusal(request: ApiRequest) -> str | None:
+    """Why this request is beyond its Bearer token's scope; None when it is within
+    (or comes with a session). The role is checked by each view as for people."""
+    token = getattr(request, "api_token", None)
+    if token is None or token.scope != token.Scope.SEARCH_READ:
+        return None
+    match = request.resolver_match
+    if match is not None and match.url_name in SEARCH_READ_VIEWS and request.method in ("GET", "HEAD"):
+        return None
+    return "this token's scope is search:read: it can search and download only; create an admin token for this"
+
+
 def api_membership(request: HttpRequest, user: User) -> Membership:
     """The membership an API request acts in: the token's, or the session user's."""
     membership = getattr(request, "api_membership", None)
@@ -91,6 +107,9 @@ def api_view(
         user = api_user(request)
         if user is None:
             return api_error("authentication required", 401)
+        refusal = scope_refusal(request)
+        if refusal:
+            return api_error(refusal, 403)
         try:
             return view(request, user, *args, **kwargs)
         except Http404:

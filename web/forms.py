@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from django import forms
 from django.utils.html import format_html, format_html_join
@@ -100,6 +101,84 @@ class InviteForm(forms.Form):
 
     def clean_email(self) -> str:
         return self.cleaned_data["email"].strip().lower()
+
+
+MAX_BATCH_INVITES = 200
+
+
+def parse_invitations(text: str, default_role: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Addresses to invite, one a line: `address` or CSV `address,role` (a
+    header line `email,role` is skipped); roles by value or label, any case.
+    Returns (address, role) pairs in order, and one error per bad line."""
+    import csv
+
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    roles = {value: value for value in Role.values} | {str(label).lower(): value for value, label in Role.choices}
+    found: list[tuple[str, str]] = []
+    errors: list[str] = []
+    seen: set[str] = set()
+    lines = [line for line in text.replace(";", ",").splitlines() if line.strip()]
+    if len(lines) > MAX_BATCH_INVITES:
+        return [], [f"At most {MAX_BATCH_INVITES} addresses at once; this has {len(lines)}."]
+    for number, row in enumerate(csv.reader(lines), start=1):
+        cells = [cell.strip() for cell in row]
+        if not cells or not cells[0]:
+            continue
+        if number == 1 and cells[0].lower() in ("email", "address", "e-mail"):
+            continue
+        address = cells[0].lower()
+        role_text = cells[1].lower() if len(cells) > 1 and cells[1] else ""
+        try:
+            validate_email(address)
+        except ValidationError:
+            errors.append(f"Line {number}: “{cells[0][:100]}” is not an email address.")
+            continue
+        if role_text and role_text not in roles:
+            errors.append(f"Line {number}: “{cells[1][:50]}” is not a role; use user, auditor, admin or owner.")
+            continue
+        if address in seen:
+            continue
+        seen.add(address)
+        found.append((address, roles[role_text] if role_text else default_role))
+    return found, errors
+
+
+class BatchInviteForm(forms.Form):
+    addresses = forms.CharField(
+        required=False,
+        label="Addresses",
+        widget=forms.Textarea(attrs={"rows": 5, "placeholder": "anna@example.com\nben@example.com, auditor"}),
+        help_text="One a line; add a role after a comma (user, auditor, admin, owner), else the role below.",
+    )
+    csv_file = forms.FileField(
+        required=False, label="Or a CSV file", help_text="Columns: email, role (a header line is fine)."
+    )
+    role = forms.ChoiceField(choices=Role.choices, initial=Role.USER, label="Role for lines without one")
+
+    def __init__(self, *args, actor: Membership, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["role"].widget.choices = role_choices(actor)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        text = data.get("addresses") or ""
+        upload = data.get("csv_file")
+        if upload is not None:
+            if upload.size > 200_000:
+                raise forms.ValidationError("The CSV file is larger than 200 KB; split it.")
+            try:
+                text += "\n" + upload.read().decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise forms.ValidationError("The CSV file must be UTF-8 text.") from None
+        found, errors = parse_invitations(text, data.get("role") or Role.USER)
+        if errors:
+            raise forms.ValidationError(errors)
+        if not found:
+            raise forms.ValidationError("Give at least one address, in the box or in a CSV file.")
+        data["invitations"] = found
+        return data
 
 
 class RoleForm(forms.Form):

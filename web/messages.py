@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from allauth.account.decorators import verified_email_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, QueryDict
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
+from django.urls import reverse
 from django.utils.http import content_disposition_header
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -82,8 +83,40 @@ def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
             else {"html_frame": None, "blocked": 0, "text": documents.stored_content(message).body}
         ),
     }
+    ctx.update(_result_list(request, membership))
+    ctx["print_view"] = request.GET.get("view") == "print"
     audit(request, membership, AuditEvent.Action.VIEW, message=message.pk)
     return render(request, "web/message.html", ctx)
+
+
+def _result_list(request: SignedInRequest, membership: Membership) -> dict[str, Any]:
+    """Where the message was opened from: "← Search" back to the same query,
+    order and page, and the previous and next results (`?q=&sort=&n=`, n
+    the 0-based place in the results)."""
+    from web.search import PAGE_SIZE, neighbours, search_url, sort_of
+
+    query = request.GET.get("q", "").strip()
+    sort = sort_of(request.GET.get("sort"))
+    try:
+        position = int(request.GET.get("n", ""))
+    except ValueError:
+        return {"back_url": search_url("", sort) if "q" not in request.GET else search_url(query, sort)}
+    back = search_url(query, sort, position // PAGE_SIZE + 1)
+    before, after = neighbours(membership, query, sort, position)
+
+    def link(message_id: int | None, place: int) -> str | None:
+        if message_id is None:
+            return None
+        params = QueryDict(mutable=True)
+        params.update({"q": query, "sort": sort, "n": str(place)})
+        return f"{reverse('message', args=[message_id])}?{params.urlencode()}"
+
+    return {
+        "back_url": back,
+        "previous_url": link(before, position - 1),
+        "next_url": link(after, position + 1),
+        "result_place": position + 1,
+    }
 
 
 def _holds(membership: Membership, message: Message) -> list[Hold] | None:

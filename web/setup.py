@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db.models import Max
+from django.db.models import Max, Min
 
 from archive import access as archive_access
 from ingest.models import Delivery
 from regions.registry import Region
 from tenants import access
-from tenants.models import Tenant
+from tenants.models import AuditEvent, Tenant
 
 
 @dataclass(frozen=True)
@@ -25,10 +25,13 @@ class SetupChecks:
     pending_domains: int
     validation_received: datetime | None  # the latest connector validation mail
     last_journal_report: datetime | None  # the latest delivery to a journal address
+    first_search: datetime | None = None  # when someone of the tenant first searched the archive
 
     @property
     def done(self) -> int:
-        return sum(map(bool, (self.verified_domains, self.validation_received, self.last_journal_report)))
+        return sum(
+            map(bool, (self.verified_domains, self.validation_received, self.last_journal_report, self.first_search))
+        )
 
 
 def setup_checks(tenant: Tenant, region: Region) -> SetupChecks:
@@ -43,4 +46,7 @@ def setup_checks(tenant: Tenant, region: Region) -> SetupChecks:
         pending_domains=sum(1 for d in domains if not d.is_verified),
         validation_received=validation.aggregate(last=Max("received_at"))["last"],
         last_journal_report=journal.aggregate(last=Max("received_at"))["last"],
+        first_search=access.audit_events(tenant)
+        .filter(action=AuditEvent.Action.SEARCH)
+        .aggregate(first=Min("created_at"))["first"],
     )

@@ -46,6 +46,15 @@ class Bar:
 class Tick:
     position: float
     label: str
+    anchor: str = "middle"  # x labels at either end are anchored inwards, never cut by the edge
+
+
+# Room a label of n characters takes at the charts' 13-unit font (a digit or letter is ~7.5 units).
+CHAR_WIDTH = 7.5
+
+
+def label_room(labels: Sequence[str]) -> int:
+    return int(math.ceil(max((len(label) for label in labels), default=1) * CHAR_WIDTH))
 
 
 @dataclass
@@ -122,7 +131,13 @@ def bar_chart(
     def y_of(value: float) -> float:
         return chart.bottom - plot_height * value / top
 
-    chart.y_ticks = [Tick(round(y_of(i * step), 1), fmt(i * step)) for i in range(int(round(top / step)) + 1)]
+    values = [i * step for i in range(int(round(top / step)) + 1)]
+    # The y labels decide the margins: "20.0 KB" needs more room than "15".
+    room = label_room([fmt(v) for v in values])
+    chart.left = room + 12 + (28 if y_label else 0)  # the rotated axis title sits left of the labels
+    chart.right = chart.width - room - 12
+    plot_width = chart.right - chart.left
+    chart.y_ticks = [Tick(round(y_of(v), 1), fmt(v)) for v in values]
     group = plot_width / max(len(categories), 1)
     bar_width = group * 0.8 / max(len(series), 1)
     for i, category in enumerate(categories):
@@ -142,8 +157,17 @@ def bar_chart(
                 )
             )
         if axis_labels[i]:
-            chart.x_ticks.append(Tick(round(chart.left + group * (i + 0.5), 2), axis_labels[i]))
+            chart.x_ticks.append(_x_tick(round(chart.left + group * (i + 0.5), 2), axis_labels[i], chart.width))
     return chart
+
+
+def _x_tick(position: float, label: str, width: int) -> Tick:
+    half = len(label) * CHAR_WIDTH / 2
+    if position - half < 0:
+        return Tick(position, label, "start")
+    if position + half > width:
+        return Tick(position, label, "end")
+    return Tick(position, label)
 
 
 @dataclass(frozen=True)
@@ -171,25 +195,37 @@ class Row:
 class HBarChart:
     """Horizontal bars, each under its label with its value beside it (reasons, backlog).
 
-    Narrow (480 units) so that it reads at the same size in a half-width card.
+    Narrow (320 units) so that its text reads at about its own size in a
+    half-width card and on a phone.
     """
 
     id: str
     title: str
     description: str
     rows: list[Row]
-    width: int = 480
+    width: int = 320
     height: int = 0
     row_height: int = 48
     bar_height: int = 18
+    nothing: str = ""  # said instead of bars when every value is zero
+
+    @property
+    def all_zero(self) -> bool:
+        return bool(self.rows) and not any(row.value for row in self.rows)
 
 
 def hbar_chart(
-    *, id: str, title: str, description: str, items: list[tuple[str, float]], fmt: Callable[[float], str] = plain_number
+    *,
+    id: str,
+    title: str,
+    description: str,
+    items: list[tuple[str, float]],
+    fmt: Callable[[float], str] = plain_number,
+    nothing: str = "",
 ) -> HBarChart:
-    chart = HBarChart(id=id, title=title, description=description, rows=[])
+    chart = HBarChart(id=id, title=title, description=description, rows=[], nothing=nothing)
     longest = max((value for _, value in items), default=0) or 1
-    room = chart.width - 80  # keep space for the number after the bar
+    room = chart.width - 70  # keep space for the number after the bar
     for i, (label, value) in enumerate(items):
         chart.rows.append(
             Row(

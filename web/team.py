@@ -12,6 +12,7 @@ from typing import Any
 from allauth.account.models import EmailAddress
 from django.conf import settings
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.mail import (
     send_mail,
 )
@@ -26,7 +27,7 @@ from tenants.actions import ActionRefused
 from tenants.models import Invitation, Membership, Role
 from web.adapter import remember_invitation
 from web.audit import client_ip
-from web.forms import AliasForm, InviteForm, RoleForm, role_choices
+from web.forms import AliasForm, BatchInviteForm, InviteForm, RoleForm, role_choices
 from web.mail import site_url
 from web.roles import admin_required
 from web.views import landing_page
@@ -53,9 +54,15 @@ def send_invitation(request: HttpRequest, invitation: Invitation, secret: str) -
 
 
 def _invite(request: HttpRequest, membership: Membership, email: str, role: str) -> None:
+    again = access.pending_invitations(membership.tenant).filter(email=email.strip().lower()).exists()
     invitation, secret = actions.invite_member(membership, email, role, ip=client_ip(request))
     if send_invitation(request, invitation, secret):
-        messages.success(request, f"Invitation sent to {invitation.email}.")
+        if again:
+            messages.success(
+                request, f"Invitation sent again to {invitation.email}: the link in the earlier mail no longer works."
+            )
+        else:
+            messages.success(request, f"Invitation sent to {invitation.email}.")
     else:
         messages.error(request, f"The invitation mail to {invitation.email} could not be sent. Try “Resend” later.")
 
@@ -77,9 +84,14 @@ def _member_rows(membership: Membership) -> list[dict[str, Any]]:
 
 
 def _team_page(
-    request: HttpRequest, membership: Membership, invite_form: InviteForm, status: int = 200
+    request: HttpRequest,
+    membership: Membership,
+    invite_form: InviteForm,
+    status: int = 200,
+    batch_form: BatchInviteForm | None = None,
 ) -> HttpResponse:
     context = {
+        "batch_form": batch_form or BatchInviteForm(actor=membership),
         "membership": membership,
         "rows": _member_rows(membership),
         "invitations": access.pending_invitations(membership.tenant),
@@ -102,6 +114,23 @@ def team(request: HttpRequest, membership: Membership) -> HttpResponse:
         else:
             return redirect("team")
     return _team_page(request, membership, form)
+
+
+@require_POST
+@admin_required
+def invite_many(request: HttpRequest, membership: Membership) -> HttpResponse:
+    """Several invitations at once, from a textarea or a CSV file of `email,role`."""
+    form = BatchInviteForm(request.POST, request.FILES, actor=membership)
+    if not form.is_valid():
+        return _team_page(request, membership, InviteForm(actor=membership), 400, batch_form=form)
+    for email, role in form.cleaned_data["invitations"]:
+        try:
+            _invite(request, membership, email, role)
+        except ActionRefused as refused:
+            messages.error(request, str(refused))
+        except PermissionDenied:
+            messages.error(request, f"Not sent to {email}: only owners can invite an owner.")
+    return redirect("team")
 
 
 @require_POST

@@ -60,6 +60,7 @@ urlpatterns = [
     path("status/rotate-token/", views.rotate_token, name="rotate-token"),
     path("status/organization/", views.set_organization, name="set-organization"),
     path("team/", team.team, name="team"),
+    path("team/invitations/batch/", team.invite_many, name="team-invite-many"),
     path("team/invitations/<int:invitation_id>/resend/", team.resend_invitation, name="team-invitation-resend"),
     path("team/invitations/<int:invitation_id>/revoke/", team.revoke_invitation, name="team-invitation-revoke"),
     path("team/members/<int:membership_id>/role/", team.change_role, name="team-role"),

@@ -11,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 from imapjournal import access as imap_access
+from archive import access as archive_access
 from tenants import access
 from tenants.actions import DEFAULT_ROTATION_GRACE, rotate_journal_token, set_m365_organization
 from tenants.models import Membership, User
@@ -51,6 +52,8 @@ def status(request: SignedInRequest) -> HttpResponse:
         "imap": imap_access.enabled_journal(membership.tenant) if membership.is_admin else None,
         "grace_days": DEFAULT_ROTATION_GRACE.days,
         "scrub_period": settings.ARCHIVA_SCRUB_PERIOD,
+        # X-OriginatorOrg values seen in the reports: what the organization check should expect.
+        "seen_originators": archive_access.seen_originators(membership.tenant) if membership.is_admin else [],
     }
     return render(request, "web/status.html", ctx)
 

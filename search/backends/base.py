@@ -45,6 +45,11 @@ MAX_LIMIT = 1000
 MAX_WINDOW = 10_000
 
 
+# Orders of `search`: by date either way, or by relevance (ties newest first).
+NEWEST, OLDEST, RELEVANCE = "newest", "oldest", "relevance"
+SORTS = (NEWEST, OLDEST, RELEVANCE)
+
+
 class SearchError(Exception):
     """The search backend refused a request (a bug or a broken index, not a retry)."""
 
@@ -262,19 +267,22 @@ class SearchBackend(abc.ABC):
         """Remove every message of one tenant."""
         self._delete(_scoped(tenant_id))
 
-    def search(self, scope: Scope, query: str | Node, offset: int = 0, limit: int = 50) -> Hits:
-        """One page of the messages `scope` may see that match `query`, newest
-        first (date desc, id desc), with the count of all matches.
+    def search(self, scope: Scope, query: str | Node, offset: int = 0, limit: int = 50, sort: str = NEWEST) -> Hits:
+        """One page of the messages `scope` may see that match `query`, with the
+        count of all matches. `sort`: NEWEST (date desc, id desc), OLDEST (date
+        asc, id asc) or RELEVANCE (score desc, then newest first).
         Raises QueryError for a malformed query, SearchUnavailable when the
         backend cannot answer."""
         if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0 or not 0 < limit <= MAX_LIMIT:
             raise ValueError(f"need 0 <= offset and 0 < limit <= {MAX_LIMIT}")
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
         if offset + limit > MAX_WINDOW:
             raise QueryError(f"Results beyond the first {MAX_WINDOW} cannot be paged; narrow the search.")
         scoped = scope_query(scope, query)
         if scoped is None:
             return Hits(0, [])
-        return self._search(scoped, offset, limit)
+        return self._search(scoped, offset, limit, sort)
 
     def scan(self, scope: Scope, query: str | Node) -> Iterator[int]:
         """Every matching id, newest first, for exports (no paging limit)."""
@@ -298,7 +306,7 @@ class SearchBackend(abc.ABC):
 
     def count(self, tenant_id: int) -> int:
         """How many messages of this tenant are indexed."""
-        return self._search(_scoped(tenant_id), 0, 1).count
+        return self._search(_scoped(tenant_id), 0, 1, NEWEST).count
 
     # --- for backends -----------------------------------------------------------
 
@@ -311,7 +319,7 @@ class SearchBackend(abc.ABC):
         """Delete every document matching the scoped query."""
 
     @abc.abstractmethod
-    def _search(self, query: ScopedQuery, offset: int, limit: int) -> Hits:
+    def _search(self, query: ScopedQuery, offset: int, limit: int, sort: str) -> Hits:
         """Count the matches and return one page, date desc, id desc."""
 
     @abc.abstractmethod

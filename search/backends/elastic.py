@@ -29,6 +29,9 @@ import elastic_transport
 from elasticsearch import ApiError, Elasticsearch, helpers
 
 from search.backends.base import (
+    NEWEST,
+    OLDEST,
+    RELEVANCE,
     Hits,
     ScopedQuery,
     SearchBackend,
@@ -264,15 +267,20 @@ class ElasticsearchBackend(SearchBackend):
     # --- reading ------------------------------------------------------------------
 
     SORT = ({"date": "desc"}, {"id": "desc"})
+    SORTS = {
+        NEWEST: SORT,
+        OLDEST: ({"date": "asc"}, {"id": "asc"}),
+        RELEVANCE: ("_score", *SORT),
+    }
 
-    def _search(self, query: ScopedQuery, offset: int, limit: int) -> Hits:
+    def _search(self, query: ScopedQuery, offset: int, limit: int, sort: str = NEWEST) -> Hits:
         self.ensure_index()
         with _translated_errors():
             response = self.es.search(
                 index=self.alias,
                 routing=str(query.tenant_id),
                 query=self.translate(query.root),
-                sort=list(self.SORT),
+                sort=list(self.SORTS[sort]),
                 from_=offset,
                 size=limit,
                 track_total_hits=True,
@@ -351,9 +359,14 @@ class ElasticsearchBackend(SearchBackend):
         if isinstance(node, Not):
             return {"bool": {"must_not": [self.translate(node.child)]}}
         if isinstance(node, And):
-            positive = [self.translate(c) for c in node.children if not isinstance(c, Not)]
+            positive = [c for c in node.children if not isinstance(c, Not)]
             negative = [self.translate(c.child) for c in node.children if isinstance(c, Not)]
-            clause: dict[str, Any] = {"filter": positive}
+            # Words score (relevance order); scope, dates, kinds and flags only filter.
+            scoring = (Text, And, Or)
+            clause: dict[str, Any] = {"filter": [self.translate(c) for c in positive if not isinstance(c, scoring)]}
+            scored = [self.translate(c) for c in positive if isinstance(c, scoring)]
+            if scored:
+                clause["must"] = scored
             if negative:
                 clause["must_not"] = negative
             return {"bool": clause}

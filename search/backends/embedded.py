@@ -49,7 +49,17 @@ from typing import Any
 import tantivy
 from tantivy import Occur, Query
 
-from search.backends.base import Hits, ScopedQuery, SearchBackend, SearchUnavailable, addresses_in, split_hidden
+from search.backends.base import (
+    NEWEST,
+    OLDEST,
+    RELEVANCE,
+    Hits,
+    ScopedQuery,
+    SearchBackend,
+    SearchUnavailable,
+    addresses_in,
+    split_hidden,
+)
 from search.document import HIDDEN_CAPABLE, SearchDocument, folder_terms, hidden_field
 from search.query import (
     FIELD_TARGETS,
@@ -272,19 +282,47 @@ class EmbeddedBackend(SearchBackend):
 
     # --- reading ------------------------------------------------------------------
 
-    def _search(self, query: ScopedQuery, offset: int, limit: int) -> Hits:
+    def _search(self, query: ScopedQuery, offset: int, limit: int, sort: str = NEWEST) -> Hits:
         tenant = self._tenant(query.tenant_id, create=False)
         if tenant is None:
             return Hits(0, [])
         searcher = tenant.searcher()
         translated = self._translate(query.root, query.tenant_id)
         window = offset + limit
-        result = searcher.search(translated, limit=window, count=True, order_by_field="ts")
+        if sort == RELEVANCE:
+            return self._by_relevance(searcher, translated, offset, window)
+        ascending = sort == OLDEST
+        order = tantivy.Order.Asc if ascending else tantivy.Order.Desc
+        result = searcher.search(translated, limit=window, count=True, order_by_field="ts", order=order)
         rows = self._rows(searcher, result.hits)
         if len(rows) == window and result.count > window:
-            rows = self._complete_ties(searcher, translated, rows)
-        rows.sort(reverse=True)
+            rows = self._complete_ties(searcher, translated, rows, ascending)
+        rows.sort(reverse=not ascending)
         return Hits(result.count, [doc_id for _, doc_id in rows[offset:window]])
+
+    def _by_relevance(self, searcher: tantivy.Searcher, translated: Query, offset: int, window: int) -> Hits:
+        """Best score first; equal scores newest first (date, then id). Tantivy
+        cuts its top k among equal scores arbitrarily, so the window grows
+        until every match sharing the page's lowest score is in it."""
+        result = searcher.search(translated, limit=window, count=True)
+        hits = result.hits
+        if not hits:
+            return Hits(result.count, [])
+        limit = window
+        while len(hits) == limit and result.count > limit:
+            lowest = hits[window - 1][0]
+            if hits[-1][0] < lowest:
+                break
+            limit = min(result.count, limit * 2)
+            hits = searcher.search(translated, limit=limit, count=False).hits
+        addresses = [address for _, address in hits]
+        ids = searcher.fast_field_values("id", addresses)
+        stamps = searcher.fast_field_values("ts", addresses)
+        rows = sorted(
+            zip((score for score, _ in hits), stamps, ids, strict=True),
+            key=lambda row: (-row[0], -row[1], -row[2]),
+        )
+        return Hits(result.count, [int(doc_id) for _, _, doc_id in rows[offset:window]])
 
     def _rows(self, searcher: tantivy.Searcher, hits: list[tuple[int, Any]]) -> list[tuple[int, int]]:
         if not hits:
@@ -293,12 +331,12 @@ class EmbeddedBackend(SearchBackend):
         return [(ts, doc_id) for (ts, _), doc_id in zip(hits, ids, strict=True)]
 
     def _complete_ties(
-        self, searcher: tantivy.Searcher, translated: Query, rows: list[tuple[int, int]]
+        self, searcher: tantivy.Searcher, translated: Query, rows: list[tuple[int, int]], ascending: bool = False
     ) -> list[tuple[int, int]]:
-        """Tantivy orders by one field; messages with the page's oldest
-        timestamp may have been cut arbitrarily. Fetch all of them so the
-        id tiebreak is exact."""
-        oldest = min(ts for ts, _ in rows)
+        """Tantivy orders by one field; messages with the page's last
+        timestamp (the oldest, or the newest when ascending) may have been cut
+        arbitrarily. Fetch all of them so the id tiebreak is exact."""
+        oldest = max(ts for ts, _ in rows) if ascending else min(ts for ts, _ in rows)
         same = Query.range_query(self.schema, "ts", tantivy.FieldType.Integer, oldest, oldest, True, True)
         both = Query.boolean_query([(Occur.Must, translated), (Occur.Must, same)])
         tied = searcher.search(both, limit=1, count=True).count
