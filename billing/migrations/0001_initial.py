@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('tenants', '0008_billing_audit_actions'),
+        ('tenants', '0010_billing_audit_actions'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0007_audit_chain_place'),
+        ('tenants', '0008_mfa_require_mfa'),
     ]
 
     operations = [

@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("tenants", "0007_audit_chain_place")]
+    dependencies = [("tenants", "0010_billing_audit_actions")]
 
     operations = [
         migrations.AddField(
