@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect, render
 from django.utils import timezone
@@ -29,6 +29,7 @@ from billing import stripe_api
 from billing.standing import Standing, standing_of
 from tenants import access
 from tenants.models import Membership
+from web.context import membership_or_none
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Always open: billing itself, Stripe's and Microsoft's webhooks, health checks.
@@ -84,13 +85,7 @@ def _membership(request: HttpRequest) -> Membership | None:
     if scheme.lower() == "bearer":
         found = access.membership_for_api_token(secret.strip()) if secret.strip() else None
         return found[0] if found else None
-    user = getattr(request, "user", None)
-    if user is None or not user.is_authenticated:
-        return None
-    try:
-        return access.membership_for(user)
-    except Http404:
-        return None
+    return membership_or_none(request)
 
 
 def refusal(request: HttpRequest, standing: Standing, *, admin: bool = True) -> HttpResponseBase | None:

@@ -11,7 +11,7 @@ from tenants.models import Membership
 OUTBOX_BACKEND = "web.mail.OutboxBackend"
 
 
-def _membership_or_none(request: HttpRequest) -> Membership | None:
+def membership_or_none(request: HttpRequest) -> Membership | None:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None
@@ -29,5 +29,5 @@ def site(request: HttpRequest) -> dict[str, Any]:
         "region": current_region(),
         "other_regions": other_regions(),
         "mail_to_outbox": settings.EMAIL_BACKEND == OUTBOX_BACKEND,
-        "membership": SimpleLazyObject(lambda: _membership_or_none(request)),
+        "membership": SimpleLazyObject(lambda: membership_or_none(request)),
     }
