@@ -1,4 +1,7 @@
-"""Kombu's Redis transport, with the fix that keeps a worker up when Redis
+"""Kombu's Redis and filesystem transports, each with a fix (settings:
+CELERY_BROKER_TRANSPORT).
+
+Redis: the fix that keeps a worker up when Redis
 restarts while it has tasks in flight (settings: CELERY_BROKER_TRANSPORT).
 
 The fault, in kombu 5.7.0 (and kombu's main branch as of this writing): when
@@ -27,14 +30,39 @@ path ignores, instead of an AttributeError.
 Unacknowledged tasks are not lost either way: they are in Redis's unacked
 index until the visibility timeout, and the database is the record of what
 is unfinished (the sweeps publish it again; see archiva/celery.py).
+
+Filesystem (the embedded default's broker): kombu's `Channel._put` opens
+the task's file under its final `*.msg` name and only then writes it, and
+`_get` moves and reads any `*.msg` file it lists (the writer's lock is
+advisory; the reader never takes it).  A worker polling every 0.1 s under
+load reads a file its producer has created but not yet written:
+`JSONDecodeError: Expecting value: line 1 column 1` inside the consumer,
+and the worker exits (seen in bench/capacity.py at 10,000 messages).  The
+fix (also to propose upstream, kombu/transport/filesystem.py): write the
+file under a name no reader matches and rename it into place (atomic on one
+filesystem), and claim a file by renaming it into the processed folder,
+which our settings keep beside the queue (kombu moves it to the system's
+temporary folder, a copy when that is another filesystem, which two workers
+can both make).  A file that still cannot be decoded is set aside in the
+processed folder with an error logged, instead of stopping the worker: the
+database is the record of what is unfinished, and the sweeps publish it again.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import uuid
+from queue import Empty
+from time import monotonic
 from typing import Any
 
 import redis as redis_py
-from kombu.transport import redis
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem, redis
+from kombu.utils.json import dumps, loads
+
+log = logging.getLogger(__name__)
 
 
 class Channel(redis.Channel):
@@ -57,3 +85,47 @@ class Channel(redis.Channel):
 
 class Transport(redis.Transport):
     Channel = Channel
+
+
+class FilesystemChannel(filesystem.Channel):
+    def _put(self, queue: Any, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+        final = os.path.join(self.data_folder_out, name)
+        partial = os.path.join(self.data_folder_out, f".{name}.partial")  # matched by no reader
+        try:
+            with open(partial, "wb") as f:
+                f.write(dumps(payload).encode())  # type: ignore[no-untyped-call]
+            os.replace(partial, final)
+        except OSError as exc:
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
+            raise ChannelError(f"Cannot add file {final!r} to directory") from exc
+
+    def _get(self, queue: Any, timeout: Any = None) -> Any:
+        wanted = f"{queue}.msg"
+        processed = str(self.processed_folder)
+        for name in sorted(os.listdir(self.data_folder_in)):
+            if name.startswith(".") or name.partition(".")[2] != wanted:
+                continue
+            claimed = os.path.join(processed, name)
+            try:
+                os.rename(os.path.join(self.data_folder_in, name), claimed)  # one consumer wins
+            except OSError:
+                continue  # another worker took it
+            try:
+                with open(claimed, "rb") as f:
+                    payload = f.read()
+                message = loads(payload.decode())  # type: ignore[no-untyped-call]
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                log.error("broker: task file %s cannot be read (%s); left in %s", name, exc, processed)
+                continue
+            if not self.store_processed:
+                os.unlink(claimed)
+            return message
+        raise Empty()
+
+
+class FilesystemTransport(filesystem.Transport):
+    Channel = FilesystemChannel

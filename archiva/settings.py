@@ -171,6 +171,9 @@ if not CELERY_BROKER_URL:
     # process consumes it; nothing else needs to be installed.
     _broker_dir = DATA_DIR / "broker"
     CELERY_BROKER_URL = "filesystem://"
+    # kombu's filesystem transport, written and claimed by atomic renames
+    # (archiva/broker.py says what and why).
+    CELERY_BROKER_TRANSPORT = "archiva.broker:FilesystemTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "queue"),
         "data_folder_out": str(_broker_dir / "queue"),

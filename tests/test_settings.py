@@ -167,6 +167,7 @@ print(json.dumps({
     "bucket_prefix": settings.ARCHIVA_S3_BUCKET_PREFIX,
     "broker": app.conf.broker_url,
     "broker_options": app.conf.broker_transport_options,
+    "broker_transport": app.conf.broker_transport,
     "region": settings.ARCHIVA_REGION,
     "smtp_hostname": settings.ARCHIVA_SMTP_HOSTNAME,
     "smtp_port": settings.ARCHIVA_SMTP_PORT,
@@ -284,6 +285,7 @@ def test_unset_means_the_embedded_default(tmp_path):
     assert loaded["store"] == "FolderStore"
     assert loaded["store_root"].startswith(str(tmp_path.resolve()))
     assert loaded["broker"] == "filesystem://"
+    assert loaded["broker_transport"] == "archiva.broker:FilesystemTransport"  # atomic task files
     assert loaded["broker_options"]["data_folder_in"].startswith(str(tmp_path.resolve()))
     assert loaded["email_backend"] == "web.mail.OutboxBackend"
     assert loaded["cache"] == "django.core.cache.backends.locmem.LocMemCache"
