@@ -349,11 +349,18 @@ def _document(message: Message, reparse: bool, folders: list[str]) -> SearchDocu
 
 
 def mark_indexed(messages: list[Message], versions: list[int]) -> None:
+    """Mark these messages indexed at the versions that went in: one UPDATE
+    per distinct version (nearly always one), not one per message.  A message
+    merged since (its version bumped) stays pending for the next batch."""
     now = timezone.now()
+    by_version: dict[int, list[int]] = {}
     for message, version in zip(messages, versions, strict=True):
-        Message.objects.filter(pk=message.pk, version=version).update(
-            index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
-        )
+        by_version.setdefault(version, []).append(message.pk)
+    for version, ids in by_version.items():
+        for start in range(0, len(ids), 500):  # within every database's limit of bound parameters
+            Message.objects.filter(pk__in=ids[start : start + 500], version=version).update(
+                index_status=Message.IndexStatus.INDEXED, indexed_at=now, index_error=""
+            )
 
 
 def purge_messages(messages: list[Message]) -> set[str]:

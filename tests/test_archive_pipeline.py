@@ -387,3 +387,24 @@ def test_a_tampered_report_in_a_batch_fails_alone(org, settings):
     good.refresh_from_db()
     assert bad.status == Delivery.Status.FAILED and "do not match" in bad.error
     assert good.status == Delivery.Status.ARCHIVED
+
+
+def test_a_batch_is_marked_indexed_in_one_update_per_version_and_a_message_merged_meanwhile_stays_pending(org):
+    from django.test.utils import CaptureQueriesContext
+
+    names = ("01-simple.eml", "03-attachments.eml", "04-non-ascii.eml")
+    deliveries = [deliver(org.tenant, corpus(name)) for name in names]
+    assert process_deliveries.run([d.pk for d in deliveries]) == 3
+    messages = [message_of(d) for d in deliveries]
+    Message.objects.filter(pk=messages[1].pk).update(version=2)  # merged once before its document was built
+    versions = [1, 2, 1]
+    # The third is merged (a new report of it) after its document was built.
+    Message.objects.filter(pk=messages[2].pk).update(version=2)
+
+    with CaptureQueriesContext(connection) as queries:
+        actions.mark_indexed(messages, versions)
+
+    updates = [q for q in queries.captured_queries if q["sql"].startswith("UPDATE")]
+    assert len(updates) == len(set(versions))
+    states = [Message.objects.get(pk=m.pk).index_status for m in messages]
+    assert states == [Message.IndexStatus.INDEXED, Message.IndexStatus.INDEXED, Message.IndexStatus.PENDING]
