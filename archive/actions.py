@@ -96,7 +96,8 @@ def _object_fields(bucket: str, parsed: ParsedReport, objects: list[tuple[str, s
         objects.append((bucket, key_for(sha), data, sha))
         return sha, key_for(sha)
 
-    sha, key = add(parsed.original)
+    sha, key = documents.original_sha256(parsed), raw_key(documents.original_sha256(parsed))
+    objects.append((bucket, key, parsed.original, sha))
     fields = {"original_sha256": sha, "original_key": key, "decrypted_sha256": "", "decrypted_key": ""}
     if parsed.decrypted:
         fields["decrypted_sha256"], fields["decrypted_key"] = add(parsed.decrypted)

@@ -46,7 +46,8 @@ def message_id_key(message_id: str | None) -> str | None:
 
 
 def original_sha256(parsed: ParsedReport) -> str:
-    return hashlib.sha256(parsed.original).hexdigest()
+    """The parser's hash of the original (`content_sha256`), computed here when a caller built the report itself."""
+    return parsed.content_sha256 or hashlib.sha256(parsed.original).hexdigest()
 
 
 def envelope_dicts(recipients: list[EnvelopeRecipient]) -> list[dict[str, Any]]:
@@ -90,10 +91,15 @@ def participants(message: Message) -> list[str]:
     group it was expanded from and the address it was forwarded from, and
     the owner of every mailbox holding a copy (`mailboxes`): mail in my
     mailbox is mine to see, whoever it was addressed to."""
-    found = [*message.mailboxes, *message.from_addresses]
-    found += [_address(message.envelope_sender), _address(message.on_behalf_of)]
-    found += [*message.to, *message.cc, *message.bcc]
-    for r in message.envelope_recipients:
+    return participants_of(vars(message))
+
+
+def participants_of(fields: dict[str, Any]) -> list[str]:
+    """`participants` of a Message's column values (no model instance to build)."""
+    found = [*fields["mailboxes"], *fields["from_addresses"]]
+    found += [_address(fields["envelope_sender"]), _address(fields["on_behalf_of"])]
+    found += [*fields["to"], *fields["cc"], *fields["bcc"]]
+    for r in fields["envelope_recipients"]:
         found += [r.get("address"), r.get("expanded"), r.get("forwarded")]
     return sorted({a.strip().lower() for a in found if a and "@" in a})
 
@@ -132,7 +138,7 @@ def message_fields(parsed: ParsedReport, received_at: datetime) -> dict[str, Any
         "mailboxes": [],
     }
     fields = storable(fields)
-    fields["participants"] = participants(Message(**fields))
+    fields["participants"] = participants_of(fields)
     return fields
 
 
@@ -157,7 +163,7 @@ def item_fields(
         fields["message_id"] = ""
         fields["attachment_list"] = []
         fields["details"] = storable(parsed.details)
-    fields["participants"] = participants(Message(**{k: v for k, v in fields.items() if k != "participants"}))
+    fields["participants"] = participants_of(fields)
     return fields
 
 

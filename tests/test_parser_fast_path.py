@@ -101,3 +101,23 @@ def test_plain_single_part_mail_takes_the_fast_path_and_the_rest_does_not():
         assert _single_part(EDGES[name]) is None, name
     singles = [n for n in corpus_names() if _single_part(parse_report(corpus(n)).original) is not None]
     assert singles  # the corpus has plain originals
+
+
+def first_empty_line(raw: bytes) -> tuple[bytes, bytes]:
+    """split_head_body's contract, the plain way: whichever of \\r\\n\\r\\n and \\n\\n comes first."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return b"", raw[2 if raw.startswith(b"\r\n") else 1 :]
+    found = [(pos, width) for pos, width in ((raw.find(b"\r\n\r\n"), 4), (raw.find(b"\n\n"), 2)) if pos >= 0]
+    if not found:
+        return raw, b""
+    pos, width = min(found)
+    return raw[:pos], raw[pos + width :]
+
+
+@pytest.mark.parametrize("name", sorted(EDGES))
+def test_the_head_ends_at_the_first_empty_line_of_either_kind(name):
+    from archive.parser.rawmime import split_head_body
+
+    raw = EDGES[name]
+    for candidate in (raw, raw.replace(b"\r\n", b"\n"), b"A: b\r\n\n" + raw, b"A: b\n\r\n\r\n" + raw):
+        assert split_head_body(candidate) == first_empty_line(candidate)

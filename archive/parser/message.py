@@ -32,6 +32,9 @@ MAX_MULTIPART_DEPTH = 30
 
 def parse_message(raw: bytes) -> tuple[Message, list[str]]:
     """The MIME tree; a tree nested too deeply for the parser falls back to headers only."""
+    single = _single_part(raw)  # not split into parts: no depth to fear
+    if single is not None:
+        return single, []
     depth = multipart_depth(raw, stop_above=MAX_MULTIPART_DEPTH)
     if depth > MAX_MULTIPART_DEPTH:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)
@@ -39,9 +42,6 @@ def parse_message(raw: bytes) -> tuple[Message, list[str]]:
             f"MIME structure nested more than {MAX_MULTIPART_DEPTH} levels deep: parts not split, text read as found"
         ]
     try:
-        single = _single_part(raw)
-        if single is not None:
-            return single, []
         return BytesParser(policy=policy.compat32).parsebytes(raw), []
     except RecursionError:
         msg = BytesParser(policy=policy.compat32).parsebytes(raw, headersonly=True)

@@ -135,15 +135,14 @@ def split_head_body(raw: bytes) -> tuple[bytes, bytes]:
         return b"", raw[2:]
     if raw.startswith(b"\n"):
         return b"", raw[1:]
-    found = [
-        (pos, width)
-        for pos, width in ((raw.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK), 4), (raw.find(b"\n\n", 0, MAX_HEADER_BLOCK), 2))
-        if pos >= 0
-    ]
-    if not found:
-        return raw, b""
-    pos, width = min(found)
-    return raw[:pos], raw[pos + width :]
+    crlf = raw.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK)
+    # A bare "\n\n" counts only before it (scanning a CRLF message's whole body for one was most of this).
+    lf = raw.find(b"\n\n", 0, crlf + 1 if crlf >= 0 else MAX_HEADER_BLOCK)
+    if lf >= 0:
+        return raw[:lf], raw[lf + 2 :]
+    if crlf >= 0:
+        return raw[:crlf], raw[crlf + 4 :]
+    return raw, b""
 
 
 def parse_headers(head: bytes) -> list[tuple[str, bytes]]:
