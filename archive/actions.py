@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.db import IntegrityError as UniqueViolation
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
@@ -23,6 +25,7 @@ from archive.models import Message, MessageSource
 from archive.parser import items as item_parser
 from archive.parser import journal
 from archive.parser.parsed import ParsedReport
+from infra.filelock import file_lock
 from infra.storage import IntegrityError, StorageError, get_store, raw_key
 from infra.text import storable, storable_text
 from ingest import delivery as ingest_delivery
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from search.document import SearchDocument
 
 log = logging.getLogger(__name__)
+
+# Seconds an indexer waits for another's batch on the embedded default (SQLite).
+INDEX_LOCK_TIMEOUT = 300.0
 
 # Columns a later report may add to (the union); the rest is the first report's.
 UNION_FIELDS = ("to", "cc", "bcc", "mailboxes")
@@ -261,7 +267,24 @@ def index_pending(limit: int = 500) -> int:
     The batch is claimed with FOR UPDATE SKIP LOCKED, so workers draining
     at once take different messages, and a merge waits for the batch.
     Raises SearchUnavailable and StorageError (retry later).
+
+    SQLite (the embedded default) has one write lock for the whole database,
+    and its transactions take it at BEGIN: a batch claimed in a transaction
+    held every commit of the ingest (every 250) for the whole indexing —
+    reading the texts, the index's commit and its merges.  There the batch
+    is read outside a transaction under a lock file that makes indexers
+    take turns (the embedded index has one writer anyway), and
+    `mark_indexed`'s version check keeps a message merged meanwhile pending.
     """
+    if connection.vendor == "sqlite":
+        with file_lock(Path(settings.DATA_DIR) / "index-pending.lock", INDEX_LOCK_TIMEOUT):
+            batch = list(
+                Message.objects.select_related("tenant")
+                .filter(index_status=Message.IndexStatus.PENDING)
+                .order_by("id")[:limit]
+            )
+            index_messages(batch)
+            return len(batch)
     with transaction.atomic():
         batch = list(
             Message.objects.select_for_update(skip_locked=True, of=("self",))

@@ -17,6 +17,7 @@ from archive import actions
 from archive import items as mailbox_items
 from archive.models import MessageSource
 from archive.parser.parsed import ParsedReport
+from infra.filelock import LockTimeout
 from infra.storage import StorageError
 from ingest import delivery as lifecycle
 from ingest.models import Delivery
@@ -25,10 +26,11 @@ log = logging.getLogger(__name__)
 
 
 def retryable() -> tuple[type[Exception], ...]:
-    """Our own trouble, not the message's: storage, the search backend, the database."""
+    """Our own trouble, not the message's: storage, the search backend, the
+    database, another indexer's turn that did not end (the embedded default)."""
     from search.backends.base import SearchUnavailable
 
-    return (StorageError, SearchUnavailable, OperationalError)
+    return (StorageError, SearchUnavailable, OperationalError, LockTimeout)
 
 
 @dataclass

@@ -408,3 +408,53 @@ def test_a_batch_is_marked_indexed_in_one_update_per_version_and_a_message_merge
     assert len(updates) == len(set(versions))
     states = [Message.objects.get(pk=m.pk).index_status for m in messages]
     assert states == [Message.IndexStatus.INDEXED, Message.IndexStatus.INDEXED, Message.IndexStatus.PENDING]
+
+
+INDEXING_WHILE_THE_INGEST_COMMITS = """
+import threading
+from archive import actions
+from archive.tasks import process_deliveries
+from ingest.models import Delivery
+from search.backends.base import SearchBackend
+from tenants.actions import create_tenant, create_user
+from tests.archive_support import corpus, deliver
+
+tenant = create_tenant("Embedded Inc", create_user("owner@embedded.example", None))
+ids = [deliver(tenant, corpus(name)).pk for name in ("01-simple.eml", "03-attachments.eml")]
+process_deliveries.run(ids)
+indexing, release = threading.Event(), threading.Event()
+real_index = SearchBackend.index
+
+def slow_index(self, documents):  # the index's commit and merges, held open
+    indexing.set()
+    release.wait(60)
+    return real_index(self, documents)
+
+SearchBackend.index = slow_index
+indexer = threading.Thread(target=actions.index_pending)
+indexer.start()
+assert indexing.wait(60)
+committed = threading.Event()
+
+def ingest_commit():  # what the ingest's committer does for each batch: a write transaction
+    deliver(tenant, b"Subject: meanwhile\\r\\nMessage-ID: <meanwhile@example>\\r\\n\\r\\nhi\\r\\n")
+    committed.set()
+
+threading.Thread(target=ingest_commit, daemon=True).start()
+print("COMMITTED_WHILE_INDEXING", committed.wait(20))
+release.set()
+indexer.join(60)
+print("INDEXED", sorted(Delivery.objects.filter(pk__in=ids).values_list("message__index_status", flat=True)))
+"""
+
+
+def test_on_the_embedded_default_indexing_does_not_hold_the_ingests_commits(tls_files, tmp_path):
+    """SQLite has one write lock: the indexing batch must not keep it while
+    the index works, or every 250 of the ingest waits for the index."""
+    from tests.test_ingest_process import embedded_env, embedded_manage
+
+    manage = embedded_manage(embedded_env(tls_files, tmp_path))
+    manage("migrate", "--noinput")
+    out = manage("shell", "-c", INDEXING_WHILE_THE_INGEST_COMMITS)
+    assert "COMMITTED_WHILE_INDEXING True" in out, out
+    assert "INDEXED ['indexed', 'indexed']" in out, out

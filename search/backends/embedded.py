@@ -33,12 +33,9 @@ What it costs, and how this module deals with it:
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +46,7 @@ from typing import Any
 import tantivy
 from tantivy import Occur, Query
 
+from infra.filelock import LockTimeout, file_lock
 from search.backends.base import (
     NEWEST,
     OLDEST,
@@ -495,25 +493,9 @@ def _warn_if_upgraded(root: Path) -> None:
 
 @contextmanager
 def _file_lock(path: Path, timeout: float) -> Iterator[None]:
-    """An exclusive flock, waited for at most `timeout` seconds."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    """An exclusive flock, waited for at most `timeout` seconds (then the index is unavailable)."""
     try:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as error:
-                if error.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise SearchUnavailable(f"the embedded index stayed locked for {timeout:.0f}s") from error
-                time.sleep(delay)
-                delay = min(delay * 2, 0.2)
-        try:
+        with file_lock(path, timeout):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    except LockTimeout as error:
+        raise SearchUnavailable(f"the embedded index stayed locked for {timeout:.0f}s") from error
