@@ -50,11 +50,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
+from _journal_reports import report_message, send_reports  # noqa: E402  (bench/_journal_reports.py)
 from smtp import (  # noqa: E402  (bench/smtp.py: smtp-sink, smtp-source, the migrated template)
     HOST,
     PYTHON,
@@ -206,22 +206,6 @@ def print_timeline(counts: Counts, started: float, every: float = 2.0) -> None:
             next_t += every
 
 
-def report_message(marker: str, address: str) -> bytes:
-    mid = f"<{uuid.uuid4()}@contoso.com>"
-    original = (
-        f"From: Alice <alice@contoso.com>\r\nTo: bob@fabrikam.com\r\nSubject: latency {marker}\r\n"
-        f"Date: Mon, 02 Mar 2026 09:30:00 +0000\r\nMessage-ID: {mid}\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\n\r\nHello Bob, the marker is {marker}.\r\n"
-    )
-    return (
-        f"From: journal@contoso.com\r\nTo: {address}\r\nSubject: {marker}\r\nX-MS-Journal-Report:\r\n"
-        f'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
-        f"--b1\r\nContent-Type: text/plain\r\n\r\nSender: alice@contoso.com\r\nSubject: latency {marker}\r\n"
-        f"Message-Id: {mid}\r\nTo: bob@fabrikam.com\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\n"
-        f"{original}\r\n--b1--\r\n"
-    ).encode()
-
-
 def measure_latency(pipeline: Pipeline, address: str, tenant_id: int, count: int, rate: float) -> list[float]:
     """250 -> found by the tenant's search, per message, sent at `rate` on one session."""
     os.environ.update(pipeline.env)
@@ -237,16 +221,7 @@ def measure_latency(pipeline: Pipeline, address: str, tenant_id: int, count: int
     def send_all() -> None:
         with smtplib.SMTP(HOST, pipeline.port, timeout=60) as client:
             client.ehlo("capacity.bench")
-            started = time.monotonic()
-            for n in range(count):
-                marker = f"m{n:05d}x{uuid.uuid4().hex[:8]}"
-                time.sleep(max(0.0, started + n / rate - time.monotonic()))
-                client.mail("ndr@contoso.com")
-                client.rcpt(address)
-                code, _ = client.data(report_message(marker, address))
-                if code == 250:
-                    with lock:
-                        acked[marker] = time.monotonic()
+            send_reports(client, address, count, rate, acked, lock)
 
     sender = threading.Thread(target=send_all)
     sender.start()

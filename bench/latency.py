@@ -24,11 +24,11 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from _journal_reports import send_reports  # noqa: E402  (bench/_journal_reports.py; bench/ is the script's folder)
 
 
 def free_port() -> int:
@@ -61,22 +61,6 @@ def wait_port(port: int, timeout: float = 60) -> None:
         except OSError:
             time.sleep(0.1)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
-
-
-def report(marker: str, address: str) -> bytes:
-    mid = f"<{uuid.uuid4()}@contoso.com>"
-    original = (
-        f"From: Alice <alice@contoso.com>\r\nTo: bob@fabrikam.com\r\nSubject: latency {marker}\r\n"
-        f"Date: Mon, 02 Mar 2026 09:30:00 +0000\r\nMessage-ID: {mid}\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: text/plain; charset=utf-8\r\n\r\nHello Bob, the marker is {marker}.\r\n"
-    )
-    return (
-        f"From: journal@contoso.com\r\nTo: {address}\r\nSubject: {marker}\r\nX-MS-Journal-Report:\r\n"
-        f'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b1"\r\n\r\n'
-        f"--b1\r\nContent-Type: text/plain\r\n\r\nSender: alice@contoso.com\r\nSubject: latency {marker}\r\n"
-        f"Message-Id: {mid}\r\nTo: bob@fabrikam.com\r\n--b1\r\nContent-Type: message/rfc822\r\n\r\n"
-        f"{original}\r\n--b1--\r\n"
-    ).encode()
 
 
 def main() -> None:
@@ -134,19 +118,9 @@ def main() -> None:
             client.ehlo("bench")
             client.starttls(context=context)
             client.ehlo("bench")
-            for n in range(opts.messages):
-                marker = f"m{n:05d}x{uuid.uuid4().hex[:8]}"
-                due = started + n / opts.rate
-                time.sleep(max(0.0, due - time.monotonic()))
-                client.mail("ndr@contoso.com")
-                client.rcpt(address)
-                code, reply = client.data(report(marker, address))
-                if code == 250:
-                    with lock:
-                        acked[marker] = time.monotonic()
+            send_reports(client, address, opts.messages, opts.rate, acked, lock)
             client.quit()
 
-        started = time.monotonic()
         sender = threading.Thread(target=send_all)
         sender.start()
         backend, scope = get_backend(), Scope(tenant_id=tenant.id, addresses=None)

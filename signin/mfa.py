@@ -64,9 +64,8 @@ def must_enrol(request: HttpRequest) -> bool:
     in with a password, and has no second factor."""
     if not signed_in_with_password(request):
         return False
-    try:
-        membership = access.membership_for(request.user)  # type: ignore[arg-type]
-    except Http404:
+    membership = access.request_membership(request)
+    if membership is None:
         return False
     return membership.tenant.require_mfa and not has_second_factor(membership.user)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 
 from django.db.models import Case, IntegerField, QuerySet, Value, When
-from django.http import Http404
+from django.http import Http404, HttpRequest
 from django.utils import timezone
 
 from tenants.api_tokens import hash_token
@@ -25,6 +25,40 @@ def membership_for(user: User) -> Membership:
     if not user.is_authenticated:
         raise Http404("not a member")
     membership = Membership.objects.select_related("tenant").filter(user=user).order_by("id").first()
+    if membership is None:
+        raise Http404("not a member")
+    return membership
+
+
+# Where `request_membership` keeps what it found: (the user's id, the membership or None).
+REQUEST_MEMBERSHIP = "_archiva_membership"
+
+
+def request_membership(request: HttpRequest) -> Membership | None:
+    """The signed-in user's membership, or None (a visitor, a person of no tenant).
+
+    Looked up once per request and kept on it: the MFA check, the billing
+    gate, the view and the templates all ask.  Kept with the user it was
+    found for, so a sign-in during the request looks again.
+    """
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    kept = getattr(request, REQUEST_MEMBERSHIP, None)
+    if kept is not None and kept[0] == user.pk:
+        membership: Membership | None = kept[1]
+        return membership
+    try:
+        membership = membership_for(user)
+    except Http404:
+        membership = None
+    setattr(request, REQUEST_MEMBERSHIP, (user.pk, membership))
+    return membership
+
+
+def request_member(request: HttpRequest) -> Membership:
+    """As `request_membership`, for a view only members may see: 404 if none (like `membership_for`)."""
+    membership = request_membership(request)
     if membership is None:
         raise Http404("not a member")
     return membership

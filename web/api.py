@@ -54,15 +54,30 @@ def bearer_secret(request: HttpRequest) -> str | None:
     return value.strip()
 
 
+# Where `bearer_membership` keeps what it found (the billing gate asks before the view).
+BEARER_MEMBERSHIP = "_archiva_bearer_membership"
+
+
+def bearer_membership(request: HttpRequest) -> tuple[Membership, ApiToken] | None:
+    """Who the request's Bearer token acts for, and the token (`access.membership_for_api_token`);
+    None without a token or for a bad one.  Looked up once per request."""
+    secret = bearer_secret(request)
+    if not secret:
+        return None
+    if not hasattr(request, BEARER_MEMBERSHIP):
+        setattr(request, BEARER_MEMBERSHIP, access.membership_for_api_token(secret))
+    found: tuple[Membership, ApiToken] | None = getattr(request, BEARER_MEMBERSHIP)
+    return found
+
+
 def api_user(request: ApiRequest) -> User | None:
     """The user this request acts for, or None when it is not authenticated.
 
     For a Bearer token it also sets `request.api_membership` and
     `request.api_token` (the token's tenant, for `api_membership` and the audit log).
     """
-    secret = bearer_secret(request)
-    if secret is not None:
-        found = access.membership_for_api_token(secret) if secret else None
+    if bearer_secret(request) is not None:
+        found = bearer_membership(request)
         if found is None:
             return None
         request.api_membership, request.api_token = found
@@ -92,9 +107,10 @@ def scope_refusal(request: ApiRequest) -> str | None:
 
 
 def api_membership(request: HttpRequest, user: User) -> Membership:
-    """The membership an API request acts in: the token's, or the session user's."""
+    """The membership an API request acts in: the token's, or the session user's
+    (`user` is then request.user, whose membership the request keeps once found)."""
     membership = getattr(request, "api_membership", None)
-    return membership if membership is not None else access.membership_for(user)
+    return membership if membership is not None else access.request_member(request)
 
 
 def api_view(

@@ -141,7 +141,7 @@ def audit_filter(params: Any) -> AuditFilter:
 @verified_email_required
 def audit_log(request: SignedInRequest) -> HttpResponse:
     """The tenant's audit log, for its admins and auditors (reading it is not itself an event)."""
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     require_auditor(membership)
     ctx: dict[str, Any] = {
         "membership": membership,

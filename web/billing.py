@@ -30,7 +30,7 @@ from billing.models import BillingAccount, Plan
 from tenants.models import Membership, Role, User
 from web.api import api_error, api_membership, api_view
 from web.audit import client_ip
-from web.billing_gate import standing_for
+from web.billing_gate import request_account, standing_for
 from web.csp import csp_override
 from web.roles import SignedInRequest, admin_required
 
@@ -106,14 +106,14 @@ def billing_page(request: SignedInRequest, membership: Membership) -> HttpRespon
     if not stripe_api.enabled():
         return render(request, "web/billing.html", {"membership": membership, "billing_off": True})
     now = timezone.now()
-    account = billing_access.account(membership.tenant)
+    account = request_account(request, membership.tenant)
     counted = mailbox_count.count(membership.tenant, now)
     invoices, invoice_error = _invoices(account)
     context = {
         "membership": membership,
         "is_owner": membership.role == Role.OWNER,
         "account": account,
-        "standing": standing_for(membership),
+        "standing": standing_for(request, membership),
         "plans": billing_access.plans(membership.tenant.region),
         "mailboxes": counted.mailboxes,
         "mailboxes_source": counted.source,
@@ -201,7 +201,7 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def billing_json(membership: Membership) -> dict[str, Any]:
+def billing_json(request: HttpRequest, membership: Membership) -> dict[str, Any]:
     """`GET /api/v1/billing`: {"plan", "status", "trial_ends", "mailboxes", "next_invoice"} and the access it allows."""
     now = timezone.now()
     count = len(mailbox_count.count(membership.tenant, now))
@@ -214,8 +214,8 @@ def billing_json(membership: Membership) -> dict[str, Any]:
             "next_invoice": None,
             "access": "full",
         }
-    account = billing_access.account(membership.tenant)
-    standing = standing_for(membership)
+    account = request_account(request, membership.tenant)
+    standing = standing_for(request, membership)
     plan = account.plan
     upcoming = _next_invoice(account)
     return {
@@ -246,7 +246,7 @@ def api_billing(request: HttpRequest, user: User) -> HttpResponse:
     membership = api_membership(request, user)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
-    return JsonResponse(billing_json(membership))
+    return JsonResponse(billing_json(request, membership))
 
 
 @csrf_exempt

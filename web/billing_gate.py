@@ -26,10 +26,11 @@ from django.utils.functional import SimpleLazyObject
 
 from billing import access as billing_access
 from billing import stripe_api
-from billing.standing import Standing, standing_of
+from billing.models import BillingAccount
+from billing.standing import FREE, Standing, standing_of
 from tenants import access
-from tenants.models import Membership
-from web.context import membership_or_none
+from tenants.models import Membership, Tenant
+from web.api import bearer_membership, bearer_secret
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Always open: billing itself, Stripe's and Microsoft's webhooks, health checks.
@@ -71,21 +72,32 @@ MAIL_READING = {
 }
 
 
-def standing_for(membership: Membership) -> Standing:
-    from billing.standing import FREE
+# Where `request_account` keeps the billing account it found.
+REQUEST_ACCOUNT = "_archiva_billing_account"
 
+
+def request_account(request: HttpRequest, tenant: Tenant) -> BillingAccount:
+    """The tenant's billing account, looked up once per request: the gate,
+    the banner and the billing views all ask."""
+    kept: BillingAccount | None = getattr(request, REQUEST_ACCOUNT, None)
+    if kept is None or kept.tenant_id != tenant.pk:
+        kept = billing_access.account(tenant)
+        setattr(request, REQUEST_ACCOUNT, kept)
+    return kept
+
+
+def standing_for(request: HttpRequest, membership: Membership) -> Standing:
     if not stripe_api.enabled():
         return FREE
-    return standing_of(billing_access.account(membership.tenant), timezone.now())
+    return standing_of(request_account(request, membership.tenant), timezone.now())
 
 
 def _membership(request: HttpRequest) -> Membership | None:
-    header: str = request.META.get("HTTP_AUTHORIZATION", "")
-    scheme, _, secret = header.strip().partition(" ")
-    if scheme.lower() == "bearer":
-        found = access.membership_for_api_token(secret.strip()) if secret.strip() else None
+    """The member the request acts as: its Bearer token's, or the signed-in user's."""
+    if bearer_secret(request) is not None:
+        found = bearer_membership(request)
         return found[0] if found else None
-    return membership_or_none(request)
+    return access.request_membership(request)
 
 
 def refusal(request: HttpRequest, standing: Standing, *, admin: bool = True) -> HttpResponseBase | None:
@@ -123,7 +135,7 @@ class BillingGateMiddleware:
         membership = _membership(request)
         if membership is None:
             return None
-        return refusal(request, standing_for(membership), admin=membership.is_admin)
+        return refusal(request, standing_for(request, membership), admin=membership.is_admin)
 
 
 def banner(request: HttpRequest) -> dict[str, Any]:
@@ -135,6 +147,6 @@ def banner(request: HttpRequest) -> dict[str, Any]:
         membership = _membership(request)
         if membership is None or not membership.is_admin:
             return None
-        return standing_for(membership)
+        return standing_for(request, membership)
 
     return {"billing_on": True, "billing_standing": SimpleLazyObject(admin_standing)}

@@ -14,7 +14,6 @@ from django import forms
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -23,6 +22,7 @@ from imapjournal.models import ImapJournal
 from m365 import connection as m365
 from tenants.models import Membership
 from web.audit import client_ip
+from web.connection_check import run_connection_test
 from web.roles import SignedInRequest, admin_required
 
 
@@ -101,12 +101,10 @@ def imap_page(request: SignedInRequest, membership: Membership) -> HttpResponse:
 @admin_required
 def imap_test(request: SignedInRequest, membership: Membership) -> HttpResponse:
     journal = config.journal_for(membership.tenant)
-    if not journal.is_configured:
-        messages.error(request, "Enter the IMAP server and the journal mailbox, and save, first.")
-        return redirect("imap-settings")
-    result = config.test_connection(journal, actor=membership, ip=client_ip(request))
-    if result.ok:
-        messages.success(request, f"Signed in to {result.mailbox}: {result.messages} messages in INBOX.")
-    else:
-        messages.error(request, f"The test failed: {result.error}")
-    return redirect(reverse("imap-settings") + "#test-result")
+    return run_connection_test(
+        request,
+        "imap-settings",
+        missing="" if journal.is_configured else "Enter the IMAP server and the journal mailbox, and save, first.",
+        check=lambda: config.test_connection(journal, actor=membership, ip=client_ip(request)),
+        success=lambda result: f"Signed in to {result.mailbox}: {result.messages} messages in INBOX.",
+    )

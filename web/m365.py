@@ -30,6 +30,7 @@ from m365.models import Certificate, Connection
 from tenants.models import ApiToken, Membership, User
 from web.api import ApiRequest, api_error, api_membership, api_view, api_write_view
 from web.audit import client_ip
+from web.connection_check import run_connection_test
 from web.roles import SignedInRequest, admin_required
 
 CERTIFICATE_FIELDS = ("common_name", "org_unit", "organization", "locality", "state", "country")
@@ -179,15 +180,14 @@ def download_certificate(request: SignedInRequest, membership: Membership, certi
 @admin_required
 def test(request: SignedInRequest, membership: Membership) -> HttpResponse:
     connection = m365.connection_for(membership.tenant)
-    if not connection.is_configured:
-        messages.error(request, "Enter the directory (tenant) ID and the application (client) ID first.")
-        return redirect("m365-settings")
-    result = m365.check_connection(connection, actor=membership, ip=client_ip(request))
-    if result.ok:
-        messages.success(request, f"Connected to {result.organization or 'Microsoft 365'}.")
-    else:
-        messages.error(request, f"The test failed: {result.error}")
-    return redirect(reverse("m365-settings") + "#test-result")
+    missing = "Enter the directory (tenant) ID and the application (client) ID first."
+    return run_connection_test(
+        request,
+        "m365-settings",
+        missing="" if connection.is_configured else missing,
+        check=lambda: m365.check_connection(connection, actor=membership, ip=client_ip(request)),
+        success=lambda result: f"Connected to {result.organization or 'Microsoft 365'}.",
+    )
 
 
 @require_POST

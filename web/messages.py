@@ -63,7 +63,7 @@ def _attachments(message: Message, raw: bytes) -> list[dict[str, Any]]:
 # slipped through sanitizing still does not load.
 @csp_override(img_src=["'self'", "data:"], frame_src=["'self'"], connect_src=["'none'"])
 def message_view(request: SignedInRequest, message_id: int) -> HttpResponse:
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     message = archive_access.message_for(membership, message_id)
     raw = documents.read_readable(message)
     is_mail = message.kind == Message.Kind.MAIL
@@ -141,7 +141,7 @@ def _download(data: bytes, filename: str, content_type: str) -> HttpResponse:
 @require_GET
 @verified_email_required
 def attachment(request: SignedInRequest, message_id: int, number: int) -> HttpResponseBase:
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     message = archive_access.message_for(membership, message_id)
     parts = mime.attachments(documents.read_readable(message))
     if not 1 <= number <= len(parts):

@@ -36,7 +36,7 @@ def member_required(view: MemberView[P]) -> View[P]:
 
     @wraps(view)
     def wrapper(request: SignedInRequest, /, *args: P.args, **kwargs: P.kwargs) -> HttpResponseBase:
-        return view(request, access.membership_for(request.user), *args, **kwargs)
+        return view(request, access.request_member(request), *args, **kwargs)
 
     checked: View[P] = verified_email_required(wrapper)
     return checked

@@ -151,7 +151,7 @@ def search_page(request: SignedInRequest) -> HttpResponse:
     from search.backends.base import SearchUnavailable
     from search.query import QueryError
 
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     sort = sort_of(request.GET.get("sort"))
     composed = composed_query(request.GET)
     if composed is not None:

@@ -54,7 +54,7 @@ class TokenForm(forms.Form):
 @require_http_methods(["GET", "POST"])
 @verified_email_required
 def tokens(request: SignedInRequest) -> HttpResponse:
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     require_admin(membership)
     form = TokenForm(request.POST or None)
     created = secret = None
@@ -81,7 +81,7 @@ def tokens(request: SignedInRequest) -> HttpResponse:
 @require_POST
 @verified_email_required
 def revoke(request: SignedInRequest, token_id: int) -> HttpResponse:
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     require_admin(membership)
     token = access.api_token(membership.tenant, token_id)
     if revoke_api_token(membership, token, ip=client_ip(request)):

@@ -41,7 +41,7 @@ def home(request: HttpRequest) -> HttpResponse:
 @require_GET
 @verified_email_required
 def status(request: SignedInRequest) -> HttpResponse:
-    membership = access.membership_for(request.user)
+    membership = access.request_member(request)
     # The journal address, its rotation and the setup guide: owners and admins only.
     status = tenant_status(membership.tenant, journal=membership.is_admin, compliance=membership.sees_all_mail)
     ctx = {
