@@ -83,7 +83,8 @@ class SweepOnConnect(bootsteps.StartStopStep):
     worker left, the imports a crashed worker was running and the Graph
     notifications a broker fault left; after a lost connection (a broker
     restart, which may have lost the queued tasks: a Redis without
-    persistence loses them all), also whatever was published before it."""
+    persistence loses them all), also the deliveries and notifications
+    published before it."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -104,7 +105,7 @@ class SweepOnConnect(bootsteps.StartStopStep):
             parent.app.signature("archive.tasks.sweep_stranded", kwargs=sweep).apply_async()
             # Imports a crashed worker was running go on once their heartbeat is stale.
             parent.app.signature("m365.tasks.resume_stale_imports").apply_async()
-            parent.app.signature("m365.tasks.sweep_notifications", kwargs={"at_start": True}).apply_async()
+            parent.app.signature("m365.tasks.sweep_notifications", kwargs=sweep).apply_async()
         except Exception:  # the broker went away again: the periodic sweep will do it
             logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)
 
