@@ -27,6 +27,7 @@ from infra.storage import IntegrityError
 from infra.text import storable_text
 from ingest.models import Delivery
 from ingest.originator import is_foreign, originator_org
+from ingest.stats import count_publish_failure
 from ingest.tuning import PUBLISH_CHUNK as PUBLISH_CHUNK  # re-exported: archive's retry_failed uses it
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,23 @@ INDEX_PENDING = "pending"
 # --- publishing ----------------------------------------------------------------
 
 
-def publish(task: str, args: tuple[object, ...] = (), countdown: float | None = None) -> None:
-    """Publish a task by name; raises on broker trouble.
+def publish(
+    task: str,
+    args: tuple[object, ...] = (),
+    countdown: float | None = None,
+    kwargs: dict[str, object] | None = None,
+) -> None:
+    """Publish a task by name; raises on broker trouble, once the failure is
+    counted (`ingest.stats.count_publish_failure`, served at /metrics).
 
     A connection a broker restart closed is replaced and the publish made
     again (CELERY_TASK_PUBLISH_RETRY_POLICY: a few attempts within seconds);
     a broker that stays away is the sweep's business."""
-    current_app.send_task(task, args=args, countdown=countdown)
+    try:
+        current_app.send_task(task, args=args, kwargs=kwargs, countdown=countdown)
+    except Exception:
+        count_publish_failure(task)
+        raise
 
 
 def enqueue(delivery_ids: list[int]) -> bool:
