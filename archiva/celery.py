@@ -83,7 +83,8 @@ class SweepOnConnect(bootsteps.StartStopStep):
     worker left, the imports a crashed worker was running and the Graph
     notifications a broker fault left; after a lost connection (a broker
     restart, which may have lost the queued tasks: a Redis without
-    persistence loses them all), also whatever was published before it."""
+    persistence loses them all), also the deliveries and notifications
+    published before it."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -100,11 +101,13 @@ class SweepOnConnect(bootsteps.StartStopStep):
 
             sweep["published_before"] = timezone.now().isoformat()
             logging.getLogger(__name__).info("broker connection back: sweeping what its restart may have lost")
+        from ingest.delivery import publish  # counts a failed publish
+
         try:
-            parent.app.signature("archive.tasks.sweep_stranded", kwargs=sweep).apply_async()
+            publish("archive.tasks.sweep_stranded", kwargs=sweep)
             # Imports a crashed worker was running go on once their heartbeat is stale.
-            parent.app.signature("m365.tasks.resume_stale_imports").apply_async()
-            parent.app.signature("m365.tasks.sweep_notifications", kwargs={"at_start": True}).apply_async()
+            publish("m365.tasks.resume_stale_imports")
+            publish("m365.tasks.sweep_notifications", kwargs=sweep)
         except Exception:  # the broker went away again: the periodic sweep will do it
             logging.getLogger(__name__).warning("could not ask for the start-up sweep", exc_info=True)
 

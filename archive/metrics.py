@@ -3,9 +3,11 @@
 Served by the web app's /metrics (web.metrics), one scrape for the whole
 region: the database is where every process's work ends up, so the figures
 are the same whichever pod answers, survive restarts, and need no per-process
-counters added up.  Every query here uses an index and touches no message
-body: counts per status (delivery_sweep), the oldest row of a state, and one
-`ORDER BY received_at DESC LIMIT 1` per tenant (delivery_tenant_recent).
+counters added up (the one counter, failed publishes, is added to its row by
+the process whose publish failed).  Every query here uses an index and
+touches no message body: counts per status (delivery_sweep), the oldest row
+of a state, one `ORDER BY received_at DESC LIMIT 1` per tenant
+(delivery_tenant_recent), and the failed publishes' rows (one per task).
 The count per status reads the whole delivery_sweep index (an index-only
 scan, O(deliveries)): at hundreds of millions of rows scrape every 60 s or
 more (docs/operations.md).
@@ -21,10 +23,11 @@ from datetime import datetime
 
 from django.db.models import Count, Min, OuterRef, Subquery
 from django.utils import timezone
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from archive.models import Message
 from ingest.models import Delivery
+from ingest.stats import publish_failures
 from tenants.models import Tenant
 
 # Deliveries the workers have yet to archive (stored: 250 sent; received: verified).
@@ -50,6 +53,7 @@ class PipelineCollector:
             "archiva_tenant_last_journal_report_timestamp_seconds",
         ):
             yield GaugeMetricFamily(name, "")
+        yield CounterMetricFamily("archiva_broker_publish_failures", "", labels=["task"])
 
     def collect(self) -> Iterator[Metric]:
         now = timezone.now()
@@ -83,6 +87,7 @@ class PipelineCollector:
             "Age of the oldest delivery whose task was never published (0 when none)",
             value=_age(now, unpublished["at"]),
         )
+        yield self._publish_failures()
         index = dict(
             Message.objects.exclude(index_status=Message.IndexStatus.INDEXED)
             .values_list("index_status")
@@ -117,3 +122,15 @@ class PipelineCollector:
         for public_id, at in rows.values_list("public_id", "last"):
             last.add_metric([str(public_id)], at.timestamp())
         yield last
+
+    @staticmethod
+    def _publish_failures() -> Metric:
+        """Counted by every process where its publish failed (ingest.stats), summed here."""
+        family = CounterMetricFamily(
+            "archiva_broker_publish_failures",
+            "Tasks that could not be published to the broker, by task (every process's failures)",
+            labels=["task"],
+        )
+        for task, count in sorted(publish_failures().items()):
+            family.add_metric([task], count)
+        return family

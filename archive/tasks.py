@@ -11,7 +11,6 @@ import logging
 import random
 import threading
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, NoReturn
 
 from celery import shared_task
@@ -82,8 +81,7 @@ def sweep_stranded(at_start: bool = False, published_before: str | None = None) 
     publishes again what was published before the broker connection was lost."""
     if not at_start:
         return lifecycle.sweep()
-    before = datetime.fromisoformat(published_before) if published_before else None
-    return lifecycle.sweep_at_start("worker", published_before=before)
+    return lifecycle.sweep_at_start("worker", published_before=lifecycle.published_before_from(published_before))
 
 
 def _retry_later(task: Task, exc: Exception, delivery_ids: list[int] | None = None) -> NoReturn:

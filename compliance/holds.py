@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from archive.models import Message
 from infra.storage import get_store
+from ingest.delivery import publish
 from search import Scope, get_backend
 from search.query import QueryError, parse
 from tenants import access
@@ -167,7 +168,7 @@ def _sync_objects_later(tenant_id: int) -> None:
     from compliance.tasks import sync_legal_holds
 
     try:
-        sync_legal_holds.delay(tenant_id)
+        publish(sync_legal_holds.name, (tenant_id,))
     except Exception:  # noqa: BLE001 - the broker is away: the daily retention run syncs them
         log.warning("could not ask for the legal holds of tenant %s to be synced", tenant_id, exc_info=True)
 

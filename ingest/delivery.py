@@ -27,6 +27,7 @@ from infra.storage import IntegrityError
 from infra.text import storable_text
 from ingest.models import Delivery
 from ingest.originator import is_foreign, originator_org
+from ingest.stats import count_publish_failure
 from ingest.tuning import PUBLISH_CHUNK as PUBLISH_CHUNK  # re-exported: archive's retry_failed uses it
 
 log = logging.getLogger(__name__)
@@ -44,13 +45,23 @@ INDEX_PENDING = "pending"
 # --- publishing ----------------------------------------------------------------
 
 
-def publish(task: str, args: tuple[object, ...] = (), countdown: float | None = None) -> None:
-    """Publish a task by name; raises on broker trouble.
+def publish(
+    task: str,
+    args: tuple[object, ...] = (),
+    countdown: float | None = None,
+    kwargs: dict[str, object] | None = None,
+) -> None:
+    """Publish a task by name; raises on broker trouble, once the failure is
+    counted (`ingest.stats.count_publish_failure`, served at /metrics).
 
     A connection a broker restart closed is replaced and the publish made
     again (CELERY_TASK_PUBLISH_RETRY_POLICY: a few attempts within seconds);
     a broker that stays away is the sweep's business."""
-    current_app.send_task(task, args=args, countdown=countdown)
+    try:
+        current_app.send_task(task, args=args, kwargs=kwargs, countdown=countdown)
+    except Exception:
+        count_publish_failure(task)
+        raise
 
 
 def enqueue(delivery_ids: list[int]) -> bool:
@@ -232,27 +243,46 @@ def requeue_after() -> timedelta:
     return timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
 
 
-def stranded_deliveries(
-    now: datetime | None = None, grace: float | None = None, published_before: datetime | None = None
-) -> QuerySet[Delivery]:
-    """Deliveries not yet archived and indexed that no worker has (recently) been given.
+def not_given_out(now: datetime, grace: float | None = None, published_before: datetime | None = None) -> Q:
+    """Rows (by their `received_at` and `enqueued_at`) that no worker has
+    (recently) been given: the sweeps' condition, for deliveries and Graph
+    notifications alike.
 
     Those never published are taken once `grace` seconds old (default
-    ARCHIVA_SWEEP_GRACE: the ingest publishes within a fraction of a second);
+    ARCHIVA_SWEEP_GRACE: they are published within a fraction of a second);
     those published ARCHIVA_REQUEUE_AFTER ago (or whose retry is that
     overdue) are taken again, and with `published_before` (a worker that
     lost its broker connection) those published before then, whose tasks a
     broker restart may have lost.
     """
-    now = now or timezone.now()
     window = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
-    unfinished = Q(status__in=UNFINISHED) | Q(status=Delivery.Status.ARCHIVED, message__index_status=INDEX_PENDING)
     requeue = now - requeue_after()
     if published_before is not None:
         requeue = max(requeue, published_before)
-    return Delivery.objects.filter(unfinished).filter(
-        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=requeue)
-    )
+    return Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=requeue)
+
+
+def published_before_from(value: str | None) -> datetime | None:
+    """The `published_before` a reconnecting worker passes its sweeps (ISO 8601
+    with an offset, from `timezone.now().isoformat()`); ValueError for another form."""
+    if not value:
+        return None
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"published_before must be an ISO 8601 date and time, not {value[:64]!r}") from exc
+    if timezone.is_naive(instant):
+        raise ValueError(f"published_before must carry its UTC offset: {value[:64]!r}")
+    return instant
+
+
+def stranded_deliveries(
+    now: datetime | None = None, grace: float | None = None, published_before: datetime | None = None
+) -> QuerySet[Delivery]:
+    """Deliveries not yet archived and indexed that no worker has (recently)
+    been given (`not_given_out`)."""
+    unfinished = Q(status__in=UNFINISHED) | Q(status=Delivery.Status.ARCHIVED, message__index_status=INDEX_PENDING)
+    return Delivery.objects.filter(unfinished).filter(not_given_out(now or timezone.now(), grace, published_before))
 
 
 def sweep(limit: int = 10_000, grace: float | None = None, published_before: datetime | None = None) -> int:

@@ -194,8 +194,10 @@ def _publish_soon(ids: list[int]) -> None:
 
 
 def _publish(ids: list[int]) -> None:
+    from ingest.delivery import publish  # ingest.delivery imports the models, this module among them
+
     try:
-        deliver_held.apply_async((ids,))
+        publish(deliver_held.name, (ids,))
     except Exception:
         log.warning("broker unavailable; %d postmaster messages left for the periodic task", len(ids), exc_info=True)
 

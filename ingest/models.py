@@ -87,4 +87,5 @@ class Delivery(models.Model):
 # Models of the ingest's policy and statistics live beside their logic.
 from ingest.held import HeldMessage as HeldMessage  # noqa: E402
 from ingest.policy import SenderNetwork as SenderNetwork  # noqa: E402
+from ingest.stats import PublishFailureCount as PublishFailureCount  # noqa: E402
 from ingest.stats import RejectionCount as RejectionCount  # noqa: E402

@@ -1,4 +1,5 @@
-"""Rejected deliveries, counted per tenant, hour and reason.
+"""Rejected deliveries, counted per tenant, hour and reason; failed
+publishes to the broker, counted per task.
 
 A row per rejection would let anyone with a bad token fill the database,
 so the ingest counts in memory and adds the counts to hourly rows every
@@ -8,6 +9,11 @@ are counted in rows without one, which no tenant ever sees; operators
 (staff users) see them on Status → Charts (`untenanted_rejections`), and in
 the Prometheus metrics.  Their reasons are few, so they add a handful of
 rows per hour however many a sender provokes.
+
+A publish that fails (the broker away) is rare and costly already (the
+publish retries for seconds), so each adds one to its task's row at once:
+every process publishes (the ingest's committer, workers, web), and the
+web's /metrics serves the sum as a Prometheus counter.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import threading
 from collections import Counter
 from datetime import datetime
 
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
@@ -95,3 +101,41 @@ def rejections_since(since: datetime, tenant: Tenant | None = None) -> dict[str,
 def untenanted_rejections(since: datetime) -> dict[str, int]:
     """Refusals that named no tenant since then, by reason: for operators only, never a tenant's page."""
     return rejections_since(since)
+
+
+class PublishFailureCount(models.Model):
+    """Failed publishes of one task to the broker, ever: a counter, never lowered."""
+
+    task = models.CharField(max_length=200, unique=True)
+    count = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        app_label = "ingest"
+
+    def __str__(self) -> str:
+        return f"{self.task}: {self.count} failed publishes"
+
+
+def count_publish_failure(task: str) -> None:
+    """Add one to `task`'s failed publishes.  Never raises, and in a savepoint
+    of its own: counting must not hide the broker's error from the caller,
+    nor break a transaction it publishes from."""
+    try:
+        with transaction.atomic():
+            if not _add_one(task):
+                try:
+                    with transaction.atomic():
+                        PublishFailureCount.objects.create(task=task, count=1)
+                except IntegrityError:  # another process made the row first
+                    _add_one(task)
+    except Exception:
+        log.warning("could not count a failed publish of %s", task, exc_info=True)
+
+
+def _add_one(task: str) -> int:
+    return PublishFailureCount.objects.filter(task=task).update(count=F("count") + 1)
+
+
+def publish_failures() -> dict[str, int]:
+    """Failed publishes so far, by task name (every process's)."""
+    return dict(PublishFailureCount.objects.values_list("task", "count"))

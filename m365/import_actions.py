@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-from celery import current_app
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from ingest.delivery import publish
 from m365.importing import ImportMailbox, ImportRun
 from tenants.audit import record_event
 from tenants.models import ApiToken, Membership, Tenant
@@ -353,7 +353,7 @@ def cancel_import(
 def publish_run(run_id: int, countdown: float | None = None) -> bool:
     """Ask a worker to run (or go on with) the import; on broker trouble the periodic `resume_stale` does."""
     try:
-        current_app.send_task(RUN_TASK, args=(run_id,), countdown=countdown)
+        publish(RUN_TASK, (run_id,), countdown=countdown)
     except Exception:
         log.warning("could not publish import %s; the next resume sweep will", run_id, exc_info=True)
         return False

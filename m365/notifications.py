@@ -19,13 +19,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import db
-from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from infra.text import storable_text
-from ingest.delivery import publish
+from ingest.delivery import not_given_out, publish
 from m365.sync import Notification, Subscription
 from tenants.models import Tenant
 
@@ -173,19 +172,21 @@ def _enqueue_in_background(ids: list[int]) -> None:
         db.connection.close()  # this thread's own connection: not left open between batches
 
 
-def stranded(now: datetime | None = None, grace: float | None = None) -> QuerySet[Notification]:
-    """Notifications not processed that no worker has (recently) been given."""
-    now = now or timezone.now()
-    window = timedelta(seconds=settings.ARCHIVA_SWEEP_GRACE if grace is None else grace)
-    requeue = timedelta(seconds=settings.ARCHIVA_REQUEUE_AFTER)
-    return Notification.objects.filter(processed_at__isnull=True).filter(
-        Q(enqueued_at__isnull=True, received_at__lt=now - window) | Q(enqueued_at__lt=now - requeue)
-    )
+def stranded(
+    now: datetime | None = None, grace: float | None = None, published_before: datetime | None = None
+) -> QuerySet[Notification]:
+    """Notifications not processed that no worker has (recently) been given,
+    by the deliveries' rule (`ingest.delivery.not_given_out`): with
+    `published_before`, also those published before a worker's broker
+    connection was lost, whose tasks its restart may have lost."""
+    given_out = not_given_out(now or timezone.now(), grace, published_before)
+    return Notification.objects.filter(processed_at__isnull=True).filter(given_out)
 
 
-def sweep(limit: int = 10_000, grace: float | None = None) -> int:
+def sweep(limit: int = 10_000, grace: float | None = None, published_before: datetime | None = None) -> int:
     """Publish stranded notifications, oldest first; returns how many were published."""
-    ids = list(stranded(grace=grace).order_by("received_at").values_list("pk", flat=True)[:limit])
+    due = stranded(grace=grace, published_before=published_before)
+    ids = list(due.order_by("received_at").values_list("pk", flat=True)[:limit])
     published = enqueue(ids) if ids else 0
     if published:
         log.info("sweep enqueued %d stranded notifications", published)

@@ -21,7 +21,7 @@ from django.db import OperationalError
 
 from archive.items import StoreFailed
 from infra.storage import StorageError
-from ingest.delivery import publish
+from ingest.delivery import publish, published_before_from
 from m365 import access, changes, import_actions, importer, items, notifications, subscriptions
 from m365.connection import check_connection
 from m365.graph import Graph, GraphError
@@ -131,13 +131,16 @@ def _republish(ids: list[int]) -> None:
 
 
 @shared_task
-def sweep_notifications(at_start: bool = False) -> int:
+def sweep_notifications(at_start: bool = False, published_before: str | None = None) -> int:
     """The periodic sweep; at a worker's start without the grace period, so
-    what a broker fault left behind is processed at once.  Also deletes
-    processed notifications past notifications.KEEP."""
+    what a broker fault left behind is processed at once, and with
+    `published_before` (ISO 8601: the worker got its broker back) also what
+    was published before the connection was lost.  The periodic one also
+    deletes processed notifications past notifications.KEEP."""
     if not at_start:
         notifications.prune()
-    return notifications.sweep(grace=0 if at_start else None)
+        return notifications.sweep()
+    return notifications.sweep(grace=0, published_before=published_before_from(published_before))
 
 
 @shared_task

@@ -50,6 +50,14 @@ class RedisServer:
         self.stop()
         self.start()
 
+    def blocked_clients(self) -> int:
+        """Clients waiting in a blocking command (a consumer's BRPOP): a task
+        published while one waits goes straight to it, not into the queue."""
+        import redis
+
+        with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5) as client:
+            return int(client.info("clients")["blocked_clients"])
+
 
 class RabbitNode:
     """A RabbitMQ node of the test's own (its own node name, ports, Mnesia and

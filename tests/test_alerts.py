@@ -56,7 +56,7 @@ def test_the_example_prometheus_configuration_is_valid(promtool, tmp_path):
         [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 13 rules found" in result.stdout
 
 
 def test_the_rules_fire_as_their_tests_expect(promtool):

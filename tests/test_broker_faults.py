@@ -9,6 +9,7 @@ message is archived and indexed within a minute of the broker's return.
 
 from __future__ import annotations
 
+import re
 import signal
 import smtplib
 import subprocess
@@ -27,10 +28,13 @@ from django.utils import timezone
 
 from ingest.delivery import mark_enqueued, stranded_deliveries
 from ingest.models import Delivery
+from m365.notifications import PROCESS_TASK as PROCESS_NOTIFICATIONS
+from m365.sync import Notification
 from tests.archive_support import deliver
 from tests.broker_support import RabbitNode, RedisServer
 from tests.smtp_support import journal_address
 from tests.test_ingest_process import ROOT, IngestProcess, process_env
+from tests.test_o365_webhook import subscribe
 
 # After the broker is back, everything acknowledged is archived and indexed within this.
 RECOVERY = 60.0
@@ -156,13 +160,18 @@ def wait_for_log(stack: Stack, role: str, text: str, timeout: float = 30.0) -> b
     return True
 
 
-def hold_a_task(stack: Stack, broker_url: str) -> None:
-    """Have the worker hold a task it has taken and not acknowledged: an
-    indexing run due in two minutes (like a retry waiting for its backoff)."""
+def publish_to(broker_url: str, task: str, args: tuple[object, ...] = (), countdown: float | None = None) -> str:
+    """Publish `task` to the broker at `broker_url` (not this process's own); its task id."""
     app = Celery("test")
     # The URL goes to the connection: Celery's broker_url prefers CELERY_BROKER_URL from the environment.
     with app.connection_for_write(broker_url) as connection:
-        task_id = app.send_task("archive.tasks.index_pending", countdown=120, connection=connection).id
+        return app.send_task(task, args=args, countdown=countdown, connection=connection).id
+
+
+def hold_a_task(stack: Stack, broker_url: str) -> None:
+    """Have the worker hold a task it has taken and not acknowledged: an
+    indexing run due in two minutes (like a retry waiting for its backoff)."""
+    task_id = publish_to(broker_url, "archive.tasks.index_pending", countdown=120)
     assert wait_for_log(stack, "worker", f"{task_id}] received"), stack.log("worker")[-3000:]
 
 
@@ -279,3 +288,49 @@ def test_a_worker_back_on_its_broker_sweeps_what_was_published_before_the_restar
     after = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: after\r\n\r\nx\r\n")
     mark_enqueued([after.pk])
     assert list(stranded_deliveries(grace=0, published_before=reconnected)) == [before]
+
+
+def test_a_worker_back_on_its_redis_processes_the_graph_notifications_its_restart_lost(stack, org, tmp_path):
+    """A Graph notification's task waits in Redis while the worker is paused;
+    the broker's restart loses it (no persistence).  Once the worker is back
+    on its broker, its reconnect sweep publishes the notification again at
+    once, not ARCHIVA_REQUEUE_AFTER (an hour here) later, and a worker
+    processes it: its one attempt finds no Microsoft 365 connection, which
+    is recorded as its outcome."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        running = stack(redis.url, ARCHIVA_REQUEUE_AFTER="3600")
+        worker = running.worker()
+        started = re.compile(r"m365\.tasks\.sweep_notifications\[[^\]]+\] succeeded")
+        deadline = time.monotonic() + 60
+        while not started.search(running.log("worker")):  # the start-up sweep is done: ours is the reconnect's
+            assert time.monotonic() < deadline, running.log("worker")[-3000:]
+            time.sleep(0.1)
+        subscription, _ = subscribe(org.tenant)
+        worker.send_signal(signal.SIGSTOP)
+        try:
+            # The paused worker's last BRPOP ends (brpop_timeout, 1 s): the task then stays queued.
+            deadline = time.monotonic() + 30
+            while redis.blocked_clients():
+                assert time.monotonic() < deadline, "the paused worker still waits in BRPOP"
+                time.sleep(0.1)
+            lost = Notification.objects.create(
+                tenant=org.tenant, subscription=subscription, kind="change", event="created", payload={},
+                enqueued_at=timezone.now(),
+            )  # fmt: skip
+            publish_to(redis.url, PROCESS_NOTIFICATIONS, ([lost.pk],))
+            assert queued(redis.url) == 1
+            redis.restart()
+            assert _queued_or_zero(redis.url) == 0  # lost with the restart
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + RECOVERY
+        while not Notification.objects.filter(pk=lost.pk, processed_at__isnull=False).exists():
+            assert time.monotonic() < deadline, running.log("worker")[-4000:]
+            time.sleep(0.5)
+        lost.refresh_from_db()
+        assert lost.attempts == 1
+        assert lost.error.startswith("NoConnection: ")
+        assert "broker connection back" in running.log("worker")
+    finally:
+        redis.stop()

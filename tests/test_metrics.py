@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from django.db import connection, transaction
 from django.utils import timezone
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.delivery import PROCESS_TASK
 from ingest.models import Delivery
+from ingest.stats import count_publish_failure, publish_failures
 from tests.archive_support import archive, corpus, corpus_names, deliver, fail_verification, received_at
-from tests.smtp_support import tls_files  # noqa: F401 (fixture)
+from tests.broker_support import RedisServer
+from tests.smtp_support import (
+    journal_address,
+    send,
+    tls_files,  # noqa: F401 (fixture)
+)
 from tests.test_ingest_process import ingest_process  # noqa: F401 (fixture: a real `manage.py smtpd`)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,3 +168,58 @@ def test_the_ingest_serves_its_certificate_expiry_on_its_metrics_port(ingest_pro
     values = samples(text)
     assert values[("archiva_smtp_tls_certificate_not_after_timestamp_seconds", label)] == expected
     assert values[("archiva_smtp_tls_certificate_readable", label)] == 1
+
+
+def failures(client, task: str) -> float | None:
+    """archiva_broker_publish_failures_total for `task` on /metrics; None when it has no series."""
+    return samples(scrape(client)).get(("archiva_broker_publish_failures_total", (("task", task),)))
+
+
+def test_failed_publishes_add_up_by_task(client, db):
+    count_publish_failure(PROCESS_TASK)
+    count_publish_failure(PROCESS_TASK)
+    count_publish_failure("m365.tasks.process_notifications")
+    assert publish_failures() == {PROCESS_TASK: 2, "m365.tasks.process_notifications": 1}
+    assert failures(client, PROCESS_TASK) == 2
+    assert failures(client, "m365.tasks.process_notifications") == 1
+
+
+def test_a_count_that_fails_leaves_the_publishers_transaction_usable(org, caplog):
+    """Counting never raises, and its failure (here: its table missing, as
+    during a rolling upgrade before the migration) does not abort the
+    transaction the publish was made from (PostgreSQL would refuse its next query)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE ingest_publishfailurecount RENAME TO publishfailurecount_away")  # rolled back
+        count_publish_failure(PROCESS_TASK)
+        org.tenant.refresh_from_db()
+    assert f"could not count a failed publish of {PROCESS_TASK}" in caplog.text
+
+
+def test_a_publish_to_a_stopped_broker_is_counted_on_metrics(ingest_process, tls_files, org, client, tmp_path):  # noqa: F811
+    """The ingest (a process of its own) publishes to its Redis, which then
+    stops: the 250 still goes out, and the web's /metrics counts the failed
+    publish under the task's name."""
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        process = ingest_process(CELERY_BROKER_URL=redis.url)
+        address = journal_address(org.tenant)
+        code, reply = send(process, tls_files, [address], b"Subject: broker up\r\n\r\nx\r\n")
+        assert code == 250
+        published = Delivery.objects.filter(queue_id=reply.decode().split()[1])
+        deadline = time.monotonic() + 30
+        while not published.filter(enqueued_at__isnull=False).exists():
+            assert time.monotonic() < deadline, (tmp_path / "smtpd.log").read_text()[-3000:]
+            time.sleep(0.1)
+        assert failures(client, PROCESS_TASK) is None  # published: nothing counted
+
+        redis.stop()
+        code, _ = send(process, tls_files, [address], b"Subject: broker gone\r\n\r\nx\r\n")
+        assert code == 250
+        deadline = time.monotonic() + 30
+        while failures(client, PROCESS_TASK) is None:
+            assert time.monotonic() < deadline, (tmp_path / "smtpd.log").read_text()[-3000:]
+            time.sleep(0.2)
+        assert failures(client, PROCESS_TASK) == 1
+        assert "broker unavailable" in (tmp_path / "smtpd.log").read_text()
+    finally:
+        redis.stop()

@@ -245,3 +245,48 @@ def test_processed_notifications_are_pruned_after_thirty_days(org):
     assert notifications.prune(now) == 1
     assert set(Notification.objects.values_list("pk", flat=True)) == {recent.pk, unprocessed.pk}
     assert not Notification.objects.filter(pk=old.pk).exists()
+
+
+def test_a_worker_back_on_its_broker_takes_again_the_notifications_published_before_the_restart(org, settings):
+    """Tasks published before a broker restart may be gone with it (a Redis
+    without persistence): the reconnect sweep takes their notifications again
+    at once, not ARCHIVA_REQUEUE_AFTER later; those published since, those
+    processed, and those whose retry is still to come are left alone."""
+    settings.ARCHIVA_REQUEUE_AFTER = 3600
+    subscription, _ = subscribe(org.tenant)
+
+    def stored(enqueued_at, processed_at=None) -> Notification:
+        return Notification.objects.create(
+            tenant=org.tenant, subscription=subscription, kind="change", event="created", payload={},
+            enqueued_at=enqueued_at, processed_at=processed_at,
+        )  # fmt: skip
+
+    now = timezone.now()
+    before = stored(now)  # published, its task in the broker when it restarted
+    stored(now, processed_at=now)
+    stored(now + timedelta(minutes=5))  # a retry published with its countdown (notifications.retry_due)
+    reconnected = timezone.now() + timedelta(microseconds=1)
+    assert not notifications.stranded(grace=0).exists()  # published, inside the requeue window
+    assert list(notifications.stranded(grace=0, published_before=reconnected)) == [before]
+    stored(reconnected + timedelta(seconds=1))  # published since the connection came back
+    assert list(notifications.stranded(grace=0, published_before=reconnected)) == [before]
+
+
+def test_the_reconnect_sweep_publishes_them_again_and_refuses_a_bad_instant(org, settings, redis_broker):
+    from m365.tasks import sweep_notifications
+
+    settings.ARCHIVA_REQUEUE_AFTER = 3600
+    subscription, _ = subscribe(org.tenant)
+    earlier = timezone.now() - timedelta(seconds=5)
+    lost = Notification.objects.create(
+        tenant=org.tenant, subscription=subscription, kind="change", event="created", payload={},
+        received_at=earlier, enqueued_at=earlier,
+    )  # fmt: skip
+    assert sweep_notifications(at_start=True) == 0  # a worker's start: inside the requeue window
+    assert sweep_notifications(at_start=True, published_before=timezone.now().isoformat()) == 1
+    lost.refresh_from_db()
+    assert lost.enqueued_at > earlier  # published again (to the real broker), marked anew
+    with pytest.raises(ValueError, match="ISO 8601"):
+        sweep_notifications(at_start=True, published_before="yesterday")
+    with pytest.raises(ValueError, match="UTC offset"):
+        sweep_notifications(at_start=True, published_before="2026-01-01T00:00:00")
