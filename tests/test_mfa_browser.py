@@ -215,7 +215,9 @@ def test_a_security_key_is_added_and_signs_in_instead_of_a_code(page, shots, org
     page.fill("#id_name", "Desk key")
     shots(page, "add-key")
     page.get_by_role("button", name="Add key").click()
-    page.wait_for_url(re.compile(r"/accounts/2fa/(recovery-codes|webauthn)/"))
+    # Where adding leads (not the add page itself, whose URL also starts with /accounts/2fa/webauthn/).
+    added = re.compile(r"/accounts/2fa/(recovery-codes|webauthn)/")
+    page.wait_for_url(lambda url: "/add/" not in url and bool(added.search(url)))
     assert Authenticator.objects.filter(user=org.user, type=Authenticator.Type.WEBAUTHN).count() == 1
     page.goto("/accounts/2fa/webauthn/")
     assert "Desk key" in page.inner_text("#webauthn-keys")
