@@ -377,6 +377,12 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
         ratio = end_to_end / sink.rate
         log(f"  ratio to smtp-sink:      {ratio:7.2f}  (goal >= 0.4)")
         sustained = sustain(pipeline, counts, archiva.address, opts) if opts.sustain_rate else {}
+        if sustained:
+            sustained["sustain_ratio"] = round(sustained["sustain_achieved"] / sink.rate, 3)
+            log(
+                f"  sustained ratio to smtp-sink: {sustained['sustain_ratio']:.2f}  "
+                f"({'the backlog stayed flat' if sustained['sustain_flat'] else 'NOT sustained: the backlog grew'})"
+            )
         latencies: list[float] = []
         if opts.latency_messages:
             latencies = measure_latency(

@@ -121,3 +121,14 @@ def test_the_head_ends_at_the_first_empty_line_of_either_kind(name):
     raw = EDGES[name]
     for candidate in (raw, raw.replace(b"\r\n", b"\n"), b"A: b\r\n\n" + raw, b"A: b\n\r\n\r\n" + raw):
         assert split_head_body(candidate) == first_empty_line(candidate)
+
+
+def test_a_cached_content_type_is_the_callers_own_copy():
+    from archive.parser.rawmime import _content_type, content_type
+
+    value = b'text/plain; charset="utf-8"'
+    first = content_type(value)
+    first[1]["charset"] = "changed by a caller"
+    assert content_type(value) == _content_type(value) == ("text/plain", {"charset": "utf-8"})
+    long_value = b"multipart/mixed; boundary=" + b"b" * 300  # not cached: as parsed
+    assert content_type(long_value) == _content_type(long_value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import functools
 import quopri
 import re
 from email.message import Message
@@ -169,6 +170,23 @@ def header(fields: list[tuple[str, bytes]], name: str) -> bytes | None:
 
 def content_type(value: bytes | None) -> tuple[str, dict[str, str]]:
     """('type/subtype', params) with RFC 2231 parameters decoded; text/plain when absent or broken."""
+    if value is not None and len(value) <= _CACHED_CONTENT_TYPE:
+        ctype, params = _content_type_cached(value)
+        return ctype, dict(params)  # the caller's own copy
+    return _content_type(value)
+
+
+# Short values repeat from report to report (a journal report's envelope and
+# message parts), and the email package's parameter parsing is slow.
+_CACHED_CONTENT_TYPE = 256
+
+
+@functools.lru_cache(maxsize=1024)
+def _content_type_cached(value: bytes) -> tuple[str, dict[str, str]]:
+    return _content_type(value)
+
+
+def _content_type(value: bytes | None) -> tuple[str, dict[str, str]]:
     msg = Message()
     if value:
         msg["Content-Type"] = value.decode("utf-8", "replace")
