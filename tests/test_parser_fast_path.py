@@ -132,3 +132,85 @@ def test_a_cached_content_type_is_the_callers_own_copy():
     assert content_type(value) == _content_type(value) == ("text/plain", {"charset": "utf-8"})
     long_value = b"multipart/mixed; boundary=" + b"b" * 300  # not cached: as parsed
     assert content_type(long_value) == _content_type(long_value)
+
+
+# --- address lists ---------------------------------------------------------------
+
+ADDRS = [
+    "a@x.com", "A.B@x.co.uk", "o'brien+tag@x-y.com", "first.last@sub.example.org", ".a@x.com", "a..b@x.com",
+    "a.@x.com", "a@b.", "a@b..com", "a@[1.2.3.4]", "a@exämple.com", "smtp:a@x.com", "SMTP:A@X.COM", "user@x",
+    "a b@x.com", "a@", "@x.com", "a@@x.com", "a@-x.com", '"quoted local"@x.com', "x!#$%&*/=?^_`{|}~-@x.com",
+    "a(comment)@x.com", "a@x.com(comment)", "a @ x.com", "a@ x.com", '"q"@x.com', "a@x.com.", "A@X.COM",
+]  # fmt: skip
+NAMES = [
+    "", "Alice", "Alice Smith", "A.B. Jr", "O'Brien", '"Smith, John"', "(comment)", "Jürgen", "=?utf-8?q?J=C3=BCrgen?=",
+    "a@b.com", "Al\tTab", "  spaced  ", "semi;colon", "back\\slash",
+]  # fmt: skip
+SHAPES = [
+    "{addr}", "<{addr}>", "{name} <{addr}>", "{name}<{addr}>", "{addr} ({name})", "{name} <{addr}", "{addr}>",
+    "group: {addr};", "", " ", "{name} <{addr}> trailing", "<{addr}> <{addr}>",
+]  # fmt: skip
+SEPARATORS = [",", ", ", " ,", ",,", "\t,", ";", ", ,"]
+
+
+def reference_addresses(value: str) -> list[str]:
+    """What `addresses` gave before its fast path: getaddresses for every value."""
+    from email.utils import getaddresses
+
+    from archive.parser.message import _kept
+
+    try:
+        pairs = getaddresses([value])
+    except (ValueError, IndexError, TypeError):
+        return []
+    return _kept([addr for _name, addr in pairs], 1000)
+
+
+def generated_address_lists(count: int) -> list[str]:
+    import random
+
+    rng = random.Random(21)
+    values = []
+    for _ in range(count):
+        items = [
+            rng.choice(SHAPES).format(addr=rng.choice(ADDRS), name=rng.choice(NAMES)) for _ in range(rng.randint(1, 4))
+        ]
+        value = items[0]
+        for item in items[1:]:
+            value += rng.choice(SEPARATORS) + item
+        values.append(value)
+    return values
+
+
+def test_address_lists_read_as_getaddresses_reads_them():
+    from archive.parser.message import _simple_addr_specs, addresses
+
+    values = generated_address_lists(5000)
+    for value in values:
+        assert addresses(value) == reference_addresses(value), value
+    simple = [v for v in values if _simple_addr_specs(v) is not None]
+    assert 200 < len(simple) < len(values)  # both paths were compared, many times each
+
+
+def test_corpus_address_headers_read_as_getaddresses_reads_them():
+    from archive.parser.journal import parse_envelope
+    from archive.parser.message import addresses, parse_message, raw_header
+
+    for name in corpus_names():
+        report = parse_report(corpus(name))
+        message, _ = parse_message(report.original)
+        for header in ("from", "to", "cc", "bcc", "sender", "reply-to"):
+            value = raw_header(message, header, join=True)
+            if value:
+                text = value.decode("utf-8", "replace")
+                assert addresses(text) == reference_addresses(text), (name, header)
+        assert parse_envelope("To: a@x.com, Bob <b@y.com>\r\nBcc: c@z.com, Expanded: list@y.com").recipients
+
+
+def test_plain_address_lists_take_the_fast_path():
+    from archive.parser.message import _simple_addr_specs
+
+    for value in ("a@x.com", "Alice <a@x.com>, b@y.com", " <a@x.com> ,  A.B. Jr <b@y.com>", "o'brien+tag@x-y.com"):
+        assert _simple_addr_specs(value) is not None, value
+    for value in ('"Smith, John" <a@x.com>', "a@x.com (Al)", "group: a@x.com;", "Jürgen <j@x.com>", "smtp:a@x.com"):
+        assert _simple_addr_specs(value) is None, value
