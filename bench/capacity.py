@@ -384,6 +384,13 @@ def run(opts: argparse.Namespace, workdir: Path) -> dict:
                 f"({'the backlog stayed flat' if sustained['sustain_flat'] else 'NOT sustained: the backlog grew'})"
             )
         latencies: list[float] = []
+        if sustained:  # the latency is the idle pipeline's: let what the sustained phase left drain first
+            _, stored_now, *_ = counts.latest()
+            waiting_from = time.monotonic()
+            drained_at = drain(pipeline, counts, stored_now, opts.drain_timeout)
+            if drained_at is None:
+                raise RuntimeError(f"the sustained phase's backlog did not drain in {opts.drain_timeout:.0f} s")
+            log(f"  the sustained phase's backlog drained {drained_at - waiting_from:.1f} s after its last send")
         if opts.latency_messages:
             latencies = measure_latency(
                 pipeline, archiva.address, archiva.tenant, opts.latency_messages, opts.latency_rate
