@@ -276,24 +276,18 @@ def index_pending(limit: int = 500) -> int:
     take turns (the embedded index has one writer anyway), and
     `mark_indexed`'s version check keeps a message merged meanwhile pending.
     """
+    pending = Message.objects.select_related("tenant").filter(index_status=Message.IndexStatus.PENDING)
     if connection.vendor == "sqlite":
         with file_lock(Path(settings.DATA_DIR) / "index-pending.lock", INDEX_LOCK_TIMEOUT):
-            batch = list(
-                Message.objects.select_related("tenant")
-                .filter(index_status=Message.IndexStatus.PENDING)
-                .order_by("id")[:limit]
-            )
-            index_messages(batch)
-            return len(batch)
+            return _index_batch(list(pending.order_by("id")[:limit]))
     with transaction.atomic():
-        batch = list(
-            Message.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("tenant")
-            .filter(index_status=Message.IndexStatus.PENDING)
-            .order_by("id")[:limit]
-        )
-        index_messages(batch)
-        return len(batch)
+        claimed = pending.select_for_update(skip_locked=True, of=("self",))
+        return _index_batch(list(claimed.order_by("id")[:limit]))
+
+
+def _index_batch(batch: list[Message]) -> int:
+    index_messages(batch)
+    return len(batch)
 
 
 def index_messages(messages: list[Message], reparse: bool = False) -> int:
