@@ -91,7 +91,12 @@ def participants(message: Message) -> list[str]:
     group it was expanded from and the address it was forwarded from, and
     the owner of every mailbox holding a copy (`mailboxes`): mail in my
     mailbox is mine to see, whoever it was addressed to."""
-    return participants_of(vars(message))
+    return participants_of({name: getattr(message, name) for name in _PARTICIPANT_FIELDS})
+
+
+_PARTICIPANT_FIELDS = (
+    "mailboxes", "from_addresses", "envelope_sender", "on_behalf_of", "to", "cc", "bcc", "envelope_recipients",
+)  # fmt: skip
 
 
 def participants_of(fields: dict[str, Any]) -> list[str]:
