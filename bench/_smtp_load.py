@@ -14,6 +14,11 @@ Latency is measured per message from the end of DATA (the final
 the server takes to make the message durable.  Prints msgs/s and
 p50/p95/p99 latency, or one JSON object with --json (used by bench/smtp.py).
 
+--rate paces the run: message n is sent n / rate seconds after the start,
+on whichever session is free (bench/capacity.py's sustained phase).
+--journal sends Exchange envelope journal reports instead of plain messages,
+the body being the enclosed original's.
+
 Messages are unique (Message-ID and Subject carry a run id and a sequence
 number), so a content-addressed store cannot deduplicate them, and every
 body holds a line starting with "." so dot-stuffing is exercised.
@@ -27,6 +32,7 @@ import argparse
 import asyncio
 import base64
 import json
+import math
 import os
 import random
 import ssl
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 
 CRLF = b"\r\n"
+PACING_TICK = 0.01  # seconds: --rate releases messages in ticks of this
 
 
 # --- messages -----------------------------------------------------------------
@@ -56,7 +63,25 @@ def build_body(size: int, seed: int = 5321) -> bytes:
     return CRLF.join(lines) + CRLF
 
 
-def build_header(index: int, run_id: str, sender: str, recipient: str) -> bytes:
+def build_header(index: int, run_id: str, sender: str, recipient: str, journal: bool = False) -> bytes:
+    """The message's head; with `journal`, an Exchange envelope journal report's
+    head and envelope part, up to the head of the enclosed original (whose
+    body is then the shared body, and `JOURNAL_END` closes the report)."""
+    if journal:
+        mid = f"<{run_id}.{index}@bench.invalid>"
+        return (
+            f"From: journal@contoso.com\r\nTo: {recipient}\r\nSubject: journal report {run_id} {index}\r\n"
+            f"X-MS-Journal-Report:\r\nMIME-Version: 1.0\r\n"
+            'Content-Type: multipart/mixed; boundary="journal-bench"\r\n\r\n'
+            "--journal-bench\r\nContent-Type: text/plain\r\n\r\n"
+            f"Sender: alice@contoso.com\r\nSubject: bench {run_id} message {index}\r\n"
+            f"Message-Id: {mid}\r\nTo: bob@fabrikam.com\r\n"
+            "--journal-bench\r\nContent-Type: message/rfc822\r\n\r\n"
+            f"From: Alice <alice@contoso.com>\r\nTo: bob@fabrikam.com\r\n"
+            f"Subject: bench {run_id} message {index}\r\nMessage-ID: {mid}\r\n"
+            f"Date: {formatdate(localtime=False)}\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+        ).encode()
     return (
         f"From: <{sender}>\r\n"
         f"To: <{recipient}>\r\n"
@@ -67,6 +92,9 @@ def build_header(index: int, run_id: str, sender: str, recipient: str) -> bytes:
         "Content-Type: text/plain; charset=us-ascii\r\n"
         "\r\n"
     ).encode()
+
+
+JOURNAL_END = b"\r\n--journal-bench--\r\n"
 
 
 # --- results --------------------------------------------------------------------
@@ -193,7 +221,8 @@ class Load:
         self.args = args
         self.stats = Stats()
         self.next_index = 0
-        self.body = build_body(args.size)
+        self.body = build_body(args.size) + (JOURNAL_END if args.journal else b"")
+        self.started = time.perf_counter()
         self.run_id = f"{os.getpid():x}{int(time.time()):x}"
         self.context = client_context(args) if args.starttls else None
         host, _, port = args.target.rpartition(":")
@@ -204,6 +233,17 @@ class Load:
             return None
         self.next_index += 1
         return self.next_index
+
+    async def due(self, index: int) -> None:
+        """With --rate, wait until message `index` is due: index / rate seconds
+        after the start, rounded up to the next PACING_TICK, so the sessions due
+        in one tick wake together (one timer and loop pass for them all: the
+        paced client cost twice the CPU a message of the unpaced one)."""
+        if self.args.rate:
+            due = math.ceil((index - 1) / self.args.rate / PACING_TICK) * PACING_TICK
+            wait = self.started + due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     async def connect(self) -> Connection:
         args = self.args
@@ -223,6 +263,7 @@ class Load:
         conn: Connection | None = None
         try:
             while (index := self.take()) is not None:
+                await self.due(index)
                 if conn is None:
                     conn = await self.connect()
                 # One deadline per transaction (cheaper than one per reply).
@@ -241,7 +282,7 @@ class Load:
         """One transaction; a refused MAIL/RCPT/DATA is counted and the session goes on (RSET)."""
         args, stats = self.args, self.stats
         stats.attempted += 1
-        header = build_header(index, self.run_id, args.sender, args.to)
+        header = build_header(index, self.run_id, args.sender, args.to, args.journal)
         size = len(header) + len(self.body)
         envelope = [f"MAIL FROM:<{args.sender}> SIZE={size}", f"RCPT TO:<{args.to}>", "DATA"]
         if "PIPELINING" in conn.capabilities and not args.no_pipelining:
@@ -286,7 +327,7 @@ def client_context(args: argparse.Namespace) -> ssl.SSLContext:
 
 async def run(args: argparse.Namespace) -> dict:
     load = Load(args)
-    started = time.perf_counter()
+    started = load.started = time.perf_counter()
     tasks = [asyncio.create_task(load.session()) for _ in range(min(args.sessions, args.messages))]
     done, pending = await asyncio.wait(tasks, timeout=args.deadline)
     for task in pending:
@@ -315,6 +356,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cafile", help="CA certificate(s) to verify the server with")
     parser.add_argument("--insecure", action="store_true", help="do not verify the server certificate")
     parser.add_argument("--server-name", default="localhost", help="name to verify in the certificate (SNI)")
+    parser.add_argument("--rate", type=float, default=0, help="messages per second over all sessions (0: flat out)")
+    parser.add_argument("--journal", action="store_true", help="send Exchange envelope journal reports")
     parser.add_argument("--per-connection", action="store_true", help="one message per connection")
     parser.add_argument("--no-pipelining", action="store_true", help="wait for each reply even with PIPELINING")
     parser.add_argument("--helo", default="bench.outbound.protection.outlook.com")
@@ -346,8 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.to:
         print("--to is required", file=sys.stderr)
         return 2
-    if args.messages < 1 or args.sessions < 1 or args.size < 0:
-        print("--messages and --sessions must be positive, --size not negative", file=sys.stderr)
+    if args.messages < 1 or args.sessions < 1 or args.size < 0 or args.rate < 0:
+        print("--messages and --sessions must be positive, --size and --rate not negative", file=sys.stderr)
         return 2
     result = asyncio.run(run(args))
     if args.json:

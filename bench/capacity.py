@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import smtplib
@@ -54,10 +55,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
-from _journal_reports import report_message, send_reports  # noqa: E402  (bench/_journal_reports.py)
+from _journal_reports import send_reports  # noqa: E402  (bench/_journal_reports.py)
 from smtp import (  # noqa: E402  (bench/smtp.py: smtp-sink, smtp-source, the migrated template)
     HOST,
+    LOAD_CLIENT,
     PYTHON,
+    SENDER,
     SMTP_SINK,
     SMTP_SOURCE,
     Archiva,
@@ -243,41 +246,31 @@ def measure_latency(pipeline: Pipeline, address: str, tenant_id: int, count: int
 def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Namespace) -> dict:
     """Send at a fixed rate for a while; is the backlog (stored, not yet indexed) flat?
 
-    --sessions-sustain sessions share --sustain-rate; each message is a ~--size
-    journal report with its own Message-ID.  The backlog's slope is fitted
-    over the window after its first fifth (the pipeline's start-up):
-    flat when it grows by less than 2% of the rate (or 1 message) per second."""
+    bench/_smtp_load.py, in a process of its own, sends --sustain-rate
+    Exchange journal reports a second (each ~--size, with its own
+    Message-ID) over --sustain-sessions sessions: one event loop that
+    pipelines MAIL, RCPT and DATA, so the load costs the box about what
+    smtp-source costs the other phases (its CPU is printed).  The backlog's
+    slope is fitted over the window after its first fifth (the pipeline's
+    start-up): flat when it grows by less than 2% of the rate (or 1 message)
+    per second."""
     rate, seconds, sessions = opts.sustain_rate, opts.sustain_seconds, opts.sustain_sessions
-    filler = "".join(
-        f"line {n} of the body, to make the report about the size asked\r\n" for n in range(opts.size // 60)
-    )
-    sent = [0] * sessions
-    refused = [0] * sessions
+    messages = max(1, int(rate * seconds))
+    cmd = [PYTHON, str(LOAD_CLIENT), f"{HOST}:{pipeline.port}", "--to", address, "--from", SENDER, "--json"]
+    cmd += ["--messages", str(messages), "--size", str(opts.size), "--sessions", str(sessions)]
+    cmd += ["--rate", str(rate), "--journal", "--deadline", str(seconds * 3 + 60)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
-
-    def session(k: int) -> None:
-        with smtplib.SMTP(HOST, pipeline.port, timeout=60) as client:
-            client.ehlo("capacity.bench")
-            n = 0
-            while True:
-                due = started + (n * sessions + k) / rate
-                if due - started >= seconds:
-                    return
-                time.sleep(max(0.0, due - time.monotonic()))
-                body = report_message(f"s{k}x{n}", address).replace(b"--b1--", filler.encode() + b"--b1--")
-                client.mail("ndr@contoso.com")
-                client.rcpt(address)
-                if client.data(body)[0] == 250:
-                    sent[k] += 1
-                else:
-                    refused[k] += 1
-                n += 1
-
-    threads = [threading.Thread(target=session, args=(k,)) for k in range(sessions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    proc = subprocess.run(cmd, capture_output=True, timeout=seconds * 3 + 120, start_new_session=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise RuntimeError(f"the load client failed: {proc.stderr.decode(errors='replace')[-2000:]}") from None
+    client_ms = 1000 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / messages
+    accepted, refused = result["accepted"], result["attempted"] - result["accepted"]
+    if result["errors"]:
+        log(f"  load client errors: {result['errors'][:3]}")
     ended = time.monotonic()
     window = [
         (t, stored - indexed) for t, stored, _, indexed, _ in counts.samples if started + seconds / 5 <= t <= ended
@@ -287,13 +280,13 @@ def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Nam
         mean_t = statistics.fmean(t for t, _ in window)
         mean_b = statistics.fmean(b for _, b in window)
         slope = sum((t - mean_t) * (b - mean_b) for t, b in window) / sum((t - mean_t) ** 2 for t, _ in window)
-    achieved = sum(sent) / (ended - started)
-    flat = slope <= max(1.0, 0.02 * rate) and not sum(refused)
+    achieved = accepted / (ended - started)
+    flat = slope <= max(1.0, 0.02 * rate) and not refused
     backlog = [b for _, b in window]
     log(
-        f"  sustained {rate:g}/s for {seconds:g} s: {sum(sent)} accepted ({achieved:.0f}/s), {sum(refused)} refused; "
+        f"  sustained {rate:g}/s for {seconds:g} s: {accepted} accepted ({achieved:.0f}/s), {refused} refused; "
         f"backlog {min(backlog, default=0)}..{max(backlog, default=0)}, slope {slope:+.1f} msgs/s: "
-        f"{'FLAT' if flat else 'GROWING'}"
+        f"{'FLAT' if flat else 'GROWING'}; the load client used {client_ms:.2f} ms CPU a message"
     )
     return {
         "sustain_rate": rate,
@@ -301,6 +294,7 @@ def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Nam
         "sustain_achieved": round(achieved, 1),
         "sustain_backlog_slope": round(slope, 2),
         "sustain_flat": flat,
+        "sustain_client_cpu_ms": round(client_ms, 3),
     }
 
 

@@ -227,7 +227,8 @@ def test_when_storage_fails_the_delivery_is_retried_and_the_sweep_leaves_it_alon
     def failing(self, *args):
         raise StorageError("disk on fire")
 
-    monkeypatch.setattr(FolderStore, "iter_bytes", failing)
+    monkeypatch.setattr(FolderStore, "iter_bytes", failing)  # whole objects
+    monkeypatch.setattr(FolderStore, "read_verified", failing)  # and ranges (packed reports)
     retried = []
     monkeypatch.setattr(process_deliveries, "retry", lambda **kw: retried.append(kw) or RuntimeError("retry"))
     with pytest.raises(RuntimeError, match="retry"):

@@ -93,6 +93,22 @@ def test_a_stored_object_reads_back_verified_under_its_content_address(store, bu
     assert store.bucket_size(bucket) == len(data)
 
 
+def test_a_range_reads_back_verified_and_a_bad_range_is_refused(store, bucket):
+    """A packed message is a range of its pack: read by offset and length, checked against its own hash."""
+    first, second = b"first message\r\n" * 10, b"second message\r\n" * 20
+    data = first + second
+    store.put_many([(bucket, "pack/ab/range-test", data, hashlib.sha256(data).hexdigest())])
+    sha = hashlib.sha256(second).hexdigest()
+
+    assert store.read_verified(bucket, "pack/ab/range-test", sha, len(first), len(second)) == second
+    with pytest.raises(IntegrityError):  # the wrong range
+        store.read_verified(bucket, "pack/ab/range-test", sha, 0, len(second))
+    with pytest.raises(IntegrityError):  # past the end: short
+        store.read_verified(bucket, "pack/ab/range-test", sha, len(first) + 1, len(second))
+    with pytest.raises(StorageError):
+        store.read_verified(bucket, "pack/ab/missing", sha, 0, len(second))
+
+
 def test_a_tampered_object_is_refused_on_read(store, bucket, tmp_path):
     key, sha = put(store, bucket, tmp_path, b"the original bytes\r\n")
     tamper(store, bucket, key, b"the forged bytes\r\n")
@@ -169,6 +185,18 @@ def folder(tmp_path) -> FolderStore:
     store = FolderStore(tmp_path / "buckets")
     store.create_bucket("tenant-a")
     return store
+
+
+def test_a_new_bucket_has_the_folder_of_every_object_the_pipeline_stores(folder):
+    """raw (reports, originals), pack (the ingest's packs) and text (extracted
+    text): storing one never creates a folder, a mkdir and a larger flush per message."""
+    from archive.documents import text_key
+    from infra.storage import pack_key
+
+    for n in range(256):
+        sha = f"{n:02x}" + hashlib.sha256(bytes([n])).hexdigest()[2:]
+        for key in (raw_key(sha), pack_key(sha), text_key(sha)):
+            assert (folder.root / "tenant-a" / key).parent.is_dir(), key
 
 
 def test_folder_store_leaves_no_temporary_after_a_put(folder, tmp_path):
