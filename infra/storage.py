@@ -226,6 +226,7 @@ class FolderStore(BlobStore):
 
     def __init__(self, root: Path):
         self.root = Path(root)
+        self._folders: dict[str, str] = {}  # bucket -> its folder, as a string (`_path`)
 
     def _bucket(self, bucket: str) -> Path:
         if not bucket or "/" in bucket or bucket.startswith("."):
@@ -236,11 +237,19 @@ class FolderStore(BlobStore):
         """The object's file, as a string: pathlib interns every part of a
         path (`sys.intern`), and each object key is a new part, so an export
         or a scrub over 100,000 objects would grow the interpreter's intern
-        table by as many."""
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        table by as many.  A key with an empty, "." or ".." part is refused.
+
+        It runs for every object the ingest and the worker touch, so the
+        bucket's folder is remembered and the key is checked with three
+        substring tests instead of a split (an empty part is a "//" in the
+        key wrapped in slashes, as are a leading and a trailing slash)."""
+        folder = self._folders.get(bucket)
+        if folder is None:
+            folder = self._folders.setdefault(bucket, str(self._bucket(bucket)))
+        wrapped = f"/{key}/"
+        if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
             raise StorageError(f"invalid key {key!r}")
-        return os.path.join(self._bucket(bucket), key)
+        return f"{folder}/{key}"
 
     def create_bucket(self, bucket: str, *, versioned: bool = True) -> None:
         """The bucket's folder and the 768 folders of `raw_key`, `pack_key` and `text_key`,

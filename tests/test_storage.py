@@ -273,13 +273,36 @@ def test_folder_store_refuses_dot_bucket_names(folder, name):
         folder.create_bucket(name)
 
 
-@pytest.mark.parametrize("key", ["../tenant-b/raw/x", "/etc/passwd", "raw/../../tenant-b/x"])
+@pytest.mark.parametrize(
+    "key", ["../tenant-b/raw/x", "/etc/passwd", "raw/../../tenant-b/x", "..", ".", "raw/./x", "raw//x", "raw/x/"]
+)
 def test_folder_store_refuses_keys_that_escape_the_bucket(folder, tmp_path, key):
     path, sha = make_file(tmp_path, b"x")
     with pytest.raises(StorageError):
         folder.put_file("tenant-a", key, path, sha)
     with pytest.raises(StorageError):
         folder.read_verified("tenant-a", key, sha)
+    with pytest.raises(StorageError):
+        folder.read_verified("tenant-a", key, sha, 0, 1)  # a range too
+
+
+def test_folder_store_key_check_refuses_exactly_the_empty_dot_and_dotdot_parts(folder):
+    """The substring check of `_path` against the rule it implements, on every
+    key of up to four parts drawn from the tricky ones."""
+    import itertools
+
+    pieces = ["", ".", "..", "...", ".a", "a.", "a..b", "x", "raw", "ab.json"]
+    for n in range(1, 5):
+        for parts in itertools.product(pieces, repeat=n):
+            key = "/".join(parts)
+            bad = any(part in ("", ".", "..") for part in parts)
+            try:
+                path = folder._path("tenant-a", key)
+            except StorageError:
+                assert bad, key
+            else:
+                assert not bad, key
+                assert path == os.path.join(folder.root, "tenant-a", key)
 
 
 def test_folder_store_refuses_an_empty_key(folder, tmp_path):
