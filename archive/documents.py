@@ -206,15 +206,30 @@ def _parse(raw: bytes, kind: str = Message.Kind.MAIL) -> ParsedReport:
     return parse_report(raw)
 
 
+OBJECTS = ("original", "decrypted", "text")  # a Message's objects: <name>_key, _sha256, _offset, _size
+
+
+def read_object(message: Message, name: str) -> bytes:
+    """One of the message's objects (`OBJECTS`) from the tenant's bucket,
+    checked against its SHA-256: a whole object, or its range of a pack."""
+    return get_store().read_verified(
+        message.tenant.bucket,
+        getattr(message, f"{name}_key"),
+        getattr(message, f"{name}_sha256"),
+        getattr(message, f"{name}_offset") or 0,
+        getattr(message, f"{name}_size"),
+    )
+
+
 def read_original(message: Message) -> bytes:
     """The original's bytes from the tenant's bucket, checked against its SHA-256."""
-    return get_store().read_verified(message.tenant.bucket, message.original_key, message.original_sha256)
+    return read_object(message, "original")
 
 
 def read_readable(message: Message) -> bytes:
     """What people read: the decrypted copy of a rights-protected original, else the original."""
     if message.has_decrypted:
-        return get_store().read_verified(message.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
+        return read_object(message, "decrypted")
     return read_original(message)
 
 
@@ -257,7 +272,7 @@ def stored_content(message: Message) -> Content:
     """The extracted text from the bucket (hash-verified), or a fresh parse when there is none."""
     if not message.text_key:
         return load_content(message)
-    data = json.loads(get_store().read_verified(message.tenant.bucket, message.text_key, message.text_sha256))
+    data = json.loads(read_object(message, "text"))
     attachments = [
         Attachment(a["name"], a["content_type"], a["size"], text=a.get("text", ""), skipped=a.get("skipped", ""))
         for a in data.get("attachments", [])

@@ -61,14 +61,24 @@ class Message(models.Model):
     # [{"n": download number, "name", "content_type", "size"}].  None for a
     # message archived before this was kept: computed (and kept) on its first view.
     attachment_list = models.JSONField(null=True, blank=True, default=None)
+    # Each object below is either a whole object of the bucket (`*_offset` and
+    # `*_size` None: `raw/…`, `text/…`) or `*_size` bytes from `*_offset` of a
+    # pack (`pack/…`, `ingest.pack`: the objects of one worker batch), read
+    # and checked against its own SHA-256 either way (`documents.read_object`).
     original_sha256 = models.CharField(max_length=64)
     original_key = models.CharField(max_length=255)
+    original_offset = models.BigIntegerField(null=True, blank=True)
+    original_size = models.BigIntegerField(null=True, blank=True)
     decrypted_sha256 = models.CharField(max_length=64, blank=True)
     decrypted_key = models.CharField(max_length=255, blank=True)
+    decrypted_offset = models.BigIntegerField(null=True, blank=True)
+    decrypted_size = models.BigIntegerField(null=True, blank=True)
     # The extracted text (body, attachment names and text) as JSON in the bucket:
     # indexing reads it instead of parsing again; `reindex --reparse` rewrites it.
     text_sha256 = models.CharField(max_length=64, blank=True)
     text_key = models.CharField(max_length=255, blank=True)
+    text_offset = models.BigIntegerField(null=True, blank=True)
+    text_size = models.BigIntegerField(null=True, blank=True)
     problems = models.JSONField(default=list)  # what the parser could not read
     version = models.PositiveIntegerField(default=1)
     index_status = models.CharField(max_length=16, choices=IndexStatus.choices, default=IndexStatus.PENDING)

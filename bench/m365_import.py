@@ -241,13 +241,9 @@ def run(opts: argparse.Namespace, env: dict[str, str], data: Path, processes) ->
     # Baseline: the same bytes, stored without Graph for a second tenant, through the same worker.
     other = create_tenant("Baseline", User.objects.create_user(email="base@example.com", password=None))
     from archive.access import messages as tenant_messages
-    from infra.storage import get_store
+    from archive.documents import read_original
 
-    store = get_store()
-    originals = [
-        (m.pk, store.read_verified(tenant.bucket, m.original_key, m.original_sha256))
-        for m in tenant_messages(tenant).only("pk", "original_key", "original_sha256")
-    ]
+    originals = [(m.pk, read_original(m)) for m in tenant_messages(tenant).select_related("tenant")]
     base_started = time.perf_counter()
     for start in range(0, len(originals), settings.ARCHIVA_M365_IMPORT_BATCH):
         chunk = originals[start : start + settings.ARCHIVA_M365_IMPORT_BATCH]

@@ -28,6 +28,7 @@ from django.db import models
 from django.utils import timezone
 
 from archive import access as archive_access
+from archive.documents import OBJECTS
 from infra.storage import BlobStore, IntegrityError, StorageError, get_store
 from tenants.models import Tenant
 
@@ -115,18 +116,14 @@ def delivery_objects(tenant: Tenant, after: int, limit: int) -> list[tuple[int, 
 
 
 def message_objects(tenant: Tenant, after: int, limit: int) -> list[tuple[int, list[StoredObject]]]:
-    rows = (
-        archive_access.messages(tenant)
-        .filter(pk__gt=after)
-        .order_by("pk")
-        .values_list(
-            "pk", "original_key", "original_sha256", "decrypted_key", "decrypted_sha256", "text_key", "text_sha256"
-        )[:limit]
-    )
+    """Each message's objects (original, decrypted copy, text): whole objects or ranges of a pack."""
+    columns = [f"{name}_{column}" for name in OBJECTS for column in ("key", "sha256", "offset", "size")]
+    rows = archive_access.messages(tenant).filter(pk__gt=after).order_by("pk").values_list("pk", *columns)[:limit]
     found = []
-    for pk, *pairs in rows:
-        keys_and_hashes = zip(pairs[::2], pairs[1::2], strict=True)
-        found.append((pk, [StoredObject(k, sha, message_id=pk) for k, sha in keys_and_hashes if k and sha]))
+    for pk, *values in rows:
+        per_object = zip(*[iter(values)] * 4, strict=True)  # (key, sha256, offset, size) of each
+        objects = [StoredObject(key, sha, offset or 0, size, message_id=pk) for key, sha, offset, size in per_object]
+        found.append((pk, [obj for obj in objects if obj.key and obj.sha256]))
     return found
 
 

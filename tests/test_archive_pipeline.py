@@ -8,6 +8,7 @@ real store, PostgreSQL and the embedded search backend.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import uuid
 
@@ -15,10 +16,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from archive import actions
+from archive import actions, documents
 from archive.models import Message
 from archive.tasks import index_pending, process_deliveries
-from infra.storage import get_store
+from infra.storage import IntegrityError, get_store
 from ingest.delivery import stranded_deliveries
 from ingest.models import Delivery
 from search.backends.base import SearchBackend
@@ -66,12 +67,49 @@ def test_every_corpus_file_is_archived_indexed_and_found_by_its_subject(org, out
 def test_the_original_is_stored_apart_from_its_report_and_read_back_verified(org, outsider):
     delivery = archive(org.tenant, corpus("05-binary-cte.eml"))
     message = message_of(delivery)
-    original = get_store().read_verified(org.tenant.bucket, message.original_key, message.original_sha256)
+    original = documents.read_original(message)
     assert original.startswith(b"From: mia@contoso.com")
     assert "Café crème".encode() in original  # 8-bit body, byte for byte
     assert b"X-MS-Journal-Report" not in original
     assert message.original_sha256 != delivery.sha256  # the report is kept too, under its own hash
     assert get_store().exists(org.tenant.bucket, delivery.storage_key)
+
+
+def test_a_batch_stores_its_originals_and_texts_in_one_pack_read_back_by_range(org, outsider, monkeypatch, settings):
+    """One object per batch and bucket, not two per message; each member is
+    checked against its own hash, and an object over PACK_LIMIT stays whole."""
+    reports = [report(f"<pack-{n}@contoso.com>", f"Packed {n}", [("To", "erin@contoso.com")]) for n in range(3)]
+    big = report("<big@contoso.com>", "Big one", [("To", "erin@contoso.com")], body="x" * 4000)
+    monkeypatch.setattr(actions, "PACK_LIMIT", 3000)  # the big original and its text go alone
+    ids = [deliver(org.tenant, raw).pk for raw in [*reports, big]]
+    assert process_deliveries.run(ids) == 4
+    messages = [message_of(Delivery.objects.get(pk=pk)) for pk in ids]
+    small, [large] = messages[:3], messages[3:]
+
+    [key] = {m.original_key for m in small} | {m.text_key for m in small}
+    assert key.startswith("pack/") and get_store().exists(org.tenant.bucket, key)
+    spans = sorted((m.original_offset, m.original_offset + m.original_size) for m in small)
+    spans += sorted((m.text_offset, m.text_offset + m.text_size) for m in small)
+    assert all(start < end for start, end in spans) and len(set(spans)) == 6
+    for n, message in enumerate(small):
+        assert f"Subject: Packed {n}".encode() in documents.read_original(message)
+        assert json.loads(documents.read_object(message, "text"))["body"].startswith("Hello.")
+    assert large.original_key == f"raw/{large.original_sha256[:2]}/{large.original_sha256}"
+    assert large.text_key == f"text/{large.text_sha256[:2]}/{large.text_sha256}.json"
+    assert (large.original_offset, large.original_size, large.text_offset, large.text_size) == (None,) * 4
+    assert b"x" * 4000 in documents.read_original(large)
+
+    # A byte flipped in one member fails that member's read alone.
+    victim = small[1]
+    path = settings.DATA_DIR / "buckets" / org.tenant.bucket / key
+    data = bytearray(path.read_bytes())
+    data[victim.original_offset + victim.original_size // 2] ^= 0x01
+    path.chmod(0o600)
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        documents.read_original(victim)
+    assert b"Subject: Packed 0" in documents.read_original(small[0])
+    assert documents.stored_content(victim).body  # its text, another member, still reads
 
 
 def test_envelope_bcc_expansions_and_forwards_are_kept_and_make_participants(org, outsider, backend):
@@ -96,7 +134,7 @@ def test_envelope_bcc_expansions_and_forwards_are_kept_and_make_participants(org
 def test_a_decrypted_copy_is_stored_and_its_text_indexed(org, outsider, backend):
     message = message_of(archive(org.tenant, corpus("07-decrypted-copy.eml")))
     assert message.has_decrypted and message.decrypted_sha256
-    assert get_store().read_verified(org.tenant.bucket, message.decrypted_key, message.decrypted_sha256)
+    assert documents.read_object(message, "decrypted")
     assert search_ids(backend, org.tenant, '"41 dollars per share"') == [message.pk]
 
 

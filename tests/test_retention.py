@@ -19,6 +19,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from archive import documents
 from archive.models import Message, MessageSource
 from archive.processing import process_deliveries
 from compliance import holds, purge, retention
@@ -90,9 +91,11 @@ def archive_one(tenant, subject: str, age: timedelta, **kw: str) -> Message:
 
 
 def objects_of(message: Message) -> list[str]:
-    keys = [message.original_key, message.text_key]
-    keys += list(Delivery.objects.filter(message=message).values_list("storage_key", flat=True))
-    return keys
+    """The distinct bucket objects the message uses: its report's pack and the
+    worker's pack of its original and text (one object for both)."""
+    keys = {message.original_key, message.text_key}
+    keys.update(Delivery.objects.filter(message=message).values_list("storage_key", flat=True))
+    return sorted(keys)
 
 
 def in_bucket(tenant, key: str) -> bool:
@@ -305,13 +308,18 @@ def test_a_pack_stays_until_its_last_report_expires(org, settings):
     )
     [pack] = set(Delivery.objects.filter(message__in=[older, newer]).values_list("storage_key", flat=True))
     assert pack.startswith("pack/")
+    # The worker's pack: both originals and both texts, archived in one batch.
+    [archived] = {older.original_key, older.text_key, newer.original_key, newer.text_key}
+    assert archived.startswith("pack/") and archived != pack
     set_policy(org, "1y")
     purge.run(tenant)
     assert in_bucket(tenant, pack)  # the newer report still lives in it
-    assert not in_bucket(tenant, older.original_key)
+    assert in_bucket(tenant, archived)  # and the newer original and text
+    assert not Message.objects.filter(pk=older.pk).exists()
     assert b"pack newer" in Delivery.objects.get(message=newer).read_report()  # still read from the pack
+    assert b"pack newer" in documents.read_original(Message.objects.select_related("tenant").get(pk=newer.pk))
     purge.run(tenant, now=NOW + 200 * DAY)
-    assert not in_bucket(tenant, pack)
+    assert not in_bucket(tenant, pack) and not in_bucket(tenant, archived)
     assert not Message.objects.filter(tenant=tenant).exists()
 
 

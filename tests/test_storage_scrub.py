@@ -70,25 +70,33 @@ def test_the_scrub_finds_a_flipped_byte_and_a_missing_object_and_status_shows_th
     delivery = first.deliveries.get()
     pack = bucket_file(org.tenant, delivery.storage_key)
     intact = flip_a_byte(pack, delivery.storage_offset + delivery.size // 2)
+    # The worker's pack of the second message: its original and its text, both gone.
+    assert second.text_key == second.original_key and second.text_key.startswith("pack/")
     bucket_file(org.tenant, second.text_key).unlink()
 
     code, out = run("--all")
-    assert code == 1 and "2 bad object(s) found" in out
+    assert code == 1 and "3 bad object(s) found" in out
     assert f"content does not match its SHA-256: {delivery.storage_key}" in out
     assert f"object missing: {second.text_key}" in out
-    open_ = {(f.problem, f.key): f for f in scrub.open_findings(org.tenant)}
-    assert set(open_) == {(Problem.MISMATCH, delivery.storage_key), (Problem.MISSING, second.text_key)}
-    assert open_[(Problem.MISMATCH, delivery.storage_key)].delivery_id == delivery.pk
-    assert open_[(Problem.MISSING, second.text_key)].message_id == second.pk
+    open_ = {(f.problem, f.key, f.offset): f for f in scrub.open_findings(org.tenant)}
+    assert set(open_) == {
+        (Problem.MISMATCH, delivery.storage_key, delivery.storage_offset),
+        (Problem.MISSING, second.original_key, second.original_offset),
+        (Problem.MISSING, second.text_key, second.text_offset),
+    }
+    assert open_[(Problem.MISMATCH, delivery.storage_key, delivery.storage_offset)].delivery_id == delivery.pk
+    assert open_[(Problem.MISSING, second.text_key, second.text_offset)].message_id == second.pk
+    assert open_[(Problem.MISSING, second.text_key, second.text_offset)].size == second.text_size
     assert not scrub.open_findings(outsider.memberships.get().tenant).exists()
-    assert (metric("mismatch"), metric("missing"), metric("unreadable")) == (1, 1, 0)
+    assert (metric("mismatch"), metric("missing"), metric("unreadable")) == (1, 2, 0)
 
     client.force_login(org.auditor)
     html = client.get(reverse("status")).content.decode()
-    assert 'id="storage-problems">2 bad objects<' in html
-    assert f"<code>{second.text_key}</code>" in html and f'href="/messages/{second.pk}/"' in html
+    assert 'id="storage-problems">3 bad objects<' in html
+    assert f"<code>{second.text_key}</code> bytes {second.text_offset}+{second.text_size}" in html
+    assert f'href="/messages/{second.pk}/"' in html
     assert f"<code>{delivery.storage_key}</code> bytes {delivery.storage_offset}+{delivery.size}" in html
-    assert client.get("/api/v1/status").json()["storage_scrub"]["problems"] == 2
+    assert client.get("/api/v1/status").json()["storage_scrub"]["problems"] == 3
     client.force_login(org.user)
     assert 'id="integrity"' not in client.get(reverse("status")).content.decode()
     client.force_login(outsider)
@@ -98,8 +106,8 @@ def test_the_scrub_finds_a_flipped_byte_and_a_missing_object_and_status_shows_th
     pack.write_bytes(intact)
     archived_text = second.text_key
     code, _ = run("--tenant", "Contoso", "--all")
-    assert code == 1  # the text object is still missing
-    assert [f.key for f in scrub.open_findings(org.tenant)] == [archived_text]
+    assert code == 1  # the second message's pack is still missing
+    assert [f.key for f in scrub.open_findings(org.tenant)] == [archived_text, archived_text]
     assert ScrubFinding.objects.filter(tenant=org.tenant, resolved_at__isnull=False).count() == 1
 
 
@@ -159,10 +167,10 @@ def test_an_object_deleted_with_its_row_during_the_run_is_no_finding(org, monkey
     real_check = scrub.check_object
 
     def retention_strikes_first(store, bucket, obj):
-        if obj.key == message.text_key:
+        if obj.key == message.text_key and obj.offset == message.text_offset:  # its original comes first
             Delivery.objects.filter(message=message).update(message=None)
             Message.objects.filter(pk=message.pk).delete()
-            bucket_file(org.tenant, message.text_key).unlink()
+            bucket_file(org.tenant, message.text_key).unlink()  # the pack of its original and text
         return real_check(store, bucket, obj)
 
     monkeypatch.setattr(scrub, "check_object", retention_strikes_first)
