@@ -64,6 +64,7 @@ class Report:
     objects: int = 0
     bytes: int = 0
     deliveries_checked: int = 0
+    message_objects_checked: int = 0
     restored_database: str = ""
     restored_buckets: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -191,6 +192,16 @@ def verify(backup_: Backup, restore_url: str, database: str, buckets: dict[str, 
             "SELECT d.id, t.bucket, d.storage_key, d.storage_offset, d.size, d.sha256 "
             "FROM ingest_delivery d JOIN tenants_tenant t ON t.id = d.tenant_id ORDER BY d.id"
         ).fetchall()
+        # Each archived message's original, decrypted copy and text: a whole
+        # object (offset and size NULL) or a range of the worker's pack.
+        message_objects = conn.execute(
+            " UNION ALL ".join(
+                f"SELECT m.id, t.bucket, m.{name}_key, m.{name}_offset, m.{name}_size, m.{name}_sha256 "  # noqa: S608 - our own column names
+                f"FROM archive_message m JOIN tenants_tenant t ON t.id = m.tenant_id WHERE m.{name}_key <> ''"
+                for name in ("original", "decrypted", "text")
+            )
+            + " ORDER BY 1"
+        ).fetchall()
     for original, fresh in sorted(buckets.items()):
         listed = dict(list_objects(s3, fresh))
         for key, (size, digest) in sorted(backup_.objects[original].items()):
@@ -218,6 +229,21 @@ def verify(backup_: Backup, restore_url: str, database: str, buckets: dict[str, 
         if hashlib.sha256(part).hexdigest() != digest:
             report.problem(f"delivery {delivery_id}: {bucket}/{key} at {offset}+{size} does not match its sha256")
         report.deliveries_checked += 1
+    for message_id, bucket, key, offset, size, digest in message_objects:
+        fresh = buckets.get(bucket)
+        if fresh is None:
+            report.problem(f"message {message_id}: its tenant's bucket {bucket} was not backed up")
+            continue
+        where = {} if size is None else {"Range": f"bytes={offset}-{offset + size - 1}"}
+        try:
+            part = s3.get_object(Bucket=fresh, Key=key, **where)["Body"].read()
+        except s3.exceptions.ClientError as exc:
+            report.problem(f"message {message_id}: {bucket}/{key} unreadable after restore: {exc}")
+            continue
+        if hashlib.sha256(part).hexdigest() != digest:
+            span = "" if size is None else f" at {offset}+{size}"
+            report.problem(f"message {message_id}: {bucket}/{key}{span} does not match its sha256")
+        report.message_objects_checked += 1
 
 
 def drop(restore_url: str, database: str, buckets: dict[str, str], s3: Any) -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
+from archive.models import Message
+from ingest.models import Delivery
 from tenants.actions import create_tenant
 from tests.archive_support import archive, corpus, corpus_names, deliver
 from tests.conftest import make_user
@@ -68,6 +70,7 @@ def test_the_drill_script_restores_everything_and_says_so(region, tmp_path):
     assert report["ok"] and report["problems"] == []
     assert report["buckets"] == 2
     assert report["deliveries_checked"] == 7
+    assert report["message_objects_checked"] == 6 * 2  # six messages: an original and a text each
     assert report["objects"] >= 2 and report["bytes"] > 0
     assert report["tables"] > 20 and report["rows"] > 0
     manifest = json.loads((tmp_path / "backup" / "manifest.json").read_text())
@@ -82,7 +85,9 @@ def test_a_damaged_backup_object_is_named(region, tmp_path):
     s3 = restore_drill.s3_client(region["endpoint"], "us-east-1")
     copy = restore_drill.backup(region["url"], s3, region["prefix"], tmp_path / "backup")
     bucket = region["tenants"][1].bucket
-    key, (size, digest) = next(iter(sorted(copy.objects[bucket].items())))
+    report_pack = Delivery.objects.filter(tenant=region["tenants"][1]).values_list("storage_key", flat=True)[0]
+    size, digest = copy.objects[bucket][report_pack]
+    key = report_pack
     damaged = tmp_path / "backup" / "buckets" / bucket / key
     data = bytearray(damaged.read_bytes())
     data[size // 2] ^= 0xFF
@@ -98,6 +103,27 @@ def test_a_damaged_backup_object_is_named(region, tmp_path):
     assert not report.ok
     assert f"{bucket}/{key}: restored bytes differ from the original (size or sha256)" in report.problems
     assert any(p.startswith("delivery ") and "does not match its sha256" in p for p in report.problems)
+
+
+def test_a_damaged_message_object_is_named(region, tmp_path):
+    """The worker's pack of originals and texts is checked member by member after restore."""
+    s3 = restore_drill.s3_client(region["endpoint"], "us-east-1")
+    copy = restore_drill.backup(region["url"], s3, region["prefix"], tmp_path / "backup")
+    message = Message.objects.filter(tenant=region["tenants"][0]).order_by("pk").first()
+    bucket = message.tenant.bucket
+    damaged = tmp_path / "backup" / "buckets" / bucket / message.text_key
+    data = bytearray(damaged.read_bytes())
+    data[(message.text_offset or 0) + 1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+
+    database, buckets = restore_drill.restore(copy, region["url"], s3, uuid.uuid4().hex[:10])
+    report = restore_drill.Report()
+    try:
+        restore_drill.verify(copy, region["url"], database, buckets, s3, report)
+    finally:
+        restore_drill.drop(region["url"], database, buckets, s3)
+    assert not report.ok
+    assert any(p.startswith(f"message {message.pk}: {bucket}/{message.text_key}") for p in report.problems)
 
 
 def test_bad_arguments_are_refused_with_a_message(tmp_path):
