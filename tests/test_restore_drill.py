@@ -81,6 +81,17 @@ def test_the_drill_script_restores_everything_and_says_so(region, tmp_path):
         assert cursor.fetchone()[0] == 0
 
 
+def restored_and_verified(copy, region, s3) -> restore_drill.Report:
+    """Restore the backup into a fresh database and buckets, verify it, drop the copies: the report."""
+    database, buckets = restore_drill.restore(copy, region["url"], s3, uuid.uuid4().hex[:10])
+    report = restore_drill.Report()
+    try:
+        restore_drill.verify(copy, region["url"], database, buckets, s3, report)
+    finally:
+        restore_drill.drop(region["url"], database, buckets, s3)
+    return report
+
+
 def test_a_damaged_backup_object_is_named(region, tmp_path):
     s3 = restore_drill.s3_client(region["endpoint"], "us-east-1")
     copy = restore_drill.backup(region["url"], s3, region["prefix"], tmp_path / "backup")
@@ -94,12 +105,7 @@ def test_a_damaged_backup_object_is_named(region, tmp_path):
     damaged.write_bytes(bytes(data))
     assert hashlib.sha256(data).hexdigest() != digest
 
-    database, buckets = restore_drill.restore(copy, region["url"], s3, uuid.uuid4().hex[:10])
-    report = restore_drill.Report()
-    try:
-        restore_drill.verify(copy, region["url"], database, buckets, s3, report)
-    finally:
-        restore_drill.drop(region["url"], database, buckets, s3)
+    report = restored_and_verified(copy, region, s3)
     assert not report.ok
     assert f"{bucket}/{key}: restored bytes differ from the original (size or sha256)" in report.problems
     assert any(p.startswith("delivery ") and "does not match its sha256" in p for p in report.problems)
@@ -116,12 +122,7 @@ def test_a_damaged_message_object_is_named(region, tmp_path):
     data[(message.text_offset or 0) + 1] ^= 0xFF
     damaged.write_bytes(bytes(data))
 
-    database, buckets = restore_drill.restore(copy, region["url"], s3, uuid.uuid4().hex[:10])
-    report = restore_drill.Report()
-    try:
-        restore_drill.verify(copy, region["url"], database, buckets, s3, report)
-    finally:
-        restore_drill.drop(region["url"], database, buckets, s3)
+    report = restored_and_verified(copy, region, s3)
     assert not report.ok
     assert any(p.startswith(f"message {message.pk}: {bucket}/{message.text_key}") for p in report.problems)
 
