@@ -105,9 +105,9 @@ class _Object:
 
     __slots__ = ("bucket", "data", "fields", "name", "sha256")
 
-    def __init__(self, bucket: str, name: str, data: bytes, fields: dict[str, Any]):
+    def __init__(self, bucket: str, name: str, data: bytes, fields: dict[str, Any], sha256: str | None = None):
         self.bucket, self.name, self.data, self.fields = bucket, name, data, fields
-        self.sha256 = hashlib.sha256(data).hexdigest()
+        self.sha256 = sha256 or hashlib.sha256(data).hexdigest()
         fields[f"{name}_sha256"] = self.sha256
 
     def place(self, key: str, offset: int | None = None) -> None:
@@ -119,7 +119,7 @@ class _Object:
 def _objects_of(bucket: str, parsed: ParsedReport, fields: dict[str, Any]) -> list[_Object]:
     """A parsed report's objects to store: its original, decrypted copy and
     extracted text; each fills its columns of `fields` once placed."""
-    objects = [_Object(bucket, "original", parsed.original, fields)]
+    objects = [_Object(bucket, "original", parsed.original, fields, documents.original_sha256(parsed))]
     if parsed.decrypted:
         objects.append(_Object(bucket, "decrypted", parsed.decrypted, fields))
     else:

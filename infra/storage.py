@@ -164,7 +164,11 @@ class BlobStore:
             digest.update(chunk)
             yield chunk
         if digest.hexdigest() != sha256:
-            raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
+            raise _mismatch(bucket, key, sha256)
+
+
+def _mismatch(bucket: str, key: str, sha256: str) -> IntegrityError:
+    return IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
 
 
 def _check_hash(bucket: str, key: str, data: bytes, sha256: str) -> None:
@@ -408,37 +412,38 @@ class FolderStore(BlobStore):
         loop; anything else streams as `BlobStore.read_verified` does."""
         if length is None or length > CHUNK:
             return super().read_verified(bucket, key, sha256, offset, length)
-        path = self._path(bucket, key)
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        with self._reading(bucket, key):
+            fd = os.open(self._path(bucket, key), os.O_RDONLY)
             try:
                 data = os.pread(fd, length, offset)
             finally:
                 os.close(fd)
-        except FileNotFoundError as exc:
-            raise StorageError(f"{bucket}/{key} is missing") from exc
-        except OSError as exc:
-            raise StorageError(f"cannot read {bucket}/{key}: {exc}") from exc
         if hashlib.sha256(data).hexdigest() != sha256:  # a short read fails here too
-            raise IntegrityError(f"{bucket}/{key}: stored bytes do not match sha256 {sha256}")
+            raise _mismatch(bucket, key, sha256)
         return data
 
-    def iter_bytes(self, bucket: str, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    @staticmethod
+    @contextlib.contextmanager
+    def _reading(bucket: str, key: str) -> Iterator[None]:
+        """An OSError while reading an object, as the StorageError that names it."""
         try:
-            with open(self._path(bucket, key), "rb") as fh:
-                fh.seek(offset)
-                left = length
-                while left is None or left > 0:
-                    chunk = fh.read(CHUNK if left is None else min(CHUNK, left))
-                    if not chunk:
-                        break  # short: the caller's hash check fails
-                    if left is not None:
-                        left -= len(chunk)
-                    yield chunk
+            yield
         except FileNotFoundError as exc:
             raise StorageError(f"{bucket}/{key} is missing") from exc
         except OSError as exc:
             raise StorageError(f"cannot read {bucket}/{key}: {exc}") from exc
+
+    def iter_bytes(self, bucket: str, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        with self._reading(bucket, key), open(self._path(bucket, key), "rb") as fh:
+            fh.seek(offset)
+            left = length
+            while left is None or left > 0:
+                chunk = fh.read(CHUNK if left is None else min(CHUNK, left))
+                if not chunk:
+                    break  # short: the caller's hash check fails
+                if left is not None:
+                    left -= len(chunk)
+                yield chunk
 
     def exists(self, bucket: str, key: str) -> bool:
         return os.path.isfile(self._path(bucket, key))

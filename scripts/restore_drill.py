@@ -217,33 +217,41 @@ def verify(backup_: Backup, restore_url: str, database: str, buckets: dict[str, 
             report.problem(f"{fresh}/{key}: in the restored bucket but not in the backup")
     report.buckets = len(buckets)
     for delivery_id, bucket, key, offset, size, digest in deliveries:
-        fresh = buckets.get(bucket)
-        if fresh is None:
-            report.problem(f"delivery {delivery_id}: its tenant's bucket {bucket} was not backed up")
-            continue
-        try:
-            part = s3.get_object(Bucket=fresh, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"].read()
-        except s3.exceptions.ClientError as exc:
-            report.problem(f"delivery {delivery_id}: {bucket}/{key} unreadable after restore: {exc}")
-            continue
-        if hashlib.sha256(part).hexdigest() != digest:
-            report.problem(f"delivery {delivery_id}: {bucket}/{key} at {offset}+{size} does not match its sha256")
-        report.deliveries_checked += 1
+        if check_stored(f"delivery {delivery_id}", buckets, bucket, key, offset, size, digest, s3, report):
+            report.deliveries_checked += 1
     for message_id, bucket, key, offset, size, digest in message_objects:
-        fresh = buckets.get(bucket)
-        if fresh is None:
-            report.problem(f"message {message_id}: its tenant's bucket {bucket} was not backed up")
-            continue
-        where = {} if size is None else {"Range": f"bytes={offset}-{offset + size - 1}"}
-        try:
-            part = s3.get_object(Bucket=fresh, Key=key, **where)["Body"].read()
-        except s3.exceptions.ClientError as exc:
-            report.problem(f"message {message_id}: {bucket}/{key} unreadable after restore: {exc}")
-            continue
-        if hashlib.sha256(part).hexdigest() != digest:
-            span = "" if size is None else f" at {offset}+{size}"
-            report.problem(f"message {message_id}: {bucket}/{key}{span} does not match its sha256")
-        report.message_objects_checked += 1
+        if check_stored(f"message {message_id}", buckets, bucket, key, offset, size, digest, s3, report):
+            report.message_objects_checked += 1
+
+
+def check_stored(
+    owner: str,
+    buckets: dict[str, str],
+    bucket: str,
+    key: str,
+    offset: int | None,
+    size: int | None,
+    digest: str,
+    s3: Any,
+    report: Report,
+) -> bool:
+    """Read what a row vouches for (a whole object, or `size` bytes from
+    `offset`) from the restored bucket and check its SHA-256; a problem is
+    reported under `owner`.  False when it could not be read at all."""
+    fresh = buckets.get(bucket)
+    if fresh is None:
+        report.problem(f"{owner}: its tenant's bucket {bucket} was not backed up")
+        return False
+    span = {} if size is None else {"Range": f"bytes={offset or 0}-{(offset or 0) + size - 1}"}
+    try:
+        part = s3.get_object(Bucket=fresh, Key=key, **span)["Body"].read()
+    except s3.exceptions.ClientError as exc:
+        report.problem(f"{owner}: {bucket}/{key} unreadable after restore: {exc}")
+        return False
+    if hashlib.sha256(part).hexdigest() != digest:
+        at = "" if size is None else f" at {offset or 0}+{size}"
+        report.problem(f"{owner}: {bucket}/{key}{at} does not match its sha256")
+    return True
 
 
 def drop(restore_url: str, database: str, buckets: dict[str, str], s3: Any) -> None:
