@@ -25,7 +25,7 @@ from archive.parser import items as item_parser
 from archive.parser import journal
 from archive.parser.parsed import ParsedReport
 from infra.filelock import file_lock
-from infra.storage import IntegrityError, StorageError, get_store, pack_key, raw_key
+from infra.storage import IntegrityError, StorageError, get_store, pack_key, raw_key, text_key
 from infra.text import storable, storable_text
 from ingest import delivery as ingest_delivery
 from ingest import pack
@@ -142,7 +142,7 @@ def _store_objects(objects: list[_Object]) -> None:
     packs: dict[str, list[_Object]] = {}
     for obj in objects:
         if len(obj.data) > PACK_LIMIT:
-            key = documents.text_key(obj.sha256) if obj.name == "text" else raw_key(obj.sha256)
+            key = text_key(obj.sha256) if obj.name == "text" else raw_key(obj.sha256)
             items.append((obj.bucket, key, obj.data, obj.sha256))
             obj.place(key)
         else:
@@ -160,8 +160,8 @@ def _put_text(bucket: str, content: documents.Content) -> tuple[str, str]:
     """Store extracted text content-addressed (a no-op when it exists); returns (sha256, key)."""
     data = documents.content_json(content)
     sha = hashlib.sha256(data).hexdigest()
-    get_store().put_many([(bucket, documents.text_key(sha), data, sha)])
-    return sha, documents.text_key(sha)
+    get_store().put_many([(bucket, text_key(sha), data, sha)])
+    return sha, text_key(sha)
 
 
 def _merge_into(message: Message, fields: dict[str, Any], save: bool = True) -> None:

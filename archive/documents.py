@@ -249,16 +249,6 @@ def load_content(message: Message) -> Content:
     return _content(_parse(read_readable(message), message.kind))
 
 
-def text_key(sha256: str) -> str:
-    """Where a message's extracted text lives: one level of 256 folders, made
-    with the bucket (infra.storage.STORE_FOLDERS), as for `raw_key`.  Two
-    levels (65,536 folders) made nearly every text object of a young tenant
-    create a folder: a failed open, a mkdir and a larger flush per message.
-    Messages keep the key their text was stored under (`Message.text_key`),
-    so texts stored under the earlier layout stay readable."""
-    return f"text/{sha256[:2]}/{sha256}.json"
-
-
 def content_json(content: Content) -> bytes:
     """The extracted text as stored beside the original (what indexing needs, no HTML)."""
     attachments = [

@@ -121,9 +121,12 @@ def message_objects(tenant: Tenant, after: int, limit: int) -> list[tuple[int, l
     rows = archive_access.messages(tenant).filter(pk__gt=after).order_by("pk").values_list("pk", *columns)[:limit]
     found = []
     for pk, *values in rows:
-        per_object = zip(*[iter(values)] * 4, strict=True)  # (key, sha256, offset, size) of each
-        objects = [StoredObject(key, sha, offset or 0, size, message_id=pk) for key, sha, offset, size in per_object]
-        found.append((pk, [obj for obj in objects if obj.key and obj.sha256]))
+        objects = []
+        for n in range(0, len(values), 4):
+            key, sha, offset, size = values[n : n + 4]
+            if key and sha:
+                objects.append(StoredObject(key, sha, offset or 0, size, message_id=pk))
+        found.append((pk, objects))
     return found
 
 

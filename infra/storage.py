@@ -72,7 +72,17 @@ def pack_key(name: str) -> str:
     return f"pack/{name[:2]}/{name}"
 
 
-# Every folder raw_key, pack_key and archive.documents.text_key name, made with the bucket.
+def text_key(sha256: str) -> str:
+    """Where a message's extracted text (archive.documents.content_json) lives:
+    one level of 256 folders, as for `raw_key`.  Two levels (65,536 folders)
+    made nearly every text object of a young tenant create a folder: a failed
+    open, a mkdir and a larger flush per message.  Messages keep the key their
+    text was stored under (`Message.text_key`), so texts stored under the
+    earlier layout (text/xx/yy/) stay readable."""
+    return f"text/{sha256[:2]}/{sha256}.json"
+
+
+# Every folder raw_key, pack_key and text_key name, made with the bucket.
 STORE_FOLDERS = [f"{top}/{n:02x}" for top in ("raw", "pack", "text") for n in range(256)]
 
 

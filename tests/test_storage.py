@@ -190,8 +190,7 @@ def folder(tmp_path) -> FolderStore:
 def test_a_new_bucket_has_the_folder_of_every_object_the_pipeline_stores(folder):
     """raw (reports, originals), pack (the ingest's packs) and text (extracted
     text): storing one never creates a folder, a mkdir and a larger flush per message."""
-    from archive.documents import text_key
-    from infra.storage import pack_key
+    from infra.storage import pack_key, text_key
 
     for n in range(256):
         sha = f"{n:02x}" + hashlib.sha256(bytes([n])).hexdigest()[2:]
