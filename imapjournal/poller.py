@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -211,6 +212,7 @@ class Session:
         """Store every report in INBOX and take it off the server; how many were new."""
         new = 0
         while True:
+            self.announced()  # what came before this search, the search sees
             # ALL, flagged \Deleted too: a crash between STORE \Deleted and EXPUNGE leaves
             # durable reports flagged, and a report someone else flagged is still archived.
             uids = sorted(int(uid) for uid in self.client.search(["ALL"]))
@@ -219,9 +221,40 @@ class Session:
                 self.take_off(waiting)
             fresh = [uid for uid in uids if uid > self.journal.last_uid]
             if not fresh:
+                if self.announced():
+                    continue  # mail came during the search or the take-off: IDLE would not announce it again
                 return new
             for batch in self.batches(fresh):
                 new += self.archive_batch(batch)
+
+    def announced(self) -> bool:
+        """Whether the server announced new mail (EXISTS) since the last call, and forget it.
+
+        A server tells of new mail once, at the end of whichever command is running when
+        it notices (Dovecot: after a SEARCH whose result is already fixed without it), and
+        IDLE only tells of what was not told before.  imapclient drops those untagged
+        responses but imaplib keeps them (`untagged_responses`), which is read here.
+        """
+        return bool(self.client._imap.untagged_responses.pop("EXISTS", None))
+
+    def received(self) -> bool:
+        """Whether bytes from the server wait in imaplib's read buffer while idling.
+
+        A server that already has news when IDLE starts sends it in the same packet as
+        the continuation ("+ idling" and "* 2 EXISTS": Dovecot, Exchange Online); reading
+        the continuation line buffers the rest, where `idle_check`'s poll of the socket
+        cannot see it.  Peeking on the socket made non-blocking returns what is buffered
+        (or has arrived) and never waits; `idle_done` reads it afterwards.
+        """
+        sock = self.client.socket()
+        timeout = sock.gettimeout()
+        sock.setblocking(False)
+        try:
+            return bool(self.client._imap.file.peek(1))
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        finally:
+            sock.settimeout(timeout)
 
     def batches(self, uids: list[int]) -> Iterator[list[int]]:
         """The UIDs in batches of at most ARCHIVA_IMAP_BATCH messages and about BATCH_BYTES."""
@@ -296,7 +329,7 @@ class Session:
         try:
             while not stop.is_set():
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.received():
                     return
                 responses = self.client.idle_check(timeout=min(CHECK_EVERY, left))
                 if any(len(r) > 1 and r[1] in (b"EXISTS", b"RECENT") for r in responses):

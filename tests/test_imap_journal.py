@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+import imapclient
 import pytest
 from django.db import connection as db_connection
 
@@ -293,6 +294,71 @@ def test_the_poller_reads_new_mail_at_once_through_idle(transactional_db, org, o
         wait_until(lambda: len(deliveries(org)) == 1, "the first report")
         dovecot.deliver(MAILBOX, reports(1, "Pushed")[0])
         wait_until(lambda: len(deliveries(org)) == 2, "the report IDLE announced")
+        wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
+    finally:
+        poller.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def test_news_sent_in_the_same_packet_as_idles_continuation_is_not_missed(
+    transactional_db, org, outsider, ms_fake, dovecot, settings, monkeypatch
+):
+    """A report delivered just before IDLE is announced in the same packet as IDLE's continuation
+    ("+ idling", "* 1 EXISTS"); the poller must see it in its read buffer, not wait for the socket."""
+    settings.ARCHIVA_IMAP_POLL_INTERVAL = 600  # a missed report would wait ten minutes
+    journal, _ = set_up(org, ms_fake, dovecot)
+    dovecot.deliver(MAILBOX, reports(1)[0])
+    real_search = imapclient.IMAPClient.search
+    searches: list[object] = []
+
+    def search(client, *args, **kwargs):
+        searches.append(args)
+        if len(searches) == 2:  # the search after the first report was taken off: the race, every time
+            dovecot.deliver(MAILBOX, reports(1, "Raced")[0])
+        return real_search(client, *args, **kwargs)
+
+    monkeypatch.setattr(imapclient.IMAPClient, "search", search)
+    poller = Poller()
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(deliveries(org)) == 2, "the report delivered during the search")
+        wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
+    finally:
+        poller.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    assert len(searches) >= 3
+
+
+def test_mail_announced_by_another_command_is_not_left_waiting_for_idle(
+    transactional_db, org, outsider, ms_fake, dovecot, settings, monkeypatch
+):
+    """A server tells of new mail once, at the end of whatever command is running (RFC 3501 7.3.1);
+    IDLE does not tell again.  Here the news comes with a NOOP after the poller's empty SEARCH."""
+    settings.ARCHIVA_IMAP_POLL_INTERVAL = 600
+    journal, _ = set_up(org, ms_fake, dovecot)
+    dovecot.deliver(MAILBOX, reports(1)[0])
+    real_search = imapclient.IMAPClient.search
+    searches: list[object] = []
+
+    def search(client, *args, **kwargs):
+        found = real_search(client, *args, **kwargs)
+        searches.append(args)
+        if len(searches) == 2:
+            assert list(found) == []
+            dovecot.deliver(MAILBOX, reports(1, "Announced")[0])
+            _, responses = client.noop()  # the "* 1 EXISTS" is spent here, where the poller does not look
+            assert any(response[1:] == (b"EXISTS",) for response in responses), responses
+        return found
+
+    monkeypatch.setattr(imapclient.IMAPClient, "search", search)
+    poller = Poller()
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(deliveries(org)) == 2, "the report announced outside IDLE")
         wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
     finally:
         poller.stop.set()
