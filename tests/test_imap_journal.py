@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import imapclient
@@ -287,18 +289,11 @@ def test_the_poller_reads_new_mail_at_once_through_idle(transactional_db, org, o
     settings.ARCHIVA_IMAP_POLL_INTERVAL = 600  # only IDLE can bring the second report in time
     journal, _ = set_up(org, ms_fake, dovecot)
     dovecot.deliver(MAILBOX, reports(1)[0])
-    poller = Poller()
-    thread = threading.Thread(target=poller.run, daemon=True)
-    thread.start()
-    try:
+    with poller_running():
         wait_until(lambda: len(deliveries(org)) == 1, "the first report")
         dovecot.deliver(MAILBOX, reports(1, "Pushed")[0])
         wait_until(lambda: len(deliveries(org)) == 2, "the report IDLE announced")
         wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
-    finally:
-        poller.stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_news_sent_in_the_same_packet_as_idles_continuation_is_not_missed(
@@ -319,16 +314,9 @@ def test_news_sent_in_the_same_packet_as_idles_continuation_is_not_missed(
         return real_search(client, *args, **kwargs)
 
     monkeypatch.setattr(imapclient.IMAPClient, "search", search)
-    poller = Poller()
-    thread = threading.Thread(target=poller.run, daemon=True)
-    thread.start()
-    try:
+    with poller_running():
         wait_until(lambda: len(deliveries(org)) == 2, "the report delivered during the search")
         wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
-    finally:
-        poller.stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
     assert len(searches) >= 3
 
 
@@ -354,16 +342,9 @@ def test_mail_announced_by_another_command_is_not_left_waiting_for_idle(
         return found
 
     monkeypatch.setattr(imapclient.IMAPClient, "search", search)
-    poller = Poller()
-    thread = threading.Thread(target=poller.run, daemon=True)
-    thread.start()
-    try:
+    with poller_running():
         wait_until(lambda: len(deliveries(org)) == 2, "the report announced outside IDLE")
         wait_until(lambda: dovecot.messages(MAILBOX) == [], "the mailbox emptied")
-    finally:
-        poller.stop.set()
-        thread.join(30)
-    assert not thread.is_alive()
 
 
 def test_a_server_without_idle_is_polled(transactional_db, org, outsider, ms_fake, settings):
@@ -373,20 +354,28 @@ def test_a_server_without_idle_is_polled(transactional_db, org, outsider, ms_fak
         journal, _ = set_up(org, ms_fake, server)
         assert "IDLE" not in server.capabilities(MAILBOX, journal)
         server.deliver(MAILBOX, reports(1)[0])
-        poller = Poller()
-        thread = threading.Thread(target=poller.run, daemon=True)
-        thread.start()
-        try:
+        with poller_running():
             wait_until(lambda: len(deliveries(org)) == 1, "the first report")
             server.deliver(MAILBOX, reports(1, "Polled")[0])
             wait_until(lambda: len(deliveries(org)) == 2, "the report the next poll found")
-        finally:
-            poller.stop.set()
-            thread.join(30)
         journal.refresh_from_db()
         assert journal.last_error == ""
     finally:
         server.stop()
+
+
+@contextmanager
+def poller_running() -> Iterator[Poller]:
+    """The poller process's loop in a thread, stopped (and its threads joined) at the end."""
+    poller = Poller()
+    thread = threading.Thread(target=poller.run, daemon=True)
+    thread.start()
+    try:
+        yield poller
+    finally:
+        poller.stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
 
 
 def wait_until(condition, what: str, timeout: float = 30.0) -> None:
