@@ -17,24 +17,22 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from django.db import (
     InterfaceError,
-    NotSupportedError,
     OperationalError,
     close_old_connections,
     connections,
     transaction,
 )
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Field
 from django.utils import timezone
 
+from infra.insert import driver_cursor, insert_plan, insert_rows
 from infra.storage import FolderStore, Item, get_store, pack_key, raw_key, sync_filesystems
 from ingest import held, pack
 from ingest.delivery import enqueue, sweep_at_start
@@ -43,7 +41,6 @@ from ingest.models import Delivery
 from ingest.tuning import (
     CHECKPOINT_INTERVAL,
     CONNECTION_CHECK_INTERVAL,
-    MAX_ROWS_PER_STATEMENT,
     PUBLISH_CHUNK,
     PUBLISH_DELAY,
     WAL_SIZE_LIMIT,
@@ -146,164 +143,31 @@ def delivery_values(
     ]
 
 
-# Columns whose database preparation returns a value of this exact type unchanged.
-_PLAIN_TYPES: dict[str, type] = {
-    "CharField": str,
-    "TextField": str,
-    "BigIntegerField": int,
-    "IntegerField": int,
-    "PositiveIntegerField": int,
-    "BooleanField": bool,
-    "ForeignKey": int,  # the key of a model whose primary key is an integer
-}
-
-
-class _InsertPlan:
-    """What `insert_deliveries` works out once per database connection: the
-    columns, how to prepare each, the defaults already prepared, and the SQL
-    for each number of rows a statement carries."""
-
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
-        self.connection = connection
-        self.columns = [column for column in Delivery._meta.concrete_fields if not column.primary_key]
-        # (attname, column, plain type or None, the prepared default or _PER_ROW)
-        self.steps: list[tuple[str, Field[Any, Any], type | None, object]] = [
-            (column.attname, column, _PLAIN_TYPES.get(column.get_internal_type()), self._default(column))
-            for column in self.columns
-        ]
-        self.table = connection.ops.quote_name(Delivery._meta.db_table)
-        # A concrete field always has a column (django-stubs type it `str | None`).
-        self.names = ", ".join(connection.ops.quote_name(cast(str, column.column)) for column in self.columns)
-        # The driver's own placeholder: statements go past Django's cursor wrapper.
-        paramstyle = connection.Database.paramstyle  # type: ignore[attr-defined]  # the backend's driver module: not in django-stubs
-        placeholder = "?" if paramstyle == "qmark" else "%s"
-        self.row_sql = "(" + ", ".join([placeholder] * len(self.columns)) + ")"
-        self.pk = connection.ops.quote_name(cast(str, Delivery._meta.pk.column))
-        # The most rows one statement carries: the backend's parameter limit
-        # (asked with a huge row count, which backends without one return),
-        # and at most MAX_ROWS_PER_STATEMENT, so the SQL kept per row count stays small.
-        self.max_rows = max(
-            1, min(MAX_ROWS_PER_STATEMENT, connection.ops.bulk_batch_size(self.columns, range(1 << 20)))
-        )
-        self._sql: dict[int, str] = {}
-        # (column, type, value) -> the value prepared by its field: recipients,
-        # peer addresses and a batch's timestamps repeat from row to row.
-        self._prepared: dict[tuple[str, type, object], object] = {}
-
-    def _default(self, column: Field[Any, Any]) -> object:
-        """A constant default, prepared once; a callable one (a new list, now()) is made per row."""
-        if column.has_default() and callable(column.default):
-            return _PER_ROW
-        return column.get_db_prep_save(column.get_default(), self.connection)
-
-    def sql(self, rows: int) -> str:
-        """The INSERT for this many rows, for the driver's cursor."""
-        if rows not in self._sql:
-            # Names come from the model, quoted by the backend; every value is a parameter.
-            values = ", ".join([self.row_sql] * rows)
-            self._sql[rows] = f"INSERT INTO {self.table} ({self.names}) VALUES {values} RETURNING {self.pk}"  # noqa: S608
-        return self._sql[rows]
-
-    def _prepare(self, attname: str, column: Field[Any, Any], value: object) -> object:
-        """column.get_db_prep_save(value), remembered for values that repeat."""
-        try:
-            key = (attname, type(value), tuple(value) if type(value) is list else value)
-            hash(key)
-        except TypeError:  # a value that cannot be a key: prepared every time
-            return column.get_db_prep_save(value, self.connection)
-        if key not in self._prepared:
-            if len(self._prepared) >= 4096:  # timestamps never repeat across batches
-                self._prepared.clear()
-            self._prepared[key] = column.get_db_prep_save(value, self.connection)
-        return self._prepared[key]
-
-    def params(self, rows: list[Row]) -> list[tuple[object, ...]]:
-        prepared: list[tuple[object, ...]] = []
-        for values in rows:
-            params: list[object] = []
-            for attname, column, kind, default in self.steps:
-                if attname not in values:
-                    if default is not _PER_ROW:
-                        params.append(default)
-                        continue
-                    value = column.get_default()
-                else:
-                    value = values[attname]
-                if kind is not None and (value is None or type(value) is kind):
-                    params.append(value)
-                else:
-                    params.append(self._prepare(attname, column, value))
-            prepared.append(tuple(params))
-        return prepared
-
-    def insert(self, cursor: Any, rows: list[Row]) -> list[int]:  # the DB-API driver's cursor: untyped
-        """Insert the rows with the driver's `cursor`; their ids."""
-        prepared = self.params(rows)
-        ids: list[int] = []
-        for start in range(0, len(prepared), self.max_rows):
-            chunk = prepared[start : start + self.max_rows]
-            cursor.execute(self.sql(len(chunk)), [param for params in chunk for param in params])
-            ids.extend(row[0] for row in cursor.fetchall())
-        return ids
-
-
-_PER_ROW = object()
-_plans: dict[int, _InsertPlan] = {}  # id(connection) -> its plan
-
-
 def insert_deliveries(rows: list[Row]) -> list[int]:
     """Insert Delivery rows given as column values, in one transaction; their ids (in no particular order).
 
-    The committer's hot path, so the one INSERT path is hand-written rather
-    than `bulk_create` (~80 µs a row on model instances and generic
-    per-object work): each value is prepared with its field's own database
-    preparation (values that repeat, such as the recipients, the peer and
-    the batch's timestamps, once; a plain str, int or bool for a text,
-    integer or boolean column as it is, which is what that preparation
-    returns for them), and one INSERT ... RETURNING goes per chunk, its SQL
-    made once per number of rows.  Every concrete field is written, from the
-    row or its default, so a field added to the model is covered.
-
-    The statements go to the driver's own cursor, inside Django's error
-    wrapper (so a failed connection is noticed and replaced): Django's
-    `atomic()` and cursor wrappers took half the committer's Python time,
-    more than the INSERT itself.  Outside a transaction (the committer) they
-    run between BEGIN and COMMIT; inside one (held mail, a test, a script),
-    in a savepoint of `atomic()`, so a refused row leaves the caller's
-    transaction usable.
+    The committer's hot path: `infra.insert`'s plan, on the driver's own
+    cursor.  Django's `atomic()` and cursor wrappers took half the
+    committer's Python time, more than the INSERT itself, so outside a
+    transaction (the committer) the statements run between our own BEGIN
+    and COMMIT; inside one (held mail, a test, a script), in a savepoint
+    of `atomic()`, so a refused row leaves the caller's transaction usable.
     """
     connection = delivery_connection()
-    if not connection.features.can_return_rows_from_bulk_insert:
-        raise NotSupportedError("recording deliveries needs INSERT ... RETURNING (SQLite 3.35+ or PostgreSQL)")
-    plan = _plans.get(id(connection))
-    if plan is None or plan.connection is not connection:
-        plan = _plans[id(connection)] = _InsertPlan(connection)
+    plan = insert_plan(connection, Delivery)
     if connection.in_atomic_block or not connection.get_autocommit():
-        with transaction.atomic(using=connection.alias), _driver_cursor(connection) as cursor:
-            return plan.insert(cursor, rows)
-    with _driver_cursor(connection) as cursor:
+        return [row[0] for row in insert_rows(connection, Delivery, rows)]
+    with driver_cursor(connection) as cursor:
         # As Django begins one: SQLite's configured mode (IMMEDIATE here), else plain.
         cursor.execute(f"BEGIN {getattr(connection, 'transaction_mode', None) or ''}".rstrip())
         try:
-            ids = plan.insert(cursor, rows)
+            ids = [row[0] for row in plan.insert(cursor, rows)]
             cursor.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
                 cursor.execute("ROLLBACK")
             raise
     return ids
-
-
-@contextlib.contextmanager
-def _driver_cursor(connection: BaseDatabaseWrapper) -> Iterator[Any]:
-    """A cursor of the database driver's connection, its errors wrapped as Django's."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        cursor = connection.connection.cursor()
-        try:
-            yield cursor
-        finally:
-            cursor.close()
 
 
 def flush_paths() -> list[Path]:

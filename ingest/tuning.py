@@ -61,8 +61,6 @@ MAX_BATCH_BYTES = 16 << 20
 
 # --- The committer's recording (ingest/record.py) -------------------------------
 
-# Delivery rows per INSERT statement.
-MAX_ROWS_PER_STATEMENT = 100
 # Recorded deliveries published to the broker in one go, and the seconds one may wait for its chunk.
 PUBLISH_CHUNK = 200
 PUBLISH_DELAY = 0.2

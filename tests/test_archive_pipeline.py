@@ -400,16 +400,18 @@ def test_a_batch_that_meets_a_concurrent_merge_runs_its_transaction_again(org, m
     from django.db import IntegrityError as UniqueViolation
 
     deliveries = [deliver(org.tenant, corpus(name)) for name in ("09-duplicate-a.eml", "09-duplicate-b.eml")]
-    real_bulk_create, calls = type(Message.objects).bulk_create, []
+    from archive import actions
 
-    def other_worker_first(self, objs, *args, **kwargs):
+    real_insert, calls = actions._insert_messages, []
+
+    def other_worker_first(messages):
         """The first insert meets a message another worker committed meanwhile."""
-        calls.append(len(objs))
+        calls.append(len(messages))
         if len(calls) == 1:
             raise UniqueViolation("duplicate key value violates unique constraint")
-        return real_bulk_create(self, objs, *args, **kwargs)
+        return real_insert(messages)
 
-    monkeypatch.setattr(type(Message.objects), "bulk_create", other_worker_first)
+    monkeypatch.setattr(actions, "_insert_messages", other_worker_first)
     assert process_deliveries.run([d.pk for d in deliveries]) == 2
     assert calls == [1, 1]  # the batch's transaction ran once more
     message = Message.objects.get(tenant=org.tenant)

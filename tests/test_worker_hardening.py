@@ -144,17 +144,16 @@ def test_a_report_the_database_refuses_fails_alone_and_is_listed_with_its_reason
     fabrikam = outsider.memberships.get().tenant
     poison = deliver(org.tenant, clean_report("poison"))
     ours, theirs = deliver(org.tenant, clean_report("fine")), deliver(fabrikam, clean_report("theirs"))
-    manager = type(Message.objects)
-    real_create, real_bulk_create = manager.create, manager.bulk_create
+    from archive import actions
+
+    real_insert = actions._insert_messages
 
     def refuse(messages):
         if any(m.subject == "poison" for m in messages):
             raise DataError("value refused by the database")
+        real_insert(messages)
 
-    monkeypatch.setattr(manager, "create", lambda self, **kw: refuse([Message(**kw)]) or real_create(self, **kw))
-    monkeypatch.setattr(
-        manager, "bulk_create", lambda self, objs, **kw: refuse(list(objs)) or real_bulk_create(self, objs, **kw)
-    )
+    monkeypatch.setattr(actions, "_insert_messages", refuse)
     assert process_deliveries.run([poison.pk, ours.pk, theirs.pk]) == 2
     for delivery in (poison, ours, theirs):
         delivery.refresh_from_db()
