@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from archive import items
 from archive.models import Message
 from archive.parser import mime
+from archive.parser.message import simple_pairs
 from archive.parser.parsed import Attachment, EnvelopeRecipient, ParsedReport
 from infra.storage import get_store
 from infra.text import storable
@@ -81,7 +82,7 @@ def _address(value: str | None) -> str:
     """The bare lower-cased address of "Name <a@b>" or "a@b"."""
     if not value:
         return ""
-    pairs = getaddresses([value])
+    pairs = _pairs(value)
     return (pairs[0][1] if pairs else value).strip().lower()
 
 
@@ -323,5 +324,12 @@ def folder_values(message: Message) -> list[str]:
 
 
 def _display_name(from_display: str) -> str:
-    pairs = getaddresses([from_display]) if from_display else []
+    pairs = _pairs(from_display) if from_display else []
     return ", ".join(name for name, _ in pairs if name)
+
+
+def _pairs(value: str) -> list[tuple[str, str]]:
+    """getaddresses([value]), without the `email` package's tokenizer for a
+    simple list (a tenth of the worker's archiving and of its indexing)."""
+    simple = simple_pairs(value)
+    return simple if simple is not None else getaddresses([value])

@@ -214,3 +214,37 @@ def test_plain_address_lists_take_the_fast_path():
         assert _simple_addr_specs(value) is not None, value
     for value in ('"Smith, John" <a@x.com>', "a@x.com (Al)", "group: a@x.com;", "Jürgen <j@x.com>", "smtp:a@x.com"):
         assert _simple_addr_specs(value) is None, value
+
+
+def test_simple_pairs_are_what_getaddresses_gives():
+    """The worker's display names and single addresses (`archive.documents`)
+    come from `simple_pairs` when a value is simple: the same pairs."""
+    from email.utils import getaddresses
+
+    from archive.documents import _address, _display_name
+    from archive.parser.message import simple_pairs
+
+    import random
+
+    rng = random.Random(5)
+    words = ["Alice", "A.B.", "Jr", "O'Brien", ".", "-", "x!#$%&*/=?^_`{|}~", "", " ", "\t", "..", "Smith."]
+
+    def named() -> str:
+        name = "".join(rng.choice([*words, " ", " "]) for _ in range(rng.randint(0, 5)))
+        return rng.choice(["{a}", "{n}<{a}>", "{n} <{a}>", " {n} <{a}> \t"]).format(n=name, a=rng.choice(ADDRS))
+
+    lists = [rng.choice([",", ", ", " , "]).join(named() for _ in range(rng.randint(1, 3))) for _ in range(3000)]
+    values = [*generated_address_lists(5000), *lists, *(f"{name} <a@x.com>" for name in NAMES), "", " ", "a@x.com,"]
+    simple = 0
+    for value in values:
+        pairs = simple_pairs(value)
+        if pairs is not None:
+            simple += 1
+            assert pairs == getaddresses([value]), value
+        reference = getaddresses([value])
+        assert _display_name(value) == ", ".join(name for name, _ in reference if name), value
+        if value:
+            assert _address(value) == (reference[0][1] if reference else value).strip().lower(), value
+    assert 200 < simple < len(values)  # both paths were compared, many times each
+    assert simple_pairs("  Alice \t Smith  <a@x.com>, b@y.com") == [("Alice Smith", "a@x.com"), ("", "b@y.com")]
+    assert simple_pairs('"Smith, John" <a@x.com>') is None and simple_pairs("a@x.com,") is None
