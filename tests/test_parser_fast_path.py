@@ -219,12 +219,11 @@ def test_plain_address_lists_take_the_fast_path():
 def test_simple_pairs_are_what_getaddresses_gives():
     """The worker's display names and single addresses (`archive.documents`)
     come from `simple_pairs` when a value is simple: the same pairs."""
+    import random
     from email.utils import getaddresses
 
     from archive.documents import _address, _display_name
     from archive.parser.message import simple_pairs
-
-    import random
 
     rng = random.Random(5)
     words = ["Alice", "A.B.", "Jr", "O'Brien", ".", "-", "x!#$%&*/=?^_`{|}~", "", " ", "\t", "..", "Smith."]
