@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,15 +118,15 @@ class _Object:
         self.fields[f"{self.name}_size"] = None if offset is None else len(self.data)
 
 
-def _objects_of(bucket: str, parsed: ParsedReport, fields: dict[str, Any]) -> list[_Object]:
+def _objects_of(bucket: str, parsed: ParsedReport, fields: dict[str, Any], content: documents.Content) -> list[_Object]:
     """A parsed report's objects to store: its original, decrypted copy and
-    extracted text; each fills its columns of `fields` once placed."""
+    extracted text (`content`); each fills its columns of `fields` once placed."""
     objects = [_Object(bucket, "original", parsed.original, fields, documents.original_sha256(parsed))]
     if parsed.decrypted:
         objects.append(_Object(bucket, "decrypted", parsed.decrypted, fields))
     else:
         fields.update(decrypted_sha256="", decrypted_key="", decrypted_offset=None, decrypted_size=None)
-    objects.append(_Object(bucket, "text", documents.content_json(documents.content_of(parsed)), fields))
+    objects.append(_Object(bucket, "text", documents.content_json(content), fields))
     return objects
 
 
@@ -211,10 +212,26 @@ class BatchConflict(Exception):
     """A batch met concurrent merges twice running: the caller goes one by one."""
 
 
-def archive_batch(items: list[tuple[Delivery, ParsedReport]], sources: dict[int, MessageSource] | None = None) -> int:
-    """Archive verified, parsed reports (one or many) into their Messages;
-    returns how many were archived.  Objects are stored in parallel, then
-    every Message created or merged and every report linked in one transaction.
+# A report made ready to record: its delivery, parse, Message columns and content.
+Prepared = tuple[Delivery, ParsedReport, dict[str, Any], documents.Content]
+
+
+@dataclass
+class Archived:
+    """What `archive_batch` did: how many reports it archived, and the
+    Messages it created with the content each was made from (`index_new`)."""
+
+    count: int = 0
+    created: list[tuple[Message, documents.Content]] = field(default_factory=list)
+    merged: int = 0  # reports merged into Messages that existed before the batch
+
+
+def archive_batch(
+    items: list[tuple[Delivery, ParsedReport]], sources: dict[int, MessageSource] | None = None
+) -> Archived:
+    """Archive verified, parsed reports (one or many) into their Messages.
+    Objects are stored in parallel, then every Message created or merged
+    and every report linked in one transaction.
     `sources` has the MessageSource of each mailbox item among them, by
     delivery id (`archive.items.sources_of`): linked to the Message in the same transaction.
 
@@ -223,18 +240,22 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]], sources: dict[int,
     merge_key) constraint), the transaction runs once more and merges into
     theirs; a second conflict raises BatchConflict (nothing recorded).
     """
-    prepared = []
+    prepared: list[Prepared] = []
     for delivery, parsed in items:
         fields = _fields_or_mark_failed(delivery, parsed, (sources or {}).get(delivery.pk))
         if fields is not None:
-            prepared.append((delivery, parsed, fields))
+            prepared.append((delivery, parsed, fields, documents.content_of(parsed)))
     if not prepared:
-        return 0
+        return Archived()
     # Every object of the batch in one group commit (a pack per bucket: one
     # file and two filesystem syncs on the folder store, one PUT on S3)
     # before the database records them.
     _store_objects(
-        [obj for delivery, parsed, fields in prepared for obj in _objects_of(delivery.tenant.bucket, parsed, fields)]
+        [
+            obj
+            for delivery, parsed, fields, content in prepared
+            for obj in _objects_of(delivery.tenant.bucket, parsed, fields, content)
+        ]
     )
     try:
         return _record_batch(prepared)
@@ -246,18 +267,18 @@ def archive_batch(items: list[tuple[Delivery, ParsedReport]], sources: dict[int,
         raise BatchConflict(str(exc)) from exc
 
 
-def _record_batch(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]]]) -> int:
+def _record_batch(prepared: list[Prepared]) -> Archived:
     """Create or merge the batch's Messages and link its reports, in one transaction."""
     with transaction.atomic():
         return _create_or_merge(prepared)
 
 
-def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]]]) -> int:
-    ids = [delivery.pk for delivery, _, _ in prepared]
+def _create_or_merge(prepared: list[Prepared]) -> Archived:
+    ids = [delivery.pk for delivery, _, _, _ in prepared]
     unlinked = set(
         Delivery.objects.select_for_update().filter(pk__in=ids, message__isnull=True).values_list("pk", flat=True)
     )
-    keys = {(delivery.tenant_id, fields["merge_key"]) for delivery, _, fields in prepared}
+    keys = {(delivery.tenant_id, fields["merge_key"]) for delivery, _, fields, _ in prepared}
     existing = {
         (m.tenant_id, m.merge_key): m
         for m in Message.objects.select_for_update().filter(
@@ -266,8 +287,9 @@ def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]
         if (m.tenant_id, m.merge_key) in keys
     }
     new: dict[tuple[int, str], Message] = {}
+    contents: dict[tuple[int, str], documents.Content] = {}
     links: list[tuple[Delivery, tuple[int, str]]] = []
-    for delivery, _, fields in prepared:
+    for delivery, _, fields, content in prepared:
         if delivery.pk not in unlinked:
             continue  # another run of this report linked it already
         key = (delivery.tenant_id, fields["merge_key"])
@@ -277,6 +299,7 @@ def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]
             _merge_into(new[key], fields, save=False)  # two reports of one message in this batch
         else:
             new[key] = Message(tenant=delivery.tenant, **fields)
+            contents[key] = content  # what its text object holds
         links.append((delivery, key))
     _insert_messages(list(new.values()))
     messages = {**existing, **new}
@@ -286,7 +309,8 @@ def _create_or_merge(prepared: list[tuple[Delivery, ParsedReport, dict[str, Any]
     _link_sources(
         [(messages[key].pk, delivery.pk) for delivery, key in links if delivery.source == Delivery.Source.MAILBOX]
     )
-    return len(links)
+    merged = sum(1 for _, key in links if key in existing)
+    return Archived(len(links), [(message, contents[key]) for key, message in new.items()], merged)
 
 
 def _insert_messages(messages: list[Message]) -> None:
@@ -319,6 +343,27 @@ def index_messages_of(deliveries: list[Delivery]) -> int:
     """Index the messages of these archived reports that are not indexed yet, here and now."""
     waiting = Message.objects.select_related("tenant").filter(pk__in={d.message_id for d in deliveries})
     return index_messages(list(waiting.exclude(index_status=Message.IndexStatus.INDEXED).order_by("pk")))
+
+
+def index_new(created: list[tuple[Message, documents.Content]]) -> int:
+    """Index Messages `archive_batch` just created, from what it had in memory:
+    no row, text object or folder read back (a third of `index_pending`'s work
+    a message).  Mailbox copies are left to `index_pending` (their folders are
+    rows of their own).  A message merged by another worker since is still
+    indexed at the version it had here and stays pending for its new one
+    (`mark_indexed`; the backend never replaces a newer version with it).
+    Returns how many were indexed; raises as `index_messages` does."""
+    built = []
+    for message, content in created:
+        if message.mailboxes:
+            continue
+        try:
+            built.append((message, documents.build_document(message, content, folders=[])))
+        except Exception as exc:  # noqa: BLE001 - a bug on this message's values: this message alone
+            _mark_index_failed(message, exc)
+    indexed = _index_built(built) if built else []
+    mark_indexed([m for m, _ in indexed], [d.version for _, d in indexed])
+    return len(indexed)
 
 
 def index_pending(limit: int = 500) -> int:

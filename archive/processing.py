@@ -15,7 +15,8 @@ from django.db import OperationalError
 
 from archive import actions
 from archive import items as mailbox_items
-from archive.models import MessageSource
+from archive.documents import Content
+from archive.models import Message, MessageSource
 from archive.parser.parsed import ParsedReport
 from infra.filelock import LockTimeout
 from infra.storage import StorageError
@@ -41,11 +42,23 @@ class Processed:
     status: dict[int, str] = field(default_factory=dict)
     troubled: dict[int, Exception] = field(default_factory=dict)
     archived: int = 0  # how many this run archived
+    # Messages this run created, with their content (`index_new`), and how many it indexed.
+    created: list[tuple[Message, Content]] = field(default_factory=list)
+    indexed: int = 0
+    merged: int = 0  # reports merged into Messages that existed before
+
+    @property
+    def index_later(self) -> bool:
+        """Whether some message this run archived may wait for `index_pending`
+        (a merge, a mailbox copy, one the index was down for)."""
+        return self.merged > 0 or self.indexed < len(self.created)
 
 
-def process_deliveries(delivery_ids: list[int], *, index: bool = False) -> Processed:
+def process_deliveries(delivery_ids: list[int], *, index: bool = False, index_new: bool = False) -> Processed:
     """Verify, parse and archive these deliveries; with `index`, index their
-    messages here and now (tools, tests; workers leave that to `index_pending`).
+    messages here and now (tools, tests); with `index_new` (the worker), the
+    messages this run created, from memory (`actions.index_new`), leaving
+    the rest to `index_pending` (`Processed.index_later`).
 
     New reports are archived together (`actions.archive_batch`); if the batch
     fails for any reason but our own trouble (concurrent merges, a value the
@@ -64,6 +77,8 @@ def process_deliveries(delivery_ids: list[int], *, index: bool = False) -> Proce
         result.status[delivery.pk] = delivery.status
     if index:
         _index([d for d in deliveries if d.status == Delivery.Status.ARCHIVED], result)
+    elif index_new and result.created:
+        _index_new(result)
     return result
 
 
@@ -95,7 +110,10 @@ def _parsed(
 
 def _archive(batch: list[tuple[Delivery, ParsedReport]], result: Processed, sources: dict[int, MessageSource]) -> None:
     try:
-        result.archived += actions.archive_batch(batch, sources)
+        archived = actions.archive_batch(batch, sources)
+        result.archived += archived.count
+        result.created += archived.created
+        result.merged += archived.merged
         return
     except retryable() as exc:
         for delivery, _ in batch:
@@ -118,3 +136,12 @@ def _index(deliveries: list[Delivery], result: Processed) -> None:
         actions.index_messages_of(deliveries)
     except retryable() as exc:
         result.troubled.update((delivery.pk, exc) for delivery in deliveries)
+
+
+def _index_new(result: Processed) -> None:
+    """Index the messages the run created; on our trouble they stay pending
+    (for `index_pending`: the archiving itself is done and is not retried)."""
+    try:
+        result.indexed = actions.index_new(result.created)
+    except retryable() as exc:
+        log.warning("indexing %d new messages failed (%s); left to index_pending", len(result.created), exc)

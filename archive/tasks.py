@@ -18,7 +18,6 @@ from django.conf import settings
 
 from archive import actions, processing
 from ingest import delivery as lifecycle
-from ingest.models import Delivery
 
 if TYPE_CHECKING:
     from celery import Task
@@ -39,16 +38,17 @@ def backoff(retries: int) -> int:
 
 @shared_task(bind=True, max_retries=None, acks_late=True)
 def process_deliveries(self: Task, delivery_ids: list[int]) -> int:
-    """Verify and archive deliveries (one, or the ingest's publishing chunk),
-    then have their messages indexed in the next batch; returns how many were archived.
+    """Verify and archive deliveries (one, or the ingest's publishing chunk)
+    and index the messages they created; the rest (merges, mailbox copies)
+    go in the next `index_pending` batch.  Returns how many were archived.
 
     A delivery that meets our own trouble (storage, database, search) is
     retried with backoff: alone, in this task's retry when it was the task's
     only one, else in a task of its own.  The message's own failures are
     recorded with their reason (System Status) and never retried.
     """
-    result = processing.process_deliveries(delivery_ids)
-    if Delivery.Status.ARCHIVED in result.status.values():
+    result = processing.process_deliveries(delivery_ids, index_new=True)
+    if result.index_later:
         schedule_indexing()
     if len(delivery_ids) == 1 and result.troubled:
         [(delivery_id, exc)] = result.troubled.items()

@@ -52,6 +52,9 @@ def report(n: int, rng: random.Random) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument(
+        "--chunk", type=int, default=0, help="deliveries per task (default: the ingest's PUBLISH_CHUNK, its largest)"
+    )
     opts = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="archiva-worker-bench-"))
@@ -103,8 +106,9 @@ def main() -> None:
             cProfile.runctx("process_deliveries.run(ids)", globals(), locals(), "/tmp/worker.prof")
             pstats.Stats("/tmp/worker.prof").sort_stats(os.environ.get("BENCH_PROFILE_SORT", "cumtime")).print_stats(30)
         # Chunks as the ingest publishes them under load (one task per chunk).
-        for chunk in range(0, len(ids), PUBLISH_CHUNK):
-            process_deliveries.run(ids[chunk : chunk + PUBLISH_CHUNK])
+        size = opts.chunk or PUBLISH_CHUNK
+        for chunk in range(0, len(ids), size):
+            process_deliveries.run(ids[chunk : chunk + size])
         archived_at = time.perf_counter()
         indexed = index_pending.run()
         finished = time.perf_counter()

@@ -437,10 +437,11 @@ def test_a_batch_is_marked_indexed_in_one_update_per_version_and_a_message_merge
     deliveries = [deliver(org.tenant, corpus(name)) for name in names]
     assert process_deliveries.run([d.pk for d in deliveries]) == 3
     messages = [message_of(d) for d in deliveries]
-    Message.objects.filter(pk=messages[1].pk).update(version=2)  # merged once before its document was built
+    pending = Message.IndexStatus.PENDING  # what a merge sets with its new version (`_merge_into`)
+    Message.objects.filter(pk=messages[1].pk).update(version=2, index_status=pending)  # merged before built
     versions = [1, 2, 1]
     # The third is merged (a new report of it) after its document was built.
-    Message.objects.filter(pk=messages[2].pk).update(version=2)
+    Message.objects.filter(pk=messages[2].pk).update(version=2, index_status=pending)
 
     with CaptureQueriesContext(connection) as queries:
         actions.mark_indexed(messages, versions)
@@ -461,31 +462,40 @@ from tenants.actions import create_tenant, create_user
 from tests.archive_support import corpus, deliver
 
 tenant = create_tenant("Embedded Inc", create_user("owner@embedded.example", None))
-ids = [deliver(tenant, corpus(name)).pk for name in ("01-simple.eml", "03-attachments.eml")]
-process_deliveries.run(ids)
-indexing, release = threading.Event(), threading.Event()
 real_index = SearchBackend.index
 
-def slow_index(self, documents):  # the index's commit and merges, held open
-    indexing.set()
-    release.wait(60)
-    return real_index(self, documents)
+def commits_while_indexing(work, name):
+    \"\"\"Run `work` with the index held open (its commit and merges); can the ingest commit meanwhile?\"\"\"
+    indexing, release, committed = threading.Event(), threading.Event(), threading.Event()
 
-SearchBackend.index = slow_index
-indexer = threading.Thread(target=actions.index_pending)
-indexer.start()
-assert indexing.wait(60)
-committed = threading.Event()
+    def slow_index(self, documents):
+        indexing.set()
+        release.wait(60)
+        return real_index(self, documents)
 
-def ingest_commit():  # what the ingest's committer does for each batch: a write transaction
-    deliver(tenant, b"Subject: meanwhile\\r\\nMessage-ID: <meanwhile@example>\\r\\n\\r\\nhi\\r\\n")
-    committed.set()
+    SearchBackend.index = slow_index
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert indexing.wait(60)
 
-threading.Thread(target=ingest_commit, daemon=True).start()
-print("COMMITTED_WHILE_INDEXING", committed.wait(20))
-release.set()
-indexer.join(60)
-print("INDEXED", sorted(Delivery.objects.filter(pk__in=ids).values_list("message__index_status", flat=True)))
+    def ingest_commit():  # what the ingest's committer does for each batch: a write transaction
+        deliver(tenant, f"Subject: meanwhile\\r\\nMessage-ID: <{name}@example>\\r\\n\\r\\nhi\\r\\n".encode())
+        committed.set()
+
+    threading.Thread(target=ingest_commit, daemon=True).start()
+    print(name, committed.wait(20))
+    release.set()
+    worker.join(60)
+    SearchBackend.index = real_index
+
+ids = [deliver(tenant, corpus(name)).pk for name in ("01-simple.eml", "09-duplicate-a.eml")]
+# The archiving task indexes the messages it created, after its transaction.
+commits_while_indexing(lambda: process_deliveries.run(ids), "COMMITTED_WHILE_INDEXING_NEW")
+merged = deliver(tenant, corpus("09-duplicate-b.eml")).pk  # a second report: a merge, left to index_pending
+process_deliveries.run([merged])
+print("PENDING", list(Delivery.objects.filter(pk=merged).values_list("message__index_status", flat=True)))
+commits_while_indexing(actions.index_pending, "COMMITTED_WHILE_INDEXING_PENDING")
+print("INDEXED", sorted(Delivery.objects.filter(pk__in=[*ids, merged]).values_list("message__index_status", flat=True)))
 """
 
 
@@ -497,5 +507,64 @@ def test_on_the_embedded_default_indexing_does_not_hold_the_ingests_commits(tls_
     manage = embedded_manage(embedded_env(tls_files, tmp_path))
     manage("migrate", "--noinput")
     out = manage("shell", "-c", INDEXING_WHILE_THE_INGEST_COMMITS)
-    assert "COMMITTED_WHILE_INDEXING True" in out, out
-    assert "INDEXED ['indexed', 'indexed']" in out, out
+    assert "COMMITTED_WHILE_INDEXING_NEW True" in out, out
+    assert "PENDING ['pending']" in out, out
+    assert "COMMITTED_WHILE_INDEXING_PENDING True" in out, out
+    assert "INDEXED ['indexed', 'indexed', 'indexed']" in out, out
+
+
+def test_the_archiving_task_indexes_the_documents_index_pending_would_build(org, monkeypatch):
+    """The task indexes the messages it created from what it had in memory;
+    each document is the one built from the stored text and the row (what
+    `index_pending` and a rebuild index), for every corpus report in one batch
+    (two reports of one message among them: merged in memory)."""
+    from search import get_backend
+
+    backend = get_backend()
+    sent: list = []
+    real_index = type(backend).index
+    monkeypatch.setattr(type(backend), "index", lambda self, docs: sent.extend(docs) or real_index(self, docs))
+    deliveries = [deliver(org.tenant, corpus(name)) for name in corpus_names()]
+    archived = process_deliveries.run([d.pk for d in deliveries])
+    messages = Message.objects.filter(tenant=org.tenant)
+    assert archived > 10 and messages.count() < archived  # a merge among them
+    assert sorted(doc.id for doc in sent) == sorted(messages.values_list("pk", flat=True))
+    for doc in sent:
+        message = Message.objects.get(pk=doc.id)
+        assert message.index_status == Message.IndexStatus.INDEXED
+        assert doc == documents.build_document(message, folders=documents.folder_values(message)), message.subject
+    assert actions.index_pending() == 0
+
+
+def test_when_the_index_is_down_the_archived_messages_wait_for_index_pending(org, monkeypatch):
+    """Indexing in the archiving task meets a search backend that is down: the
+    reports stay archived (not retried), their messages pending, an
+    `index_pending` run is asked for, and it indexes them once the index is back."""
+    from archive import tasks
+    from search import get_backend
+    from search.backends.base import SearchUnavailable
+
+    backend = get_backend()
+    real_index = type(backend).index
+
+    def down(self, docs):
+        raise SearchUnavailable("connection refused")
+
+    monkeypatch.setattr(type(backend), "index", down)
+    scheduled: list[bool] = []
+    monkeypatch.setattr(tasks, "schedule_indexing", lambda: scheduled.append(True))
+    deliveries = [deliver(org.tenant, corpus(name)) for name in ("01-simple.eml", "03-attachments.eml")]
+    assert process_deliveries.run([d.pk for d in deliveries]) == 2
+    assert scheduled == [True]
+    assert {message_of(d).index_status for d in deliveries} == {Message.IndexStatus.PENDING}
+    assert set(Delivery.objects.filter(pk__in=[d.pk for d in deliveries]).values_list("status", flat=True)) == {
+        Delivery.Status.ARCHIVED
+    }
+    monkeypatch.setattr(type(backend), "index", real_index)
+    assert actions.index_pending() == 2
+    assert {message_of(d).index_status for d in deliveries} == {Message.IndexStatus.INDEXED}
+    assert sorted(search_ids(backend, org.tenant, "")) == sorted(message_of(d).pk for d in deliveries)
+    # With the index up, a task that only created messages asks for no index_pending run.
+    scheduled.clear()
+    assert process_deliveries.run([deliver(org.tenant, corpus("04-non-ascii.eml")).pk]) == 1
+    assert scheduled == []
