@@ -216,9 +216,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
-# The index commit interval: messages archived within this many seconds are
-# indexed in one batch (one commit) of at most ARCHIVA_INDEX_BATCH; a longer
-# interval costs that much more delay before a message is searchable.
+# The archiving task indexes the messages it creates itself; what it leaves
+# (merges, mailbox copies, messages the index was down for) within this many
+# seconds is indexed by `index_pending` in one batch (one commit) of at most
+# ARCHIVA_INDEX_BATCH; a longer interval costs that much more delay.
 ARCHIVA_INDEX_DELAY = envfloat("ARCHIVA_INDEX_DELAY", 0.2, minimum=0.01)
 ARCHIVA_INDEX_BATCH = envint("ARCHIVA_INDEX_BATCH", 500, minimum=1, maximum=50000)
 # The worker refreshes this file every ARCHIVA_WORKER_HEARTBEAT_INTERVAL seconds while

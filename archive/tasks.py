@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 5
 BACKOFF_MAX = 600
-# The index commit interval and batch are settings (ARCHIVA_INDEX_DELAY,
+# index_pending's commit interval and batch are settings (ARCHIVA_INDEX_DELAY,
 # ARCHIVA_INDEX_BATCH): bench/capacity.py turns them.
 INDEX_TIME_BUDGET = 60.0
 

@@ -29,8 +29,10 @@ worker(s) and beat; the web is not needed.
 
 The knobs (each also a setting of the product): --workers and
 --concurrency (Celery worker processes), --index-delay and --index-batch
-(ARCHIVA_INDEX_DELAY, ARCHIVA_INDEX_BATCH: the index commit interval and
-batch), --broker-poll (ARCHIVA_BROKER_POLL_INTERVAL, the embedded broker's polling),
+(ARCHIVA_INDEX_DELAY, ARCHIVA_INDEX_BATCH: index_pending's commit interval
+and batch, for merges and mailbox copies; the archiving task indexes the
+messages it creates itself, one commit per task), --broker-poll
+(ARCHIVA_BROKER_POLL_INTERVAL, the embedded broker's polling),
 --committer-nice (ARCHIVA_COMMITTER_NICE), --smtp-processes
 (ARCHIVA_SMTP_PROCESSES).
 """
