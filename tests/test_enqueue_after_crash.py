@@ -25,6 +25,7 @@ from django.utils import timezone
 from archive.models import Message
 from ingest.delivery import stranded_deliveries, sweep
 from ingest.models import Delivery
+from search.backends.base import SearchBackend, SearchUnavailable
 from tests.archive_support import deliver, process
 from tests.smtp_support import journal_address, send
 from tests.test_ingest_process import MESSAGE, committer_of, ingest_process, start_worker  # noqa: F401 (fixture)
@@ -199,9 +200,15 @@ def test_indexing_that_could_not_be_scheduled_is_scheduled_by_the_next_sweep(org
     def broker_down(*args, **kwargs):
         raise ConnectionRefusedError("broker down")
 
+    def search_down(self, docs):
+        raise SearchUnavailable("connection refused")
+
     monkeypatch.setattr(tasks, "_next_schedule", 0.0)
     monkeypatch.setattr(delivery, "publish", broker_down)
-    assert tasks.process_deliveries.run([row.pk]) == 1  # asks for indexing: refused
+    # The task's own indexing meets the search backend down too, so it asks for index_pending: refused.
+    with monkeypatch.context() as patched:
+        patched.setattr(SearchBackend, "index", search_down)
+        assert tasks.process_deliveries.run([row.pk]) == 1
     row.refresh_from_db()
     assert Message.objects.get(pk=row.message_id).index_status == Message.IndexStatus.PENDING
     assert list(stranded_deliveries()) == [row]
