@@ -43,6 +43,8 @@ from ingest.tuning import (
     CONNECTION_CHECK_INTERVAL,
     PUBLISH_CHUNK,
     PUBLISH_DELAY,
+    PUBLISH_LOADED,
+    PUBLISH_LOADED_DELAY,
     WAL_SIZE_LIMIT,
 )
 
@@ -501,12 +503,15 @@ class GroupCommitter:
 
     def _publish_loop(self) -> None:
         """Publish the recorded ids PUBLISH_DELAY after the first of them, or
-        as soon as PUBLISH_CHUNK of them wait, in chunks of PUBLISH_CHUNK.
+        as soon as PUBLISH_CHUNK of them wait, in chunks of PUBLISH_CHUNK;
+        under load (PUBLISH_LOADED of them within PUBLISH_DELAY) they gather
+        on, to PUBLISH_LOADED_DELAY after the first or a full chunk.
 
         Publishing is Python work that competes with the commits for the
-        interpreter (and, on the filesystem broker, a file per task): under
-        load this makes one task per PUBLISH_CHUNK deliveries instead of one
-        per commit batch, for at most PUBLISH_DELAY more before processing.
+        interpreter (and, on the filesystem broker, a file per task), and a
+        worker's task costs more per task than per message: under load this
+        makes one task per PUBLISH_CHUNK deliveries instead of one per commit
+        batch, for at most PUBLISH_LOADED_DELAY more before processing.
         The committer only wakes this thread when it is waiting for work, so
         a busy committer hands over its ids without a thread switch per batch.
         """
@@ -516,8 +521,10 @@ class GroupCommitter:
             self._sweep_at_start()
             while not self._stop.is_set() or self._recorded:
                 self._recorded_waiting.wait()
+                first = time.monotonic()
                 # Let more ids gather, until a chunk is full (returns at once when closing).
-                self._chunk_full.wait(PUBLISH_DELAY)
+                if not self._chunk_full.wait(PUBLISH_DELAY) and len(self._recorded) >= PUBLISH_LOADED:
+                    self._chunk_full.wait(max(0.0, first + PUBLISH_LOADED_DELAY - time.monotonic()))
                 self._chunk_full.clear()
                 self._recorded_waiting.clear()  # before taking: ids recorded after this wake us again
                 ids = []

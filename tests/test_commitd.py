@@ -379,6 +379,51 @@ def test_a_full_chunk_of_recorded_deliveries_is_published_without_waiting_for_th
     assert sorted(i for ids in published for i in ids) == sorted(record.Delivery.objects.values_list("pk", flat=True))
 
 
+def test_under_load_recorded_deliveries_gather_into_bigger_chunks_and_at_light_load_they_do_not_wait(
+    transactional_db, org, monkeypatch
+):
+    """PUBLISH_LOADED ids within PUBLISH_DELAY is load: the publisher then waits on
+    (to PUBLISH_LOADED_DELAY) for a full PUBLISH_CHUNK, one task instead of several;
+    fewer ids are published when PUBLISH_DELAY is up."""
+    import threading
+    import time
+
+    from ingest.record import GroupCommitter
+
+    published: list[list[int]] = []
+    arrived = threading.Condition()
+
+    def enqueue(ids):
+        with arrived:
+            published.append(ids)
+            arrived.notify_all()
+        return True
+
+    def wait_for(count: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(published) >= count, timeout=10), published
+
+    monkeypatch.setattr(record, "PUBLISH_CHUNK", 6)
+    monkeypatch.setattr(record, "PUBLISH_DELAY", 0.2)
+    monkeypatch.setattr(record, "PUBLISH_LOADED", 3)
+    monkeypatch.setattr(record, "PUBLISH_LOADED_DELAY", 60.0)
+    monkeypatch.setattr(record, "enqueue", enqueue)
+    committer = GroupCommitter()
+    try:
+        committer.commit([numbered_job(org, 1), numbered_job(org, 2)])  # light load: two ids
+        wait_for(1)  # after PUBLISH_DELAY, not a full chunk
+        assert [len(ids) for ids in published] == [2]
+        committer.commit([numbered_job(org, n) for n in (3, 4, 5, 6)])  # load: four ids at once
+        time.sleep(1.0)  # well past PUBLISH_DELAY: still gathering
+        assert [len(ids) for ids in published] == [2]
+        committer.commit([numbered_job(org, 7), numbered_job(org, 8)])  # the chunk is full now
+        wait_for(2)
+        assert [len(ids) for ids in published] == [2, 6]
+    finally:
+        committer.close()
+    assert sorted(i for ids in published for i in ids) == sorted(record.Delivery.objects.values_list("pk", flat=True))
+
+
 def test_a_batch_is_committed_once_even_when_answering_it_fails(transactional_db, org, monkeypatch):
     """The committer's last-chance commit (when its loop ends on an error) takes
     only what was received and not yet committed."""
