@@ -106,9 +106,9 @@ def scope_refusal(request: ApiRequest) -> str | None:
     return "this token's scope is search:read: it can search and download only; create an admin token for this"
 
 
-def api_membership(request: HttpRequest, user: User) -> Membership:
-    """The membership an API request acts in: the token's, or the session user's
-    (`user` is then request.user, whose membership the request keeps once found)."""
+def api_membership(request: HttpRequest) -> Membership:
+    """The membership an API request acts in: the token's, or the session
+    user's (which the request keeps once found)."""
     membership = getattr(request, "api_membership", None)
     return membership if membership is not None else access.request_member(request)
 
@@ -162,6 +162,6 @@ def api_write_view(
 @require_GET
 @api_view
 def status(request: HttpRequest, user: User) -> HttpResponse:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     status = tenant_status(membership.tenant, journal=membership.is_admin, compliance=membership.sees_all_mail)
     return JsonResponse(as_json(status))

@@ -242,7 +242,7 @@ def api_audit(request: HttpRequest, user: User) -> HttpResponseBase:
     last id); with `Accept: text/csv` every matching event as one streamed CSV,
     itself recorded as an export of the audit log.
     """
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.sees_all_mail:
         return api_error("owners, admins and auditors only", 403)
     try:

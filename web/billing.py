@@ -243,7 +243,7 @@ def billing_json(request: HttpRequest, membership: Membership) -> dict[str, Any]
 @require_GET
 @api_view
 def api_billing(request: HttpRequest, user: User) -> HttpResponse:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
     return JsonResponse(billing_json(request, membership))

@@ -96,7 +96,7 @@ def _download(request: HttpRequest, membership: Membership, export: Export) -> H
 @require_POST
 @api_write_view
 def api_exports(request: ApiRequest, user: User) -> HttpResponseBase:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     try:
         body = json.loads(request.body or b"{}")
     except ValueError:
@@ -124,12 +124,12 @@ def api_exports(request: ApiRequest, user: User) -> HttpResponseBase:
 @require_http_methods(["GET"])
 @api_view
 def api_export(request: ApiRequest, user: User, public_id: str) -> HttpResponseBase:
-    export = exports.export_for(api_membership(request, user), public_id)
+    export = exports.export_for(api_membership(request), public_id)
     return JsonResponse(export_json(export))
 
 
 @require_GET
 @api_view
 def api_export_download(request: ApiRequest, user: User, public_id: str) -> HttpResponseBase:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     return _download(request, membership, exports.export_for(membership, public_id))

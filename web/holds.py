@@ -120,7 +120,7 @@ def release(request: SignedInRequest, membership: Membership, hold_id: int) -> H
 def api_holds(request: ApiRequest, user: User) -> HttpResponseBase:
     """GET: every hold (owners, admins, auditors).  POST {"name", "reason", "query",
     "custodians", "owner"}: place one (owners, admins), 201."""
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.sees_all_mail:
         return api_error("owners, admins and auditors only", 403)
     if request.method == "GET":
@@ -145,7 +145,7 @@ def api_holds(request: ApiRequest, user: User) -> HttpResponseBase:
 @api_write_view
 def api_hold(request: ApiRequest, user: User, hold_id: int, action: str = "") -> HttpResponseBase:
     """GET /api/v1/holds/<id>; POST /api/v1/holds/<id>/release (owners, admins)."""
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.sees_all_mail:
         return api_error("owners, admins and auditors only", 403)
     try:

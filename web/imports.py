@@ -105,7 +105,7 @@ def import_page(request: SignedInRequest, membership: Membership) -> HttpRespons
 @require_http_methods(["POST"])
 @api_write_view
 def api_imports(request: ApiRequest, user: User) -> HttpResponseBase:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
     upload = request.FILES.get("file")
@@ -123,7 +123,7 @@ def api_imports(request: ApiRequest, user: User) -> HttpResponseBase:
 @require_GET
 @api_view
 def api_import(request: ApiRequest, user: User, public_id: str) -> HttpResponseBase:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
     return JsonResponse(import_json(imports.import_for(membership, public_id)))

@@ -217,7 +217,7 @@ def api_token(request: HttpRequest) -> ApiToken | None:
 
 
 def admin_membership(request: HttpRequest, user: User) -> Membership | None:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     return membership if membership.is_admin else None
 
 

@@ -148,7 +148,7 @@ def parse_request(body: bytes) -> tuple[str | list[str], date | None]:
 @require_http_methods(["GET", "POST"])
 @api_view
 def api_import(request: ApiRequest, user: User) -> HttpResponseBase:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
     if request.method == "POST":

@@ -156,7 +156,7 @@ def attachment(request: SignedInRequest, message_id: int, number: int) -> HttpRe
 @api_view
 def original_eml(request: HttpRequest, user: User, message_id: int) -> HttpResponseBase:
     """The original message as Exchange delivered it (not the journal wrapper)."""
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     message = archive_access.message_for(membership, message_id)
     data = documents.read_original(message)
     suffix, content_type = _ORIGINAL_TYPES.get(message.kind, _ORIGINAL_TYPES[Message.Kind.MAIL])

@@ -153,7 +153,7 @@ def change_action(request: SignedInRequest, membership: Membership, change_id: i
 
 
 def _admin_or_error(request: ApiRequest, user: User) -> Membership | JsonResponse:
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     if not membership.is_admin:
         return api_error("owners and admins only", 403)
     return membership

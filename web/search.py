@@ -189,7 +189,7 @@ def api_messages(request: HttpRequest, user: User) -> HttpResponse:
     from search.backends.base import SearchUnavailable
     from search.query import QueryError
 
-    membership = api_membership(request, user)
+    membership = api_membership(request)
     try:
         page = run_search(
             request,
