@@ -361,9 +361,7 @@ def index_new(created: list[tuple[Message, documents.Content]]) -> int:
             built.append((message, documents.build_document(message, content, folders=[])))
         except Exception as exc:  # noqa: BLE001 - a bug on this message's values: this message alone
             _mark_index_failed(message, exc)
-    indexed = _index_built(built) if built else []
-    mark_indexed([m for m, _ in indexed], [d.version for _, d in indexed])
-    return len(indexed)
+    return _index_and_mark(built)
 
 
 def index_pending(limit: int = 500) -> int:
@@ -422,6 +420,11 @@ def index_messages(messages: list[Message], reparse: bool = False) -> int:
             raise  # our trouble: the whole batch is retried
         except Exception as exc:  # noqa: BLE001 - a broken text object or a bug: this message alone
             _mark_index_failed(message, exc)
+    return _index_and_mark(built)
+
+
+def _index_and_mark(built: list[tuple[Message, SearchDocument]]) -> int:
+    """Index the built documents and mark their messages indexed at those versions; how many went in."""
     indexed = _index_built(built) if built else []
     mark_indexed([m for m, _ in indexed], [d.version for _, d in indexed])
     return len(indexed)

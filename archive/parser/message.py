@@ -113,7 +113,8 @@ def addresses(value: bytes | str | None, limit: int = 1000) -> list[str]:
 # header and journal envelope line holds.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_SIMPLE_ITEM = re.compile(rf"[ \t]*(?:({_ADDR_SPEC})|[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*<({_ADDR_SPEC})>)[ \t]*")
+# One item: a bare addr-spec (group 1), or a display name (2) and an addr-spec in angle brackets (3).
+_SIMPLE_ITEM = re.compile(rf"[ \t]*(?:({_ADDR_SPEC})|([A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*)<({_ADDR_SPEC})>)[ \t]*")
 
 
 def _simple_addr_specs(value: str) -> list[str] | None:
@@ -128,11 +129,8 @@ def _simple_addr_specs(value: str) -> list[str] | None:
         match = _SIMPLE_ITEM.fullmatch(item)
         if match is None:
             return None
-        specs.append(match.group(1) or match.group(2))
+        specs.append(match.group(1) or match.group(3))
     return specs
-
-
-_SIMPLE_PAIR = re.compile(rf"[ \t]*(?:({_ADDR_SPEC})|([A-Za-z0-9!#$%&'*+/=?^_`{{|}}~. \t-]*)<({_ADDR_SPEC})>)[ \t]*")
 
 
 def simple_pairs(value: str) -> list[tuple[str, str]] | None:
@@ -143,7 +141,7 @@ def simple_pairs(value: str) -> list[tuple[str, str]] | None:
     both on generated values."""
     pairs = []
     for item in value.split(","):
-        match = _SIMPLE_PAIR.fullmatch(item)
+        match = _SIMPLE_ITEM.fullmatch(item)
         if match is None:
             return None
         bare, name, addr = match.groups()
