@@ -156,9 +156,9 @@ def insert_deliveries(rows: list[Row]) -> list[int]:
     of `atomic()`, so a refused row leaves the caller's transaction usable.
     """
     connection = delivery_connection()
-    plan = insert_plan(connection, Delivery)
     if connection.in_atomic_block or not connection.get_autocommit():
         return [row[0] for row in insert_rows(connection, Delivery, rows)]
+    plan = insert_plan(connection, Delivery)
     with driver_cursor(connection) as cursor:
         # As Django begins one: SQLite's configured mode (IMMEDIATE here), else plain.
         cursor.execute(f"BEGIN {getattr(connection, 'transaction_mode', None) or ''}".rstrip())
