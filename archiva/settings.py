@@ -216,6 +216,10 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
     "interval_max": 0.5,
 }
 ARCHIVA_SWEEP_INTERVAL = envint("ARCHIVA_SWEEP_INTERVAL", 60, minimum=1)
+# Beat counts a due task the broker refused and sends it again every
+# ARCHIVA_SWEEP_INTERVAL (Celery's own scheduler would wait a whole interval:
+# a day for the daily tasks).
+CELERY_BEAT_SCHEDULER = "archiva.beat:Scheduler"
 # The archiving task indexes the messages it creates itself; what it leaves
 # (merges, mailbox copies, messages the index was down for) within this many
 # seconds is indexed by `index_pending` in one batch (one commit) of at most

@@ -290,6 +290,9 @@ def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Nam
         f"backlog {min(backlog, default=0)}..{max(backlog, default=0)}, slope {slope:+.1f} msgs/s: "
         f"{'FLAT' if flat else 'GROWING'}; the load client used {client_ms:.2f} ms CPU a message"
     )
+    # The ingest's answer under this load: end of DATA -> 250 (durable), as the sender waits for it.
+    ack = result["latency_ms"]
+    log(f"  end of DATA -> 250 under this load: p50 {ack['p50']} ms, p95 {ack['p95']} ms, max {ack['max']} ms")
     return {
         "sustain_rate": rate,
         "sustain_seconds": seconds,
@@ -297,6 +300,7 @@ def sustain(pipeline: Pipeline, counts: Counts, address: str, opts: argparse.Nam
         "sustain_backlog_slope": round(slope, 2),
         "sustain_flat": flat,
         "sustain_client_cpu_ms": round(client_ms, 3),
+        "sustain_ack_ms": ack,
     }
 
 

@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from ingest.delivery import mark_enqueued, stranded_deliveries
 from ingest.models import Delivery
+from ingest.stats import publish_failures
 from m365.notifications import PROCESS_TASK as PROCESS_NOTIFICATIONS
 from m365.sync import Notification
 from tests.archive_support import deliver
@@ -332,5 +333,86 @@ def test_a_worker_back_on_its_redis_processes_the_graph_notifications_its_restar
         assert lost.attempts == 1
         assert lost.error.startswith("NoConnection: ")
         assert "broker connection back" in running.log("worker")
+    finally:
+        redis.stop()
+
+
+def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_is_back(
+    db, settings, monkeypatch, tmp_path
+):
+    """Celery's scheduler advances an entry before publishing it, so a daily
+    task refused by a broker that was down at that second waited a day,
+    uncounted.  Ours counts it on /metrics and sends it again every
+    ARCHIVA_SWEEP_INTERVAL until the broker takes it."""
+    from archiva.beat import Scheduler
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        # Celery's broker_url prefers CELERY_BROKER_URL from the environment.
+        monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
+        settings.ARCHIVA_SWEEP_INTERVAL = 0.5
+        app = Celery("beat-test", set_as_current=False)
+        app.conf.update(
+            result_expires=None,  # no backend_cleanup entry of Celery's own
+            broker_connection_timeout=1,
+            task_publish_retry=False,
+            beat_schedule={
+                "daily scrub": {
+                    "task": "compliance.tasks.scrub_storage",
+                    "schedule": 24 * 3600.0,
+                    "last_run_at": app.now() - timedelta(days=1, minutes=1),
+                }
+            },
+        )
+        scheduler = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"))
+        _ = scheduler.producer  # connected while the broker is up, as a running beat is
+        redis.stop()
+        scheduler.tick()
+        assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
+        assert "daily scrub" in scheduler.failed
+        wait = scheduler.tick()  # the broker is still down: no retry before ARCHIVA_SWEEP_INTERVAL...
+        assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
+        assert wait <= 0.5  # ...but beat wakes for it, not in a day
+        time.sleep(0.6)
+        scheduler.tick()  # ...then one, refused again
+        assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
+
+        redis.start()
+        time.sleep(0.6)
+        scheduler.tick()
+        assert not scheduler.failed
+        assert queued(redis.url) == 1
+        assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
+        scheduler.tick()  # sent once: not again until tomorrow
+        assert queued(redis.url) == 1
+        scheduler.close()
+    finally:
+        redis.stop()
+
+
+def test_the_daily_scrub_counts_a_tenant_task_it_could_not_publish_and_goes_on(
+    transactional_db, settings, tls_files, org, outsider, tmp_path
+):
+    """The daily scrub publishes one task per tenant; with the broker down each
+    refused one is counted and the run goes on (the next run catches the
+    missed slice up); with it back, every tenant's task is queued."""
+    redis = RedisServer(tmp_path / "redis")  # not started yet: nothing listens on its port
+
+    def scrub_storage_in_a_process() -> str:
+        env = process_env(settings, tls_files, CELERY_BROKER_URL=redis.url, ARCHIVA_PUBLISH_RETRIES="0")
+        command = "from compliance.tasks import scrub_storage; print('published', scrub_storage())"
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", command], cwd=ROOT, env=env, capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        return done.stdout.decode().strip().splitlines()[-1]
+
+    assert scrub_storage_in_a_process() == "published 0"
+    assert publish_failures() == {"compliance.tasks.scrub_tenant_storage": 2}
+    redis.start()
+    try:
+        assert scrub_storage_in_a_process() == "published 2"
+        assert queued(redis.url) == 2
+        assert publish_failures() == {"compliance.tasks.scrub_tenant_storage": 2}
     finally:
         redis.stop()

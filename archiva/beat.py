@@ -1,0 +1,71 @@
+"""Beat's scheduler: a due task the broker refused is counted and sent again soon.
+
+Celery's own scheduler logs a failed publish ("Message Error") and moves
+on: the entry was already advanced, so it next runs one whole interval
+later.  For the sweeps (every ARCHIVA_SWEEP_INTERVAL) that costs a minute;
+for the daily tasks (retention, the audit log's daily root, the storage
+scrub, billing) a broker blip at the wrong second cost a day, and nothing
+showed it.  Here a failed publish is counted under the task's name
+(`archiva_broker_publish_failures` on /metrics, as the ingest's and the
+workers' are) and sent again every ARCHIVA_SWEEP_INTERVAL until the broker
+takes it; the entry's own schedule is left as Celery keeps it.
+
+Chosen by CELERY_BEAT_SCHEDULER, so every `celery beat` (make run, the
+Compose file, the Helm chart) uses it without a flag.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.beat import PersistentScheduler, ScheduleEntry
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+
+class Scheduler(PersistentScheduler):
+    """PersistentScheduler whose failed publishes are counted and retried."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Entries whose last publish failed, by name: (when to send again, the entry).
+        self.failed: dict[str, tuple[float, ScheduleEntry]] = {}
+        super().__init__(*args, **kwargs)
+
+    def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
+        log.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
+        self.send(entry, producer)
+
+    def send(self, entry: ScheduleEntry, producer: Any = None) -> bool:
+        """Publish `entry` now (not advancing its schedule); on failure count
+        it and note it for a retry.  True when the broker took it."""
+        try:
+            self.apply_async(entry, producer=producer, advance=False)
+        except Exception:
+            from ingest.stats import count_publish_failure  # Django is set up by now
+
+            count_publish_failure(entry.task)
+            retry = settings.ARCHIVA_SWEEP_INTERVAL
+            self.failed[entry.name] = (time.monotonic() + retry, entry)
+            log.error(
+                "could not publish %s (%s); sending it again in %s s", entry.name, entry.task, retry, exc_info=True
+            )
+            return False
+        if self.failed.pop(entry.name, None) is not None:
+            log.info("published %s (%s) after a failed attempt", entry.name, entry.task)
+        return True
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        """Send again the failed entries whose retry is due, then Celery's
+        tick; sleep no longer than the next retry."""
+        now = time.monotonic()
+        for due, entry in list(self.failed.values()):
+            if due <= now:
+                self.send(entry, self.producer)
+        wait = super().tick(*args, **kwargs)
+        if self.failed:
+            soonest = min(due for due, _ in self.failed.values())
+            wait = min(wait, max(soonest - time.monotonic(), 0.0))
+        return wait
