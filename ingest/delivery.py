@@ -14,6 +14,7 @@ The ingest never imports the archive: tasks are published by name.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
@@ -312,14 +313,43 @@ def sweep(limit: int = 10_000, grace: float | None = None, published_before: dat
     return published
 
 
+def resend_retries(now: datetime | None = None, limit: int = 10_000) -> int:
+    """Publish again the processing of deliveries whose retry is still due,
+    each with what is left of its countdown; how many.
+
+    A worker back on its broker calls this: a retry's task waits out its
+    countdown in the broker (RabbitMQ) or held by a worker (Redis), and a
+    restart may have lost it; the sweep would only take the delivery once
+    its retry is ARCHIVA_REQUEUE_AFTER overdue.  A retry that survived runs
+    as well, and the later of the two finds nothing left to do.  A fresh
+    task counts its retries from zero."""
+    now = now or timezone.now()
+    due = Delivery.objects.filter(status__in=UNFINISHED, enqueued_at__gt=now).order_by("enqueued_at")
+    by_countdown: dict[int, list[int]] = {}
+    for pk, at in due.values_list("pk", "enqueued_at")[:limit]:
+        if at is None:  # not by the filter; for the type checker
+            continue
+        by_countdown.setdefault(math.ceil((at - now).total_seconds()), []).append(pk)
+    published = 0
+    for countdown, ids in by_countdown.items():
+        for start in range(0, len(ids), PUBLISH_CHUNK):
+            # enqueued_at keeps the retry's due time: the sweep's window is unchanged.
+            publish(PROCESS_TASK, (ids[start : start + PUBLISH_CHUNK],), countdown=countdown)
+            published += len(ids[start : start + PUBLISH_CHUNK])
+    return published
+
+
 def sweep_at_start(who: str, published_before: datetime | None = None) -> int:
     """The sweep a starting ingest or worker runs once: whatever a crashed one
     recorded but never published is published at once (no grace: a
     duplicate of a task another process is publishing right now is harmless),
     instead of after the first sweep interval.  A worker back on its broker
-    after losing it passes `published_before` (see `stranded_deliveries`)."""
+    after losing it passes `published_before` (see `stranded_deliveries`),
+    and publishes the retries still due again (`resend_retries`)."""
     try:
         published = sweep(grace=0, published_before=published_before)
+        if published_before is not None:
+            published += resend_retries()
     except Exception:
         log.warning("the start-up sweep of the %s failed; the periodic sweep will do it", who, exc_info=True)
         return 0

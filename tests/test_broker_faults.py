@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import kombu
@@ -26,7 +26,7 @@ import pytest
 from celery import Celery
 from django.utils import timezone
 
-from ingest.delivery import mark_enqueued, stranded_deliveries
+from ingest.delivery import mark_enqueued, mark_retry_due, stranded_deliveries
 from ingest.models import Delivery
 from ingest.stats import publish_failures
 from m365.notifications import PROCESS_TASK as PROCESS_NOTIFICATIONS
@@ -414,5 +414,48 @@ def test_the_daily_scrub_counts_a_tenant_task_it_could_not_publish_and_goes_on(
         assert scrub_storage_in_a_process() == "published 2"
         assert queued(redis.url) == 2
         assert publish_failures() == {"compliance.tasks.scrub_tenant_storage": 2}
+    finally:
+        redis.stop()
+
+
+def test_a_worker_back_on_its_broker_publishes_again_the_retries_still_due(
+    transactional_db, settings, tls_files, org, tmp_path
+):
+    """A delivery whose task is waiting out a retry's countdown (in the broker,
+    or held by a worker) loses that task in a broker restart.  The reconnect
+    sweep publishes it again with what is left of its countdown, instead of
+    leaving it until the retry is ARCHIVA_REQUEUE_AFTER overdue; one never
+    published and one archived are not resent."""
+    retrying = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: retrying\r\n\r\nx\r\n")
+    mark_retry_due([retrying.pk], 120)
+    archived = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: archived\r\n\r\nx\r\n")
+    mark_retry_due([archived.pk], 120)
+    Delivery.objects.filter(pk=archived.pk).update(status=Delivery.Status.ARCHIVED)
+    fresh = deliver(org.tenant, b"From: a@contoso.com\r\nSubject: fresh\r\n\r\nx\r\n")  # the grace-free sweep's
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        env = process_env(settings, tls_files, CELERY_BROKER_URL=redis.url)
+        command = (
+            "from django.utils import timezone; from ingest.delivery import sweep_at_start; "
+            "print('published', sweep_at_start('worker', published_before=timezone.now()))"
+        )
+        sent = time.time()
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", command], cwd=ROOT, env=env, capture_output=True, timeout=120
+        )
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        assert done.stdout.decode().split()[-2:] == ["published", "2"]  # the fresh one, and the retry
+        tasks = {}
+        with kombu.Connection(redis.url, connect_timeout=5) as connection:
+            queue = connection.SimpleQueue("celery")
+            for _ in range(queued(redis.url)):
+                message = queue.get(timeout=5)
+                tasks[tuple(message.payload[0][0])] = message.headers["eta"]
+                message.ack()
+            queue.close()
+        assert set(tasks) == {(retrying.pk,), (fresh.pk,)}
+        eta = datetime.fromisoformat(tasks[(retrying.pk,)]).timestamp()
+        assert sent + 100 < eta <= time.time() + 121  # what was left of its 120 s
+        assert tasks[(fresh.pk,)] is None
     finally:
         redis.stop()
