@@ -18,7 +18,9 @@ of the tenant in one transaction if nobody else is linking (PostgreSQL:
 `SKIP LOCKED`), and otherwise leaves them to the one who is, who looks again
 before it stops.  The beat's `link_audit_events` links what a crash left
 pending.  An event waits unlinked for the length of one linking transaction;
-`verify_tenant` links what is pending before it checks.
+`verify_tenant` links what is pending before it checks.  Measured back to
+back with the earlier revision (bench/README.md): 8 readers of one tenant
+record 379 events/s (245 before), median 15.5 ms and p99 34 ms (21 and 143).
 """
 
 from __future__ import annotations
