@@ -144,3 +144,48 @@ def test_bad_arguments_are_refused_with_a_message(tmp_path):
     )
     assert result.returncode == 2
     assert "--database-url (or DATABASE_URL) must be a postgresql:// URL" in result.stderr
+
+
+class CountingS3:
+    """The drill's real S3 client, counting its reads of each key."""
+
+    def __init__(self, client):
+        self.client = client
+        self.reads: dict[str, int] = {}
+
+    def get_object(self, **kwargs):
+        self.reads[kwargs["Key"]] = self.reads.get(kwargs["Key"], 0) + 1
+        return self.client.get_object(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_a_text_object_messages_share_is_read_once_and_counted_for_each(region, tmp_path):
+    """Two messages of one large text (their originals, beyond a pack
+    member's size, stored alone) leave the same pack of that one text,
+    content-addressed: the drill reads it once in its bucket check and once
+    for both rows, and names both if it is damaged."""
+    body = "quarterly figures attached, unchanged " * 30_000
+    for n in (1, 2):
+        head = f"From: a@contoso.com\r\nTo: b@contoso.com\r\nSubject: shared {n}\r\nMessage-ID: <shared-{n}@c.com>"
+        archive(region["tenants"][0], f"{head}\r\n\r\n{body}\r\n".encode())
+    shared = list(Message.objects.filter(subject__startswith="shared ").order_by("pk"))
+    spans = {(m.text_key, m.text_offset, m.text_size) for m in shared}
+    assert len(shared) == 2 and len(spans) == 1 and shared[0].original_key != shared[1].original_key
+    s3 = CountingS3(restore_drill.s3_client(region["endpoint"], "us-east-1"))
+    copy = restore_drill.backup(region["url"], s3.client, region["prefix"], tmp_path / "backup")
+
+    report = restored_and_verified(copy, region, s3)
+    assert report.ok, report.problems
+    assert report.message_objects_checked == 8 * 2
+    assert s3.reads[shared[0].text_key] == 2  # the bucket's object, then the rows' one span
+
+    bucket = region["tenants"][0].bucket
+    damaged = tmp_path / "backup" / "buckets" / bucket / shared[0].text_key
+    data = bytearray(damaged.read_bytes())
+    data[(shared[0].text_offset or 0) + 1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    report = restored_and_verified(copy, region, s3)
+    named = f"messages {shared[0].pk}, {shared[1].pk}: {bucket}/{shared[0].text_key} at {shared[0].text_offset}+"
+    assert [p for p in report.problems if p.startswith(named) and p.endswith("does not match its sha256")]
