@@ -109,12 +109,17 @@ def link_pending(tenant_id: int, *, wait: bool = False) -> int:
     beat) it waits for the head.
     """
     linked = 0
-    for _ in range(LINK_ROUNDS):
+    unlinked = AuditEvent.objects.filter(tenant_id=tenant_id, seq__isnull=True)
+    for round_ in range(LINK_ROUNDS):
+        # Looking again after a batch is one indexed query, not a claim of the
+        # head: nearly always nobody gave way meanwhile and nothing is pending.
+        if round_ and not unlinked.exists():
+            return linked
         with transaction.atomic():
             head = _claim_chain(tenant_id, wait=wait)
             if head is None:
                 return linked
-            pending = list(AuditEvent.objects.filter(tenant_id=tenant_id, seq__isnull=True).order_by("pk")[:LINK_BATCH])
+            pending = list(unlinked.order_by("pk")[:LINK_BATCH])
             if not pending:
                 return linked
             running, place = head.head_hash or audit_chain.GENESIS, head.events
@@ -137,8 +142,12 @@ def _claim_chain(tenant_id: int, *, wait: bool) -> AuditChain | None:
     next cannot change under us (and a second linker waits for it).
     """
     if connection.features.has_select_for_update_skip_locked:
-        AuditChain.objects.get_or_create(tenant_id=tenant_id)  # a concurrent creator's row is fine too
-        return AuditChain.objects.select_for_update(skip_locked=not wait).filter(tenant_id=tenant_id).first()
+        heads = AuditChain.objects.select_for_update(skip_locked=not wait).filter(tenant_id=tenant_id)
+        head = heads.first()
+        if head is None and not AuditChain.objects.filter(tenant_id=tenant_id).exists():  # the chain's first link
+            AuditChain.objects.get_or_create(tenant_id=tenant_id)  # a concurrent creator's row is fine too
+            head = heads.first()
+        return head
     if not AuditChain.objects.filter(tenant_id=tenant_id).update(events=F("events")):
         AuditChain.objects.get_or_create(tenant_id=tenant_id)
     return AuditChain.objects.get(tenant_id=tenant_id)

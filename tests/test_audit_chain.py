@@ -222,6 +222,8 @@ def test_concurrent_writers_of_one_tenant_keep_one_chain():
     assert not errors
     events = list(AuditEvent.objects.filter(tenant=org.tenant).order_by("pk"))
     assert sum(e.action == Action.SEARCH for e in events) == 120
+    # Every writer that gave way left its event to the one holding the head, who looked again: none waits for the beat.
+    assert [e.pk for e in events if e.seq is None] == []
     assert len({e.prev_hash for e in events}) == len(events)  # no fork: every hash is followed at most once
     assert audit.verify_tenant(org.tenant).ok
 
@@ -273,6 +275,45 @@ def test_a_reader_does_not_wait_while_another_links_the_chain():
         release.set()
         holder.join(60)
     assert audit.link_pending(org.tenant.pk) == 1
+    assert audit.verify_tenant(org.tenant).ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_linker_links_after_its_batch_what_a_writer_left_it(monkeypatch):
+    """A writer whose event commits while another links gives way at once;
+    the linker, looking again after its batch, links that event too: it
+    does not wait for the beat."""
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite has one writer at a time anyway")
+    org = make_org()
+    member = membership_of(org.auditor)
+    linking, written = threading.Event(), threading.Event()
+    hashed = audit_chain.event_hash
+    linker = threading.current_thread()
+
+    def event_hash(previous: str, content: bytes) -> str:
+        # The first writer, holding the chain head in its linking transaction, waits for the second's event.
+        if threading.current_thread() is linker and not linking.is_set():
+            linking.set()
+            assert written.wait(30)
+        return hashed(previous, content)
+
+    def second_writer() -> None:
+        try:
+            assert linking.wait(30)
+            audit.record_event(member, Action.VIEW, {"message": 2})  # gives way: the head is held
+            written.set()
+        finally:
+            connection.close()
+
+    monkeypatch.setattr(audit_chain, "event_hash", event_hash)
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    first = audit.record_event(member, Action.SEARCH, {"query": "first"})
+    thread.join(60)
+    events = list(AuditEvent.objects.filter(tenant=org.tenant).order_by("pk"))
+    assert [e.pk for e in events if e.seq is None] == []
+    assert events[-1].prev_hash == AuditEvent.objects.get(pk=first.pk).hash
     assert audit.verify_tenant(org.tenant).ok
 
 
