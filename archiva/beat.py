@@ -48,9 +48,15 @@ class Scheduler(PersistentScheduler):
 
             count_publish_failure(entry.task)
             retry = settings.ARCHIVA_SWEEP_INTERVAL
+            again = entry.name in self.failed  # its traceback was logged the first time
             self.failed[entry.name] = (time.monotonic() + retry, entry)
             log.error(
-                "could not publish %s (%s); sending it again in %s s", entry.name, entry.task, retry, exc_info=True
+                "could not publish %s (%s)%s; sending it again in %s s",
+                entry.name,
+                entry.task,
+                " again" if again else "",
+                retry,
+                exc_info=not again,
             )
             return False
         if self.failed.pop(entry.name, None) is not None:

@@ -338,7 +338,7 @@ def test_a_worker_back_on_its_redis_processes_the_graph_notifications_its_restar
 
 
 def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_is_back(
-    db, settings, monkeypatch, tmp_path
+    db, settings, monkeypatch, tmp_path, caplog
 ):
     """Celery's scheduler advances an entry before publishing it, so a daily
     task refused by a broker that was down at that second waited a day,
@@ -365,27 +365,32 @@ def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_
             },
         )
         scheduler = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"))
-        _ = scheduler.producer  # connected while the broker is up, as a running beat is
-        redis.stop()
-        scheduler.tick()
-        assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
-        assert "daily scrub" in scheduler.failed
-        wait = scheduler.tick()  # the broker is still down: no retry before ARCHIVA_SWEEP_INTERVAL...
-        assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
-        assert wait <= 0.5  # ...but beat wakes for it, not in a day
-        time.sleep(0.6)
-        scheduler.tick()  # ...then one, refused again
-        assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
+        try:
+            _ = scheduler.producer  # connected while the broker is up, as a running beat is
+            redis.stop()
+            scheduler.tick()
+            assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
+            assert "daily scrub" in scheduler.failed
+            wait = scheduler.tick()  # the broker is still down: no retry before ARCHIVA_SWEEP_INTERVAL...
+            assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
+            assert wait <= 0.5  # ...but beat wakes for it, not in a day
+            time.sleep(0.6)
+            scheduler.tick()  # ...then one, refused again
+            assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
+            refused = [r for r in caplog.records if r.name == "archiva.beat" and "could not publish" in r.getMessage()]
+            assert [bool(r.exc_info) for r in refused] == [True, False]  # one traceback, not one a minute
+            assert "again" in refused[1].getMessage()
 
-        redis.start()
-        time.sleep(0.6)
-        scheduler.tick()
-        assert not scheduler.failed
-        assert queued(redis.url) == 1
-        assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
-        scheduler.tick()  # sent once: not again until tomorrow
-        assert queued(redis.url) == 1
-        scheduler.close()
+            redis.start()
+            time.sleep(0.6)
+            scheduler.tick()
+            assert not scheduler.failed
+            assert queued(redis.url) == 1
+            assert publish_failures() == {"compliance.tasks.scrub_storage": 2}
+            scheduler.tick()  # sent once: not again until tomorrow
+            assert queued(redis.url) == 1
+        finally:
+            scheduler.close()  # its schedule file, while Celery's modules are there to pickle it
     finally:
         redis.stop()
 
