@@ -264,6 +264,7 @@ def test_beat_goes_on_publishing_after_a_rabbitmq_restart(stack, tmp_path):
             assert time.monotonic() < deadline, running.log("beat")[-3000:]
             time.sleep(0.2)
         assert beat.poll() is None, running.log("beat")[-3000:]
+        assert "scheduler -> archiva.beat.Scheduler" in running.log("beat")  # by the settings, with no flag
     finally:
         rabbit.stop()
 
