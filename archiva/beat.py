@@ -10,14 +10,20 @@ showed it.  Here a failed publish is counted under the task's name
 workers' are) and sent again every ARCHIVA_SWEEP_INTERVAL until the broker
 takes it; the entry's own schedule is left as Celery keeps it.
 
+What is owed is kept beside the schedule file (`<schedule>.failed.json`):
+a beat restarted while the broker is down sends it at its first tick,
+where Celery, having advanced the entry, would wait for its next due time.
+
 Chosen by CELERY_BEAT_SCHEDULER, so every `celery beat` (make run, the
 Compose file, the Helm chart) uses it without a flag.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from celery.beat import PersistentScheduler, ScheduleEntry
@@ -33,6 +39,32 @@ class Scheduler(PersistentScheduler):
         # Entries whose last publish failed, by name: (when to send again, the entry).
         self.failed: dict[str, tuple[float, ScheduleEntry]] = {}
         super().__init__(*args, **kwargs)
+
+    def setup_schedule(self) -> None:
+        super().setup_schedule()
+        for name in self._owed():  # what the previous beat could not send: at the first tick
+            if name in self.schedule:
+                self.failed[name] = (0.0, self.schedule[name])
+
+    def _owed_path(self) -> Path | None:
+        return Path(f"{self.schedule_filename}.failed.json") if self.schedule_filename else None
+
+    def _owed(self) -> list[str]:
+        path = self._owed_path()
+        try:
+            names = json.loads(path.read_text()) if path else []
+        except (OSError, ValueError):  # none yet, or unreadable: nothing is owed
+            return []
+        return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+    def _note_owed(self) -> None:
+        path = self._owed_path()
+        if path is None:
+            return
+        try:
+            path.write_text(json.dumps(sorted(self.failed)))
+        except OSError:
+            log.warning("could not note the tasks beat owes in %s", path, exc_info=True)
 
     def apply_entry(self, entry: ScheduleEntry, producer: Any = None) -> None:
         log.info("Scheduler: Sending due task %s (%s)", entry.name, entry.task)
@@ -50,6 +82,8 @@ class Scheduler(PersistentScheduler):
             retry = settings.ARCHIVA_SWEEP_INTERVAL
             again = entry.name in self.failed  # its traceback was logged the first time
             self.failed[entry.name] = (time.monotonic() + retry, entry)
+            if not again:
+                self._note_owed()
             log.error(
                 "could not publish %s (%s)%s; sending it again in %s s",
                 entry.name,
@@ -60,6 +94,7 @@ class Scheduler(PersistentScheduler):
             )
             return False
         if self.failed.pop(entry.name, None) is not None:
+            self._note_owed()
             log.info("published %s (%s) after a failed attempt", entry.name, entry.task)
         return True
 

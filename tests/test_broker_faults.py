@@ -338,6 +338,25 @@ def test_a_worker_back_on_its_redis_processes_the_graph_notifications_its_restar
         redis.stop()
 
 
+def daily_scrub_app() -> Celery:
+    """An app of its own for beat, whose one entry, the daily scrub, is due
+    (its broker: CELERY_BROKER_URL from the environment, which Celery prefers)."""
+    app = Celery("beat-test", set_as_current=False)
+    app.conf.update(
+        result_expires=None,  # no backend_cleanup entry of Celery's own
+        broker_connection_timeout=1,
+        task_publish_retry=False,
+        beat_schedule={
+            "daily scrub": {
+                "task": "compliance.tasks.scrub_storage",
+                "schedule": 24 * 3600.0,
+                "last_run_at": app.now() - timedelta(days=1, minutes=1),
+            }
+        },
+    )
+    return app
+
+
 def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_is_back(
     db, settings, monkeypatch, tmp_path, caplog
 ):
@@ -352,20 +371,7 @@ def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_
         # Celery's broker_url prefers CELERY_BROKER_URL from the environment.
         monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
         settings.ARCHIVA_SWEEP_INTERVAL = 0.5
-        app = Celery("beat-test", set_as_current=False)
-        app.conf.update(
-            result_expires=None,  # no backend_cleanup entry of Celery's own
-            broker_connection_timeout=1,
-            task_publish_retry=False,
-            beat_schedule={
-                "daily scrub": {
-                    "task": "compliance.tasks.scrub_storage",
-                    "schedule": 24 * 3600.0,
-                    "last_run_at": app.now() - timedelta(days=1, minutes=1),
-                }
-            },
-        )
-        scheduler = Scheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"))
+        scheduler = Scheduler(app=daily_scrub_app(), schedule_filename=str(tmp_path / "celerybeat-schedule"))
         try:
             _ = scheduler.producer  # connected while the broker is up, as a running beat is
             redis.stop()
@@ -392,6 +398,45 @@ def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_
             assert queued(redis.url) == 1
         finally:
             scheduler.close()  # its schedule file, while Celery's modules are there to pickle it
+    finally:
+        redis.stop()
+
+
+def test_a_beat_restarted_while_the_broker_is_down_still_sends_what_it_owed(db, settings, monkeypatch, tmp_path):
+    """Celery has advanced and saved the refused entry: a new beat would wait a
+    day for it.  Ours notes what it owes beside the schedule file, and the
+    next beat sends it at its first tick."""
+    from archiva.beat import Scheduler
+
+    redis = RedisServer(tmp_path / "redis").start()
+    schedule = str(tmp_path / "celerybeat-schedule")
+    try:
+        monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
+        settings.ARCHIVA_SWEEP_INTERVAL = 60
+        first = Scheduler(app=daily_scrub_app(), schedule_filename=schedule)
+        try:
+            _ = first.producer
+            redis.stop()
+            first.tick()
+            assert "daily scrub" in first.failed
+        finally:
+            first.close()  # beat stops while the broker is down
+
+        redis.start()
+        second = Scheduler(app=daily_scrub_app(), schedule_filename=schedule)
+        try:
+            second.tick()
+            assert queued(redis.url) == 1 and not second.failed
+            second.tick()
+        finally:
+            second.close()
+        third = Scheduler(app=daily_scrub_app(), schedule_filename=schedule)
+        try:
+            third.tick()  # paid: nothing owed any more
+        finally:
+            third.close()
+        assert queued(redis.url) == 1
+        assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
     finally:
         redis.stop()
 
