@@ -84,7 +84,8 @@ class Delivery(models.Model):
         )
 
 
-# Models of the ingest's policy and statistics live beside their logic.
+# Models of the ingest's policy and statistics, and beat's state, live beside their logic.
+from ingest.beatstate import BeatEntry as BeatEntry  # noqa: E402
 from ingest.held import HeldMessage as HeldMessage  # noqa: E402
 from ingest.policy import SenderNetwork as SenderNetwork  # noqa: E402
 from ingest.stats import PublishFailureCount as PublishFailureCount  # noqa: E402

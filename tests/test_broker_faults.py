@@ -24,6 +24,7 @@ import kombu
 import kombu.exceptions
 import pytest
 from celery import Celery
+from celery.beat import ScheduleEntry
 from django.utils import timezone
 
 from ingest.delivery import mark_enqueued, mark_retry_due, stranded_deliveries
@@ -404,8 +405,9 @@ def test_beat_counts_a_daily_task_the_broker_refused_and_sends_it_again_once_it_
 
 def test_a_beat_restarted_while_the_broker_is_down_still_sends_what_it_owed(db, settings, monkeypatch, tmp_path):
     """Celery has advanced and saved the refused entry: a new beat would wait a
-    day for it.  Ours notes what it owes beside the schedule file, and the
-    next beat sends it at its first tick."""
+    day for it.  Ours saves what it owes in the database, and the next beat,
+    in a new pod without the first one's schedule file, sends it at its
+    first tick."""
     from archiva.beat import Scheduler
 
     redis = RedisServer(tmp_path / "redis").start()
@@ -423,7 +425,7 @@ def test_a_beat_restarted_while_the_broker_is_down_still_sends_what_it_owed(db, 
             first.close()  # beat stops while the broker is down
 
         redis.start()
-        second = Scheduler(app=daily_scrub_app(), schedule_filename=schedule)
+        second = Scheduler(app=daily_scrub_app(), schedule_filename=str(tmp_path / "new-pod-schedule"))
         try:
             second.tick()
             assert queued(redis.url) == 1 and not second.failed
@@ -439,6 +441,59 @@ def test_a_beat_restarted_while_the_broker_is_down_still_sends_what_it_owed(db, 
         assert publish_failures() == {"compliance.tasks.scrub_storage": 1}
     finally:
         redis.stop()
+
+
+def test_a_new_beat_without_the_last_ones_schedule_file_keeps_the_daily_clock(db, monkeypatch, tmp_path):
+    """The chart's beat has no volume and every upgrade recreates its pod: with
+    the last sends in a schedule file, each new beat started the daily clock
+    again (with a deploy a day, the daily tasks never ran).  The last send
+    is in the database: a new beat neither sends the daily task again nor
+    waits a day from its own start."""
+    from archiva.beat import Scheduler
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
+        sent = beat_once(Scheduler, tmp_path / "first-pod-schedule")
+        assert queued(redis.url) == 1
+
+        entry = beat_once(Scheduler, tmp_path / "second-pod-schedule")
+        assert queued(redis.url) == 1
+        assert entry.last_run_at == sent.last_run_at and entry.total_run_count == 1
+        due_in = entry.schedule.remaining_estimate(entry.last_run_at).total_seconds()
+        assert 23 * 3600 < due_in <= 24 * 3600  # a day after the first beat sent it
+    finally:
+        redis.stop()
+
+
+def test_beat_takes_the_last_runs_from_the_schedule_file_an_earlier_version_kept(db, monkeypatch, tmp_path):
+    """Upgrading from Celery's file-backed scheduler does not send the daily
+    tasks again, nor restart their clock: the entries the database does not
+    have yet come from the file."""
+    from celery.beat import PersistentScheduler
+
+    from archiva.beat import Scheduler
+
+    redis = RedisServer(tmp_path / "redis").start()
+    try:
+        monkeypatch.setenv("CELERY_BROKER_URL", redis.url)
+        sent = beat_once(PersistentScheduler, tmp_path / "celerybeat-schedule")
+        assert queued(redis.url) == 1
+        assert beat_once(Scheduler, tmp_path / "celerybeat-schedule").last_run_at == sent.last_run_at
+        assert beat_once(Scheduler, tmp_path / "gone").last_run_at == sent.last_run_at  # saved: no file needed
+        assert queued(redis.url) == 1
+    finally:
+        redis.stop()
+
+
+def beat_once(scheduler_cls: type, schedule_filename: Path) -> ScheduleEntry:
+    """A beat that starts, ticks once and stops: its daily scrub entry as it left it."""
+    scheduler = scheduler_cls(app=daily_scrub_app(), schedule_filename=str(schedule_filename))
+    try:
+        scheduler.tick()
+        return scheduler.schedule["daily scrub"]
+    finally:
+        scheduler.close()
 
 
 def test_the_daily_scrub_counts_a_tenant_task_it_could_not_publish_and_goes_on(
