@@ -7,6 +7,7 @@ S3, Redis or RabbitMQ).  `.env.example` lists every variable.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -272,6 +273,22 @@ ARCHIVA_SMTP_MAX_SESSIONS = envint("ARCHIVA_SMTP_MAX_SESSIONS", 500, minimum=1)
 ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER = envint("ARCHIVA_SMTP_MAX_SESSIONS_PER_PEER", 50, minimum=1)
 # Niceness added to the committer process (ingest/commitd.py): the sessions' replies go first.
 ARCHIVA_COMMITTER_NICE = envint("ARCHIVA_COMMITTER_NICE", 5, minimum=0, maximum=19)
+# Behind a load balancer that sends the PROXY protocol (v1 or v2; ingest.proxyproto):
+# connections from ARCHIVA_SMTP_PROXY_FROM (its networks, comma-separated CIDRs)
+# must start with the header, whose client address the session takes; others
+# are served with their own address and no header is believed from them.
+ARCHIVA_SMTP_PROXY_PROTOCOL = envbool("ARCHIVA_SMTP_PROXY_PROTOCOL", False)
+ARCHIVA_SMTP_PROXY_FROM = envlist("ARCHIVA_SMTP_PROXY_FROM", [])
+for _network in ARCHIVA_SMTP_PROXY_FROM:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ConfigError(f"ARCHIVA_SMTP_PROXY_FROM: {_network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+if ARCHIVA_SMTP_PROXY_PROTOCOL and not ARCHIVA_SMTP_PROXY_FROM:
+    raise ConfigError(
+        "ARCHIVA_SMTP_PROXY_PROTOCOL=1 needs ARCHIVA_SMTP_PROXY_FROM: the load balancer's networks, "
+        "the only ones whose PROXY header is believed"
+    )
 # Sender policy (DESIGN: defense in depth; the journal token is a bearer secret).
 ARCHIVA_SENDER_ALLOWLIST = envbool("ARCHIVA_SENDER_ALLOWLIST", False)
 ARCHIVA_SENDER_FCRDNS = envbool("ARCHIVA_SENDER_FCRDNS", False)

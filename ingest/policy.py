@@ -20,6 +20,8 @@ from django.utils import timezone
 
 log = logging.getLogger(__name__)
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
 # Exchange Online's outbound ranges (Microsoft 365 URLs and IP address ranges, ID 10).
 EXCHANGE_ONLINE_NETWORKS = (
     "40.92.0.0/15",
@@ -46,7 +48,7 @@ class SenderNetwork(models.Model):
         return self.cidr
 
 
-def parse_networks(lines: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def parse_networks(lines: Iterable[str]) -> list[Network]:
     """Networks from text: one CIDR per line, '#' comments; ValueError names the bad line."""
     networks = []
     for number, line in enumerate(lines, 1):
@@ -74,17 +76,20 @@ class SenderAllowList:
         self._networks = parse_networks(rows or EXCHANGE_ONLINE_NETWORKS)
 
     def allows(self, ip: str | None) -> bool:
-        if not self.enabled:
-            return True
-        if ip is None:
-            return False
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
+        return not self.enabled or in_networks(ip, self._networks)
+
+
+def in_networks(ip: str | None, networks: Iterable[Network]) -> bool:
+    """Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is in one of `networks`."""
+    if ip is None:
+        return False
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class FCrDNS:

@@ -21,7 +21,7 @@ from django.conf import settings
 
 from ingest.commitd import CommitterClient, CommitterHost
 from ingest.directory import TokenDirectory
-from ingest.policy import FCrDNS, SenderAllowList
+from ingest.policy import FCrDNS, Network, SenderAllowList, parse_networks
 from ingest.ratelimit import rate_limiter
 from ingest.smtp import Policy, Service, SMTPSession
 from ingest.tls import ReloadingContext, ensure_self_signed
@@ -55,6 +55,11 @@ def policy_from_settings() -> Policy:
             "peer", settings.ARCHIVA_PEER_RATE, settings.ARCHIVA_PEER_BURST, cache_url=cache_url, prefix=prefix
         ),
     )
+
+
+def proxy_networks_from_settings() -> list[Network] | None:
+    """The load balancer's networks whose connections start with a PROXY header; None when off."""
+    return parse_networks(settings.ARCHIVA_SMTP_PROXY_FROM) if settings.ARCHIVA_SMTP_PROXY_PROTOCOL else None
 
 
 def tls_context_from_settings() -> ReloadingContext:
@@ -121,6 +126,7 @@ class IngestServer:
             hostname=settings.ARCHIVA_SMTP_HOSTNAME,
             tls_context=self.tls_context,
             timeout=self.timeout,
+            proxy_from=proxy_networks_from_settings(),
         )
         self.shutdown_grace = shutdown_grace
         self.reuse_port = reuse_port

@@ -29,7 +29,8 @@ from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, Route, TokenDirectory
 from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route, is_held
-from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
+from ingest.policy import FCrDNS, Network, RateLimiter, SenderAllowList, in_networks
+from ingest.proxyproto import ProxyHeaderError, parse_proxy_header
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter
 from ingest.tls import ReloadingContext
@@ -44,6 +45,7 @@ from ingest.tuning import (
     MAX_BAD_COMMANDS,
     MAX_JUNK_COMMANDS,
     PAUSE_BUFFER,
+    PROXY_HEADER_TIMEOUT,
 )
 from tenants.tokens import parse_local_part
 
@@ -365,8 +367,11 @@ class Service:
         hostname: str,
         tls_context: ssl.SSLContext | ReloadingContext | None,
         timeout: float,
+        proxy_from: list[Network] | None = None,
     ):
         self.policy = policy
+        # The load balancer's networks, whose connections start with a PROXY header (None: off).
+        self.proxy_from = proxy_from
         self.router = Router(policy, directory)
         self.committer: CommitterClient | None = None
         self.hostname = hostname
@@ -427,6 +432,8 @@ class SMTPSession(asyncio.Protocol):
         self._line_started = 0.0  # of the first input of the command line pending in _buf
         self._data_started = 0.0  # of the DATA command being served
         self.peer: str | None = None
+        self._proxy_header: bytearray | None = None  # what came of a PROXY header we wait for
+        self._proxy_timer: asyncio.TimerHandle | None = None
         self.tls = False
         self.helo: str | None = None
         self._reset_envelope()
@@ -444,6 +451,15 @@ class SMTPSession(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        if self.service.proxy_from is not None and in_networks(self.peer, self.service.proxy_from):
+            # The load balancer: the client's address comes first, in its header (ingest.proxyproto).
+            self._proxy_header = bytearray()
+            self._proxy_timer = self._loop.call_later(PROXY_HEADER_TIMEOUT, self._proxy_header_late)
+            return
+        self._open(transport)
+
+    def _open(self, transport: asyncio.Transport) -> None:
+        """Admit the session from `self.peer` (or refuse it in the greeting) and greet."""
         refusal = self.policy.admission_refusal(self.peer)
         if refusal:
             transport.write(refusal.encode() + b"\r\n")
@@ -457,6 +473,7 @@ class SMTPSession(asyncio.Protocol):
         self._reply(f"220 {self.service.hostname} Archiva ESMTP")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._proxy_done()
         self._drop_spool()
         self.transport = None
         if self._admitted:
@@ -465,6 +482,9 @@ class SMTPSession(asyncio.Protocol):
             self.service.sessions.discard(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._proxy_header is not None:
+            self._take_proxy_header(data)
+            return
         now = self._last_activity = self._loop.time()
         try:
             if self._data is not None and not self._busy and not self._buf:
@@ -485,6 +505,46 @@ class SMTPSession(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False  # close our side too
+
+    # --- the PROXY header (ingest.proxyproto) ---------------------------------
+
+    def _take_proxy_header(self, data: bytes) -> None:
+        assert self._proxy_header is not None and self.transport is not None
+        self._proxy_header += data
+        balancer = self.peer
+        try:
+            header = parse_proxy_header(bytes(self._proxy_header))
+        except ProxyHeaderError as exc:
+            self._proxy_refused(f"{exc}")
+            return
+        if header is None:
+            return
+        rest = bytes(self._proxy_header[header.length :])
+        self._proxy_done()
+        if header.client is not None:
+            self.peer = header.client
+        log.debug("PROXY header from %s: client %s", balancer, self.peer)
+        self._open(self.transport)
+        if rest and self._admitted:
+            self.data_received(rest)  # the client spoke before our greeting: its bytes, in order
+
+    def _proxy_header_late(self) -> None:
+        self._proxy_timer = None
+        if self._proxy_header is not None:
+            self._proxy_refused(f"no PROXY header within {PROXY_HEADER_TIMEOUT:g} s")
+
+    def _proxy_refused(self, why: str) -> None:
+        """Close a connection from the balancer's networks without a valid header, without a greeting."""
+        log.warning("closing a connection from %s without a greeting: %s", self.peer, why)
+        self.policy.reject("proxy_header")
+        self._proxy_done()
+        self._close()
+
+    def _proxy_done(self) -> None:
+        self._proxy_header = None
+        if self._proxy_timer is not None:
+            self._proxy_timer.cancel()
+            self._proxy_timer = None
 
     def pause_writing(self) -> None:
         pass  # replies are small; a client that does not read them times out

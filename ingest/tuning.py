@@ -31,6 +31,9 @@ LOOKUP_BURST = 20
 # after a burst of HOLD_BURST: neither is ever more than a trickle.
 HOLD_RATE = 0.1
 HOLD_BURST = 50
+# Seconds a connection from the load balancer's networks has to send its PROXY header: the
+# balancer sends it with the connection (HAProxy waits as long by default, timeout client aside).
+PROXY_HEADER_TIMEOUT = 10.0
 # Seconds an accepted message's log line may wait, so the lines are written in bursts.
 ACCEPTED_LOG_DELAY = 0.2
 

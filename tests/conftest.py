@@ -143,5 +143,5 @@ from tests.browser_support import browser, page, shots  # noqa: E402,F401
 from tests.dns_support import dns_server, dns_server_session  # noqa: E402,F401
 from tests.dovecot_support import dovecot  # noqa: E402,F401
 from tests.ms_support import ms_fake  # noqa: E402,F401
-from tests.smtp_support import ingest, tls_files  # noqa: E402,F401
+from tests.smtp_support import ingest, server_factory, tls_files  # noqa: E402,F401
 from tests.stripe_support import localstripe_server, stripe_server  # noqa: E402,F401

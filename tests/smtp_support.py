@@ -78,8 +78,27 @@ def ingest(transactional_db, tls_files, org, outsider):
     server.stop_thread()
 
 
+@pytest.fixture
+def server_factory(transactional_db, tls_files, org, outsider):
+    """Start ingests with these policy attributes (Contoso and Fabrikam known); all stopped after the test."""
+    started = []
+
+    def make(**policy):
+        server = start_ingest(tls_files, policy=policy)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop_thread()
+
+
 def connect(server: IngestServer, tls_files: TLSFiles, *, starttls: bool = True, timeout: float = 30) -> smtplib.SMTP:
-    client = smtplib.SMTP("127.0.0.1", server.port, timeout=timeout)
+    return greet(smtplib.SMTP("127.0.0.1", server.port, timeout=timeout), tls_files, starttls=starttls)
+
+
+def greet(client: smtplib.SMTP, tls_files: TLSFiles, *, starttls: bool = True) -> smtplib.SMTP:
+    """EHLO as Exchange Online does, then STARTTLS and EHLO again."""
     client.ehlo("outbound.protection.outlook.com")
     if starttls:
         client.starttls(context=tls_files.client_context())
@@ -90,12 +109,17 @@ def connect(server: IngestServer, tls_files: TLSFiles, *, starttls: bool = True,
 def send(server: IngestServer, tls_files: TLSFiles, rcpts: list[str], data: bytes, sender: str = "ndr@contoso.com"):
     """Send one message over STARTTLS; returns (code, reply text) of the final reply."""
     with connect(server, tls_files) as client:
-        code, reply = client.mail(sender)
-        assert code == 250, reply
-        for rcpt in rcpts:
-            code, reply = client.rcpt(rcpt)
-            assert code == 250, (rcpt, reply)
-        return client.data(data)
+        return transact(client, rcpts, data, sender)
+
+
+def transact(client: smtplib.SMTP, rcpts: list[str], data: bytes, sender: str = "ndr@contoso.com"):
+    """MAIL, each RCPT (all must be 250), DATA; returns (code, reply text) of the final reply."""
+    code, reply = client.mail(sender)
+    assert code == 250, reply
+    for rcpt in rcpts:
+        code, reply = client.rcpt(rcpt)
+        assert code == 250, (rcpt, reply)
+    return client.data(data)
 
 
 def stored_objects(folder: Path) -> list[Path]:

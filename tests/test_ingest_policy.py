@@ -24,23 +24,9 @@ from tenants.actions import add_domain, remove_domain
 from tests.conftest import create_tenant_in, make_user, membership_of
 from tests.dns_support import verified_domain
 from tests.servers import free_port
-from tests.smtp_support import connect, journal_address, start_ingest
+from tests.smtp_support import connect, journal_address
 
 MESSAGE = b"From: admin@contoso.com\r\nSubject: policy\r\n\r\nbody\r\n"
-
-
-@pytest.fixture
-def server_factory(transactional_db, tls_files, org, outsider):
-    started = []
-
-    def make(**policy):
-        server = start_ingest(tls_files, policy=policy)
-        started.append(server)
-        return server
-
-    yield make
-    for server in started:
-        server.stop_thread()
 
 
 def test_a_sender_outside_the_allow_list_is_refused_with_5_7_1(server_factory, tls_files, org):

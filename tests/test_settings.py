@@ -232,6 +232,9 @@ BAD_VALUES = [
     ("STRIPE_SECRET_KEY", {"STRIPE_SECRET_KEY": "pk_live_oops", "STRIPE_WEBHOOK_SECRET": "whsec_x"}),
     ("STRIPE_WEBHOOK_SECRET", {"STRIPE_SECRET_KEY": "sk_test_x", "STRIPE_WEBHOOK_SECRET": ""}),
     ("ARCHIVA_STRIPE_API_BASE", {"ARCHIVA_STRIPE_API_BASE": "localhost:8420"}),
+    # The PROXY protocol without the balancer's networks would believe anyone's header; a network that is none.
+    ("ARCHIVA_SMTP_PROXY_PROTOCOL", {"ARCHIVA_SMTP_PROXY_PROTOCOL": "1"}),  # the message names _FROM too
+    ("ARCHIVA_SMTP_PROXY_FROM", {"ARCHIVA_SMTP_PROXY_FROM": "10.0.0.0/8,lb.internal"}),
     # A deployment at scale keeps the 7 days a shortened retention waits after its approval.
     ("ARCHIVA_RETENTION_DELAY", {"ARCHIVA_RETENTION_DELAY": "60", "DATABASE_URL": "postgresql://a@127.0.0.1/b"}),
 ]
