@@ -256,13 +256,19 @@ def test_an_existing_secret_replaces_the_generated_one(helmrender, tmp_path):
 
 
 def test_every_archiva_variable_the_chart_sets_is_read_by_the_code(helmrender, tmp_path):
-    docs = manifests(helmrender, tmp_path)
+    """With the defaults and with every switch that adds variables on: the
+    PROXY protocol's were set by the chart and read by nothing, unseen while
+    only the defaults were rendered."""
+    smtpd = yaml.safe_load((CHART / "values.yaml").read_text())["smtpd"]
+    proxied = {"smtpd": {**smtpd, "proxyProtocol": True, "proxyFrom": "10.0.0.0/8"}}
     names = {
         name.removesuffix("_FILE")
+        for docs in (manifests(helmrender, tmp_path), manifests(helmrender, tmp_path, proxied))
         for deployment in by_kind(docs, "Deployment").values()
         for name in container_env(deployment)
         if name.startswith("ARCHIVA_")
     }
+    assert {"ARCHIVA_SMTP_PROXY_PROTOCOL", "ARCHIVA_SMTP_PROXY_FROM"} <= names
     code = (
         "\n".join(
             path.read_text()
