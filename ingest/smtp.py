@@ -370,8 +370,10 @@ class Service:
         proxy_from: list[Network] | None = None,
     ):
         self.policy = policy
-        # The load balancer's networks, whose connections start with a PROXY header (None: off).
+        # The load balancer's networks, whose connections start with a PROXY header (None: off),
+        # and how many of those connections wait for theirs (capped as sessions are).
         self.proxy_from = proxy_from
+        self.proxy_pending = 0
         self.router = Router(policy, directory)
         self.committer: CommitterClient | None = None
         self.hostname = hostname
@@ -453,6 +455,13 @@ class SMTPSession(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else None
         if self.service.proxy_from is not None and in_networks(self.peer, self.service.proxy_from):
             # The load balancer: the client's address comes first, in its header (ingest.proxyproto).
+            if self.service.proxy_pending >= self.policy.max_sessions:
+                # Before the header nobody is admitted, so the session cap would not hold these.
+                self.policy.reject("over_capacity")
+                transport.write(REPLY_BUSY.encode() + b"\r\n")
+                transport.close()
+                return
+            self.service.proxy_pending += 1
             self._proxy_header = bytearray()
             self._proxy_timer = self._loop.call_later(PROXY_HEADER_TIMEOUT, self._proxy_header_late)
             return
@@ -541,7 +550,10 @@ class SMTPSession(asyncio.Protocol):
         self._close()
 
     def _proxy_done(self) -> None:
+        if self._proxy_header is None:
+            return
         self._proxy_header = None
+        self.service.proxy_pending -= 1
         if self._proxy_timer is not None:
             self._proxy_timer.cancel()
             self._proxy_timer = None

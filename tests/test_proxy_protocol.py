@@ -165,9 +165,9 @@ def read_until_closed(port: int, send: bytes) -> bytes:
         return received
 
 
-def proxy_refusals() -> int:
+def proxy_refusals(reason: str = "proxy_header") -> int:
     deadline = time.monotonic() + 10  # the ingest flushes its counts every few seconds
-    while not (rows := RejectionCount.objects.filter(reason="proxy_header", tenant__isnull=True)):
+    while not (rows := RejectionCount.objects.filter(reason=reason, tenant__isnull=True)):
         if time.monotonic() > deadline:
             return 0
         time.sleep(0.2)
@@ -189,6 +189,23 @@ def test_a_header_that_does_not_come_is_given_up_after_its_timeout(balanced, mon
     assert read_until_closed(server.port, b"") == b""  # nothing sent, nothing said, closed
     assert time.monotonic() - started < 20
     assert proxy_refusals() == 1
+
+
+def test_connections_waiting_for_their_header_are_capped_as_sessions_are(balanced, tls_files, org):
+    """Nobody is admitted before the header, so the session cap alone would let
+    connections that never send one pile up."""
+    server = balanced(max_sessions=2)
+    waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(2)]
+    try:
+        assert read_until_closed(server.port, b"").startswith(b"421 4.3.2 ")  # the third: busy, closed
+        waiting[0].sendall(b"PROXY TCP4 40.107.1.2 10.0.0.5 54321 25\r\n")
+        assert waiting[0].recv(512).startswith(b"220 ")  # its header came: a session now, a place free
+        with BalancedSMTP(V2_TCP4, server.port) as client:
+            deliver_through(client, tls_files, org)
+    finally:
+        for sock in waiting:
+            sock.close()
+    assert proxy_refusals("over_capacity") == 1
 
 
 def test_a_header_from_outside_the_balancers_networks_is_not_believed(balanced, settings, tls_files, org):
