@@ -7,7 +7,6 @@ S3, Redis or RabbitMQ).  `.env.example` lists every variable.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ from infra.env import (
     envlist,
     envport,
 )
+from infra.networks import parse_networks
 from infra.secrets import parse_secrets_keys
 from regions.registry import REGIONS
 
@@ -279,11 +279,10 @@ ARCHIVA_COMMITTER_NICE = envint("ARCHIVA_COMMITTER_NICE", 5, minimum=0, maximum=
 # are served with their own address and no header is believed from them.
 ARCHIVA_SMTP_PROXY_PROTOCOL = envbool("ARCHIVA_SMTP_PROXY_PROTOCOL", False)
 ARCHIVA_SMTP_PROXY_FROM = envlist("ARCHIVA_SMTP_PROXY_FROM", [])
-for _network in ARCHIVA_SMTP_PROXY_FROM:
-    try:
-        ipaddress.ip_network(_network, strict=False)
-    except ValueError:
-        raise ConfigError(f"ARCHIVA_SMTP_PROXY_FROM: {_network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+try:
+    parse_networks(ARCHIVA_SMTP_PROXY_FROM, item="entry")
+except ValueError as _exc:
+    raise ConfigError(f"ARCHIVA_SMTP_PROXY_FROM: {_exc} (CIDRs, e.g. 10.0.0.0/8)") from None
 if ARCHIVA_SMTP_PROXY_PROTOCOL and not ARCHIVA_SMTP_PROXY_FROM:
     raise ConfigError(
         "ARCHIVA_SMTP_PROXY_PROTOCOL=1 needs ARCHIVA_SMTP_PROXY_FROM: the load balancer's networks, "

@@ -12,10 +12,10 @@ and shared by whatever pod runs beat next.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from django.db import close_old_connections, connection, models, transaction
+from django.db import close_old_connections, connection, models
 
 
 class BeatEntry(models.Model):
@@ -47,18 +47,14 @@ def load_beat_state() -> dict[str, EntryState]:
 
 
 def save_beat_state(changed: dict[str, EntryState]) -> None:
-    """Write these entries (all or none)."""
+    """Write these entries, in one statement (all or none)."""
     _fresh_connection()
-    with transaction.atomic():
-        for name, state in changed.items():
-            BeatEntry.objects.update_or_create(
-                name=name,
-                defaults={
-                    "last_run_at": state.last_run_at,
-                    "total_run_count": state.total_run_count,
-                    "owed": state.owed,
-                },
-            )
+    BeatEntry.objects.bulk_create(
+        [BeatEntry(name=name, **asdict(state)) for name, state in changed.items()],
+        update_conflicts=True,
+        unique_fields=["name"],
+        update_fields=["last_run_at", "total_run_count", "owed"],
+    )
 
 
 def _fresh_connection() -> None:

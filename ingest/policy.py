@@ -13,14 +13,13 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import Iterable
 
 from django.db import models
 from django.utils import timezone
 
-log = logging.getLogger(__name__)
+from infra.networks import in_networks, parse_networks
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+log = logging.getLogger(__name__)
 
 # Exchange Online's outbound ranges (Microsoft 365 URLs and IP address ranges, ID 10).
 EXCHANGE_ONLINE_NETWORKS = (
@@ -48,20 +47,6 @@ class SenderNetwork(models.Model):
         return self.cidr
 
 
-def parse_networks(lines: Iterable[str]) -> list[Network]:
-    """Networks from text: one CIDR per line, '#' comments; ValueError names the bad line."""
-    networks = []
-    for number, line in enumerate(lines, 1):
-        text = line.split("#", 1)[0].strip()
-        if not text:
-            continue
-        try:
-            networks.append(ipaddress.ip_network(text, strict=False))
-        except ValueError as exc:
-            raise ValueError(f"line {number}: {text!r} is not a network ({exc})") from None
-    return networks
-
-
 class SenderAllowList:
     """The allowed networks, loaded from the database (built-in defaults when empty)."""
 
@@ -77,19 +62,6 @@ class SenderAllowList:
 
     def allows(self, ip: str | None) -> bool:
         return not self.enabled or in_networks(ip, self._networks)
-
-
-def in_networks(ip: str | None, networks: Iterable[Network]) -> bool:
-    """Whether `ip` (an IPv4-mapped IPv6 address as its IPv4 one) is in one of `networks`."""
-    if ip is None:
-        return False
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
-    return any(address in network for network in networks)
 
 
 class FCrDNS:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from django.conf import settings
 
+from infra.networks import Network, parse_networks
 from ingest.commitd import CommitterClient, CommitterHost
 from ingest.directory import TokenDirectory
-from ingest.policy import FCrDNS, Network, SenderAllowList, parse_networks
+from ingest.policy import FCrDNS, SenderAllowList
 from ingest.ratelimit import rate_limiter
 from ingest.smtp import Policy, Service, SMTPSession
 from ingest.tls import ReloadingContext, ensure_self_signed

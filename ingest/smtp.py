@@ -24,12 +24,13 @@ import time
 from collections.abc import Awaitable
 from pathlib import Path
 
+from infra.networks import Network, in_networks
 from ingest import metrics
 from ingest.commitd import CommitterClient
 from ingest.dataread import DataParser, DataSink
 from ingest.directory import DirectoryUnavailable, Route, TokenDirectory
 from ingest.held import HELD_POSTMASTER, HELD_VALIDATION, held_route, is_held
-from ingest.policy import FCrDNS, Network, RateLimiter, SenderAllowList, in_networks
+from ingest.policy import FCrDNS, RateLimiter, SenderAllowList
 from ingest.proxyproto import ProxyHeaderError, parse_proxy_header
 from ingest.record import Envelope as Recorded
 from ingest.stats import RejectionCounter

@@ -15,9 +15,10 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from archive.access import rejections_by_reason
+from infra.networks import parse_networks
 from ingest.dataread import MEMORY_LIMIT
 from ingest.models import Delivery
-from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork, parse_networks
+from ingest.policy import EXCHANGE_ONLINE_NETWORKS, RateLimiter, SenderAllowList, SenderNetwork
 from ingest.stats import RejectionCount, untenanted_rejections
 from regions.current import current_region
 from tenants.actions import add_domain, remove_domain

@@ -7,7 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from ingest.policy import EXCHANGE_ONLINE_NETWORKS, SenderNetwork, parse_networks
+from infra.networks import parse_networks
+from ingest.policy import EXCHANGE_ONLINE_NETWORKS, SenderNetwork
 
 
 class Command(BaseCommand):
